@@ -116,6 +116,10 @@ def locate(name: str, data_dir: str | Path | None = None, download: bool = True)
     for root in _local_candidates(data_dir):
         folder = root / src.subdir
         if folder.is_dir() and any(folder.iterdir()):
+            missing = [n for n in src.pinned() if not (folder / n).is_file()]
+            if missing:
+                raise KnerError(f"{folder}: {len(missing)} of the {len(src.pinned())} files of {src.name} are missing "
+                                f"(first: {missing[0]}); a partial corpus would change every number")
             verify_folder(src, folder)
             return folder
     cached = cache_root() / src.subdir
