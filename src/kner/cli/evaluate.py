@@ -1,0 +1,140 @@
+"""``kner evaluate`` (one prediction file) and ``kner compare`` (several systems, one report)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from kner.cli import app
+from kner.errors import KnerError
+
+
+def _labels(values: Optional[list[str]]) -> Optional[list[str]]:
+    # Accept both `--labels PS --labels LC` and `--labels PS,LC`.
+    if not values:
+        return None
+    out = [x.strip() for v in values for x in v.split(",") if x.strip()]
+    return out or None
+
+
+def print_result(result, title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from kner.evaluation import CAUSE_NAMES, FN_CAUSES, FP_CAUSES, pct
+
+    console = Console()
+    t = Table(title=title, title_justify="left")
+    t.add_column("label")
+    for c in ("P", "R", "F1", "TP", "FP", "FN", "support"):
+        t.add_column(c, justify="right")
+    for lab in result.labels:
+        s = result.per_label[lab]
+        t.add_row(lab, pct(s.precision), pct(s.recall), pct(s.f1), str(s.tp), str(s.fp), str(s.fn), str(s.support))
+    mi, ma = result.micro, result.macro
+    t.add_section()
+    t.add_row("micro", pct(mi["precision"]), pct(mi["recall"]), pct(mi["f1"]), str(mi["tp"]), str(mi["fp"]),
+              str(mi["fn"]), str(mi["support"]), style="bold")
+    t.add_row(f"macro ({len(ma['labels'])})", pct(ma["precision"]), pct(ma["recall"]), pct(ma["f1"]),
+              "", "", "", "", style="bold")
+    console.print(t)
+    console.print(f"sentences {result.n_sentences}   character accuracy {pct(result.char_accuracy)}   "
+                  f"sentence exact match {pct(result.exact_match)}   "
+                  f"KLUE character macro F1 {pct(result.klue_char_macro_f1)}")
+    e = Table(title="Errors (each FP and FN has one cause)", title_justify="left")
+    e.add_column("label")
+    for c in FP_CAUSES:
+        e.add_column(f"FP {CAUSE_NAMES[c]}", justify="right")
+    for c in FN_CAUSES:
+        e.add_column(f"FN {CAUSE_NAMES[c]}", justify="right")
+    for lab in result.labels:
+        s = result.per_label[lab]
+        if s.fp or s.fn:
+            e.add_row(lab, *[str(s.fp_causes[c]) for c in FP_CAUSES], *[str(s.fn_causes[c]) for c in FN_CAUSES])
+    tot = result.error_totals
+    e.add_section()
+    e.add_row("total", *[str(tot["fp"][c]) for c in FP_CAUSES], *[str(tot["fn"][c]) for c in FN_CAUSES],
+              style="bold")
+    console.print(e)
+    for note in result.notes():
+        console.print(f"[yellow]note:[/yellow] {note}")
+
+
+@app.command()
+def evaluate(
+    gold: Path = typer.Option(..., "--gold", help="Gold examples (JSONL)."),
+    pred: Path = typer.Option(..., "--pred", help="Predicted examples (JSONL), paired with gold by id."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Directory for metrics.json and metrics.md "
+                                       "(default: the prediction file's directory)."),
+    labels: Optional[list[str]] = typer.Option(None, "--labels", help="Labels to evaluate, in display order "
+                                               "(repeat or comma-separate); others are ignored and counted."),
+) -> None:
+    """Entity-level P/R/F1 per label, micro/macro averages, character metrics and error causes."""
+    from kner.evaluation import evaluate as run_evaluation
+    from kner.example import read_jsonl
+
+    result = run_evaluation(read_jsonl(gold), read_jsonl(pred), _labels(labels))
+    out_dir = out if out is not None else pred.parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "metrics.json").write_text(json.dumps(result.to_dict(), ensure_ascii=False, indent=2) + "\n",
+                                          encoding="utf-8")
+    (out_dir / "metrics.md").write_text(result.to_markdown(f"Evaluation of {pred.name}"), encoding="utf-8")
+    print_result(result, f"{pred} vs {gold}")
+    typer.echo(f"wrote {out_dir / 'metrics.json'} and {out_dir / 'metrics.md'}")
+
+
+def _systems(values: list[str]) -> dict[str, Path]:
+    systems: dict[str, Path] = {}
+    for v in values:
+        name, sep, path = v.partition("=")
+        if not sep:
+            name, path = Path(v).stem, v
+        name = name.strip()
+        if not name or not path:
+            raise KnerError(f"--pred {v!r}: expected NAME=PATH")
+        if name in systems:
+            raise KnerError(f"--pred: system name {name!r} given twice")
+        systems[name] = Path(path)
+    return systems
+
+
+@app.command()
+def compare(
+    gold: Path = typer.Option(..., "--gold", help="Gold examples (JSONL)."),
+    pred: list[str] = typer.Option(..., "--pred", help="NAME=PATH of one system's predictions (JSONL); repeat."),
+    out: Path = typer.Option(..., "--out", help="Directory for report.{md,json,html} and f1_by_label.png."),
+    sample: int = typer.Option(20, "--sample", help="Disagreement sentences to show."),
+    seed: int = typer.Option(0, "--seed", help="Seed for drawing the disagreement sample."),
+    labels: Optional[list[str]] = typer.Option(None, "--labels", help="Labels to evaluate, in display order."),
+    title: str = typer.Option("NER comparison", "--title", help="Report title."),
+) -> None:
+    """Compare systems side by side: per-label scores, averages, error causes and disagreements."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from kner.evaluation import pct
+    from kner.example import read_jsonl
+    from kner.report import compare as run_compare
+
+    systems = _systems(pred)
+    gold_ex = read_jsonl(gold)
+    report = run_compare(gold_ex, {n: read_jsonl(p) for n, p in systems.items()}, out,
+                         sample=sample, seed=seed, labels=_labels(labels), title=title)
+    t = Table(title=f"{report['n_sentences']} sentences, {report['n_gold_entities']} gold entities",
+              title_justify="left")
+    t.add_column("system")
+    for c in ("micro P", "micro R", "micro F1", "macro F1", "char acc", "exact", "KLUE char F1"):
+        t.add_column(c, justify="right")
+    for name, r in report["systems"].items():
+        t.add_row(name, pct(r["micro"]["precision"]), pct(r["micro"]["recall"]), pct(r["micro"]["f1"]),
+                  pct(r["macro"]["f1"]), pct(r["char_accuracy"]), pct(r["exact_match"]),
+                  pct(r["klue_char_macro_f1"]))
+    console = Console()
+    console.print(t)
+    d = report["disagreements"]
+    console.print(f"{d['total']} disagreement sentences, {d['shown']} in the report")
+    for f in report["files"].values():
+        typer.echo(f"wrote {f}")
