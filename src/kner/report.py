@@ -149,8 +149,8 @@ def f1_chart(results: dict[str, EvalResult], labels: list[str], path: Path) -> b
         ax.set_title("Entity F1 by label (strict match)")
         ax.grid(axis="y", alpha=0.3)
         ax.set_axisbelow(True)
-        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12 if len(groups) <= 12 else -0.25),
-                  ncol=min(len(names), 5), frameon=False)
+        # Outside on the right: below the axes it collides with rotated tick labels.
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
         fig.tight_layout()
         fig.savefig(path, format="png")
         plt.close(fig)
