@@ -24,7 +24,7 @@ def print_result(result, title: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from kner.evaluation import CAUSE_NAMES, FN_CAUSES, FP_CAUSES, pct
+    from kner.evaluation import FN_CAUSES, FP_CAUSES, pct
 
     console = Console()
     t = Table(title=title, title_justify="left")
@@ -41,15 +41,21 @@ def print_result(result, title: str) -> None:
     t.add_row(f"macro ({len(ma['labels'])})", pct(ma["precision"]), pct(ma["recall"]), pct(ma["f1"]),
               "", "", "", "", style="bold")
     console.print(t)
-    console.print(f"sentences {result.n_sentences}   character accuracy {pct(result.char_accuracy)}   "
-                  f"sentence exact match {pct(result.exact_match)}   "
-                  f"KLUE character macro F1 {pct(result.klue_char_macro_f1)}")
-    e = Table(title="Errors (each FP and FN has one cause)", title_justify="left")
+    o = Table(title=f"Character and sentence level ({result.n_sentences} sentences)", title_justify="left")
+    for c in ("character accuracy", "sentence exact match", "KLUE character macro F1"):
+        o.add_column(c, justify="right")
+    o.add_row(pct(result.char_accuracy), pct(result.exact_match), pct(result.klue_char_macro_f1))
+    console.print(o)
+    short = {"wrong_boundary": "bound", "wrong_type": "type", "wrong_boundary_type": "b+t",
+             "spurious": "spur", "missed": "miss"}
+    e = Table(title="Error causes: each FP and each FN has one", title_justify="left",
+              caption="bound = wrong boundary, type = wrong type, b+t = wrong boundary and type, "
+                      "spur = spurious, miss = missed", caption_justify="left")
     e.add_column("label")
     for c in FP_CAUSES:
-        e.add_column(f"FP {CAUSE_NAMES[c]}", justify="right")
+        e.add_column(f"FP {short[c]}", justify="right")
     for c in FN_CAUSES:
-        e.add_column(f"FN {CAUSE_NAMES[c]}", justify="right")
+        e.add_column(f"FN {short[c]}", justify="right")
     for lab in result.labels:
         s = result.per_label[lab]
         if s.fp or s.fn:
