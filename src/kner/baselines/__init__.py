@@ -1,0 +1,8 @@
+"""Conventional NER baselines to compare the LLM against (spaCy tok2vec + NER).
+
+Importing this package registers kner's Korean tokenizer with spaCy, which a
+saved baseline pipeline needs before ``spacy.load``.
+"""
+
+from kner.baselines.spacy_ner import load_pipeline, predict_spacy, train_spacy  # noqa: F401
+from kner.baselines.tokenization import alignment_report  # noqa: F401
