@@ -68,8 +68,6 @@ def read(path: Path, trim_particles: bool | str = False) -> ReadResult:
             raise DataError("empty word", path, lineno)
         sent.append((lineno, cols[1], cols[2]))
     flush()
-    if method:
-        res.notes[f"particle trimming: {method}"] += 0
     return res
 
 
@@ -115,7 +113,7 @@ def _sentence(path: Path, k: int, sent, method: str | None, res: ReadResult) -> 
         if method:
             cut = _particle_len(words[b - 1], method)
             if cut and e - cut > s:
-                res.notes["particles trimmed"] += 1
+                res.notes[f"particles trimmed ({method})"] += 1
                 e -= cut
         spans.append((s, e, lab))
     ents, notes = build_entities(text, spans)

@@ -1,0 +1,194 @@
+"""``kner data convert|stats|split``: datasets in, canonical JSONL out."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from kner.cli import data_app
+from kner.errors import ConfigError, KnerError
+
+
+def _parse_options(items: Optional[list[str]]) -> dict:
+    opts: dict = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--option takes KEY=VALUE, not {item!r}")
+        v: object = value.strip()
+        if str(v).lower() in ("true", "yes"):
+            v = True
+        elif str(v).lower() in ("false", "no"):
+            v = False
+        opts[key.strip().replace("-", "_")] = v
+    return opts
+
+
+@data_app.command("convert")
+def convert(
+    fmt: str = typer.Argument(..., metavar="FORMAT", help="kmou, klp2016, klue, naver, multiconer, conll or jsonl."),
+    path: Path = typer.Argument(..., help="A file, or a folder (all its files of that format, sorted by name)."),
+    out: Path = typer.Option(..., "-o", "--out", help="Output: canonical JSONL."),
+    scheme_map: Optional[str] = typer.Option(None, "--scheme-map",
+                                             help="Relabel into this scheme with the built-in mapping (e.g. spacy19)."),
+    map_file: Optional[Path] = typer.Option(None, "--map-file", help="Relabel with this TSV (source<TAB>target<TAB>reason)."),
+    fallback: Optional[str] = typer.Option(None, "--fallback",
+                                           help="Target for labels with no mapping row ('-' drops them); default: error."),
+    trim_particles: bool = typer.Option(False, "--trim-particles",
+                                        help="NAVER: strip trailing particles (조사) from entity ends."),
+    problems: Optional[Path] = typer.Option(None, "--problems", help="Write every problem found to this TSV."),
+    option: Optional[list[str]] = typer.Option(None, "--option", "-O",
+                                               help="Reader option KEY=VALUE, e.g. version=1 (multiconer), level=char (conll)."),
+) -> None:
+    """Read a dataset, report every problem and skipped sentence, write canonical JSONL."""
+    from kner.example import write_jsonl
+    from kner.readers import FORMATS, native_scheme, read_dataset
+    from kner.schemes import Mapping, map_examples
+
+    if scheme_map and map_file:
+        raise ConfigError("use either --scheme-map or --map-file, not both")
+    if fallback is not None and not (scheme_map or map_file):
+        raise ConfigError("--fallback only applies with --scheme-map or --map-file")
+    opts = _parse_options(option)
+    if trim_particles:
+        if fmt != "naver":
+            raise ConfigError("--trim-particles applies to the naver format only")
+        opts["trim_particles"] = True
+    if fmt in FORMATS and "version" in opts and fmt == "multiconer":
+        opts["version"] = str(opts["version"])
+    res = read_dataset(fmt, path, **opts)
+    examples = res.examples
+    n_ents = sum(len(e.entities) for e in examples)
+    typer.echo(f"read {len(examples)} sentences, {n_ents} entities from {res.files} file(s) "
+               f"(scheme {res.scheme or 'as in the file'}); {len(res.problems)} problems, {res.skipped} skipped")
+    for kind, c in sorted(res.problem_counts().items(), key=lambda kv: -kv[1]):
+        typer.echo(f"  {kind}: {c}")
+    for note, c in sorted(res.notes.items()):
+        typer.echo(f"  {note}" + (f": {c}" if c else ""))
+    if res.problems:
+        if problems:
+            res.write_problems(problems)
+            typer.echo(f"problems written to {problems}")
+        else:
+            for p in res.problems[:5]:
+                typer.echo(f"  {p.path}:{p.line}: [{p.sentence_id}] {p.reason}")
+            typer.echo("  (write them all with --problems FILE.tsv)")
+    if scheme_map or map_file:
+        source = res.scheme or native_scheme(fmt, **opts)
+        if source is None and not map_file:
+            raise ConfigError(f"format {fmt!r} has no fixed label scheme; relabel with --map-file")
+        mapping = Mapping.load(source or "input", scheme_map or map_file.stem, map_file)
+        examples, rep = map_examples(examples, mapping, fallback)
+        typer.echo(f"mapped {sum(rep.mapped.values())} entities to {mapping.target}, dropped {sum(rep.dropped.values())}"
+                   + (f", fallback {sum(rep.fallback.values())}" if rep.fallback else ""))
+        for (a, b), c in sorted(rep.mapped.items()):
+            typer.echo(f"  {a} -> {b}: {c}")
+        for a, c in sorted(rep.dropped.items()):
+            typer.echo(f"  {a} -> (dropped): {c}")
+        for a, c in sorted(rep.fallback.items()):
+            typer.echo(f"  {a} -> {fallback} (fallback): {c}")
+    n = write_jsonl(out, examples)
+    typer.echo(f"wrote {n} examples to {out}")
+
+
+def _summary(values: list[int]) -> tuple[str, str, str, str]:
+    if not values:
+        return ("-", "-", "-", "-")
+    v = sorted(values)
+
+    def q(p: float) -> int:  # nearest-rank percentile
+        return v[min(len(v) - 1, max(0, int(round(p * len(v) + 0.5)) - 1))]
+
+    return (f"{sum(v) / len(v):.1f}", str(q(0.5)), str(q(0.95)), str(v[-1]))
+
+
+@data_app.command("stats")
+def stats(
+    file: Path = typer.Argument(..., help="Canonical JSONL."),
+    tokenizer: Optional[Path] = typer.Option(None, "--tokenizer",
+                                             help="A Hugging Face tokenizer folder: also count tokens per sentence and prompt."),
+    scheme: str = typer.Option("spacy19", "--scheme", help="Scheme whose labels the rendered prompt lists."),
+) -> None:
+    """Sentences, characters and entities per label; with --tokenizer, token lengths of texts and prompts."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from kner.example import read_jsonl
+    from kner.prompt import PromptFormat, render_tags
+    from kner.schemes import load_scheme
+
+    examples = read_jsonl(file)
+    console = Console()
+    labels = Counter(e.label for ex in examples for e in ex.entities)
+    chars = [len(ex.text) for ex in examples]
+    docs = {str(ex.meta.get("doc", ex.id)) for ex in examples}
+    t = Table(title=f"{file}", title_justify="left")
+    t.add_column("")
+    t.add_column("value", justify="right")
+    t.add_row("sentences", str(len(examples)))
+    t.add_row("documents", str(len(docs)))
+    t.add_row("characters", str(sum(chars)))
+    t.add_row("characters / sentence (mean, p50, p95, max)", ", ".join(_summary(chars)))
+    t.add_row("sentences without entities", str(sum(1 for ex in examples if not ex.entities)))
+    t.add_row("entities", str(sum(labels.values())))
+    console.print(t)
+    lt = Table(title="entities per label", title_justify="left")
+    lt.add_column("label")
+    lt.add_column("count", justify="right")
+    lt.add_column("%", justify="right")
+    total = sum(labels.values()) or 1
+    for lab, c in labels.most_common():
+        lt.add_row(lab, str(c), f"{100 * c / total:.1f}")
+    console.print(lt)
+    if tokenizer is None:
+        return
+    try:
+        from transformers import AutoTokenizer
+        tok = AutoTokenizer.from_pretrained(str(tokenizer))
+    except (OSError, ValueError) as err:
+        raise KnerError(f"cannot load a tokenizer from {tokenizer}: {str(err).splitlines()[0]}") from None
+    sch = load_scheme(scheme)
+    fmt = PromptFormat()
+    texts = [ex.text for ex in examples]
+    prompts = [fmt.prompt(ex.text, sch) for ex in examples]
+    full = [p + render_tags(ex.entities, fmt.separator) for p, ex in zip(prompts, examples)]
+    answers = [render_tags(ex.entities, fmt.separator) for ex in examples]
+
+    def lengths(batch: list[str], special: bool) -> list[int]:
+        out: list[int] = []
+        for i in range(0, len(batch), 1024):
+            out += [len(ids) for ids in tok(batch[i:i + 1024], add_special_tokens=special)["input_ids"]]
+        return out
+
+    tt = Table(title=f"tokens ({tokenizer.name}; prompt = {scheme} instruction + text + answer, with special tokens)",
+               title_justify="left")
+    for c in ("", "mean", "p50", "p95", "max"):
+        tt.add_column(c, justify="right" if c else "left")
+    tt.add_row("sentence text", *_summary(lengths(texts, False)))
+    tt.add_row("answer (tags)", *_summary(lengths(answers, False)))
+    tt.add_row("prompt without answer", *_summary(lengths(prompts, True)))
+    tt.add_row("prompt with answer", *_summary(lengths(full, True)))
+    console.print(tt)
+
+
+@data_app.command("split")
+def split(
+    file: Path = typer.Argument(..., help="Canonical JSONL with meta.doc (else each sentence is its own document)."),
+    out: Path = typer.Option(..., "-o", "--out", help="Folder for train.jsonl, dev.jsonl, test.jsonl."),
+    ratios: str = typer.Option("0.8,0.1,0.1", "--ratios", help="train,dev,test fractions of the sentences."),
+    seed: int = typer.Option(13, "--seed"),
+) -> None:
+    """Split by document (no document in two splits), deterministically for a seed."""
+    from kner.example import read_jsonl, write_jsonl
+    from kner.splits import doc_of, parse_ratios, split_by_document
+
+    r = parse_ratios(ratios)
+    examples = read_jsonl(file)
+    parts = split_by_document(examples, r, seed)
+    for name, exs in parts.items():
+        n = write_jsonl(Path(out) / f"{name}.jsonl", exs)
+        typer.echo(f"{name}: {len({doc_of(e) for e in exs})} documents, {n} sentences, "
+                   f"{sum(len(e.entities) for e in exs)} entities -> {Path(out) / (name + '.jsonl')}")
