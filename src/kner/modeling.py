@@ -6,6 +6,7 @@ same way when it is trained and when it is served.
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,3 +131,187 @@ def save_pretrained_dir(model, tokenizer, path: str | Path) -> Path:
     model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
     return path
+
+
+def quantize_4bit_inplace(model, compute_dtype, double_quant: bool = True, quant_type: str = "nf4",
+                          skip: tuple[str, ...] = ("lm_head",), device=None):
+    """Replace every ``nn.Linear`` (except ``skip``) by a bitsandbytes NF4 ``Linear4bit``, in place.
+
+    For models that exist only as Python objects (tiny from-scratch models, or a 7B
+    architecture with random weights built directly on the GPU for benchmarks), so
+    they go through the same 4-bit kernels as ``load_model(LoadSpec(quantize_4bit=True))``
+    without a save/reload round trip. Quantization happens on ``device`` (default: the
+    weight's own device).
+    """
+    import bitsandbytes as bnb
+    import torch
+    from torch import nn
+
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is not nn.Linear or name in skip:
+                continue
+            dev = torch.device(device) if device is not None else child.weight.device
+            new = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=child.bias is not None,
+                                    compute_dtype=compute_dtype, compress_statistics=double_quant,
+                                    quant_type=quant_type, quant_storage=compute_dtype, device="meta")
+            w = child.weight.data.to(compute_dtype)
+            new.weight = bnb.nn.Params4bit(w, requires_grad=False, compress_statistics=double_quant,
+                                           quant_type=quant_type, quant_storage=compute_dtype, module=new).to(dev)
+            if child.bias is not None:
+                new.bias = nn.Parameter(child.bias.data.to(device=dev, dtype=compute_dtype), requires_grad=False)
+            new.requires_grad_(False)
+            setattr(parent, name, new)
+            del child, w
+    model.is_loaded_in_4bit = True
+    model.config.quantization_config = bnb_config(compute_dtype, double_quant, quant_type).to_dict()
+    return model
+
+
+# ---------------------------------------------------------------------------
+# Prompt token ids shared by training and inference.
+#
+# Training puts the loss on exactly the tokens that inference will generate, and
+# both share the instruction prefix's KV. That only holds if both tokenize the
+# same way, so they go through one encoder.
+
+
+@dataclass
+class EncodedExample:
+    input_ids: list[int]   # prefix + text + suffix [+ answer + EOS]
+    prefix_len: int        # input_ids[:prefix_len] == PromptEncoder.prefix_ids, always
+    prompt_len: int        # input_ids[:prompt_len] is what inference feeds; the rest is the answer (+EOS)
+    natural: bool          # True: ids equal the tokenizer's own tokenization of the whole string
+
+
+class PromptEncoder:
+    """Token ids for ``prefix + text + suffix [+ answer + EOS]`` with exact prompt/answer boundaries.
+
+    Fast tokenizers: the whole string is tokenized once with ``return_offsets_mapping``;
+    the answer starts at the first token whose offset starts at or after the prompt's
+    length. That tokenization is kept ("natural") only if its first tokens are exactly
+    the prefix's own ids, and the prompt part equals the prompt tokenized alone (what
+    inference feeds), so no token straddles a boundary. Otherwise, and always for slow
+    tokenizers, the pieces prefix / text+suffix / answer are tokenized separately and
+    concatenated; ``fallbacks`` counts those examples. Either way ``prefix_len`` and
+    ``prompt_len`` are exact and ``input_ids[prompt_len:]`` is the answer plus EOS.
+    """
+
+    def __init__(self, tokenizer, prompt_format, scheme):
+        self.tokenizer = tokenizer
+        self.prefix, self.suffix = prompt_format.parts(scheme)
+        self.fast = bool(getattr(tokenizer, "is_fast", False))
+        probe_with = tokenizer("a", add_special_tokens=True)["input_ids"]
+        probe = tokenizer("a", add_special_tokens=False)["input_ids"]
+        # Special tokens the tokenizer puts first (BOS); none for Qwen2. A trailing EOS
+        # that some tokenizers add is ignored: we append EOS ourselves, to answers only.
+        k = next((i for i in range(len(probe_with) - len(probe) + 1) if probe_with[i:i + len(probe)] == probe), 0)
+        self.lead_ids: list[int] = list(probe_with[:k])
+        self.prefix_ids: list[int] = self.lead_ids + self._ids(self.prefix)
+        self.eos_id = tokenizer.eos_token_id
+        if self.eos_id is None:
+            raise ConfigError("the tokenizer has no EOS token; set tokenizer.eos_token before training or inference")
+        self.fallbacks = 0
+
+    def _ids(self, s: str) -> list[int]:
+        return list(self.tokenizer(s, add_special_tokens=False)["input_ids"]) if s else []
+
+    def prompt_ids(self, text: str) -> EncodedExample:
+        """What inference feeds the model for ``text`` (no answer)."""
+        rest = text + self.suffix
+        if self.fast:
+            ids = self._ids(self.prefix + rest)
+            p = len(self.prefix_ids) - len(self.lead_ids)
+            if ids[:p] == self.prefix_ids[len(self.lead_ids):]:
+                full = self.lead_ids + ids
+                return EncodedExample(full, len(self.prefix_ids), len(full), True)
+        full = self.prefix_ids + self._ids(rest)
+        return EncodedExample(full, len(self.prefix_ids), len(full), False)
+
+    def encode(self, text: str, answer: str) -> EncodedExample:
+        """A training example: prompt, answer and EOS; labels are ``input_ids[prompt_len:]``."""
+        prompt = self.prompt_ids(text)
+        if self.fast and prompt.natural:
+            full_text = self.prefix + text + self.suffix + answer
+            enc = self.tokenizer(full_text, add_special_tokens=False, return_offsets_mapping=True)
+            ids, offs = list(enc["input_ids"]), enc["offset_mapping"]
+            cut = len(full_text) - len(answer)
+            a = next((i for i, (s, _) in enumerate(offs) if s >= cut), len(ids))
+            clean = all(e <= cut for _, e in offs[:a]) and self.lead_ids + ids[:a] == prompt.input_ids
+            if clean:
+                full = self.lead_ids + ids + [self.eos_id]
+                return EncodedExample(full, prompt.prefix_len, prompt.prompt_len, True)
+        self.fallbacks += 1
+        full = prompt.input_ids + self._ids(answer) + [self.eos_id]
+        return EncodedExample(full, prompt.prefix_len, prompt.prompt_len, False)
+
+
+# ---------------------------------------------------------------------------
+# Shared-prefix KV: run the instruction prefix once (batch 1), then the per-example
+# tokens of a whole batch against it. Both caches below are safe under gradient
+# checkpointing: replaying a layer in backward neither appends twice nor changes
+# what the forward pass returned.
+
+
+def decoder_layers(model) -> list:
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    return [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+
+
+def allow_cache_under_checkpointing(model) -> None:
+    """HF drops ``past_key_values`` inside checkpointed layers (a growing cache would be
+    appended to twice on replay). Our prefix caches do not grow, so let them through."""
+    for layer in decoder_layers(model):
+        layer._can_checkpoint_with_cache = True
+
+
+@functools.lru_cache(maxsize=None)
+def _layer_classes():
+    from transformers.cache_utils import DynamicLayer
+
+    class RecordingLayer(DynamicLayer):
+        """Keeps the latest key/value states it is given (replay overwrites, never appends)."""
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            self.keys, self.values = key_states, value_states
+            return key_states, value_states
+
+    class FrozenPrefixLayer(DynamicLayer):
+        """Returns prefix + new states without storing the new ones."""
+
+        def __init__(self, keys, values):
+            super().__init__()
+            self.dtype, self.device = keys.dtype, keys.device
+            self.keys, self.values, self.is_initialized = keys, values, True
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            import torch
+            return torch.cat([self.keys, key_states], dim=-2), torch.cat([self.values, value_states], dim=-2)
+
+    return RecordingLayer, FrozenPrefixLayer
+
+
+def run_prefix(decoder, prefix_ids):
+    """Run ``prefix_ids`` (1-D tensor) through the decoder once; return per-layer (key, value).
+
+    ``decoder`` is the base model (``causal_lm.model``). Gradients flow from whatever
+    uses the returned states back into this single prefix computation.
+    """
+    from transformers.cache_utils import Cache
+
+    recording, _ = _layer_classes()
+    cache = Cache(layer_class_to_replicate=recording)
+    decoder(input_ids=prefix_ids[None], past_key_values=cache, use_cache=False)
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def prefix_cache(prefix_kv, batch_size: int):
+    """A read-only cache presenting the batch-1 prefix states to ``batch_size`` rows (a view, no copy)."""
+    from transformers.cache_utils import Cache
+
+    _, frozen = _layer_classes()
+    return Cache(layers=[frozen(k.expand(batch_size, -1, -1, -1), v.expand(batch_size, -1, -1, -1))
+                         for k, v in prefix_kv])

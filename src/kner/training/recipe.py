@@ -1,0 +1,580 @@
+"""The training recipe, top to bottom: data -> model -> memory plan -> loop -> output folder.
+
+Read ``train`` first; every helper below it does one stage. The loop is written
+by hand (no ``Trainer``) because it does three things a stock loop does not:
+micro-batches cut to a token budget, an OOM retry that splits a micro-batch
+without changing the step's gradient, and a shared instruction prefix computed
+once per micro-batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+import math
+import random
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kner.errors import ConfigError, DataError, KnerError
+from kner.example import Example
+from kner.training.config import TrainConfig
+
+log = logging.getLogger("kner.train")
+
+
+def train(config: TrainConfig, model=None, tokenizer=None, *, train_examples: list[Example] | None = None,
+          dev_examples: list[Example] | None = None) -> Path:
+    """Fine-tune per ``config`` and return the output folder (see ``kner.artifacts``).
+
+    ``model``/``tokenizer`` may be given as objects (e.g. a tiny model from
+    ``kner.modeling.build_model_from_config``); a plain model is then quantized in
+    place for ``qlora`` and its base weights are saved under ``base/`` so the folder
+    is self-contained. ``train_examples``/``dev_examples`` replace ``config.train``/``dev``.
+    """
+    import torch
+
+    cfg = config.validate()
+    out = Path(cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    _seed_everything(cfg.seed)
+
+    # 1. Data: read, map to the target scheme, check labels.
+    from kner.prompt import PromptFormat
+    from kner.schemes import load_scheme
+
+    scheme = load_scheme(cfg.scheme)
+    prompt_format = PromptFormat.from_dict(cfg.prompt)
+    train_exs = _load_examples(cfg.train, train_examples, cfg, scheme, "train")
+    dev_exs = _load_examples(cfg.dev, dev_examples, cfg, scheme, "dev") if (cfg.dev or dev_examples) else []
+
+    # 2. Tokenizer and model.
+    from kner.modeling import LoadSpec, PromptEncoder, choose_compute_dtype, dtype_name, load_model, load_tokenizer
+
+    load_spec = LoadSpec(model=cfg.model, quantize_4bit=cfg.method == "qlora", compute_dtype=cfg.compute_dtype,
+                         double_quant=cfg.double_quant, quant_type=cfg.quant_type,
+                         trust_remote_code=cfg.trust_remote_code, revision=cfg.revision,
+                         attn_implementation=cfg.attn_implementation)
+    if tokenizer is None:
+        tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code, cfg.revision)
+    elif tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    dtype = choose_compute_dtype(cfg.compute_dtype)
+    base_dir = None
+    if model is None:
+        model = load_model(load_spec) if cfg.method == "qlora" else load_model(load_spec, device_map=_default_device_map())
+    else:
+        base_dir = _adopt_model(model, tokenizer, cfg, out, dtype)
+    model = _prepare_for_training(model, cfg, dtype)
+    device = next(p.device for p in model.parameters())
+
+    # 3. Tokenize: answer-only labels, shared prefix.
+    from kner.training.batching import batch_cost, tokenize_examples
+
+    encoder = PromptEncoder(tokenizer, prompt_format, scheme)
+    train_tok, report = tokenize_examples(train_exs, encoder, cfg.max_seq_len, prompt_format.separator)
+    dev_tok, dev_report = tokenize_examples(dev_exs, encoder, cfg.max_seq_len, prompt_format.separator)
+    for name, rep in (("train", report), ("dev", dev_report)):
+        if rep.too_long:
+            log.warning("%s: skipped %d example(s) longer than max_seq_len=%d tokens (e.g. %s)", name,
+                        len(rep.too_long), cfg.max_seq_len, ", ".join(rep.too_long[:5]))
+        if rep.fallbacks:
+            log.info("%s: %d example(s) tokenized piecewise (no clean token boundary)", name, rep.fallbacks)
+    if not train_tok:
+        raise DataError("no training example left (all longer than max_seq_len?)", cfg.train)
+
+    # 4. Memory plan: the token budget no micro-batch will exceed.
+    plan, budget = _plan(model, cfg, train_tok, dtype, device, len(encoder.prefix_ids))
+    longest = max(batch_cost([e], cfg.layout) for e in train_tok + dev_tok)
+    if budget < longest:
+        raise ConfigError(f"batch_tokens={budget} is smaller than the longest example ({longest} tokens with the "
+                          f"prefix); raise batch_tokens or lower max_seq_len")
+
+    # 5. Optimizer, schedule, loss scaling.
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = _make_optimizer(params, cfg, device)
+    steps_per_epoch = math.ceil(len(train_tok) / cfg.examples_per_step)
+    total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
+    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else math.ceil(cfg.warmup_ratio * total_steps)
+    scheduler = _make_scheduler(optimizer, cfg.scheduler, warmup, total_steps)
+    scaler = torch.amp.GradScaler(device.type, enabled=(dtype == torch.float16 and device.type == "cuda"))
+
+    # 6. Resume.
+    from kner.training.checkpoint import Position, latest_checkpoint, load_checkpoint, save_checkpoint
+
+    ckpt_root = out / "checkpoints"
+    pos = Position(global_step=0, epoch=0, step_in_epoch=0, budget=budget)
+    if cfg.resume:
+        ck = latest_checkpoint(ckpt_root)
+        if ck is None:
+            log.warning("resume: no checkpoint in %s; starting from scratch", ckpt_root)
+        else:
+            pos = load_checkpoint(ck, model, optimizer, scheduler, scaler)
+            if cfg.batch_tokens is None and pos.budget != budget:
+                log.info("resume: keeping the checkpoint's token budget %d (plan says %d)", pos.budget, budget)
+            budget = pos.budget if cfg.batch_tokens is None else budget
+            log.info("resumed from %s (step %d)", ck, pos.global_step)
+
+    # 7. The loop.
+    from kner.training.forward import ModelParts
+    from kner.training.progress import JsonlLog, Progress, peak_memory_gib
+
+    cfg.save(out / "train_config.yaml")
+    runner = StepRunner(ModelParts.of(model), params, scaler, dtype, device, cfg.layout, tokenizer.pad_token_id,
+                        getattr(model.config, "_attn_implementation", "sdpa"))
+    jlog = JsonlLog(out / "log.jsonl", resume_step=pos.global_step if cfg.resume else None)
+    jlog.write({"event": "resume" if pos.global_step else "start", "step": pos.global_step, "budget": budget,
+                "layout": cfg.layout, "dtype": dtype_name(dtype), "device": str(device),
+                "train_examples": len(train_tok), "skipped_too_long": len(report.too_long),
+                "planned_peak_gib": plan.estimate.allocator_peak / 2**30 if plan else None})
+    progress = Progress(total_steps, pos.global_step, out, cfg.progress, cfg.tensorboard)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    dev_losses: list[dict] = []
+    history: list[dict] = []
+    model.train()
+    t_start = time.perf_counter() - pos.elapsed_s
+    try:
+        while pos.global_step < total_steps:
+            steps = _epoch_steps(train_tok, cfg, pos.epoch)
+            while pos.step_in_epoch < len(steps) and pos.global_step < total_steps:
+                step_examples = [train_tok[i] for i in steps[pos.step_in_epoch]]
+                t0 = time.perf_counter()
+                res = runner.step(step_examples, budget)
+                grad_norm = runner.finish_step(optimizer, scheduler, cfg.max_grad_norm)
+                dt = time.perf_counter() - t0
+                pos.global_step += 1
+                pos.step_in_epoch += 1
+                pos.examples_seen += res.examples
+                pos.tokens_seen += res.tokens
+                pos.elapsed_s = time.perf_counter() - t_start
+                rec = {"step": pos.global_step, "epoch": pos.epoch, "loss": res.loss, "lr": scheduler.get_last_lr()[0],
+                       "grad_norm": grad_norm, "examples": res.examples, "tokens": res.tokens,
+                       "computed_tokens": res.computed, "answer_tokens": res.answer_tokens,
+                       "micro_batches": res.micro_batches, "oom_splits": res.oom_splits,
+                       "tokens_per_s": res.tokens / dt, "examples_per_s": res.examples / dt,
+                       "peak_mem_gib": peak_memory_gib(), "time_s": dt, "loss_scale": runner.scale()}
+                history.append(rec)
+                jlog.write(rec)
+                progress.update(rec)
+                for s in res.split_notes:
+                    progress.note(s)
+                if dev_tok and cfg.eval_every and pos.global_step % cfg.eval_every == 0:
+                    dev_losses.append(_dev_eval(runner, dev_tok, budget, pos.global_step, jlog, progress, model))
+                if cfg.save_every and pos.global_step % cfg.save_every == 0 and pos.global_step < total_steps:
+                    _maybe_next_epoch(pos, len(steps))
+                    save_checkpoint(ckpt_root, pos, model, optimizer, scheduler, scaler if scaler.is_enabled() else None,
+                                    cfg.keep_checkpoints)
+            _maybe_next_epoch(pos, len(steps))
+    finally:
+        progress.close()
+
+    # 8. Output folder: everything inference needs.
+    if dev_tok and (not dev_losses or dev_losses[-1]["step"] != pos.global_step):
+        dev_losses.append(_dev_eval(runner, dev_tok, budget, pos.global_step, jlog, None, model))
+    metrics = _metrics(history, pos, plan, budget, cfg, report, dev_losses, dtype, device)
+    jlog.write({"event": "end", "step": pos.global_step, **{k: v for k, v in metrics["train"].items()
+                                                             if not isinstance(v, (list, dict))}})
+    jlog.close()
+    _write_output(out, model, tokenizer, cfg, load_spec, scheme, prompt_format, encoder, metrics, base_dir)
+    return out
+
+
+# ---------------------------------------------------------------------------
+# The step: micro-batches, atomic gradients, OOM split.
+
+
+@dataclass
+class StepResult:
+    loss: float = 0.0
+    examples: int = 0
+    tokens: int = 0
+    computed: int = 0
+    answer_tokens: int = 0
+    micro_batches: int = 0
+    oom_splits: int = 0
+    split_notes: list[str] = field(default_factory=list)
+
+
+class StepRunner:
+    """Runs one optimizer step's micro-batches.
+
+    The step's loss is the mean cross-entropy over *all* its answer tokens: each
+    micro-batch contributes ``sum_ce / answer_tokens_of_step``, so the summed
+    gradient does not depend on how the step was cut. Each micro-batch's gradient
+    is computed with ``torch.autograd.grad`` and added to ``.grad`` only once it is
+    complete, so an OOM in the middle of a backward pass leaves nothing half-added,
+    and the retry on two halves gives the same gradient.
+    """
+
+    def __init__(self, parts, params, scaler, dtype, device, layout, pad_id, attn_impl):
+        import torch
+
+        self.parts, self.params, self.scaler = parts, params, scaler
+        self.dtype, self.device, self.layout = dtype, device, layout
+        self.pad_id = pad_id if pad_id is not None else 0
+        self.attn_impl = attn_impl
+        self.use_autocast = dtype != torch.float32
+
+    def autocast(self):
+        import torch
+
+        if self.use_autocast:
+            return torch.autocast(self.device.type, dtype=self.dtype)
+        return contextlib.nullcontext()
+
+    def scale(self) -> float | None:
+        return float(self.scaler.get_scale()) if self.scaler.is_enabled() else None
+
+    def step(self, examples, budget: int) -> StepResult:
+        from kner.training.batching import micro_batches
+
+        res = StepResult()
+        denom = sum(e.n_answer for e in examples)
+        pending = micro_batches(examples, budget, self.layout)
+        loss_sum = 0.0
+        while pending:
+            batch = pending.pop(0)
+            done = self._try_micro_batch(batch, denom)
+            if done is None:   # out of memory: retry the two halves in its place
+                from kner.training.batching import split_in_two
+
+                if len(batch) < 2:
+                    raise KnerError(f"one example of {batch[0].length} tokens does not fit in GPU memory; lower "
+                                    f"max_seq_len or the LoRA rank, or free the GPU")
+                a, b = split_in_two(batch)
+                pending[:0] = [a, b]
+                res.oom_splits += 1
+                res.split_notes.append(f"out of memory on a micro-batch of {len(batch)} examples; "
+                                       f"retrying as {len(a)} + {len(b)}")
+                continue
+            mb_loss, mb = done
+            loss_sum += mb_loss
+            res.examples += mb.n_examples
+            res.tokens += mb.n_tokens
+            res.computed += mb.n_computed
+            res.answer_tokens += mb.n_answer
+            res.micro_batches += 1
+        res.loss = loss_sum / max(denom, 1)
+        return res
+
+    def _try_micro_batch(self, batch, denom: int):
+        import torch
+
+        from kner.training.batching import collate
+        from kner.training.forward import answer_loss_sum
+
+        oom = False
+        try:
+            mb = collate(batch, self.layout, self.pad_id, self.attn_impl, self.dtype).to(self.device)
+            with self.autocast():
+                loss_sum = answer_loss_sum(self.parts, mb)
+            loss = loss_sum / max(denom, 1)
+            grads = torch.autograd.grad(self.scaler.scale(loss), self.params, allow_unused=True)
+            for p, g in zip(self.params, grads):
+                if g is not None:
+                    p.grad = g if p.grad is None else p.grad.add_(g)
+            return float(loss_sum.detach()), mb
+        except torch.OutOfMemoryError:
+            oom = True   # leave the except block first, so the traceback frees its tensors
+        if oom:
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            return None
+
+    def finish_step(self, optimizer, scheduler, max_grad_norm: float) -> float | None:
+        import torch
+
+        self.scaler.unscale_(optimizer)
+        norm = None
+        if max_grad_norm and max_grad_norm > 0:
+            norm = float(torch.nn.utils.clip_grad_norm_(self.params, max_grad_norm))
+        self.scaler.step(optimizer)
+        self.scaler.update()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        return norm if norm is None or math.isfinite(norm) else None
+
+    def eval_loss(self, examples, budget: int) -> tuple[float, int]:
+        import torch
+
+        from kner.training.batching import collate, micro_batches
+        from kner.training.forward import answer_loss_sum
+
+        total, n = 0.0, 0
+        with torch.no_grad(), self.autocast():
+            for i in range(0, len(examples), 64):
+                chunk = examples[i:i + 64]
+                for batch in micro_batches(chunk, budget, self.layout):
+                    mb = collate(batch, self.layout, self.pad_id, self.attn_impl, self.dtype).to(self.device)
+                    total += float(answer_loss_sum(self.parts, mb))
+                    n += mb.n_answer
+        return total / max(n, 1), n
+
+
+# ---------------------------------------------------------------------------
+# Stages.
+
+
+def _seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        import numpy as np
+        np.random.seed(seed)
+    except ImportError:
+        pass
+
+
+def _default_device_map():
+    import torch
+
+    return {"": 0} if torch.cuda.is_available() else None
+
+
+def _load_examples(path, given, cfg: TrainConfig, scheme, what: str) -> list[Example]:
+    from kner.example import read_jsonl
+    from kner.schemes import Mapping, map_examples
+
+    if given is not None:
+        exs = list(given)
+        where = f"<{what} examples>"
+    else:
+        if not path:
+            raise ConfigError(f"no {what} data: pass --{what} FILE.jsonl")
+        exs = read_jsonl(path)
+        where = str(path)
+    if not exs:
+        raise DataError(f"no examples in the {what} data", where)
+    if cfg.map:
+        exs, rep = map_examples(exs, Mapping.load(cfg.map, scheme.name), cfg.map_fallback)
+        if rep.dropped:
+            log.info("%s: dropped entities by mapping: %s", what, dict(rep.dropped))
+        if rep.fallback:
+            log.info("%s: entities mapped by the fallback label: %s", what, dict(rep.fallback))
+    unknown: dict[str, int] = {}
+    fixed = []
+    for ex in exs:
+        ents = []
+        for e in ex.entities:
+            lab = scheme.canonical(e.label)
+            if lab is None:
+                unknown[e.label] = unknown.get(e.label, 0) + 1
+            else:
+                ents.append(e if lab == e.label else type(e)(e.start, e.end, lab, e.text))
+        fixed.append(Example(ex.id, ex.text, ents, ex.meta) if ents != ex.entities else ex)
+    if unknown:
+        raise DataError(f"labels not in scheme {scheme.name!r}: "
+                        + ", ".join(f"{k} x{v}" for k, v in sorted(unknown.items()))
+                        + "; pass --map SOURCE_SCHEME to map them, or choose --scheme", where)
+    return fixed
+
+
+def _adopt_model(model, tokenizer, cfg: TrainConfig, out: Path, dtype) -> Path | None:
+    """A model given as an object: save its base weights if no folder holds them, quantize for qlora."""
+    from kner.modeling import quantize_4bit_inplace
+
+    base_dir = None
+    if cfg.method != "full" and not Path(cfg.model).is_dir():
+        base_dir = out / "base"
+        if not getattr(model, "is_loaded_in_4bit", False):
+            model.save_pretrained(base_dir, safe_serialization=True)
+            tokenizer.save_pretrained(base_dir)
+        else:
+            log.warning("the given model is already quantized and config.model is not a folder: "
+                        "the output folder will not hold the base weights")
+            base_dir = None
+    import torch
+
+    if torch.cuda.is_available() and next(model.parameters()).device.type == "cpu":
+        model.to("cuda")
+    if cfg.method == "qlora" and not getattr(model, "is_loaded_in_4bit", False):
+        quantize_4bit_inplace(model, dtype, cfg.double_quant, cfg.quant_type)
+    elif cfg.method == "lora":
+        model.to(dtype)
+    if cfg.attn_implementation and hasattr(model, "set_attn_implementation"):
+        try:
+            model.set_attn_implementation(cfg.attn_implementation)
+        except (ValueError, ImportError) as err:
+            log.warning("cannot switch attention to %s: %s", cfg.attn_implementation, err)
+    return base_dir
+
+
+def _prepare_for_training(model, cfg: TrainConfig, dtype):
+    """Freeze, gradient checkpointing, LoRA (or everything trainable for ``full``)."""
+    import torch
+
+    ckpt_kwargs = {"use_reentrant": False}   # needed for autograd.grad and for the prefix KV to carry gradients
+    if cfg.method == "full":
+        model.float()   # fp32 master weights; compute runs under autocast
+        for p in model.parameters():
+            p.requires_grad_(True)
+        if cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=ckpt_kwargs)
+        model.config.use_cache = False
+        return model
+
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if getattr(model, "is_loaded_in_4bit", False):
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing,
+                                                gradient_checkpointing_kwargs=ckpt_kwargs)
+        # prepare_model_for_kbit_training upcasts every non-4-bit weight to fp32. For the
+        # embeddings and LM head (0.5 GB at 7B) that doubles their memory and turns the
+        # whole residual stream fp32; they are frozen, so keep them in the compute dtype.
+        for mod in (model.get_input_embeddings(), model.get_output_embeddings()):
+            if mod is not None:
+                mod.to(dtype)
+    else:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        if cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=ckpt_kwargs)
+    model.config.use_cache = False
+    torch.manual_seed(cfg.seed)   # LoRA initialisation
+    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=cfg.target_modules, bias="none", task_type="CAUSAL_LM")
+    try:
+        model = get_peft_model(model, lora)
+    except ValueError as err:
+        raise ConfigError(f"LoRA: {err}") from None
+    for p in model.parameters():   # trainable weights in fp32 (GradScaler and AdamW need it)
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()
+    return model
+
+
+def _plan(model, cfg: TrainConfig, train_tok, dtype, device, prefix_len: int):
+    from kner.training.batching import batch_cost
+    from kner.training.memory import ModelShape, device_capacity, plan_memory
+
+    longest = max(batch_cost([e], cfg.layout) for e in train_tok)
+    answer_fraction = sum(e.n_answer for e in train_tok) / max(1, sum(e.suffix_len for e in train_tok) + prefix_len)
+    on_gpu = device.type == "cuda"
+    cap = device_capacity(cfg.gpu_memory)
+    if on_gpu and cfg.gpu_memory:
+        import torch
+        total = torch.cuda.get_device_properties(device).total_memory
+        # Enforce the cap on the allocator too, so a 16 GB card can be emulated on a bigger one.
+        torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total), device)
+    try:
+        plan = plan_memory(ModelShape.from_config(model.config), cap, budget=cfg.batch_tokens, min_tokens=longest,
+                           max_budget=max(cfg.max_batch_tokens, longest), method=cfg.method,
+                           compute_bytes=dtype.itemsize, lora_r=cfg.lora_r, target_modules=cfg.target_modules,
+                           optimizer=cfg.optimizer, layout=cfg.layout, prefix_len=prefix_len,
+                           answer_fraction=answer_fraction, double_quant=cfg.double_quant,
+                           gradient_checkpointing=cfg.gradient_checkpointing, on_gpu=on_gpu)
+    except KnerError:
+        if cfg.batch_tokens is None and on_gpu:
+            raise
+        plan = None
+    budget = cfg.batch_tokens or (plan.budget if plan else max(cfg.max_batch_tokens, longest))
+    if plan is not None:
+        e = plan.estimate
+        log.info("memory plan: budget %d tokens, predicted peak %.2f GiB allocator / %.2f GiB device (cap %.2f GiB)",
+                 budget, e.allocator_peak / 2**30, e.device_total / 2**30, cap / 2**30)
+        if on_gpu and not plan.fits:
+            log.warning("batch_tokens=%d is predicted to need %.2f GiB of %.2f GiB; OOMs will be split and retried",
+                        budget, e.device_total / 2**30, cap / 2**30)
+    return plan, budget
+
+
+def _make_optimizer(params, cfg: TrainConfig, device):
+    import torch
+
+    if cfg.optimizer in ("paged_adamw_8bit", "adamw_8bit"):
+        try:
+            import bitsandbytes as bnb
+
+            cls = bnb.optim.PagedAdamW8bit if cfg.optimizer == "paged_adamw_8bit" else bnb.optim.AdamW8bit
+            if device.type != "cuda" and cfg.optimizer == "paged_adamw_8bit":
+                log.info("paged optimizers need CUDA; on %s the 8-bit AdamW runs unpaged", device.type)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Paged optimizers are not supported")
+                return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        except (ImportError, RuntimeError) as err:
+            log.warning("bitsandbytes %s unavailable (%s); falling back to torch AdamW", cfg.optimizer, err)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _make_scheduler(optimizer, kind: str, warmup: int, total: int):
+    from transformers import (get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup,
+                              get_linear_schedule_with_warmup)
+
+    if kind == "cosine":
+        return get_cosine_schedule_with_warmup(optimizer, warmup, total)
+    if kind == "linear":
+        return get_linear_schedule_with_warmup(optimizer, warmup, total)
+    return get_constant_schedule_with_warmup(optimizer, warmup)
+
+
+def _epoch_steps(train_tok, cfg: TrainConfig, epoch: int) -> list[list[int]]:
+    from kner.training.batching import epoch_steps
+
+    return epoch_steps([e.length for e in train_tok], cfg.examples_per_step, cfg.seed, epoch, cfg.uses_group_by_length)
+
+
+def _maybe_next_epoch(pos, n_steps: int) -> None:
+    if pos.step_in_epoch >= n_steps:
+        pos.epoch += 1
+        pos.step_in_epoch = 0
+
+
+def _dev_eval(runner: StepRunner, dev_tok, budget: int, step: int, jlog, progress, model) -> dict:
+    model.eval()
+    try:
+        loss, n = runner.eval_loss(dev_tok, budget)
+    finally:
+        model.train()
+    rec = {"event": "dev", "step": step, "dev_loss": loss, "dev_answer_tokens": n}
+    jlog.write(rec)
+    if progress is not None:
+        progress.scalar("dev/loss", loss, step)
+        progress.note(f"step {step}: dev loss {loss:.4f}")
+    return rec
+
+
+def _metrics(history, pos, plan, budget, cfg, report, dev_losses, dtype, device) -> dict:
+    from kner.modeling import dtype_name
+    from kner.training.progress import peak_memory_gib
+
+    time_s = sum(h["time_s"] for h in history)
+    train = {"steps": pos.global_step, "steps_this_run": len(history), "examples_seen": pos.examples_seen,
+             "tokens_seen": pos.tokens_seen, "layout": cfg.layout, "budget": budget, "dtype": dtype_name(dtype),
+             "device": str(device), "skipped_too_long": len(report.too_long),
+             "skipped_too_long_ids": report.too_long[:50],
+             "final_loss": history[-1]["loss"] if history else None,
+             "first_loss": history[0]["loss"] if history else None,
+             "oom_splits": sum(h["oom_splits"] for h in history),
+             "examples_per_s": sum(h["examples"] for h in history) / time_s if time_s else None,
+             "tokens_per_s": sum(h["tokens"] for h in history) / time_s if time_s else None,
+             "peak_mem_gib": peak_memory_gib(), "elapsed_s": pos.elapsed_s}
+    return {"train": train, "dev": dev_losses[-1] if dev_losses else None, "dev_history": dev_losses,
+            "plan": plan.to_dict() if plan else None}
+
+
+def _write_output(out: Path, model, tokenizer, cfg, load_spec, scheme, prompt_format, encoder, metrics, base_dir):
+    import json
+
+    from kner.artifacts import ModelManifest
+
+    if cfg.method == "full":
+        model.save_pretrained(out / "model", safe_serialization=True)
+        adapter_dir, model_dir = None, "model"
+    else:
+        model.save_pretrained(out / "adapter", safe_serialization=True)
+        adapter_dir, model_dir = "adapter", ("base" if base_dir is not None else None)
+    tokenizer.save_pretrained(out / "tokenizer")
+    (out / "metrics.json").write_text(json.dumps(metrics, ensure_ascii=False, indent=2), encoding="utf-8")
+    ModelManifest(load=load_spec, method=cfg.method, scheme=scheme, prompt=prompt_format, adapter_dir=adapter_dir,
+                  model_dir=model_dir, tokenizer_dir="tokenizer",
+                  extra={"prefix_tokens": len(encoder.prefix_ids), "eos_token_id": encoder.eos_id,
+                         "layout": cfg.layout, "train_steps": metrics["train"]["steps"],
+                         "final_loss": metrics["train"]["final_loss"],
+                         "dev_loss": (metrics["dev"] or {}).get("dev_loss")}).save(out)
