@@ -45,7 +45,7 @@ def convert(
 ) -> None:
     """Read a dataset, report every problem and skipped sentence, write canonical JSONL."""
     from kner.example import write_jsonl
-    from kner.readers import FORMATS, native_scheme, read_dataset
+    from kner.readers import native_scheme, read_dataset
     from kner.schemes import Mapping, map_examples
 
     if scheme_map and map_file:
@@ -57,8 +57,6 @@ def convert(
         if fmt != "naver":
             raise ConfigError("--trim-particles applies to the naver format only")
         opts["trim_particles"] = True
-    if fmt in FORMATS and "version" in opts and fmt == "multiconer":
-        opts["version"] = str(opts["version"])
     res = read_dataset(fmt, path, **opts)
     examples = res.examples
     n_ents = sum(len(e.entities) for e in examples)
