@@ -81,3 +81,11 @@ def test_klue_round_trip(shared_datasets):
     report("KLUE dev (first 4,000)", res.examples, bad)
     assert all(explained(ex, got) for ex, got in bad)
     assert len(bad) == 9
+
+
+def test_klp2016_round_trip(shared_datasets):
+    res = read_dataset("klp2016", shared_datasets / "kmou" / "2016klp")
+    bad = failures(res.examples, "klp2016")
+    report("KMOU 2016klp", res.examples, bad)
+    assert all(explained(ex, got) for ex, got in bad)
+    assert len(bad) == 38
