@@ -1,0 +1,203 @@
+"""``kner predict`` (texts -> entity spans) and ``kner export --merge`` (adapter -> 16-bit weights)."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from kner.cli import app
+from kner.errors import ConfigError, DataError, KnerError
+
+log = logging.getLogger(__name__)
+
+
+def read_inputs(path: Path, fmt: str = "auto"):
+    """Examples to predict on, and a note about anything the reader skipped.
+
+    ``text``: one text per line, every line kept (an empty line gives an empty
+    prediction, so output line N is input line N). ``jsonl``: canonical JSONL
+    (gold entities, if any, are ignored). Any other name: a dataset format read
+    by :func:`kner.readers.read_dataset`.
+    """
+    from kner.example import Example, iter_jsonl
+
+    if not path.exists():
+        raise DataError("file not found", path)
+    if fmt == "auto":
+        fmt = "jsonl" if path.suffix.lower() in (".jsonl", ".json") else "text"
+    if fmt == "text":
+        if path.is_dir():
+            raise DataError("a plain-text input must be a file (one text per line)", path)
+        out = []
+        with path.open(encoding="utf-8", newline="") as f:
+            for lineno, raw in enumerate(f, 1):
+                out.append(Example(str(lineno), raw.rstrip("\r\n")))
+        return out, None
+    if fmt == "jsonl" and path.is_file():
+        return list(iter_jsonl(path, validate_examples=False)), None
+    from kner.readers import read_dataset
+
+    res = read_dataset(fmt, path)
+    note = None
+    skipped = getattr(res, "skipped", None)
+    if res.problems or skipped:
+        note = (f"{path}: the {fmt} reader reported {len(res.problems)} problem(s)"
+                + (f" and skipped {skipped} sentence(s)" if skipped else "")
+                + "; run `kner data convert --problems FILE` to list them")
+    return list(res.examples), note
+
+
+def _gib(value: Optional[str]) -> Optional[float]:
+    if value is None:
+        return None
+    m = re.fullmatch(r"\s*([0-9.]+)\s*(gib|gb|g)?\s*", value.lower())
+    if not m:
+        raise ConfigError(f"--max-memory takes GiB, e.g. 15 or 15GiB, not {value!r}")
+    return float(m.group(1))
+
+
+class _Bar:
+    """A rich live bar with sentences/s, or nothing when disabled."""
+
+    def __init__(self, enabled: bool, total_texts: int):
+        self.enabled = enabled
+        self.t0 = time.perf_counter()
+        self._p = None
+        if enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+                TimeRemainingColumn
+
+            self._p = Progress(TextColumn("[bold]predict"), BarColumn(), MofNCompleteColumn(),
+                               TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("eta"),
+                               TimeRemainingColumn(), transient=False)
+            self._task = None
+
+    def __enter__(self):
+        if self._p is not None:
+            self._p.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self._p is not None:
+            self._p.__exit__(*exc)
+        return False
+
+    def __call__(self, done: int, total: int) -> None:
+        if self._p is None:
+            return
+        if self._task is None:
+            self._task = self._p.add_task("predict", total=total, rate="")
+        rate = done / max(time.perf_counter() - self.t0, 1e-9)
+        self._p.update(self._task, completed=done, rate=f"{rate:.1f} sent/s")
+
+
+def print_summary(stats, out: Optional[Path] = None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(stderr=True)
+    t = Table(title="kner predict", title_justify="left", show_header=False)
+    t.add_column("what")
+    t.add_column("value", justify="right")
+    t.add_row("texts", f"{stats.texts:,}" + (f" ({stats.empty} empty)" if stats.empty else ""))
+    if stats.split_texts:
+        t.add_row("long texts split", f"{stats.split_texts:,} into {stats.pieces:,} pieces")
+    t.add_row("time", f"{stats.seconds:.1f} s")
+    t.add_row("speed", f"{stats.texts_per_s:.2f} texts/s, {stats.tokens_per_s:.0f} new tokens/s")
+    t.add_row("batches", f"{stats.batches} (largest {max(stats.batch_sizes, default=0)} rows, prefix cache: {stats.mode})")
+    if stats.oom_retries:
+        t.add_row("out-of-memory retries", str(stats.oom_retries))
+    if stats.truncated:
+        t.add_row("cut off by the token budget", f"{stats.truncated} (their unfinished last tag was dropped)")
+    if stats.unparsed:
+        t.add_row("outputs with parse problems", str(stats.unparsed))
+    t.add_row("entities", f"{sum(stats.labels.values()):,}")
+    for lab, n in stats.labels.most_common():
+        t.add_row(f"  {lab}", f"{n:,}")
+    if out is not None:
+        t.add_row("written to", str(out))
+    console.print(t)
+
+
+@app.command()
+def predict(
+    model: str = typer.Option(..., "--model", "-m", help="Output folder of `kner train`/`kner export`, or a base model "
+                                                          "(hub id or folder) with --adapter."),
+    input: Path = typer.Option(..., "--input", "-i", help="Texts: plain text (one per line), canonical JSONL, "
+                                                            "or a dataset in --format."),
+    output: Path = typer.Option(..., "--output", "-o", help="Predictions, canonical JSONL (same ids and order)."),
+    fmt: str = typer.Option("auto", "--format", "-f", help="auto (by extension: .jsonl -> jsonl, else text), text, "
+                                                             "jsonl, or a dataset format: kmou, klp2016, klue, naver, "
+                                                             "multiconer, conll."),
+    adapter: Optional[Path] = typer.Option(None, help="LoRA adapter folder, when --model is a base model."),
+    scheme: Optional[str] = typer.Option(None, help="Label scheme of the adapter (with --adapter; default spacy19)."),
+    constrain: bool = typer.Option(True, "--constrain/--no-constrain",
+                                   help="Grammar-constrained decoding (default): every output parses and every "
+                                        "entity is a span of its text."),
+    batch_size: Optional[int] = typer.Option(None, help="Rows per batch (default: planned from free GPU memory)."),
+    max_memory: Optional[str] = typer.Option(None, help="GPU memory this run may use, e.g. 15GiB (default: all free)."),
+    max_chunk_tokens: int = typer.Option(384, help="Split texts longer than this many tokens."),
+    max_new_tokens: Optional[int] = typer.Option(None, help="Cap on generated tokens per text (default: from its length)."),
+    prefix_cache: str = typer.Option("auto", help="auto | shared | expand | none (see docs/inference.md)."),
+    quantize: Optional[bool] = typer.Option(None, "--quantize/--no-quantize",
+                                            help="Override the 4-bit loading recorded in the model folder."),
+    dtype: Optional[str] = typer.Option(None, help="Compute dtype override: auto, bf16, fp16, fp32."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Live progress bar."),
+) -> None:
+    """Extract entities from texts with a trained model; write canonical JSONL and print a summary."""
+    from kner.example import write_jsonl
+    from kner.inference import Extractor
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    if prefix_cache not in ("auto", "shared", "expand", "none"):
+        raise ConfigError("--prefix-cache must be auto, shared, expand or none")
+    examples, note = read_inputs(input, fmt)
+    if note:
+        typer.echo(f"warning: {note}", err=True)
+    ext = Extractor.load(model, adapter=adapter, scheme=scheme, quantize_4bit=quantize, compute_dtype=dtype,
+                         constrained=constrain, batch_size=batch_size, max_memory=_gib(max_memory),
+                         max_chunk_tokens=max_chunk_tokens, max_new_tokens=max_new_tokens, prefix_cache=prefix_cache)
+    with _Bar(progress, len(examples)) as bar:
+        preds = ext.predict_examples(examples, progress=bar)
+    write_jsonl(output, preds)
+    print_summary(ext.last_stats, output)
+
+
+@app.command()
+def export(
+    merge: Path = typer.Option(..., "--merge", help="Output folder of `kner train` whose adapter is merged."),
+    output: Path = typer.Option(..., "--output", "-o", help="Folder for the merged model."),
+    into: str = typer.Option("16bit", help="16bit: merge into the original 16-bit base (default); dequantized: "
+                                           "into the dequantized 4-bit base the adapter was trained on (exact)."),
+    dtype: str = typer.Option("auto", help="Saved dtype: auto (bf16 where supported, else fp16), fp16, bf16, fp32."),
+    check_input: Optional[Path] = typer.Option(None, help="Texts (one per line) to measure the merge on "
+                                                          "(default: 8 built-in sentences)."),
+    overwrite: bool = typer.Option(False, help="Replace a non-empty output folder."),
+) -> None:
+    """Merge a LoRA adapter into 16-bit weights, measure how much outputs change, save a loadable folder."""
+    from kner.inference.export import export_merged
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    texts = None
+    if check_input is not None:
+        if not check_input.is_file():
+            raise DataError("file not found", check_input)
+        texts = [l for l in check_input.read_text(encoding="utf-8").splitlines() if l.strip()]
+        if not texts:
+            raise DataError("no non-empty lines to check the merge on", check_input)
+    rep = export_merged(merge, output, into=into, dtype=dtype, check_texts=texts, overwrite=overwrite)
+    c = rep["check"]
+    typer.echo(f"merged model written to {output} ({rep['dtype']}, merged into the {into} base)")
+    typer.echo(f"check on {c['positions']} prompt positions vs {c['reference']}: greedy next token differs at "
+               f"{c['differing']} ({100 * c['differ_share']:.2f}%), max |logit difference| {c['max_logit_diff']:.4g}")
+    if c["differing"]:
+        hint = ("; `--into dequantized` merges into the weights the adapter was trained on"
+                if into == "16bit" else "")
+        typer.echo(f"warning: the merged model's greedy choices differ from the trained model at "
+                   f"{100 * c['differ_share']:.2f}% of sampled positions{hint}", err=True)

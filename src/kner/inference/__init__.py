@@ -1,0 +1,8 @@
+"""Batched, constrained extraction with a fine-tuned causal LM (issue 4).
+
+``Extractor.load(out_dir)(texts)`` -> entity spans per text. See docs/inference.md.
+"""
+
+from kner.inference.extractor import Extractor, ExtractorConfig, Prediction, RunStats
+
+__all__ = ["Extractor", "ExtractorConfig", "Prediction", "RunStats"]

@@ -1,0 +1,449 @@
+"""``Extractor``: texts in, entity spans out, in batches that fit the GPU.
+
+Pipeline for a list of texts:
+
+1. empty texts get no entities and no generation; long texts are split into
+   pieces that fit the context window (:mod:`kner.inference.chunking`);
+2. every piece's prompt is tokenized; the instruction prefix is the part all
+   prompts share, and its K/V is computed once (:mod:`kner.inference.prefix_cache`);
+3. pieces are sorted longest first and cut into batches sized from free GPU
+   memory (:mod:`kner.inference.memory`); a batch that still runs out of memory
+   is halved and retried, and later batches keep the smaller size;
+4. each batch is greedy-decoded (:mod:`kner.inference.decoding`), by default
+   under the tag-grammar constraint (:mod:`kner.inference.constrained`), so every
+   output parses and every entity is a real span of its text;
+5. outputs are parsed with :func:`kner.prompt.parse_tags` -- the same parser
+   training-time evaluation uses -- and offsets are mapped back to the document.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+from kner.errors import ConfigError, KnerError
+from kner.example import Entity, Example
+from kner.prompt import PromptFormat, parse_tags
+from kner.schemes import Scheme, load_scheme
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ExtractorConfig:
+    constrained: bool = True
+    batch_size: int | None = None          # fixed rows per batch; None = plan from free memory
+    max_batch_size: int = 256
+    cpu_batch_size: int = 16
+    max_memory: float | None = None        # GiB this process may use on the GPU (None: all that is free)
+    memory_safety: float = 0.8
+    new_tokens_factor: float = 1.2         # new-token budget = ceil(text tokens x factor) + overhead
+    new_tokens_overhead: int = 16
+    max_new_tokens: int | None = None      # hard cap on the budget
+    max_chunk_tokens: int = 384            # longer texts are split (and anything not fitting the context)
+    prefix_cache: str = "auto"             # auto | shared | expand | none
+    prefill_chunk_tokens: int = 4096
+    ignore_eos: bool = False               # benchmarks: always generate the whole budget
+    logits_hook: Callable | None = None    # tests: adjust logits before choosing
+
+    @classmethod
+    def from_options(cls, **opts) -> "ExtractorConfig":
+        names = {f.name for f in fields(cls)}
+        unknown = set(opts) - names
+        if unknown:
+            raise ConfigError(f"unknown extractor option(s): {', '.join(sorted(unknown))}")
+        return cls(**opts)
+
+
+@dataclass
+class Prediction:
+    entities: list[Entity]
+    outputs: list[str] = field(default_factory=list)    # raw tag text, one per piece
+    truncated: int = 0                                  # pieces whose budget ran out mid-tag
+    problems: list[str] = field(default_factory=list)   # parse problems (unconstrained decoding only)
+
+
+@dataclass
+class RunStats:
+    texts: int = 0
+    empty: int = 0
+    pieces: int = 0
+    split_texts: int = 0
+    seconds: float = 0.0
+    new_tokens: int = 0
+    prompt_tokens: int = 0
+    steps: int = 0
+    batches: int = 0
+    batch_sizes: list[int] = field(default_factory=list)
+    oom_retries: int = 0
+    truncated: int = 0
+    unparsed: int = 0
+    labels: Counter = field(default_factory=Counter)
+    mode: str = ""
+
+    @property
+    def texts_per_s(self) -> float:
+        return self.texts / self.seconds if self.seconds else 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.new_tokens / self.seconds if self.seconds else 0.0
+
+    def to_dict(self) -> dict:
+        return {"texts": self.texts, "empty": self.empty, "pieces": self.pieces, "split_texts": self.split_texts,
+                "seconds": round(self.seconds, 3), "texts_per_s": round(self.texts_per_s, 3),
+                "new_tokens": self.new_tokens, "tokens_per_s": round(self.tokens_per_s, 1),
+                "prompt_tokens": self.prompt_tokens, "steps": self.steps, "batches": self.batches,
+                "max_batch": max(self.batch_sizes, default=0), "oom_retries": self.oom_retries,
+                "truncated": self.truncated, "unparsed": self.unparsed, "labels": dict(self.labels.most_common()),
+                "mode": self.mode}
+
+
+@dataclass
+class _Piece:
+    doc: int
+    offset: int
+    text: str
+    ids: list[int] = field(default_factory=list)     # full prompt ids
+    text_tokens: int = 0
+    max_new: int = 0
+    output: str = ""
+    truncated: bool = False
+
+
+class Extractor:
+    """Batched, constrained entity extraction with a fine-tuned causal LM.
+
+    >>> ex = Extractor.load("runs/kmou-qlora")            # doctest: +SKIP
+    >>> ex(["이순신은 조선의 장군이다."])                     # doctest: +SKIP
+    [[Entity(start=0, end=3, label='PER', text='이순신'), ...]]
+    """
+
+    def __init__(self, model, tokenizer, scheme: Scheme | str = "spacy19", prompt: PromptFormat | None = None,
+                 config: ExtractorConfig | None = None, **opts):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.scheme = load_scheme(scheme)
+        self.prompt = prompt or PromptFormat()
+        self.config = replace(config, **opts) if config is not None else ExtractorConfig.from_options(**opts)
+        if self.config.prefix_cache not in ("auto", "shared", "expand", "none"):
+            raise ConfigError("prefix_cache must be auto, shared, expand or none")
+        from kner.modeling import PromptEncoder
+
+        self.prefix_text, self.suffix_text = self.prompt.parts(self.scheme)
+        # Training tokenizes prompts through the same encoder: identical ids, identical prefix.
+        self.encoder = PromptEncoder(tokenizer, self.prompt, self.scheme)
+        self.prefix_ids: list[int] = self.encoder.prefix_ids
+        self._prefix_kv = None
+        self._table = None
+        self._grammars: dict[bool, object] = {}
+        self._batch_cap: int | None = None     # lowered after an out-of-memory retry
+        self.last_stats = RunStats()
+
+    # -- loading ------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | Path, *, adapter: str | Path | None = None, scheme: str | Scheme | None = None,
+             prompt: PromptFormat | None = None, quantize_4bit: bool | None = None, compute_dtype: str | None = None,
+             **opts) -> "Extractor":
+        """Load the output folder of ``kner train`` (or ``kner export``), or a base model plus ``adapter``.
+
+        Without a ``kner.json`` in ``path``, ``path`` is a base model (hub name or
+        folder) and ``scheme`` (default ``spacy19``) and ``prompt`` (default
+        :class:`PromptFormat`) say how the adapter was trained.
+        """
+        from kner.artifacts import MANIFEST, ModelManifest
+        from kner.modeling import LoadSpec, load_model, load_tokenizer
+
+        path = Path(path) if not isinstance(path, Path) else path
+        adapter_dir: Path | None = Path(adapter) if adapter else None
+        if (path / MANIFEST).is_file():
+            man = ModelManifest.load_from(path)
+            if scheme is not None and load_scheme(scheme).names != man.scheme.names:
+                raise ConfigError(f"{path} was trained with scheme {man.scheme.name!r}; "
+                                  f"predicting with {load_scheme(scheme).name!r} would misread its labels")
+            sch, pr, spec = man.scheme, prompt or man.prompt, man.load
+            tok_dir = path / man.tokenizer_dir
+            tok_src = str(tok_dir) if tok_dir.is_dir() else spec.model
+            if man.model_dir:
+                spec = replace(spec, model=str(path / man.model_dir))
+            elif adapter_dir is None and man.adapter_dir and (path / man.adapter_dir).is_dir():
+                adapter_dir = path / man.adapter_dir
+        else:
+            if not path.exists() and "/" not in str(path):
+                raise KnerError(f"{path}: no such model folder")
+            sch = load_scheme(scheme or "spacy19")
+            pr = prompt or PromptFormat()
+            spec = LoadSpec(model=str(path))
+            tok_src = str(adapter_dir) if adapter_dir and (adapter_dir / "tokenizer_config.json").is_file() else str(path)
+        if quantize_4bit is not None:
+            spec = replace(spec, quantize_4bit=quantize_4bit)
+        if compute_dtype is not None:
+            spec = replace(spec, compute_dtype=compute_dtype)
+        if adapter_dir is not None and not adapter_dir.is_dir():
+            raise KnerError(f"{adapter_dir}: adapter folder not found")
+        tokenizer = load_tokenizer(tok_src, trust_remote_code=spec.trust_remote_code, revision=spec.revision)
+        model = load_model(spec)
+        if not spec.quantize_4bit:
+            import torch
+            if torch.cuda.is_available():
+                model = model.to("cuda")
+        if adapter_dir is not None:
+            from peft import PeftModel
+            try:
+                model = PeftModel.from_pretrained(model, str(adapter_dir))
+            except (OSError, ValueError) as err:
+                raise KnerError(f"cannot load adapter {adapter_dir}: {str(err).splitlines()[0]}") from None
+        model.eval()
+        return cls(model, tokenizer, sch, pr, **opts)
+
+    # -- public API ---------------------------------------------------------------
+    def __call__(self, texts: Sequence[str] | str) -> list[list[Entity]]:
+        if isinstance(texts, str):
+            raise TypeError("pass a list of texts (a single string would be read as characters)")
+        return [p.entities for p in self.predict(texts)]
+
+    def predict_examples(self, examples: Iterable[Example], progress=None) -> list[Example]:
+        """Same ids, texts and meta; entities replaced by predictions (for the evaluation pipeline)."""
+        examples = list(examples)
+        preds = self.predict([ex.text for ex in examples], progress=progress)
+        return [Example(ex.id, ex.text, p.entities, dict(ex.meta)) for ex, p in zip(examples, preds)]
+
+    def predict(self, texts: Sequence[str], progress: Callable[[int, int], None] | None = None,
+                new_tokens: Sequence[int] | None = None) -> list[Prediction]:
+        """Predictions per text. ``progress(done, total)`` is called after each batch (pieces).
+
+        ``new_tokens`` (benchmarks) fixes each text's new-token budget; with
+        ``ignore_eos`` every row then generates exactly that many tokens.
+        """
+        import torch
+
+        t0 = time.perf_counter()
+        cfg = self.config
+        stats = RunStats(texts=len(texts))
+        pieces = self._pieces(texts, stats, new_tokens)
+        stats.pieces = len(pieces)
+        mode = self._mode()
+        stats.mode = mode
+        if pieces:
+            lcp = min(_common_prefix(p.ids, self.prefix_ids) for p in pieces)
+            if lcp == 0:
+                mode = stats.mode = "none"
+            prefix = None
+            if mode != "none":
+                prefix = self._prefix(lcp)
+            order = sorted(range(len(pieces)), key=lambda i: -len(pieces[i].ids))
+            done = 0
+            i = 0
+            while i < len(order):
+                bs = self._batch_size(pieces, order, i, len(prefix.ids) if prefix else 0, mode)
+                idx = order[i:i + bs]
+                try:
+                    self._run_batch([pieces[j] for j in idx], prefix, mode, stats)
+                    failed = False
+                except Exception as err:  # noqa: BLE001 -- only OOM is handled, the rest re-raised
+                    from kner.inference.memory import is_oom
+                    if not is_oom(err):
+                        raise
+                    if len(idx) == 1:
+                        raise KnerError("out of GPU memory with a single sequence; lower --max-chunk-tokens "
+                                        "or free GPU memory") from None
+                    failed = True
+                if failed:
+                    from kner.inference.memory import release_memory
+                    release_memory()
+                    self._batch_cap = max(1, len(idx) // 2)
+                    stats.oom_retries += 1
+                    log.warning("out of GPU memory with %d rows; retrying with %d", len(idx), self._batch_cap)
+                    continue
+                i += len(idx)
+                done += len(idx)
+                stats.batches += 1
+                stats.batch_sizes.append(len(idx))
+                if progress is not None:
+                    progress(done, len(pieces))
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        preds = self._assemble(texts, pieces, stats)
+        stats.seconds = time.perf_counter() - t0
+        self.last_stats = stats
+        return preds
+
+    # -- internals ------------------------------------------------------------------
+    def _mode(self) -> str:
+        from kner.inference.prefix_cache import supports_shared
+
+        m = self.config.prefix_cache
+        if m == "auto":
+            return "shared" if supports_shared(self.model) else "expand"
+        return m
+
+    @property
+    def table(self):
+        if self._table is None:
+            from kner.inference.vocab import TokenTable
+            vocab = self.model.get_output_embeddings().weight.shape[0] if self.model.get_output_embeddings() is not None else None
+            self._table = TokenTable.from_tokenizer(self.tokenizer, vocab, self.model)
+        return self._table
+
+    def grammar(self, ignore_eos: bool = False):
+        g = self._grammars.get(ignore_eos)
+        if g is None:
+            from kner.inference.constrained import TagGrammar
+            g = self._grammars[ignore_eos] = TagGrammar(self.table, self.scheme.names, self.prompt.separator,
+                                                        ignore_eos=ignore_eos)
+        return g
+
+    def _context_limit(self) -> int | None:
+        from kner.inference.memory import ModelDims
+        lim = ModelDims.from_model(self.model).max_positions
+        tml = getattr(self.tokenizer, "model_max_length", None)
+        if tml and tml < 1_000_000:
+            lim = min(lim, tml) if lim else tml
+        return lim
+
+    def _max_text_tokens(self) -> int:
+        cfg = self.config
+        limit = cfg.max_chunk_tokens
+        ctx = self._context_limit()
+        if ctx:
+            suffix = len(self.tokenizer(self.suffix_text, add_special_tokens=False)["input_ids"])
+            room = ctx - len(self.prefix_ids) - suffix - cfg.new_tokens_overhead - 2
+            fit = int(room / (1 + cfg.new_tokens_factor))
+            if fit < 8:
+                raise KnerError(f"the model's context ({ctx} tokens) leaves no room for text after the "
+                                f"{len(self.prefix_ids)}-token instruction")
+            limit = min(limit, fit)
+        return limit
+
+    def _pieces(self, texts: Sequence[str], stats: RunStats, new_tokens: Sequence[int] | None) -> list[_Piece]:
+        from kner.inference.chunking import split_document
+
+        cfg = self.config
+        tok = self.tokenizer
+        max_text = self._max_text_tokens()
+        pieces: list[_Piece] = []
+        todo = [(i, t) for i, t in enumerate(texts) if t.strip()]
+        stats.empty = len(texts) - len(todo)
+        if new_tokens is not None and len(new_tokens) != len(texts):
+            raise ValueError("new_tokens needs one budget per text")
+        counts = tok([t for _, t in todo], add_special_tokens=False)["input_ids"] if todo else []
+
+        def count(s: str) -> int:
+            return len(tok(s, add_special_tokens=False)["input_ids"])
+
+        for (i, t), ids in zip(todo, counts):
+            if len(ids) <= max_text:
+                pieces.append(_Piece(i, 0, t, text_tokens=len(ids)))
+            else:
+                stats.split_texts += 1
+                for pc in split_document(t, count, max_text):
+                    pieces.append(_Piece(i, pc.offset, pc.text, text_tokens=count(pc.text)))
+        if pieces:
+            for p in pieces:
+                p.ids = self.encoder.prompt_ids(p.text).input_ids
+                if new_tokens is not None:
+                    p.max_new = int(new_tokens[p.doc])
+                else:
+                    p.max_new = math.ceil(p.text_tokens * cfg.new_tokens_factor) + cfg.new_tokens_overhead
+                if cfg.max_new_tokens:
+                    p.max_new = min(p.max_new, cfg.max_new_tokens)
+                p.max_new = max(1, p.max_new)
+            stats.prompt_tokens = sum(len(p.ids) for p in pieces)
+        return pieces
+
+    def _prefix(self, n: int):
+        from kner.inference.prefix_cache import PrefixKV
+
+        if self._prefix_kv is None:
+            self._prefix_kv = PrefixKV.encode(self.model, self.prefix_ids)
+        return self._prefix_kv.truncated(n)
+
+    def _batch_size(self, pieces, order, i, prefix_len, mode) -> int:
+        from kner.inference.memory import ModelDims, largest_linear_elems, plan_batch, usable_memory
+
+        cfg = self.config
+        remaining = len(order) - i
+        cap = cfg.batch_size or cfg.max_batch_size
+        dev = self.model.get_input_embeddings().weight.device
+        if self._batch_cap is not None:
+            cap = min(cap, self._batch_cap)
+        if cfg.batch_size is None:
+            usable = usable_memory(dev, int(cfg.max_memory * 1024 ** 3) if cfg.max_memory else None)
+            if usable is None:
+                cap = min(cap, cfg.cpu_batch_size)
+            else:
+                if not hasattr(self, "_dims"):
+                    self._dims = ModelDims.from_model(self.model)
+                    self._largest = largest_linear_elems(self.model)
+                first = pieces[order[i]]
+                window = order[i:i + cap]
+                suffix_len = len(first.ids) - (prefix_len if mode != "none" else 0)
+                new = max(pieces[j].max_new for j in window)
+                plan = plan_batch(self._dims, suffix_len=suffix_len, new_tokens=new, prefix_len=prefix_len,
+                                  mode=mode, usable=usable, max_batch=cap, safety=cfg.memory_safety,
+                                  prefill_chunk_tokens=cfg.prefill_chunk_tokens, largest_weight_elems=self._largest)
+                cap = plan.batch_size
+        return max(1, min(cap, remaining))
+
+    def _run_batch(self, batch: list[_Piece], prefix, mode: str, stats: RunStats) -> None:
+        from kner.inference.constrained import ConstrainedChooser
+        from kner.inference.decoding import GreedyChooser, greedy_decode
+
+        cfg = self.config
+        p = len(prefix.ids) if prefix is not None else 0
+        seqs = [pc.ids if mode == "none" else pc.ids[p:] for pc in batch]
+        if cfg.constrained:
+            chooser = ConstrainedChooser(self.grammar(cfg.ignore_eos), [pc.text for pc in batch], cycle=cfg.ignore_eos)
+        else:
+            chooser = GreedyChooser(len(self.tokenizer))
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        res = greedy_decode(self.model, seqs, [pc.max_new for pc in batch], prefix=prefix, mode=mode,
+                            chooser=chooser, eos_ids=self.table.eos_ids if cfg.constrained else self._eos_ids(),
+                            pad_id=pad, ignore_eos=cfg.ignore_eos, logits_hook=cfg.logits_hook,
+                            prefill_chunk_tokens=cfg.prefill_chunk_tokens)
+        stats.new_tokens += res.stats.new_tokens
+        stats.steps += res.stats.steps
+        for k, pc in enumerate(batch):
+            if cfg.constrained:
+                pc.output, pc.truncated = chooser.rows[k].output()
+            else:
+                pc.output = self.tokenizer.decode(res.tokens[k], skip_special_tokens=True)
+                pc.truncated = len(res.tokens[k]) >= pc.max_new
+
+    def _eos_ids(self) -> set[int]:
+        from kner.inference.vocab import eos_token_ids
+        return eos_token_ids(self.tokenizer, self.model)
+
+    def _assemble(self, texts, pieces: list[_Piece], stats: RunStats) -> list[Prediction]:
+        preds = [Prediction([]) for _ in texts]
+        for pc in pieces:
+            pred = preds[pc.doc]
+            res = parse_tags(pc.output, pc.text, self.scheme)
+            pred.outputs.append(pc.output)
+            if pc.truncated:
+                pred.truncated += 1
+                stats.truncated += 1
+            if not res.ok:
+                stats.unparsed += 1
+                pred.problems.extend(res.problems())
+                if self.config.constrained and not self.config.ignore_eos:
+                    log.error("constrained output did not parse (a bug): %r on %r", pc.output, pc.text)
+            for e in res.entities:
+                pred.entities.append(Entity(e.start + pc.offset, e.end + pc.offset, e.label, e.text))
+        for pred in preds:
+            pred.entities.sort()
+            stats.labels.update(e.label for e in pred.entities)
+        return preds
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i

@@ -1,0 +1,156 @@
+"""How many sequences fit in a batch, from free GPU memory and the model's K/V size.
+
+The K/V cache is what grows with the batch: per token it takes
+``layers x kv_heads x head_dim x 2 (K and V) x dtype bytes`` (LLaMA-2-7B in
+fp16: 32 x 32 x 128 x 2 x 2 = 0.5 MiB). A row needs it for its suffix and all
+the tokens it may generate (and, without the shared prefix cache, for its own
+copy of the prefix too). On top come transient buffers: the row-chunked
+prefill's activations and attention scores, one decode step's scores and
+logits, and the largest dequantized 4-bit weight. The plan keeps a safety
+margin, and :func:`is_oom` lets the caller halve the batch and retry if the
+estimate was still too optimistic.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+GiB = 1024 ** 3
+
+
+@dataclass(frozen=True)
+class ModelDims:
+    layers: int
+    kv_heads: int
+    heads: int
+    head_dim: int
+    hidden: int
+    intermediate: int
+    vocab: int
+    dtype_bytes: int
+    max_positions: int | None
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        return self.layers * self.kv_heads * self.head_dim * 2 * self.dtype_bytes
+
+    @classmethod
+    def from_model(cls, model) -> "ModelDims":
+        cfg = model.config
+        try:
+            cfg = cfg.get_text_config(decoder=True)
+        except (AttributeError, TypeError):
+            pass
+        heads = cfg.num_attention_heads
+        hidden = cfg.hidden_size
+        head_dim = getattr(cfg, "head_dim", None) or hidden // heads
+        kv = getattr(cfg, "num_key_value_heads", None) or heads
+        dtype_bytes = 2
+        try:
+            emb = model.get_input_embeddings().weight
+            dtype_bytes = emb.element_size()
+        except AttributeError:
+            pass
+        return cls(layers=cfg.num_hidden_layers, kv_heads=kv, heads=heads, head_dim=head_dim, hidden=hidden,
+                   intermediate=getattr(cfg, "intermediate_size", 4 * hidden), vocab=cfg.vocab_size,
+                   dtype_bytes=dtype_bytes, max_positions=getattr(cfg, "max_position_embeddings", None))
+
+
+def usable_memory(device, cap_bytes: int | None = None) -> int | None:
+    """Bytes this process may still allocate on ``device``; None on CPU (no planning there).
+
+    Honors ``torch.cuda.set_per_process_memory_fraction`` (the T4-emulation cap)
+    and an explicit ``cap_bytes`` (total for the process, like ``--max-memory``).
+    """
+    import torch
+
+    if device is None or torch.device(device).type != "cuda" or not torch.cuda.is_available():
+        return None
+    dev = torch.device(device)
+    free, total = torch.cuda.mem_get_info(dev)
+    allocated = torch.cuda.memory_allocated(dev)
+    reserved = torch.cuda.memory_reserved(dev)
+    avail = free + (reserved - allocated)   # cached blocks our allocator can reuse
+    limits = []
+    frac = None
+    getter = getattr(torch.cuda, "get_per_process_memory_fraction", None)
+    if getter is not None:
+        try:
+            frac = getter(dev)
+        except (RuntimeError, TypeError):
+            frac = None
+    if frac is not None and frac < 1.0:
+        limits.append(int(frac * total) - allocated)
+    if cap_bytes is not None:
+        limits.append(int(cap_bytes) - allocated)
+    return max(0, min([avail, *limits]))
+
+
+@dataclass
+class BatchPlan:
+    batch_size: int
+    per_row_bytes: int
+    fixed_bytes: int
+    budget_bytes: int | None
+
+
+def plan_batch(dims: ModelDims, *, suffix_len: int, new_tokens: int, prefix_len: int, mode: str,
+               usable: int | None, max_batch: int, prefill_chunk_tokens: int = 4096, safety: float = 0.8,
+               largest_weight_elems: int = 0) -> BatchPlan:
+    """Rows per batch so that K/V plus transient buffers stay within ``safety x usable``."""
+    kvt = dims.kv_bytes_per_token
+    own_tokens = suffix_len + new_tokens + (prefix_len if mode != "shared" else 0)
+    kv_tokens_total = prefix_len + suffix_len + new_tokens
+    # Per row: its K/V; one decode step's fp32 scores (+ softmax copy) over all keys; logits row.
+    per_row = (own_tokens * kvt
+               + dims.heads * kv_tokens_total * 4 * 3
+               + dims.vocab * 4 * 3)
+    if mode != "shared":
+        # Unchunked prefill: activations of every prompt token of the row at once.
+        prompt = suffix_len + (prefix_len if mode == "none" else 0)
+        per_row += prompt * (dims.hidden * 6 + dims.intermediate * 3) * dims.dtype_bytes
+        per_row += dims.heads * prompt * (prefix_len + suffix_len) * 4 * 2
+    # Fixed: a row-chunked prefill (shared mode) or nothing; the biggest dequantized weight.
+    chunk = max(prefill_chunk_tokens, suffix_len)
+    fixed = largest_weight_elems * dims.dtype_bytes * 2
+    if mode == "shared":
+        fixed += chunk * (dims.hidden * 6 + dims.intermediate * 3) * dims.dtype_bytes
+        fixed += dims.heads * chunk * (prefix_len + suffix_len) * 4 * 3
+    if usable is None:
+        return BatchPlan(max_batch, per_row, fixed, None)
+    budget = int(usable * safety) - fixed
+    n = max(1, budget // per_row) if budget > 0 else 1
+    return BatchPlan(int(min(n, max_batch)), per_row, fixed, budget)
+
+
+def largest_linear_elems(model) -> int:
+    """Elements of the biggest linear weight: bitsandbytes dequantizes one at a time to 16-bit."""
+    import torch
+
+    best = 0
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.Linear):
+            best = max(best, mod.in_features * mod.out_features)
+    return best
+
+
+def is_oom(err: BaseException) -> bool:
+    import torch
+
+    oom_type = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
+    if oom_type is not None and isinstance(err, oom_type):
+        return True
+    return isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
+
+
+def release_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
