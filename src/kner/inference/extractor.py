@@ -251,7 +251,7 @@ class Extractor:
                         raise
                     if len(idx) == 1:
                         raise KnerError("out of GPU memory with a single sequence; lower --max-chunk-tokens "
-                                        "or free GPU memory") from None
+                                        "or --max-new-tokens, or free GPU memory") from None
                     failed = True
                 if failed:
                     from kner.inference.memory import release_memory
@@ -286,8 +286,9 @@ class Extractor:
     def table(self):
         if self._table is None:
             from kner.inference.vocab import TokenTable
-            vocab = self.model.get_output_embeddings().weight.shape[0] if self.model.get_output_embeddings() is not None else None
-            self._table = TokenTable.from_tokenizer(self.tokenizer, vocab, self.model)
+            out = self.model.get_output_embeddings()
+            vocab = out.weight.shape[0] if out is not None else None
+            self._table = TokenTable.cached(self.tokenizer, vocab, self.model)
         return self._table
 
     def grammar(self, ignore_eos: bool = False):
@@ -359,8 +360,15 @@ class Extractor:
     def _prefix(self, n: int):
         from kner.inference.prefix_cache import PrefixKV
 
+        from kner.inference.memory import is_oom
+
         if self._prefix_kv is None:
-            self._prefix_kv = PrefixKV.encode(self.model, self.prefix_ids)
+            try:
+                self._prefix_kv = PrefixKV.encode(self.model, self.prefix_ids)
+            except Exception as err:  # noqa: BLE001
+                if is_oom(err):
+                    raise KnerError("out of GPU memory encoding the instruction prefix; free GPU memory") from None
+                raise
         return self._prefix_kv.truncated(n)
 
     def _batch_size(self, pieces, order, i, prefix_len, mode) -> int:

@@ -101,6 +101,15 @@ class TokenTable:
         table._build_trie()
         return table
 
+    @classmethod
+    def cached(cls, tokenizer, vocab_size: int | None = None, model=None) -> "TokenTable":
+        """``from_tokenizer``, built once per tokenizer object (a 128k vocabulary takes seconds)."""
+        key = (max(len(tokenizer), vocab_size or 0), tuple(sorted(eos_token_ids(tokenizer, model))))
+        store = tokenizer.__dict__.setdefault("_kner_token_tables", {})
+        if key not in store:
+            store[key] = cls.from_tokenizer(tokenizer, vocab_size, model)
+        return store[key]
+
     def _build_trie(self) -> None:
         children: list[dict[int, int]] = [{}]
         ends: list[list[int]] = [[]]

@@ -1,0 +1,239 @@
+"""Decode loop, prefix cache, batching, OOM fallback and chunking on tiny random models (CPU)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from kner.inference import Extractor
+from kner.inference.chunking import split_document
+from kner.inference.decoding import GreedyChooser, greedy_decode
+from kner.inference.memory import ModelDims, is_oom, plan_batch
+from kner.inference.prefix_cache import PrefixKV
+from kner.modeling import PromptEncoder, build_model_from_config, load_tokenizer, tiny_config
+from kner.prompt import PromptFormat, parse_tags
+from kner.schemes import load_scheme
+
+LLAMA2 = Path(__file__).resolve().parents[2] / "shared" / "tokenizers" / "llama-2"
+
+
+@pytest.fixture(scope="module")
+def tok():
+    if not LLAMA2.is_dir():
+        pytest.skip("LLaMA-2 tokenizer not available")
+    return load_tokenizer(str(LLAMA2))
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build_model_from_config(tiny_config("llama", vocab_size=32000, hidden=32, intermediate=64, layers=1,
+                                               heads=2, kv_heads=1)).eval()
+
+
+def tag_bias(extractor, amount=4.0):
+    """Test-only logits hook: make '<' likelier so random weights produce tags at all."""
+    ids = torch.tensor([i for i, b in enumerate(extractor.table.token_bytes) if b and b.strip().startswith(b"<")])
+
+    def hook(logits):
+        logits = logits.clone()
+        logits[:, ids] += amount
+        return logits
+    return hook
+
+
+TEXTS = ["오에 겐자부로는 일본 현대문학의 초석을 놓은 작가", "이순신", "서울 <특별시> : 12\\3", "a b"]
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_prefix_cache_modes_match_full_prompts(tok, arch):
+    torch.manual_seed(1)
+    m = build_model_from_config(tiny_config(arch, vocab_size=32000, hidden=32, intermediate=64, kv_heads=1)).eval()
+    sch = load_scheme("spacy19")
+    enc = PromptEncoder(tok, PromptFormat(), sch)
+    full = [enc.prompt_ids(t).input_ids for t in TEXTS]
+    p = len(enc.prefix_ids)
+    prefix = PrefixKV.encode(m, enc.prefix_ids)
+    budgets = [6, 3, 5, 6]
+    got = {}
+    for mode in ("none", "expand", "shared"):
+        seqs = full if mode == "none" else [f[p:] for f in full]
+        first = []
+
+        def hook(logits, first=first):
+            if not first:
+                first.append(logits.clone())
+            return logits
+        res = greedy_decode(m, seqs, budgets, prefix=prefix, mode=mode, chooser=GreedyChooser(32000),
+                            eos_ids={tok.eos_token_id}, pad_id=tok.pad_token_id, logits_hook=hook)
+        got[mode] = (res.tokens, first[0])
+        assert [len(t) for t in res.tokens] == budgets or any(tok.eos_token_id for _ in res.tokens)
+    assert got["shared"][0] == got["none"][0] == got["expand"][0]
+    torch.testing.assert_close(got["shared"][1], got["none"][1], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got["expand"][1], got["none"][1], atol=1e-4, rtol=1e-4)
+    # Each row alone (no padding at all) gives the same tokens as inside the batch.
+    for i, f in enumerate(full):
+        alone = greedy_decode(m, [f[p:]], [budgets[i]], prefix=prefix, mode="shared", chooser=GreedyChooser(32000),
+                              eos_ids={tok.eos_token_id}, pad_id=tok.pad_token_id)
+        assert alone.tokens[0] == got["none"][0][i]
+
+
+def kmou_texts(shared_datasets, n):
+    from kner.readers import read_dataset
+
+    texts = []
+    for f in sorted((shared_datasets / "kmou" / "corpus").glob("*.txt")):
+        texts += [e.text for e in read_dataset("kmou", f).examples]
+        if len(texts) >= n:
+            return texts[:n]
+    return texts
+
+
+def test_constrained_extraction_on_200_kmou_sentences(tok, model, shared_datasets):
+    texts = kmou_texts(shared_datasets, 200)
+    sch = load_scheme("spacy19")
+    ex = Extractor(model, tok, sch, batch_size=100, max_new_tokens=16)
+    ex.config.logits_hook = tag_bias(ex)
+    preds = ex.predict(texts)
+    st = ex.last_stats
+    assert st.texts == 200 and st.unparsed == 0 and st.mode == "shared"
+    n = 0
+    for text, pred in zip(texts, preds):
+        assert len(pred.outputs) == 1
+        res = parse_tags(pred.outputs[0], text, sch)
+        assert res.ok and res.out_of_order == 0, pred.outputs[0]
+        for e in pred.entities:
+            assert text[e.start:e.end] == e.text and e.label in sch.names
+        n += len(pred.entities)
+    assert n > 50            # the bias made the random model write tags
+    assert sum(st.labels.values()) == n
+
+
+def test_unconstrained_random_model_does_not_parse(tok, model):
+    ex = Extractor(model, tok, "spacy19", constrained=False, batch_size=4, max_new_tokens=8)
+    preds = ex.predict(TEXTS)
+    assert ex.last_stats.unparsed > 0        # the constraint is what makes outputs parse
+    assert all(isinstance(p.entities, list) for p in preds)
+
+
+def test_empty_texts_keep_their_place(tok, model):
+    ex = Extractor(model, tok, "spacy19", batch_size=4, max_new_tokens=6)
+    texts = ["", "이순신", "   ", "서울", "\t"]
+    preds = ex.predict(texts)
+    assert len(preds) == 5
+    assert preds[0].entities == [] and preds[2].entities == [] and preds[4].entities == []
+    assert ex.last_stats.empty == 3 and ex.last_stats.pieces == 2
+    assert ex(["", ""]) == [[], []]
+    with pytest.raises(TypeError):
+        ex("이순신")
+
+
+def test_out_of_memory_halves_the_batch_and_retries(tok, model):
+    texts = TEXTS * 3
+    ref = Extractor(model, tok, "spacy19", batch_size=12, max_new_tokens=10)
+    ref.config.logits_hook = tag_bias(ref)
+    want = ref.predict(texts)
+
+    class OOM(torch.nn.Module):    # raises like CUDA does when a batch is too large
+        def __init__(self, inner, limit):
+            super().__init__()
+            self.inner, self.limit, self.calls = inner, limit, 0
+
+        def forward(self, input_ids=None, **kw):
+            self.calls += 1
+            if input_ids.shape[0] > self.limit:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+            return self.inner(input_ids=input_ids, **kw)
+
+        def __getattr__(self, name):
+            try:
+                return super().__getattr__(name)
+            except AttributeError:
+                return getattr(self.inner, name)
+
+    wrapped = OOM(model, 3)
+    ex = Extractor(wrapped, tok, "spacy19", batch_size=12, max_new_tokens=10)
+    ex.config.logits_hook = ref.config.logits_hook
+    got = ex.predict(texts)
+    assert [p.entities for p in got] == [p.entities for p in want]
+    assert ex.last_stats.oom_retries == 2          # 12 -> 6 -> 3
+    assert max(ex.last_stats.batch_sizes) == 3
+    assert is_oom(torch.OutOfMemoryError("x")) and is_oom(RuntimeError("CUDA error: out of memory"))
+    assert not is_oom(ValueError("out of memory"))
+
+    wrapped.limit = 0
+    ex2 = Extractor(wrapped, tok, "spacy19", batch_size=4, max_new_tokens=4)
+    from kner.errors import KnerError
+    with pytest.raises(KnerError, match="out of GPU memory"):
+        ex2.predict(["이순신"])
+
+
+def test_split_document_keeps_every_character():
+    text = ("이순신은 조선의 장군이다. 그는 1545년에 태어났다!  왜 그랬을까?\n\n"
+            "원균은 칠천량에서 패했다. " + "아주긴단어" * 40 + " 끝.")
+
+    def count(s):
+        return len(s)   # one "token" per character keeps the test exact
+    pieces = split_document(text, count, 30)
+    assert len(pieces) > 3
+    covered = [False] * len(text)
+    for pc in pieces:
+        assert text[pc.offset:pc.offset + len(pc.text)] == pc.text
+        assert 0 < count(pc.text) <= 30
+        for i in range(pc.offset, pc.offset + len(pc.text)):
+            assert not covered[i]
+            covered[i] = True
+    assert all(c or text[i].isspace() for i, c in enumerate(covered))
+    assert pieces[0].text == "이순신은 조선의 장군이다."     # sentence ends come first
+    assert split_document("짧다", count, 30)[0].text == "짧다"
+
+
+def test_long_document_is_chunked_and_mapped_back(tok, model, shared_datasets):
+    doc = " ".join(kmou_texts(shared_datasets, 40))
+    ex = Extractor(model, tok, "spacy19", batch_size=32, max_new_tokens=12, max_chunk_tokens=64)
+    ex.config.logits_hook = tag_bias(ex, 6.0)
+    pred = ex.predict([doc, "이순신"])[0]
+    st = ex.last_stats
+    assert st.split_texts == 1 and st.pieces > 10 and st.unparsed == 0
+    assert len(pred.outputs) == st.pieces - 1
+    assert pred.entities, "expected tags from the biased random model"
+    for e in pred.entities:
+        assert doc[e.start:e.end] == e.text
+    # Entities come from many pieces, i.e. offsets were shifted, not just the first piece's.
+    assert max(e.start for e in pred.entities) > len(doc) // 2
+
+
+def test_memory_plan_for_llama2_7b():
+    dims = ModelDims(layers=32, kv_heads=32, heads=32, head_dim=128, hidden=4096, intermediate=11008, vocab=32000,
+                     dtype_bytes=2, max_positions=4096)
+    assert dims.kv_bytes_per_token == 512 * 1024          # 0.5 MiB per token in fp16
+    kw = dict(suffix_len=100, new_tokens=130, prefix_len=282, max_batch=1024, largest_weight_elems=4096 * 11008)
+    shared = plan_batch(dims, mode="shared", usable=11 * 2**30, **kw)
+    expand = plan_batch(dims, mode="expand", usable=11 * 2**30, **kw)
+    assert 50 < shared.batch_size < 120 and expand.batch_size < shared.batch_size / 1.8
+    # The planned batch fits: rows x per-row + fixed stays under the budget.
+    assert shared.batch_size * shared.per_row_bytes + shared.fixed_bytes <= 0.8 * 11 * 2**30
+    assert plan_batch(dims, mode="shared", usable=1 * 2**30, **kw).batch_size == 1
+    assert plan_batch(dims, mode="shared", usable=None, **kw).batch_size == 1024
+    m = ModelDims.from_model(build_model_from_config(tiny_config("qwen2", vocab_size=500, kv_heads=1)))
+    assert m.kv_bytes_per_token == 2 * 1 * 16 * 2 * 4     # layers x kv heads x head dim x K/V x fp32
+
+
+def test_tag_logits_processor_with_generate(tok, model):
+    from transformers import LogitsProcessorList
+
+    from kner.inference.constrained import TagGrammar, TagLogitsProcessor
+    from kner.inference.vocab import TokenTable
+
+    sch = load_scheme("spacy19")
+    table = TokenTable.from_tokenizer(tok)
+    enc = PromptEncoder(tok, PromptFormat(), sch)
+    text = "서울 <특별시> 이순신"
+    ids = torch.tensor([enc.prompt_ids(text).input_ids])
+    proc = TagLogitsProcessor(TagGrammar(table, sch.names), [text], ids.shape[1])
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=20, do_sample=False,
+                         logits_processor=LogitsProcessorList([proc]), pad_token_id=tok.pad_token_id)
+    gen = out[0, ids.shape[1]:].tolist()
+    assert parse_tags(table.decode(gen), text, sch).ok
