@@ -1,0 +1,234 @@
+"""Inference throughput: kner's batched (constrained) extraction vs. one-at-a-time ``model.generate``.
+
+LLaMA-2-7B architecture with random weights (none can be downloaded), NF4
+double-quantized in place, plus a random LoRA adapter (peft, r=16, all linear
+layers, B != 0), the default prompt and the real LLaMA-2 tokenizer; 1,000
+sentences of the KMOU test split (default 80/10/10 split by document).
+
+Random weights write arbitrary text, so both sides generate the same number of
+new tokens per sentence, EOS ignored: that sentence's gold tag list length in
+tokens (+1 for EOS), i.e. what a perfect model would write. Sentences/s and
+generated tokens/s are reported for every run.
+
+Runs, in order (results are printed and rewritten to ``--out`` after each):
+
+1. T4 emulation: fp16, flash attention off, allocator capped at 15 GiB.
+   a. baseline: one sentence at a time, ``model.generate`` (greedy, no
+      constraint) through peft on the 4-bit base; timed on ``--baseline-n``
+      sentences (or ``--baseline-seconds``) and extrapolated;
+   b. kner, unconstrained; c. kner, constrained (the default). With EOS
+      ignored the grammar restarts when a text is used up, so every generated
+      token passes through the constraint (a pessimistic measure).
+2. Full card, flash attention on, no cap: kner unconstrained and constrained.
+
+    python benchmarks/infer_bench.py prepare            # here: tokenizer + 1,000 test sentences -> .device/infer
+    python benchmarks/infer_bench.py run --out $OUT/infer_bench.json      # on the GPU machine
+    python benchmarks/infer_bench.py run --tiny --n 24 --baseline-n 3     # CPU smoke test of this script
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+DATA = ROOT / ".device" / "infer"
+GiB = 2 ** 30
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def prepare(args) -> None:
+    from kner.datasets import default_kmou_split
+    from kner.example import write_jsonl
+    from kner.modeling import load_tokenizer
+    from kner.schemes import Mapping, map_examples
+
+    DATA.mkdir(parents=True, exist_ok=True)
+    tok = load_tokenizer(args.tokenizer_src)
+    tok.save_pretrained(DATA / "tokenizer")                 # tokenizer.json: fast to load there
+    (DATA / "tokenizer" / "config.json").write_text((Path(args.tokenizer_src) / "config.json").read_text())
+    test = default_kmou_split()["test"][: args.n]
+    mapped, _ = map_examples(test, Mapping.load("kmou", "spacy19"))
+    write_jsonl(DATA / "kmou_test1000.jsonl", mapped)
+    log(f"wrote {len(mapped)} sentences of the KMOU test split (first {args.n} in split order) and the "
+        f"tokenizer to {DATA}")
+
+
+def build(args, tok, device, dtype):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from kner.modeling import quantize_4bit_inplace, tiny_config
+
+    t = time.perf_counter()
+    if args.tiny:
+        config = tiny_config("llama", len(tok), hidden=64, layers=2)
+    else:
+        config = AutoConfig.from_pretrained(DATA / "tokenizer")
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    quantize_4bit_inplace(model, dtype)
+    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear",
+                                             init_lora_weights=False))
+    model.eval()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+    log(f"model: {config.num_hidden_layers} layers, hidden {config.hidden_size}, NF4 + LoRA r=16 "
+        f"built in {time.perf_counter() - t:.1f}s; {torch.cuda.memory_allocated() / GiB if device.type == 'cuda' else 0:.2f} GiB")
+    return model
+
+
+def sync(device):
+    import torch
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def baseline(model, tok, texts, budgets, device, n_max, seconds):
+    """One sentence at a time through ``model.generate``: the study's way."""
+    import torch
+
+    from kner.modeling import PromptEncoder
+    from kner.prompt import PromptFormat
+    from kner.schemes import load_scheme
+
+    enc = PromptEncoder(tok, PromptFormat(), load_scheme("spacy19"))
+
+    def gen(i):
+        ids = torch.tensor([enc.prompt_ids(texts[i]).input_ids], device=device)
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=budgets[i],
+                             min_new_tokens=budgets[i], do_sample=False, pad_token_id=tok.pad_token_id)
+        return out.shape[1] - ids.shape[1]
+
+    gen(0)   # warm-up
+    sync(device)
+    t0 = time.perf_counter()
+    n = toks = 0
+    for i in range(min(n_max, len(texts))):
+        toks += gen(i)
+        n += 1
+        if time.perf_counter() - t0 > seconds:
+            break
+    sync(device)
+    el = time.perf_counter() - t0
+    return {"sentences": n, "seconds": round(el, 3), "new_tokens": toks, "sentences_per_s": n / el,
+            "tokens_per_s": toks / el, "extrapolated_seconds_for_all": round(len(texts) * el / n, 1)}
+
+
+def kner_run(model, tok, texts, budgets, device, constrained, max_memory, max_batch):
+    import torch
+
+    from kner.inference import Extractor
+
+    ex = Extractor(model, tok, "spacy19", constrained=constrained, ignore_eos=True, max_memory=max_memory,
+                   max_batch_size=max_batch)
+    ex.predict(texts[:8], new_tokens=budgets[:8])        # warm-up: kernels, token table, prefix K/V
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    sync(device)
+    ex.predict(texts, new_tokens=budgets)
+    st = ex.last_stats
+    out = st.to_dict()
+    out.pop("labels", None)
+    out.update(constrained=constrained, sentences_per_s=st.texts_per_s, batch_sizes=st.batch_sizes,
+               peak_allocated_gib=round(torch.cuda.max_memory_allocated() / GiB, 2) if device.type == "cuda" else None,
+               peak_reserved_gib=round(torch.cuda.max_memory_reserved() / GiB, 2) if device.type == "cuda" else None)
+    return out
+
+
+def run(args) -> None:
+    import torch
+
+    from kner.example import read_jsonl
+    from kner.modeling import load_tokenizer
+    from kner.prompt import render_tags
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    res = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__,
+           "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "tiny": args.tiny}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save(key, value):
+        res[key] = value
+        out.write_text(json.dumps(res, indent=2, ensure_ascii=False))
+        log(f"{key}: {json.dumps(value, ensure_ascii=False)}")
+
+    import transformers
+    import peft
+    res["transformers"], res["peft"] = transformers.__version__, peft.__version__
+    tok = load_tokenizer(str(DATA / "tokenizer"))
+    exs = read_jsonl(DATA / "kmou_test1000.jsonl")[: args.n]
+    texts = [e.text for e in exs]
+    budgets = [len(tok(render_tags(e.entities), add_special_tokens=False)["input_ids"]) + 1 for e in exs]
+    save("data", {"sentences": len(texts), "new_tokens_total": sum(budgets),
+                  "new_tokens_mean": round(sum(budgets) / len(budgets), 2), "new_tokens_max": max(budgets)})
+    model = build(args, tok, device, dtype)
+
+    # 1. T4 emulation.
+    cap = None
+    if device.type == "cuda":
+        total = torch.cuda.get_device_properties(0).total_memory
+        torch.backends.cuda.enable_flash_sdp(False)
+        torch.cuda.set_per_process_memory_fraction(min(1.0, 15 * GiB / total))
+        cap = 15.0
+    save("t4_baseline", baseline(model, tok, texts, budgets, device, args.baseline_n, args.baseline_seconds))
+    for constrained in (False, True):
+        key = "t4_kner_" + ("constrained" if constrained else "unconstrained")
+        save(key, kner_run(model, tok, texts, budgets, device, constrained, cap, 256))
+    b = res["t4_baseline"]["sentences_per_s"]
+    u, c = res["t4_kner_unconstrained"], res["t4_kner_constrained"]
+    save("t4_summary", {"speedup_unconstrained_vs_baseline": round(u["sentences_per_s"] / b, 1),
+                        "speedup_constrained_vs_baseline": round(c["sentences_per_s"] / b, 1),
+                        "constraint_overhead": round(c["seconds"] / u["seconds"] - 1, 4)})
+
+    # 2. Full card.
+    if device.type == "cuda":
+        torch.cuda.set_per_process_memory_fraction(1.0)
+        torch.backends.cuda.enable_flash_sdp(True)
+        torch.cuda.empty_cache()
+    for constrained in (False, True):
+        if time.perf_counter() - T0 > args.stop_after:
+            save("skipped_full_card_" + str(constrained), "time limit")
+            continue
+        key = "full_kner_" + ("constrained" if constrained else "unconstrained")
+        save(key, kner_run(model, tok, texts, budgets, device, constrained, None, args.full_max_batch))
+    log("done")
+
+
+T0 = time.perf_counter()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("prepare")
+    p.add_argument("--tokenizer-src", default=str(ROOT.parent / "shared" / "tokenizers" / "llama-2"))
+    p.add_argument("--n", type=int, default=1000)
+    r = sub.add_parser("run")
+    r.add_argument("--out", default="infer_bench.json")
+    r.add_argument("--tiny", action="store_true", help="tiny model (CPU smoke test)")
+    r.add_argument("--n", type=int, default=1000)
+    r.add_argument("--baseline-n", type=int, default=50)
+    r.add_argument("--baseline-seconds", type=float, default=100.0)
+    r.add_argument("--full-max-batch", type=int, default=512)
+    r.add_argument("--stop-after", type=float, default=400.0, help="skip remaining runs after this many seconds")
+    args = ap.parse_args()
+    prepare(args) if args.cmd == "prepare" else run(args)
+
+
+if __name__ == "__main__":
+    main()
