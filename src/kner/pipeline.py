@@ -191,7 +191,7 @@ def stage_train(model_cfg: dict, train_cfg: dict, data_cfg: dict, splits: dict, 
     settings.setdefault("seed", seed)
     settings["train"] = str(splits["train"])
     settings.setdefault("dev", str(splits["dev"]))
-    settings["output_dir"] = str(out)
+    settings["output"] = str(out)
     settings["scheme"] = data_cfg.get("scheme", "spacy19")
     settings["resume"] = resume
     model = tokenizer = None
