@@ -185,7 +185,8 @@ def stage_prepare(data_cfg: dict, out: Path, data_dir, seed: int) -> None:
 
 def stage_train(model_cfg: dict, train_cfg: dict, data_cfg: dict, splits: dict, out: Path, resume: bool,
                 seed: int) -> None:
-    from kner.training import TrainConfig, train
+    from kner.training.config import TrainConfig
+    from kner.training.recipe import train
 
     settings = dict(train_cfg)
     settings.setdefault("seed", seed)
