@@ -39,10 +39,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 DATA = ROOT / ".device" / "infer"
 GiB = 2 ** 30
+T0 = time.perf_counter()
 
 
 def log(msg: str) -> None:
-    print(msg, flush=True)
+    print(f"[{time.perf_counter() - T0:6.1f}s] {msg}", flush=True)
 
 
 def prepare(args) -> None:
@@ -82,6 +83,9 @@ def build(args, tok, device, dtype):
     model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear",
                                              init_lora_weights=False))
     model.eval()
+    # What Extractor does anyway (fp32 LoRA weights -> fp16); done here so the baseline runs the same weights.
+    from kner.inference.extractor import match_adapter_dtype
+    match_adapter_dtype(model)
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
@@ -207,9 +211,6 @@ def run(args) -> None:
         key = "full_kner_" + ("constrained" if constrained else "unconstrained")
         save(key, kner_run(model, tok, texts, budgets, device, constrained, None, args.full_max_batch))
     log("done")
-
-
-T0 = time.perf_counter()
 
 
 def main() -> None:

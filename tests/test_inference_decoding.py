@@ -237,3 +237,31 @@ def test_tag_logits_processor_with_generate(tok, model):
                          logits_processor=LogitsProcessorList([proc]), pad_token_id=tok.pad_token_id)
     gen = out[0, ids.shape[1]:].tolist()
     assert parse_tags(table.decode(gen), text, sch).ok
+
+
+def test_paged_engine_matches_static_batches(tok, model):
+    """Continuous batching (rows joining, leaving, evicted and redone) gives the static batch's tokens."""
+    from kner.inference.engine import PagedEngine, Request
+
+    sch = load_scheme("spacy19")
+    enc = PromptEncoder(tok, PromptFormat(), sch)
+    texts = TEXTS + ["나쓰메 소세키(1867~1916)의 대표작", "세종대왕", "부산 해운대에서 열린 국제영화제"]
+    budgets = [27, 9, 21, 36, 15, 30, 12]
+    full = [enc.prompt_ids(t).input_ids for t in texts]
+    p = len(enc.prefix_ids)
+    prefix = PrefixKV.encode(model, enc.prefix_ids)
+    eos = {tok.eos_token_id}
+    ref = greedy_decode(model, full, budgets, prefix=prefix, mode="none", chooser=GreedyChooser(32000),
+                        eos_ids=eos, pad_id=tok.pad_token_id).tokens
+    longest = max(len(f) - p + b for f, b in zip(full, budgets))
+    preempted = 0
+    for rows, pool, chunk in [(16, 4096, 4096), (2, 4096, 4096), (3, longest + 20, 4096), (4, longest + 44, 40)]:
+        got: dict[int, list[int]] = {}
+        engine = PagedEngine(model, prefix, pool_tokens=pool, max_rows=rows, eos_ids=eos, pad_id=tok.pad_token_id,
+                             block=4, prefill_chunk_tokens=chunk, min_admit=1)
+        st = engine.run([Request(i, f[p:], b) for i, (f, b) in enumerate(zip(full, budgets))], GreedyChooser(32000),
+                        lambda k, t: got.__setitem__(k, t))
+        assert [got[i] for i in range(len(texts))] == ref, (rows, pool)
+        assert st.peak_rows <= rows and st.new_tokens == sum(len(t) for t in ref)
+        preempted += st.preemptions
+    assert preempted > 0     # the small pool forced evictions, and the redone rows still match

@@ -356,21 +356,45 @@ class TagConstraint:
 
 
 class ConstrainedChooser:
-    """Greedy choice among allowed tokens for a batch of sequences, one step at a time.
+    """Greedy choice among allowed tokens for many sequences, one step at a time.
 
-    ``choose(logits, rows)`` picks, for each active row, the highest-scoring
-    token the grammar allows and advances that row's state; rows with nothing
-    left to write (only EOS allowed and EOS ignored) are reported as done.
+    ``texts`` maps each row key to its input text (a list: keys 0..n-1).
+    ``choose(logits, keys)`` picks, for each row, the highest-scoring token the
+    grammar allows and advances that row's state; a row with nothing left to
+    write (only EOS allowed and EOS ignored) is reported as done.
     """
 
-    def __init__(self, grammar: TagGrammar, texts: Sequence[str], cycle: bool = False):
+    def __init__(self, grammar: TagGrammar, texts, cycle: bool = False):
         self.grammar = grammar
-        self.rows = [TagConstraint(grammar, t, cycle) for t in texts]
+        self.texts = texts
+        self.cycle = cycle
+        self._rows: dict[int, TagConstraint] = {}
 
-    def choose(self, logits, rows: Sequence[int]) -> list[int]:
+    def row(self, key: int) -> TagConstraint:
+        got = self._rows.get(key)
+        if got is None:
+            got = self._rows[key] = TagConstraint(self.grammar, self.texts[key], self.cycle)
+        return got
+
+    @property
+    def rows(self) -> list[TagConstraint]:
+        """Rows in key order (list-of-texts use)."""
+        return [self.row(k) for k in range(len(self.texts))]
+
+    def reset(self, key: int) -> None:
+        self._rows.pop(key, None)
+
+    def output(self, key: int) -> tuple[str, bool]:
+        return self.row(key).output()
+
+    def release(self, key: int) -> None:
+        self._rows.pop(key, None)
+
+    def choose(self, logits, keys: Sequence[int]) -> list[int]:
         import torch
 
-        arrays = [self.rows[r].allowed() for r in rows]
+        rows = [self.row(k) for k in keys]
+        arrays = [r.allowed() for r in rows]
         lens = np.fromiter((len(a) for a in arrays), dtype=np.int64, count=len(arrays))
         fill = int(next(iter(self.grammar.table.eos_ids), 0))
         chosen = [fill] * len(rows)
@@ -387,13 +411,13 @@ class ConstrainedChooser:
                 chosen[i] = best[i]
         for i, r in enumerate(rows):
             if lens[i] == 0:
-                self.rows[r].done = True
+                r.done = True
             else:
-                self.rows[r].advance(chosen[i])
+                r.advance(chosen[i])
         return chosen
 
-    def done(self, r: int) -> bool:
-        return self.rows[r].done
+    def done(self, key: int) -> bool:
+        return self.row(key).done
 
 
 class TagLogitsProcessor:

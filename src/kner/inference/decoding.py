@@ -25,6 +25,7 @@ MODES = ("shared", "expand", "none")
 class Chooser(Protocol):
     def choose(self, logits: torch.Tensor, rows: Sequence[int]) -> list[int]: ...
     def done(self, row: int) -> bool: ...
+    def reset(self, row: int) -> None: ...
 
 
 class GreedyChooser:
@@ -40,6 +41,9 @@ class GreedyChooser:
 
     def done(self, row: int) -> bool:
         return False
+
+    def reset(self, row: int) -> None:
+        pass
 
 
 @dataclass
@@ -61,7 +65,7 @@ def _input_device(model) -> torch.device:
     return model.get_input_embeddings().weight.device
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def greedy_decode(model, seqs: Sequence[Sequence[int]], max_new: Sequence[int], *, prefix: PrefixKV | None,
                   mode: str, chooser: Chooser, eos_ids: set[int], pad_id: int, ignore_eos: bool = False,
                   logits_hook: Callable[[torch.Tensor], torch.Tensor] | None = None,

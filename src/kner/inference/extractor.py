@@ -41,15 +41,16 @@ class ExtractorConfig:
     max_batch_size: int = 256
     cpu_batch_size: int = 16
     max_memory: float | None = None        # GiB this process may use on the GPU (None: all that is free)
-    memory_safety: float = 0.8
+    memory_safety: float = 0.85
     new_tokens_factor: float = 1.2         # new-token budget = ceil(text tokens x factor) + overhead
     new_tokens_overhead: int = 16
     max_new_tokens: int | None = None      # hard cap on the budget
     max_chunk_tokens: int = 384            # longer texts are split (and anything not fitting the context)
     prefix_cache: str = "auto"             # auto | shared | expand | none
-    prefill_chunk_tokens: int = 4096
+    prefill_chunk_tokens: int = 2048
     ignore_eos: bool = False               # benchmarks: always generate the whole budget
     logits_hook: Callable | None = None    # tests: adjust logits before choosing
+    adapter_dtype: str = "model"           # model: cast fp32 LoRA weights to the model's 16-bit dtype; keep
 
     @classmethod
     def from_options(cls, **opts) -> "ExtractorConfig":
@@ -85,6 +86,9 @@ class RunStats:
     unparsed: int = 0
     labels: Counter = field(default_factory=Counter)
     mode: str = ""
+    preemptions: int = 0
+    row_steps: int = 0          # rows summed over decode steps (engine): new tokens per step = new_tokens / steps
+    pool_tokens: int = 0
 
     @property
     def texts_per_s(self) -> float:
@@ -101,7 +105,9 @@ class RunStats:
                 "prompt_tokens": self.prompt_tokens, "steps": self.steps, "batches": self.batches,
                 "max_batch": max(self.batch_sizes, default=0), "oom_retries": self.oom_retries,
                 "truncated": self.truncated, "unparsed": self.unparsed, "labels": dict(self.labels.most_common()),
-                "mode": self.mode}
+                "mode": self.mode, "preemptions": self.preemptions, "pool_tokens": self.pool_tokens,
+                "mean_rows_per_decode_step": (round(self.row_steps / max(1, self.steps - self.batches), 1)
+                                              if self.row_steps else None)}
 
 
 @dataclass
@@ -143,7 +149,12 @@ class Extractor:
         self._table = None
         self._grammars: dict[bool, object] = {}
         self._batch_cap: int | None = None     # lowered after an out-of-memory retry
+        self._pool_scale = 1.0                 # likewise
         self.last_stats = RunStats()
+        if self.config.adapter_dtype == "model":
+            match_adapter_dtype(model)
+        elif self.config.adapter_dtype != "keep":
+            raise ConfigError("adapter_dtype must be 'model' or 'keep'")
 
     # -- loading ------------------------------------------------------------------
     @classmethod
@@ -237,35 +248,10 @@ class Extractor:
             if mode != "none":
                 prefix = self._prefix(lcp)
             order = sorted(range(len(pieces)), key=lambda i: -len(pieces[i].ids))
-            done = 0
-            i = 0
-            while i < len(order):
-                bs = self._batch_size(pieces, order, i, len(prefix.ids) if prefix else 0, mode)
-                idx = order[i:i + bs]
-                try:
-                    self._run_batch([pieces[j] for j in idx], prefix, mode, stats)
-                    failed = False
-                except Exception as err:  # noqa: BLE001 -- only OOM is handled, the rest re-raised
-                    from kner.inference.memory import is_oom
-                    if not is_oom(err):
-                        raise
-                    if len(idx) == 1:
-                        raise KnerError("out of GPU memory with a single sequence; lower --max-chunk-tokens "
-                                        "or --max-new-tokens, or free GPU memory") from None
-                    failed = True
-                if failed:
-                    from kner.inference.memory import release_memory
-                    release_memory()
-                    self._batch_cap = max(1, len(idx) // 2)
-                    stats.oom_retries += 1
-                    log.warning("out of GPU memory with %d rows; retrying with %d", len(idx), self._batch_cap)
-                    continue
-                i += len(idx)
-                done += len(idx)
-                stats.batches += 1
-                stats.batch_sizes.append(len(idx))
-                if progress is not None:
-                    progress(done, len(pieces))
+            if mode == "shared":
+                self._run_engine(pieces, order, prefix, stats, progress)
+            else:
+                self._run_static(pieces, order, prefix, mode, stats, progress)
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         preds = self._assemble(texts, pieces, stats)
@@ -274,6 +260,130 @@ class Extractor:
         return preds
 
     # -- internals ------------------------------------------------------------------
+    def _run_static(self, pieces, order, prefix, mode, stats, progress) -> None:
+        """Fixed batches, longest prompts first (prefix cache modes ``expand`` and ``none``)."""
+        from kner.inference.memory import is_oom, release_memory
+
+        done = 0
+        i = 0
+        while i < len(order):
+            bs = self._batch_size(pieces, order, i, len(prefix.ids) if prefix else 0, mode)
+            idx = order[i:i + bs]
+            try:
+                self._run_batch([pieces[j] for j in idx], prefix, mode, stats)
+                failed = False
+            except Exception as err:  # noqa: BLE001 -- only OOM is handled, the rest re-raised
+                if not is_oom(err):
+                    raise
+                if len(idx) == 1:
+                    raise KnerError("out of GPU memory with a single sequence; lower --max-chunk-tokens "
+                                    "or --max-new-tokens, or free GPU memory") from None
+                failed = True
+            if failed:
+                release_memory()
+                self._batch_cap = max(1, len(idx) // 2)
+                stats.oom_retries += 1
+                log.warning("out of GPU memory with %d rows; retrying with %d", len(idx), self._batch_cap)
+                continue
+            i += len(idx)
+            done += len(idx)
+            stats.batches += 1
+            stats.batch_sizes.append(len(idx))
+            if progress is not None:
+                progress(done, len(pieces))
+
+    def _run_engine(self, pieces, order, prefix, stats, progress) -> None:
+        """Continuous batching over a paged K/V pool (prefix cache mode ``shared``)."""
+        from kner.inference.constrained import ConstrainedChooser
+        from kner.inference.decoding import GreedyChooser
+        from kner.inference.engine import PagedEngine, Request
+        from kner.inference.memory import is_oom, release_memory
+
+        cfg = self.config
+        p = len(prefix.ids)
+        remaining = list(order)
+        finished: set[int] = set()
+        last = [0.0]
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        while remaining:
+            plan = self._engine_plan(pieces, remaining, p)
+            if cfg.constrained:
+                chooser = ConstrainedChooser(self.grammar(cfg.ignore_eos), {k: pieces[k].text for k in remaining},
+                                             cycle=cfg.ignore_eos)
+            else:
+                chooser = GreedyChooser(len(self.tokenizer))
+            engine = PagedEngine(self.model, prefix, pool_tokens=plan.pool_tokens, max_rows=plan.max_rows,
+                                 transient_tokens=plan.transient_tokens, eos_ids=self._eos_ids(), pad_id=pad,
+                                 prefill_chunk_tokens=cfg.prefill_chunk_tokens, ignore_eos=cfg.ignore_eos,
+                                 logits_hook=cfg.logits_hook)
+
+            def on_done(k: int, toks: list[int]) -> None:
+                pc = pieces[k]
+                if cfg.constrained:
+                    pc.output, pc.truncated = chooser.output(k)
+                    chooser.release(k)
+                else:
+                    pc.output = self.tokenizer.decode(toks, skip_special_tokens=True)
+                    pc.truncated = len(toks) >= pc.max_new
+                finished.add(k)
+                now = time.perf_counter()
+                if progress is not None and (now - last[0] > 0.25 or len(finished) == len(pieces)):
+                    last[0] = now
+                    progress(len(finished), len(pieces))
+
+            reqs = [Request(k, pieces[k].ids[p:], pieces[k].max_new) for k in remaining]
+            try:
+                st = engine.run(reqs, chooser, on_done)
+                failed = False
+            except Exception as err:  # noqa: BLE001 -- only OOM is handled, the rest re-raised
+                if not is_oom(err):
+                    raise
+                failed = True
+            if failed:
+                del engine
+                release_memory()
+                if plan.max_rows == 1 and self._pool_scale < 1 / 64:
+                    raise KnerError("out of GPU memory with a single sequence; lower --max-chunk-tokens "
+                                    "or --max-new-tokens, or free GPU memory")
+                self._batch_cap = max(1, plan.max_rows // 2)
+                self._pool_scale /= 2
+                stats.oom_retries += 1
+                log.warning("out of GPU memory with up to %d rows; retrying with %d", plan.max_rows, self._batch_cap)
+                remaining = [k for k in remaining if k not in finished]
+                continue
+            stats.new_tokens += st.new_tokens
+            stats.steps += st.steps + st.prefills
+            stats.batches += st.prefills
+            stats.batch_sizes.append(st.peak_rows)
+            stats.preemptions += st.preemptions
+            stats.row_steps += st.row_steps
+            stats.pool_tokens = st.pool_tokens
+            remaining = []
+        if progress is not None:
+            progress(len(finished), len(pieces))
+
+    def _engine_plan(self, pieces, keys, prefix_len):
+        from kner.inference.memory import ModelDims, largest_linear_elems, plan_engine, usable_memory
+
+        cfg = self.config
+        cap = cfg.batch_size or cfg.max_batch_size
+        if self._batch_cap is not None:
+            cap = min(cap, self._batch_cap)
+        dev = self.model.get_input_embeddings().weight.device
+        usable = usable_memory(dev, int(cfg.max_memory * 1024 ** 3) if cfg.max_memory else None)
+        if usable is None and cfg.batch_size is None:
+            cap = min(cap, cfg.cpu_batch_size)
+        if not hasattr(self, "_dims"):
+            self._dims = ModelDims.from_model(self.model)
+            self._largest = largest_linear_elems(self.model)
+        foot = [len(pieces[k].ids) - prefix_len + pieces[k].max_new for k in keys]
+        plan = plan_engine(self._dims, prefix_len=prefix_len, footprints=foot,
+                           suffix_max=max(len(pieces[k].ids) - prefix_len for k in keys), usable=usable,
+                           max_rows=cap, prefill_chunk_tokens=cfg.prefill_chunk_tokens, safety=cfg.memory_safety,
+                           largest_weight_elems=self._largest)
+        plan.pool_tokens = int(plan.pool_tokens * self._pool_scale)
+        return plan
+
     def _mode(self) -> str:
         from kner.inference.prefix_cache import supports_shared
 
@@ -418,7 +528,7 @@ class Extractor:
         stats.steps += res.stats.steps
         for k, pc in enumerate(batch):
             if cfg.constrained:
-                pc.output, pc.truncated = chooser.rows[k].output()
+                pc.output, pc.truncated = chooser.output(k)
             else:
                 pc.output = self.tokenizer.decode(res.tokens[k], skip_special_tokens=True)
                 pc.truncated = len(res.tokens[k]) >= pc.max_new
@@ -447,6 +557,30 @@ class Extractor:
             pred.entities.sort()
             stats.labels.update(e.label for e in pred.entities)
         return preds
+
+
+def match_adapter_dtype(model) -> int:
+    """Cast fp32 LoRA weights to the 16-bit dtype the model computes in; returns how many tensors changed.
+
+    peft keeps adapters in fp32 on a 16-bit base, so every LoRA layer casts its
+    input up and its output down: two extra kernels per linear layer per step,
+    a large share of a decode step's launch overhead. In 16-bit the adapter's
+    contribution changes by rounding only (as in a merged 16-bit model).
+    """
+    import torch
+
+    try:
+        target = model.get_input_embeddings().weight.dtype
+    except AttributeError:
+        return 0
+    if target not in (torch.float16, torch.bfloat16):
+        return 0
+    n = 0
+    for name, prm in model.named_parameters():
+        if "lora_" in name and prm.dtype == torch.float32:
+            prm.data = prm.data.to(target)
+            n += 1
+    return n
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:

@@ -154,3 +154,41 @@ def release_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+@dataclass
+class EnginePlan:
+    pool_tokens: int                 # K/V pool size, in tokens (all layers)
+    max_rows: int
+    transient_tokens: int | None     # bound on rows x longest row for the per-step K/V gather
+    budget_bytes: int | None
+
+
+def plan_engine(dims: ModelDims, *, prefix_len: int, footprints: list[int], suffix_max: int, usable: int | None,
+                max_rows: int, prefill_chunk_tokens: int = 2048, safety: float = 0.85,
+                largest_weight_elems: int = 0, transient_share: float = 0.2) -> EnginePlan:
+    """Split free memory between the paged K/V pool and per-step transients.
+
+    ``footprints``: per text, prompt tokens after the prefix + new-token budget.
+    Fixed costs: a prefill chunk's activations and fp32 attention scores, the
+    largest dequantized weight, logits of ``max_rows`` rows. The rest is the
+    budget; ``transient_share`` of it bounds the padded per-layer K/V gather of a
+    decode step (K and V, plus a contiguous copy, plus fp32 scores per key), and
+    the remainder is the pool.
+    """
+    longest = max(footprints) if footprints else 1
+    if usable is None:   # CPU: no planning, room for every row at its longest
+        return EnginePlan(min(len(footprints), max_rows) * (longest + 32) + 64, max_rows, None, None)
+    db = dims.dtype_bytes
+    chunk = max(prefill_chunk_tokens, suffix_max)
+    fixed = (largest_weight_elems * db * 2
+             + chunk * (dims.hidden * 6 + dims.intermediate * 3) * db
+             + dims.heads * chunk * (prefix_len + suffix_max) * 4 * 3
+             + max_rows * dims.vocab * 4 * 3)
+    budget = int(usable * safety) - fixed
+    layer_kv = dims.kv_heads * dims.head_dim * 2 * db
+    per_row_key = layer_kv * 2 + dims.heads * 4 * 3
+    transient = int(max(budget, 0) * transient_share)
+    transient_tokens = max(longest, transient // per_row_key)
+    pool = max(0, budget - transient) // dims.kv_bytes_per_token
+    return EnginePlan(int(pool), max_rows, int(transient_tokens), budget)
