@@ -160,7 +160,7 @@ def stage_prepare(data_cfg: dict, out: Path, data_dir, seed: int) -> None:
     report = {"read": len(examples), "problems": len(res.problems), "skipped": res.skipped}
     scheme = data_cfg.get("scheme") or readers.native_scheme(fmt)
     native = data_cfg.get("map_from") or readers.native_scheme(fmt)
-    if scheme != native:
+    if native is not None and scheme != native:
         mapping = Mapping.load(native, scheme, data_cfg.get("map_file"))
         examples, mrep = map_examples(examples, mapping, data_cfg.get("fallback"))
         report["mapped"] = {f"{a}->{b}": c for (a, b), c in sorted(mrep.mapped.items())}
