@@ -151,6 +151,10 @@ def predict(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Live progress bar."),
 ) -> None:
     """Extract entities from texts with a trained model; write canonical JSONL and print a summary."""
+    import os
+
+    # Before torch touches CUDA: the K/V pool and per-step buffers fragment the default allocator.
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     from kner.example import write_jsonl
     from kner.inference import Extractor
 

@@ -8,8 +8,9 @@ from the start. Here instead:
   blocks of ``block`` tokens as rows grow, so a row holds only what it has
   written (no padding, no reservation for tokens it may never generate);
 * a finished row leaves at once and waiting texts are admitted in groups
-  (one prefill forward per group, at most ``prefill_chunk_tokens`` tokens), so
-  the decode batch stays full;
+  (one prefill forward per group, at most ``prefill_chunk_tokens`` tokens, and
+  at least a fifth of the decoding rows so prefill forwards stay few), so the
+  decode batch stays full;
 * if the pool runs dry, the most recently admitted row is evicted and requeued
   (greedy decoding is deterministic, so redoing it gives the same output);
 * the instruction prefix is shared by all rows (attention in
@@ -79,8 +80,10 @@ def _make_cache(prefix: PrefixKV, pool_tokens: int):
             super().__init__()
             self.owner, self.pk, self.pv = owner, pk, pv
             _, kvh, _, d = pk.shape
-            self.kpool = pk.new_empty((pool_tokens, kvh, d))
-            self.vpool = pv.new_empty((pool_tokens, kvh, d))
+            # (kv_heads, tokens, head_dim): a gather over tokens gives (kv_heads, rows, longest, head_dim)
+            # contiguous, which the attention multiplies per kv head without another copy.
+            self.kpool = pk.new_empty((kvh, pool_tokens, d))
+            self.vpool = pv.new_empty((kvh, pool_tokens, d))
             self.is_initialized = True
 
         def lazy_initialization(self, key_states, value_states):
@@ -90,13 +93,13 @@ def _make_cache(prefix: PrefixKV, pool_tokens: int):
             op = self.owner.op
             if op[0] == "prefill":
                 _, write, valid = op
-                self.kpool[write] = key_states.transpose(1, 2)[valid]
-                self.vpool[write] = value_states.transpose(1, 2)[valid]
+                self.kpool[:, write] = key_states.transpose(0, 1)[:, valid]
+                self.vpool[:, write] = value_states.transpose(0, 1)[:, valid]
                 return key_states, value_states
             _, write, gather = op
-            self.kpool[write] = key_states[:, :, 0]
-            self.vpool[write] = value_states[:, :, 0]
-            return self.kpool[gather].transpose(1, 2), self.vpool[gather].transpose(1, 2)
+            self.kpool[:, write] = key_states[:, :, 0].transpose(0, 1)
+            self.vpool[:, write] = value_states[:, :, 0].transpose(0, 1)
+            return self.kpool[:, gather].transpose(0, 1), self.vpool[:, gather].transpose(0, 1)
 
         def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
             return self.pk.shape[-2] + query_length, 0
@@ -132,7 +135,7 @@ class PagedEngine:
         self.prefill_chunk_tokens = prefill_chunk_tokens
         self.ignore_eos = ignore_eos
         self.logits_hook = logits_hook
-        self.min_admit = min_admit    # None: an eighth of the rows decoding at the time
+        self.min_admit = min_admit    # None: a fifth of the rows decoding at the time
         self.device = model.get_input_embeddings().weight.device
 
     @torch.inference_mode()
@@ -205,7 +208,7 @@ class PagedEngine:
                 tokens += len(req.ids)
                 bound = b
             # Too small a group to be worth a forward while others are decoding: wait for more room.
-            least = self.min_admit if self.min_admit is not None else max(1, len(active) // 8)
+            least = self.min_admit if self.min_admit is not None else max(1, len(active) // 5)
             if group and active and len(group) < least and waiting:
                 for row in reversed(group):
                     release(row)

@@ -166,7 +166,7 @@ class EnginePlan:
 
 def plan_engine(dims: ModelDims, *, prefix_len: int, footprints: list[int], suffix_max: int, usable: int | None,
                 max_rows: int, prefill_chunk_tokens: int = 2048, safety: float = 0.85,
-                largest_weight_elems: int = 0, transient_share: float = 0.2) -> EnginePlan:
+                largest_weight_elems: int = 0, transient_share: float = 0.12) -> EnginePlan:
     """Split free memory between the paged K/V pool and per-step transients.
 
     ``footprints``: per text, prompt tokens after the prefix + new-token budget.

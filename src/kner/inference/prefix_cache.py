@@ -168,22 +168,24 @@ def shared_prefix_attention(module, query, key, value, attention_mask, dropout: 
     t = key.shape[-2]
     if scaling is None:
         scaling = d ** -0.5
-    qs = (query * scaling).reshape(b, kvh, g * q, d)            # query head kvh*g+j uses kv head kvh
-    # Prefix part: one batched product per kv head, the prefix read once for all rows.
-    qp = qs.transpose(0, 1).reshape(kvh, b * g * q, d)
-    sp = torch.bmm(qp, pk[0].transpose(1, 2)).view(kvh, b, g * q, p).transpose(0, 1)
-    ss = torch.matmul(qs, key.transpose(-1, -2))                 # (b, kvh, g*q, t)
-    scores = torch.cat([sp, ss], dim=-1).float()
+    # Everything per kv head: query head kvh*g+j uses kv head kvh. Rows x (g*q) queries per kv head.
+    qk = (query * scaling).reshape(b, kvh, g * q, d).transpose(0, 1).reshape(kvh, b * g * q, d)
+    sp = torch.bmm(qk, pk[0].transpose(1, 2))                          # prefix read once for all rows
+    kt = key.transpose(0, 1)                                           # (kvh, b, t, d); the paged pool
+    kt = kt if kt.is_contiguous() else kt.contiguous()                 # gathers it contiguous already
+    ss = torch.bmm(qk.view(kvh * b, g * q, d), kt.view(kvh * b, t, d).transpose(1, 2))
+    scores = torch.cat([sp.view(kvh, b, g * q, p), ss.view(kvh, b, g * q, t)], dim=-1).float()
     if softcap is not None:
         scores = torch.tanh(scores / softcap) * softcap
     if attention_mask is not None:
-        m = attention_mask[:, :, None].expand(b, 1, g, q, t).reshape(b, 1, g * q, t)
+        m = attention_mask.transpose(0, 1)[:, :, None].expand(1, b, g, q, t).reshape(1, b, g * q, t)
         scores[..., p:].masked_fill_(~m, float("-inf"))
     probs = torch.softmax(scores, dim=-1).to(value.dtype)
-    pp = probs[..., :p].transpose(0, 1).reshape(kvh, b * g * q, p)
-    out = torch.bmm(pp, pv[0]).view(kvh, b, g * q, d).transpose(0, 1)
-    out = out + torch.matmul(probs[..., p:], value)
-    out = out.reshape(b, kvh, g, q, d).reshape(b, h, q, d).transpose(1, 2).contiguous()
+    out = torch.bmm(probs[..., :p].reshape(kvh, b * g * q, p), pv[0])
+    vt = value.transpose(0, 1)
+    vt = vt if vt.is_contiguous() else vt.contiguous()
+    out += torch.bmm(probs[..., p:].reshape(kvh * b, g * q, t), vt.view(kvh * b, t, d)).view(kvh, b * g * q, d)
+    out = out.view(kvh, b, g, q, d).permute(1, 3, 0, 2, 4).reshape(b, q, h, d)
     return out, None
 
 
