@@ -47,10 +47,39 @@ def tag_bias(extractor, amount=4.0):
 TEXTS = ["오에 겐자부로는 일본 현대문학의 초석을 놓은 작가", "이순신", "서울 <특별시> : 12\\3", "a b"]
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
-def test_prefix_cache_modes_match_full_prompts(tok, arch):
+@pytest.mark.parametrize("heads", [1, 2, 4])
+def test_shared_prefix_attention_equals_sdpa(heads):
+    """Prefix + own-token attention, MHA and GQA, non-contiguous inputs as the model passes them."""
+    import types
+
+    from kner.inference import prefix_cache as pc
+
+    b, h, q, d, p = 3, 4, 5, 8, 7
+    torch.manual_seed(heads)
+    layer = types.SimpleNamespace(pk=torch.randn(1, heads, p, d), pv=torch.randn(1, heads, p, d))
+    query = torch.randn(b, q, h, d).transpose(1, 2)
+    key, value = (torch.randn(b, q, heads, d).transpose(1, 2) for _ in range(2))
+    mask = torch.ones(q, q, dtype=torch.bool).tril()[None, None].repeat(b, 1, 1, 1)
+    mask[0, :, :, :2] = False                          # left padding of row 0
+    pc._active.cache = types.SimpleNamespace(layers=[layer])
+    try:
+        out, _ = pc.shared_prefix_attention(types.SimpleNamespace(layer_idx=0), query, key, value, mask,
+                                            scaling=d ** -0.5)
+    finally:
+        pc._active.cache = None
+    g = h // heads
+    k_all = torch.cat([layer.pk.expand(b, -1, -1, -1), key], 2).repeat_interleave(g, 1)
+    v_all = torch.cat([layer.pv.expand(b, -1, -1, -1), value], 2).repeat_interleave(g, 1)
+    m_all = torch.cat([torch.ones(b, 1, q, p, dtype=torch.bool), mask], -1)
+    ref = torch.nn.functional.scaled_dot_product_attention(query, k_all, v_all, attn_mask=m_all).transpose(1, 2)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("arch,kv", [("llama", 2), ("qwen2", 1)])
+def test_prefix_cache_modes_match_full_prompts(tok, arch, kv):
     torch.manual_seed(1)
-    m = build_model_from_config(tiny_config(arch, vocab_size=32000, hidden=32, intermediate=64, kv_heads=1)).eval()
+    m = build_model_from_config(tiny_config(arch, vocab_size=32000, hidden=32, intermediate=64, heads=2,
+                                            kv_heads=kv)).eval()
     sch = load_scheme("spacy19")
     enc = PromptEncoder(tok, PromptFormat(), sch)
     full = [enc.prompt_ids(t).input_ids for t in TEXTS]
@@ -239,9 +268,13 @@ def test_tag_logits_processor_with_generate(tok, model):
     assert parse_tags(table.decode(gen), text, sch).ok
 
 
-def test_paged_engine_matches_static_batches(tok, model):
+def test_paged_engine_matches_static_batches(tok):
     """Continuous batching (rows joining, leaving, evicted and redone) gives the static batch's tokens."""
     from kner.inference.engine import PagedEngine, Request
+
+    torch.manual_seed(2)    # multi-head attention (kv heads = heads), as in LLaMA-2-7B
+    model = build_model_from_config(tiny_config("llama", vocab_size=32000, hidden=32, intermediate=64, layers=1,
+                                                heads=2, kv_heads=2)).eval()
 
     sch = load_scheme("spacy19")
     enc = PromptEncoder(tok, PromptFormat(), sch)

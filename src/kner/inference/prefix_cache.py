@@ -169,7 +169,7 @@ def shared_prefix_attention(module, query, key, value, attention_mask, dropout: 
     if scaling is None:
         scaling = d ** -0.5
     # Everything per kv head: query head kvh*g+j uses kv head kvh. Rows x (g*q) queries per kv head.
-    qk = (query * scaling).reshape(b, kvh, g * q, d).transpose(0, 1).reshape(kvh, b * g * q, d)
+    qk = (query * scaling).reshape(b, kvh, g * q, d).transpose(0, 1).reshape(kvh, b * g * q, d).contiguous()
     sp = torch.bmm(qk, pk[0].transpose(1, 2))                          # prefix read once for all rows
     kt = key.transpose(0, 1)                                           # (kvh, b, t, d); the paged pool
     kt = kt if kt.is_contiguous() else kt.contiguous()                 # gathers it contiguous already
