@@ -47,15 +47,16 @@ def load_config(path: str | Path) -> dict:
     return cfg
 
 
-def _digest_files(paths: list[Path]) -> dict[str, str]:
-    out = {}
+def _digest_files(paths: list[Path]) -> list[str]:
+    # A list in input order, not a dict by file name: two stages' "preds.jsonl" must not collide.
+    out = []
     for p in paths:
         h = hashlib.sha256()
         for f in sorted(p.rglob("*")) if p.is_dir() else [p]:
             if f.is_file() and f.name != "stage.json":
                 h.update(f.relative_to(p).as_posix().encode() if p.is_dir() else b"")
                 h.update(f.read_bytes())
-        out[p.name] = h.hexdigest()
+        out.append(h.hexdigest())
     return out
 
 

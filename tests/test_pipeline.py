@@ -1,0 +1,106 @@
+"""`kner run`: every stage runs once, reruns skip, changed settings rerun downstream, training resumes."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kner.errors import ConfigError
+from kner.pipeline import load_config, run
+
+TINY = {
+    "name": "tiny",
+    "seed": 13,
+    "data": {"dataset": "kmou", "scheme": "spacy19", "map_from": "kmou",
+             "limit": {"train": 40, "dev": 8, "test": 12}},
+    "model": {"from_scratch": {"arch": "llama", "hidden": 32, "layers": 1, "heads": 2, "max_positions": 1024,
+                               "tokenizer": {"vocab_size": 600}}},
+    "train": {"method": "full", "compute_dtype": "fp32", "epochs": 1, "examples_per_step": 8, "lr": 1e-3,
+              "batch_tokens": 4096, "gradient_checkpointing": False, "optimizer": "adamw", "save_every": 2,
+              "progress": False, "tensorboard": False},
+    "predict": {"constrained": True},
+    "baseline": {"spacy": {"enabled": True, "tokenizer": "char", "max_steps": 10}},
+    "report": {"sample": 5},
+}
+
+
+def _write(tmp_path: Path, cfg: dict) -> Path:
+    p = tmp_path / "cfg.yaml"
+    p.write_text(yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
+    return p
+
+
+def _status(summary: dict) -> dict:
+    return {e["stage"]: e["status"] for e in summary["stages"]}
+
+
+@pytest.mark.slow
+def test_run_skips_finished_stages_and_reruns_what_changed(tmp_path, shared_datasets):
+    out = tmp_path / "run"
+    first = run(_write(tmp_path, TINY), out, shared_datasets)
+    assert _status(first) == dict.fromkeys(["prepare", "train", "predict", "baseline", "report"], "ran")
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert set(report["systems"]) == {"llm", "spacy"}
+    preds = [json.loads(l) for l in (out / "predict" / "preds.jsonl").read_text().splitlines()]
+    gold = [json.loads(l) for l in (out / "prepare" / "test.jsonl").read_text().splitlines()]
+    assert [p["id"] for p in preds] == [g["id"] for g in gold] and len(gold) == 12
+    for p in preds:  # constrained decoding: every entity is a real span of the input
+        assert all(p["text"][e["start"]:e["end"]] == e["text"] for e in p["entities"])
+
+    again = run(_write(tmp_path, TINY), out, shared_datasets)
+    assert set(_status(again).values()) == {"skipped"}
+
+    changed = json.loads(json.dumps(TINY))
+    changed["report"]["sample"] = 3
+    st = _status(run(_write(tmp_path, changed), out, shared_datasets))
+    assert st["train"] == "skipped" and st["baseline"] == "skipped" and st["report"] == "ran"
+
+    changed["train"]["lr"] = 2e-3  # new model: predictions follow, the baseline does not
+    before = (out / "predict" / "preds.jsonl").read_bytes()
+    st = _status(run(_write(tmp_path, changed), out, shared_datasets))
+    assert {k: st[k] for k in ("prepare", "train", "predict", "baseline")} == {
+        "prepare": "skipped", "train": "ran", "predict": "ran", "baseline": "skipped"}
+    # The report is keyed by the prediction files' contents, not by the model that made them.
+    same = (out / "predict" / "preds.jsonl").read_bytes() == before
+    assert st["report"] == ("skipped" if same else "ran")
+
+
+@pytest.mark.slow
+def test_interrupted_training_resumes_from_its_checkpoint(tmp_path, shared_datasets):
+    cfg = json.loads(json.dumps(TINY))
+    cfg["baseline"]["spacy"]["enabled"] = False
+    out = tmp_path / "run"
+    run(_write(tmp_path, cfg), out, shared_datasets, stop_after="train")
+    log = [json.loads(l) for l in (out / "train" / "log.jsonl").read_text().splitlines()]
+    losses = {e["step"]: e["loss"] for e in log if e.get("event") == "step"}
+    # Simulate a kill after the step-2 checkpoint: the marker says "not done", later checkpoints vanish.
+    marker = out / "train" / "stage.json"
+    state = json.loads(marker.read_text())
+    marker.write_text(json.dumps({"key": state["key"], "done": False}))
+    ckpts = sorted((out / "train" / "checkpoints").iterdir())
+    assert ckpts, "training wrote no checkpoint"
+    keep = [c for c in ckpts if c.name.endswith("2")] or ckpts[:1]
+    for c in ckpts:
+        if c not in keep:
+            import shutil
+            shutil.rmtree(c)
+    st = _status(run(_write(tmp_path, cfg), out, shared_datasets, stop_after="train"))
+    assert st["train"] == "resumed"
+    log2 = [json.loads(l) for l in (out / "train" / "log.jsonl").read_text().splitlines()]
+    assert any(e.get("event") == "resume" and e["step"] > 0 for e in log2)
+    resumed = {e["step"]: e["loss"] for e in log2 if e.get("event") == "step"}
+    for step, loss in resumed.items():
+        assert loss == pytest.approx(losses[step], abs=1e-6), step
+
+
+def test_config_errors_are_one_line(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("data: [1, 2\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="bad.yaml:"):
+        load_config(p)
+    p.write_text("dta: {}\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="unknown top-level keys"):
+        load_config(p)
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
