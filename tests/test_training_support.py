@@ -1,7 +1,7 @@
-"""Shared helpers for the training tests: KMOU examples and tiny models.
+"""Shared helpers for the training tests: KMOU examples, the LLaMA-2 tokenizer, tiny models.
 
-Until ``kner.readers`` lands, a minimal parser of the KMOU ``## <surface:TAG>`` markup
-lines stands in for it.
+KMOU sentences come from ``kner.readers``; the minimal markup parser below was the
+stand-in before it existed and is still checked against it.
 """
 
 from __future__ import annotations
@@ -50,17 +50,15 @@ def read_kmou_file(path: Path) -> list[Example]:
 
 @lru_cache(maxsize=None)
 def kmou_examples(n_files: int = 4) -> tuple[Example, ...]:
+    """Sentences of the first ``n_files`` KMOU corpus files (about 14 a file), KMOU labels."""
     if not KMOU.is_dir():
         pytest.skip(f"KMOU corpus not found at {KMOU}")
-    try:  # the real reader, once it exists
-        from kner.readers import read_dataset  # type: ignore
-    except ImportError:
-        read_dataset = None
     files = sorted(KMOU.glob("*.txt"))[:n_files]
-    exs: list[Example] = []
-    for f in files:
-        exs += read_kmou_file(f)
-    return tuple(exs)
+    try:
+        from kner.readers import read_dataset
+    except ImportError:   # before kner.readers existed; kept as a fallback
+        return tuple(ex for f in files for ex in read_kmou_file(f))
+    return tuple(ex for f in files for ex in read_dataset("kmou", f).examples)
 
 
 @lru_cache(maxsize=None)
@@ -80,3 +78,16 @@ def test_markup_parser_offsets():
 def test_kmou_examples_load():
     exs = kmou_examples(1)
     assert len(exs) > 10 and any(e.entities for e in exs)
+    mine = read_kmou_file(sorted(KMOU.glob("*.txt"))[0])
+    same = {e.text: {(x.start, x.end, x.label) for x in e.entities} for e in mine}
+    agree = sum(same.get(e.text) == {(x.start, x.end, x.label) for x in e.entities} for e in exs)
+    assert agree >= 0.9 * len(exs)
+
+
+def tiny_model_dir(tmp_path: Path, arch: str = "llama", seed: int = 0, **kw) -> Path:
+    """A tiny random model of ``arch`` with the LLaMA-2 tokenizer, saved like a hub model."""
+    from kner.modeling import build_model_from_config, save_pretrained_dir, tiny_config
+
+    tok = llama_tokenizer()
+    model = build_model_from_config(tiny_config(arch, len(tok), **kw), seed=seed)
+    return save_pretrained_dir(model, tok, tmp_path / f"tiny-{arch}")

@@ -93,61 +93,110 @@ def epoch_steps(lengths: list[int], examples_per_step: int, seed: int, epoch: in
     return steps
 
 
-def batch_cost(batch: list[TokenizedExample], layout: str) -> int:
+Row = list[TokenizedExample]
+"""One row of a micro-batch. ``packed``: the prefix then several examples; otherwise one example."""
+
+
+def _flat(rows: list[Row]) -> list[TokenizedExample]:
+    return [e for r in rows for e in r]
+
+
+def row_len(row: Row) -> int:
+    """Tokens of a packed row: the prefix once, then each example's own tokens."""
+    return row[0].prefix_len + sum(e.suffix_len for e in row)
+
+
+def batch_cost(rows: list[Row], layout: str) -> int:
     """Tokens a micro-batch makes the model compute (padding included): what the budget bounds."""
-    if not batch:
+    exs = _flat(rows)
+    if not exs:
         return 0
-    prefix = batch[0].prefix_len
     if layout == "packed":
-        return prefix + sum(e.suffix_len for e in batch)
+        return len(rows) * max(row_len(r) for r in rows)
     if layout == "prefix_kv":
-        return prefix + len(batch) * max(e.suffix_len for e in batch)
-    return len(batch) * max(e.length for e in batch)
+        return exs[0].prefix_len + len(exs) * max(e.suffix_len for e in exs)
+    return len(exs) * max(e.length for e in exs)
 
 
-def micro_batches(step: list[TokenizedExample], budget: int, layout: str) -> list[list[TokenizedExample]]:
-    """Cut one optimizer step into micro-batches of at most ``budget`` computed tokens.
+def pack_rows(examples: list[TokenizedExample], cap: int) -> list[Row]:
+    """Fewest rows of at most ``cap`` tokens, balanced (longest example first onto the emptiest row).
+
+    Balanced rather than first-fit: first-fit leaves one short remainder row, which
+    costs a whole micro-batch's fixed overhead for a few tokens, and long rows pay
+    attention over masked-out pairs (it grows with the row's length).
+    """
+    if not examples:
+        return []
+    P = examples[0].prefix_len
+    order = sorted(examples, key=lambda e: (-e.suffix_len, e.index))
+    total = sum(e.suffix_len for e in order)
+    k = max(1, -(-total // max(1, cap - P)))
+    while True:
+        rows: list[Row] = [[] for _ in range(k)]
+        load = [0] * k
+        for ex in order:
+            r = min(range(k), key=lambda i: (load[i], i))
+            rows[r].append(ex)
+            load[r] += ex.suffix_len
+        if P + max(load) <= cap or k >= len(order):
+            return [r for r in rows if r]
+        k += 1
+
+
+def micro_batches(step: list[TokenizedExample], budget: int, layout: str, row_tokens: int | None = None
+                  ) -> list[list[Row]]:
+    """Cut one optimizer step into micro-batches (lists of rows) of at most ``budget`` computed tokens.
 
     Deterministic (ties broken by index), so a resumed run rebuilds the same batches.
-    An example that alone exceeds the budget still gets its own micro-batch; the
-    caller checks the budget against the longest example before training.
+    ``packed`` rows hold at most ``row_tokens`` tokens (default: the budget); a micro-batch
+    holds as many rows as the budget allows. An example that alone exceeds the budget
+    still gets its own micro-batch; the caller checks the budget against the longest
+    example before training.
     """
     if layout == "packed":
-        # First-fit decreasing: few rows, each close to the budget.
-        rows: list[list[TokenizedExample]] = []
-        room: list[int] = []
-        for ex in sorted(step, key=lambda e: (-e.suffix_len, e.index)):
-            for r, free in enumerate(room):
-                if ex.suffix_len <= free:
-                    rows[r].append(ex)
-                    room[r] -= ex.suffix_len
-                    break
-            else:
-                rows.append([ex])
-                room.append(budget - ex.prefix_len - ex.suffix_len)
-        return rows
+        rows = pack_rows(step, min(row_tokens or budget, budget))
+        rows.sort(key=lambda r: (-row_len(r), min(e.index for e in r)))
+        n = max(1, -(-sum(map(row_len, rows)) // budget))
+        while True:   # balance rows over the fewest micro-batches that fit
+            mbs: list[list[Row]] = [[] for _ in range(n)]
+            for row in rows:
+                fits = [i for i in range(n) if batch_cost(mbs[i] + [row], layout) <= budget]
+                i = min(fits or range(n), key=lambda j: (batch_cost(mbs[j], layout), j))
+                mbs[i].append(row)
+            if all(batch_cost(mb, layout) <= budget for mb in mbs if len(mb) > 1) or n >= len(rows):
+                return [mb for mb in mbs if mb]
+            n += 1
     key = (lambda e: e.suffix_len) if layout == "prefix_kv" else (lambda e: e.length)
-    batches: list[list[TokenizedExample]] = []
+    batches: list[list[Row]] = []
     for ex in sorted(step, key=lambda e: (-key(e), e.index)):
-        if batches and batch_cost(batches[-1] + [ex], layout) <= budget:
-            batches[-1].append(ex)
+        if batches and batch_cost(batches[-1] + [[ex]], layout) <= budget:
+            batches[-1].append([ex])
         else:
-            batches.append([ex])
+            batches.append([[ex]])
     return batches
 
 
-def split_in_two(batch: list[TokenizedExample]) -> tuple[list[TokenizedExample], list[TokenizedExample]]:
-    """For the OOM retry: two halves with about equal tokens."""
-    if len(batch) < 2:
+def split_in_two(rows: list[Row]) -> tuple[list[Row], list[Row]]:
+    """For the OOM retry: two micro-batches with about equal tokens, every example kept."""
+    if len(rows) >= 2:
+        total = sum(sum(e.length for e in r) for r in rows)
+        acc, cut = 0, 1
+        for i, r in enumerate(rows[:-1], 1):
+            acc += sum(e.length for e in r)
+            cut = i
+            if acc * 2 >= total:
+                break
+        return rows[:cut], rows[cut:]
+    row = rows[0] if rows else []
+    if len(row) < 2:
         raise ValueError("cannot split a micro-batch of one example")
-    total = sum(e.length for e in batch)
-    acc, cut = 0, 1
-    for i, e in enumerate(batch[:-1], 1):
-        acc += e.length
-        cut = i
-        if acc * 2 >= total:
-            break
-    return batch[:cut], batch[cut:]
+    ordered = sorted(row, key=lambda e: (-e.suffix_len, e.index))
+    return [ordered[0::2]], [ordered[1::2]]
+
+
+def as_rows(examples: list[TokenizedExample], layout: str) -> list[Row]:
+    """All ``examples`` as one micro-batch: one packed row, or one row per example."""
+    return [list(examples)] if layout == "packed" else [[e] for e in examples]
 
 
 @dataclass
@@ -175,10 +224,11 @@ class MicroBatch:
                           self.n_examples, self.n_tokens, self.n_computed, self.n_answer)
 
 
-def collate(batch: list[TokenizedExample], layout: str, pad_id: int, attn_implementation: str | None = "sdpa",
+def collate(rows: list[Row], layout: str, pad_id: int, attn_implementation: str | None = "sdpa",
             mask_dtype=None) -> MicroBatch:
     import torch
 
+    batch = _flat(rows)
     if not batch:
         raise ValueError("empty micro-batch")
     P = batch[0].prefix_len
@@ -186,35 +236,43 @@ def collate(batch: list[TokenizedExample], layout: str, pad_id: int, attn_implem
         raise ValueError("examples in a micro-batch must share the instruction prefix")
     n_tokens = sum(e.length for e in batch)
     n_answer = sum(e.n_answer for e in batch)
-    rows: list[int] = []
+    rows_idx: list[int] = []
     cols: list[int] = []
     targets: list[int] = []
 
     if layout == "packed":
-        ids = list(batch[0].input_ids[:P])
-        pos = list(range(P))
-        seg = [0] * P
-        for k, e in enumerate(batch, 1):
-            start = len(ids)
-            ids += e.input_ids[P:]
-            pos += range(P, e.length)
-            seg += [k] * e.suffix_len
-            for j in range(e.prompt_len, e.length):
-                rows.append(0)
-                cols.append(start + (j - P) - 1)   # the token before target j, same segment since j > P
-                targets.append(e.input_ids[j])
-        T = len(ids)
-        seg_t = torch.tensor(seg)
-        allowed = torch.ones(T, T, dtype=torch.bool).tril_()
-        allowed &= (seg_t[:, None] == seg_t[None, :]) | (seg_t[None, :] == 0)
+        # Pad rows to a common length, a multiple of 16 (the memory-efficient SDPA kernel
+        # wants the mask's last dimension aligned); a pad attends to the prefix and itself
+        # only, so no softmax row is empty and no real token sees a pad.
+        T = -(-max(row_len(r) for r in rows) // 16) * 16
+        ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
+        pos = torch.zeros(len(rows), T, dtype=torch.long)
+        seg = torch.empty(len(rows), T, dtype=torch.long)
+        for r, row in enumerate(rows):
+            ids[r, :P] = torch.tensor(batch[0].input_ids[:P])
+            pos[r, :P] = torch.arange(P)
+            seg[r, :P] = 0
+            start = P
+            for k, e in enumerate(row, 1):
+                n = e.suffix_len
+                ids[r, start:start + n] = torch.tensor(e.input_ids[P:])
+                pos[r, start:start + n] = torch.arange(P, e.length)
+                seg[r, start:start + n] = k
+                for j in range(e.prompt_len, e.length):
+                    rows_idx.append(r)
+                    cols.append(start + (j - P) - 1)   # the token before target j, same segment since j > P
+                    targets.append(e.input_ids[j])
+                start += n
+            seg[r, start:] = -torch.arange(1, T - start + 1)
+        allowed = torch.ones(T, T, dtype=torch.bool).tril_()[None] & (
+            (seg[:, :, None] == seg[:, None, :]) | (seg[:, None, :] == 0))
         if attn_implementation == "eager":
             dtype = mask_dtype or torch.float32
-            mask = torch.zeros(T, T, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
+            mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
         else:
             mask = allowed
-        return MicroBatch(layout, torch.tensor([ids]), torch.tensor([pos]), mask[None, None], None,
-                          torch.tensor(rows), torch.tensor(cols), torch.tensor(targets),
-                          len(batch), n_tokens, T, n_answer)
+        return MicroBatch(layout, ids, pos, mask[:, None], None, torch.tensor(rows_idx), torch.tensor(cols),
+                          torch.tensor(targets), len(batch), n_tokens, sum(row_len(r) for r in rows), n_answer)
 
     if layout == "prefix_kv":
         S = max(e.suffix_len for e in batch)
@@ -225,12 +283,12 @@ def collate(batch: list[TokenizedExample], layout: str, pad_id: int, attn_implem
             ids[i, :e.suffix_len] = torch.tensor(e.input_ids[P:])
             mask[i, P:P + e.suffix_len] = 1
             for j in range(e.prompt_len, e.length):
-                rows.append(i)
+                rows_idx.append(i)
                 cols.append(j - P - 1)
                 targets.append(e.input_ids[j])
         pos = torch.arange(P, P + S).expand(len(batch), S).contiguous()
         return MicroBatch(layout, ids, pos, mask, torch.tensor(batch[0].input_ids[:P]),
-                          torch.tensor(rows), torch.tensor(cols), torch.tensor(targets),
+                          torch.tensor(rows_idx), torch.tensor(cols), torch.tensor(targets),
                           len(batch), n_tokens, P + len(batch) * S, n_answer)
 
     if layout == "padded":
@@ -241,10 +299,10 @@ def collate(batch: list[TokenizedExample], layout: str, pad_id: int, attn_implem
             ids[i, :e.length] = torch.tensor(e.input_ids)
             mask[i, :e.length] = 1
             for j in range(e.prompt_len, e.length):
-                rows.append(i)
+                rows_idx.append(i)
                 cols.append(j - 1)
                 targets.append(e.input_ids[j])
-        return MicroBatch(layout, ids, None, mask, None, torch.tensor(rows), torch.tensor(cols),
+        return MicroBatch(layout, ids, None, mask, None, torch.tensor(rows_idx), torch.tensor(cols),
                           torch.tensor(targets), len(batch), n_tokens, len(batch) * S, n_answer)
 
     raise ValueError(f"unknown layout {layout!r}")

@@ -66,6 +66,7 @@ class TrainConfig:
     layout: str = "packed"              # packed | prefix_kv | padded (see docs/training.md)
     batch_tokens: int | None = None     # micro-batch token budget; None: the largest the memory plan allows
     max_batch_tokens: int = 4096        # upper bound for the automatic budget
+    row_tokens: int | None = None       # packed: longest row (default: the budget); shorter rows = several per micro-batch
     gpu_memory: str | None = None       # e.g. "15GiB"; default: the GPU's total memory
     group_by_length: bool | None = None  # None: on for padded/prefix_kv, off for packed
 

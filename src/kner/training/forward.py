@@ -32,11 +32,16 @@ class ModelParts:
                    getattr(causal_lm.config, "final_logit_softcapping", None))
 
 
-def answer_loss_sum(parts: ModelParts, mb: MicroBatch) -> torch.Tensor:
-    """Sum (not mean) of the answer tokens' cross-entropy, so micro-batches add up exactly."""
+def answer_loss_sum(parts: ModelParts, mb: MicroBatch, keep: list | None = None) -> torch.Tensor:
+    """Sum (not mean) of the answer tokens' cross-entropy, so micro-batches add up exactly.
+
+    For ``prefix_kv`` the prefix caches are appended to ``keep``; the caller must
+    pass them to ``kner.modeling.release_caches`` after the backward pass.
+    """
     if mb.layout == "prefix_kv":
-        kv = run_prefix(parts.decoder, mb.prefix_ids)
-        cache = prefix_cache(kv, mb.input_ids.shape[0])
+        kv = run_prefix(parts.decoder, mb.prefix_ids, keep)
+        cache = prefix_cache(kv, mb.input_ids.shape[0], keep)
+        del kv
         hidden = parts.decoder(input_ids=mb.input_ids, attention_mask=mb.attention_mask,
                                position_ids=mb.position_ids, past_key_values=cache, use_cache=False).last_hidden_state
     else:

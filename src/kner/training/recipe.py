@@ -86,9 +86,12 @@ def train(config: TrainConfig, model=None, tokenizer=None, *, train_examples: li
     if not train_tok:
         raise DataError("no training example left (all longer than max_seq_len?)", cfg.train)
 
+    if cfg.layout == "prefix_kv":
+        log.warning("layout prefix_kv is experimental: on the 7B benchmark it needed up to twice the planned "
+                    "memory and ran slower than packed (docs/training.md); OOMs are split and retried")
     # 4. Memory plan: the token budget no micro-batch will exceed.
     plan, budget = _plan(model, cfg, train_tok, dtype, device, len(encoder.prefix_ids))
-    longest = max(batch_cost([e], cfg.layout) for e in train_tok + dev_tok)
+    longest = max(batch_cost([[e]], cfg.layout) for e in train_tok + dev_tok)
     if budget < longest:
         raise ConfigError(f"batch_tokens={budget} is smaller than the longest example ({longest} tokens with the "
                           f"prefix); raise batch_tokens or lower max_seq_len")
@@ -123,8 +126,9 @@ def train(config: TrainConfig, model=None, tokenizer=None, *, train_examples: li
     from kner.training.progress import JsonlLog, Progress, peak_memory_gib
 
     cfg.save(out / "train_config.yaml")
+    row_tokens = max(cfg.row_tokens, longest) if cfg.row_tokens else None
     runner = StepRunner(ModelParts.of(model), params, scaler, dtype, device, cfg.layout, tokenizer.pad_token_id,
-                        getattr(model.config, "_attn_implementation", "sdpa"))
+                        getattr(model.config, "_attn_implementation", "sdpa"), row_tokens)
     jlog = JsonlLog(out / "log.jsonl", resume_step=pos.global_step if cfg.resume else None)
     jlog.write({"event": "resume" if pos.global_step else "start", "step": pos.global_step, "budget": budget,
                 "layout": cfg.layout, "dtype": dtype_name(dtype), "device": str(device),
@@ -210,14 +214,16 @@ class StepRunner:
     and the retry on two halves gives the same gradient.
     """
 
-    def __init__(self, parts, params, scaler, dtype, device, layout, pad_id, attn_impl):
+    def __init__(self, parts, params, scaler, dtype, device, layout, pad_id, attn_impl, row_tokens=None):
         import torch
 
         self.parts, self.params, self.scaler = parts, params, scaler
         self.dtype, self.device, self.layout = dtype, device, layout
         self.pad_id = pad_id if pad_id is not None else 0
         self.attn_impl = attn_impl
+        self.row_tokens = row_tokens
         self.use_autocast = dtype != torch.float32
+        self.last_oom: str | None = None
 
     def autocast(self):
         import torch
@@ -234,7 +240,7 @@ class StepRunner:
 
         res = StepResult()
         denom = sum(e.n_answer for e in examples)
-        pending = micro_batches(examples, budget, self.layout)
+        pending = micro_batches(examples, budget, self.layout, self.row_tokens)
         loss_sum = 0.0
         while pending:
             batch = pending.pop(0)
@@ -242,14 +248,14 @@ class StepRunner:
             if done is None:   # out of memory: retry the two halves in its place
                 from kner.training.batching import split_in_two
 
-                if len(batch) < 2:
-                    raise KnerError(f"one example of {batch[0].length} tokens does not fit in GPU memory; lower "
-                                    f"max_seq_len or the LoRA rank, or free the GPU")
+                if sum(map(len, batch)) < 2:
+                    raise KnerError(f"one example of {batch[0][0].length} tokens does not fit in GPU memory "
+                                    f"({self.last_oom}); lower max_seq_len or the LoRA rank, or free the GPU")
                 a, b = split_in_two(batch)
                 pending[:0] = [a, b]
                 res.oom_splits += 1
-                res.split_notes.append(f"out of memory on a micro-batch of {len(batch)} examples; "
-                                       f"retrying as {len(a)} + {len(b)}")
+                res.split_notes.append(f"out of memory on a micro-batch of {sum(map(len, batch))} examples "
+                                       f"({self.last_oom}); retrying as {sum(map(len, a))} + {sum(map(len, b))}")
                 continue
             mb_loss, mb = done
             loss_sum += mb_loss
@@ -264,27 +270,32 @@ class StepRunner:
     def _try_micro_batch(self, batch, denom: int):
         import torch
 
+        from kner.modeling import release_caches
         from kner.training.batching import collate
         from kner.training.forward import answer_loss_sum
 
-        oom = False
+        oom = None
+        caches: list = []
         try:
             mb = collate(batch, self.layout, self.pad_id, self.attn_impl, self.dtype).to(self.device)
             with self.autocast():
-                loss_sum = answer_loss_sum(self.parts, mb)
+                loss_sum = answer_loss_sum(self.parts, mb, caches)
             loss = loss_sum / max(denom, 1)
             grads = torch.autograd.grad(self.scaler.scale(loss), self.params, allow_unused=True)
             for p, g in zip(self.params, grads):
                 if g is not None:
                     p.grad = g if p.grad is None else p.grad.add_(g)
             return float(loss_sum.detach()), mb
-        except torch.OutOfMemoryError:
-            oom = True   # leave the except block first, so the traceback frees its tensors
-        if oom:
-            gc.collect()
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            return None
+        except torch.OutOfMemoryError as err:
+            oom = str(err).splitlines()[0] if str(err) else "out of memory"
+            # leave the except block first, so the traceback frees its tensors
+        finally:
+            release_caches(caches)
+        self.last_oom = oom
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return None
 
     def finish_step(self, optimizer, scheduler, max_grad_norm: float) -> float | None:
         import torch
@@ -302,6 +313,7 @@ class StepRunner:
     def eval_loss(self, examples, budget: int) -> tuple[float, int]:
         import torch
 
+        from kner.modeling import release_caches
         from kner.training.batching import collate, micro_batches
         from kner.training.forward import answer_loss_sum
 
@@ -309,9 +321,11 @@ class StepRunner:
         with torch.no_grad(), self.autocast():
             for i in range(0, len(examples), 64):
                 chunk = examples[i:i + 64]
-                for batch in micro_batches(chunk, budget, self.layout):
+                for batch in micro_batches(chunk, budget, self.layout, self.row_tokens):
                     mb = collate(batch, self.layout, self.pad_id, self.attn_impl, self.dtype).to(self.device)
-                    total += float(answer_loss_sum(self.parts, mb))
+                    caches: list = []
+                    total += float(answer_loss_sum(self.parts, mb, caches))
+                    release_caches(caches)
                     n += mb.n_answer
         return total / max(n, 1), n
 
@@ -454,7 +468,7 @@ def _plan(model, cfg: TrainConfig, train_tok, dtype, device, prefix_len: int):
     from kner.training.batching import batch_cost
     from kner.training.memory import ModelShape, device_capacity, plan_memory
 
-    longest = max(batch_cost([e], cfg.layout) for e in train_tok)
+    longest = max(batch_cost([[e]], cfg.layout) for e in train_tok)
     answer_fraction = sum(e.n_answer for e in train_tok) / max(1, sum(e.suffix_len for e in train_tok) + prefix_len)
     on_gpu = device.type == "cuda"
     cap = device_capacity(cfg.gpu_memory)
@@ -469,7 +483,8 @@ def _plan(model, cfg: TrainConfig, train_tok, dtype, device, prefix_len: int):
                            compute_bytes=dtype.itemsize, lora_r=cfg.lora_r, target_modules=cfg.target_modules,
                            optimizer=cfg.optimizer, layout=cfg.layout, prefix_len=prefix_len,
                            answer_fraction=answer_fraction, double_quant=cfg.double_quant,
-                           gradient_checkpointing=cfg.gradient_checkpointing, on_gpu=on_gpu)
+                           gradient_checkpointing=cfg.gradient_checkpointing, on_gpu=on_gpu,
+                           row_tokens=max(cfg.row_tokens, longest) if cfg.row_tokens else None)
     except KnerError:
         if cfg.batch_tokens is None and on_gpu:
             raise

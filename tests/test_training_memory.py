@@ -1,0 +1,116 @@
+"""The memory planner and the training config."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from kner.errors import ConfigError, KnerError
+from kner.training.config import TrainConfig, parse_bytes
+from kner.training.memory import GiB, ModelShape, estimate, load_config, plan_memory
+from test_training_support import LLAMA_TOK
+
+
+@pytest.fixture(scope="module")
+def llama7b():
+    if not LLAMA_TOK.is_dir():
+        pytest.skip("LLaMA-2 config not found")
+    return ModelShape.from_config(load_config(str(LLAMA_TOK)))
+
+
+def test_shapes_from_config_alone(llama7b):
+    assert llama7b.total_params == pytest.approx(6.74e9, rel=0.005)
+    assert llama7b.lora_params(16) == 39_976_960            # r=16 on all 7 linear layers x 32
+    assert llama7b.lora_params(8, ["q_proj", "v_proj"]) == 4_194_304
+
+
+def test_estimate_grows_with_tokens_and_parts_add_up(llama7b):
+    a, b = estimate(llama7b, 1024), estimate(llama7b, 2048)
+    assert b.allocator_peak > a.allocator_peak
+    assert a.device_total == a.allocator_peak + a.components["cuda_context"] + a.paged
+    # 4-bit weights: 0.5 byte + about 1/64 of quantization constants per weight
+    w = a.components["weights"]
+    assert 3.4 * GiB < w < 3.8 * GiB
+    assert estimate(llama7b, 1024, double_quant=False).components["weights"] > w
+    # paged optimizer states live outside the allocator; plain AdamW's inside
+    assert a.paged > 0 and "optimizer" not in a.components
+    assert estimate(llama7b, 1024, optimizer="adamw").components["optimizer"] == 8 * llama7b.lora_params(16)
+
+
+# Measured on the GPU benchmark (H100 in T4 emulation: fp16, no flash attention,
+# 15 GiB cap; docs/training.md): torch.cuda.max_memory_reserved in GiB at each budget.
+MEASURED = {("packed", 1024): 5.574, ("packed", 2048): 6.572, ("packed", 4096): 8.729,
+            ("padded", 1024): 5.516, ("padded", 2048): 6.555, ("padded", 4096): 9.279}
+
+
+@pytest.mark.parametrize("layout,tokens", sorted(MEASURED))
+def test_plan_is_within_10_percent_of_the_measured_peak(llama7b, layout, tokens):
+    e = estimate(llama7b, tokens, layout=layout, prefix_len=282, answer_fraction=0.259, row_tokens=tokens)
+    assert e.allocator_peak / GiB == pytest.approx(MEASURED[(layout, tokens)], rel=0.10)
+
+
+def test_plan_chooses_the_largest_budget_that_fits(llama7b):
+    p15 = plan_memory(llama7b, 15 * GiB, max_budget=8192, min_tokens=716)
+    p8 = plan_memory(llama7b, 8 * GiB, max_budget=8192, min_tokens=716)
+    assert p15.fits and p8.fits
+    assert p15.budget > p8.budget >= 716
+    assert p8.estimate.device_total <= 8 * GiB
+    nxt = estimate(llama7b, p8.budget + 256)
+    assert nxt.device_total > 8 * GiB * 0.95
+    checked = plan_memory(llama7b, 15 * GiB, budget=1024)
+    assert checked.budget == 1024
+
+
+def test_plan_refuses_when_nothing_fits(llama7b):
+    with pytest.raises(KnerError, match="GiB"):
+        plan_memory(llama7b, 4 * GiB, min_tokens=716)
+    with pytest.raises(KnerError):
+        plan_memory(llama7b, 15 * GiB, min_tokens=716, method="full")
+
+
+def test_kner_plan_cli(llama7b):
+    from typer.testing import CliRunner
+
+    from kner.cli import _register, app
+
+    _register()
+    res = CliRunner().invoke(app, ["plan", "--model", str(LLAMA_TOK), "--gpu-memory", "15GiB", "--json"])
+    assert res.exit_code == 0, res.output
+    d = json.loads(res.output)
+    assert d["budget"] >= 1024 and d["device_total_bytes"] <= 15 * GiB
+    res = CliRunner().invoke(app, ["plan", "--model", str(LLAMA_TOK), "--gpu-memory", "15GiB", "--budget", "1024"])
+    assert res.exit_code == 0 and "1024" in res.output and "fits" in res.output
+
+
+def test_parse_bytes():
+    assert parse_bytes("15GiB") == 15 * 2**30
+    assert parse_bytes("16 GB") == 16 * 10**9
+    assert parse_bytes(123) == 123
+    with pytest.raises(ConfigError):
+        parse_bytes("lots")
+
+
+def test_config_yaml_then_flags(tmp_path):
+    p = tmp_path / "train.yaml"
+    p.write_text(yaml.safe_dump({"model": "m", "lora_r": 8, "lr": 1e-4, "target_modules": ["q_proj", "v_proj"]}))
+    cfg = TrainConfig.load(p, lora_r=32, lr=None).validate()
+    assert (cfg.model, cfg.lora_r, cfg.lr, cfg.target_modules) == ("m", 32, 1e-4, ["q_proj", "v_proj"])
+    saved = cfg.save(tmp_path / "out.yaml")
+    assert TrainConfig.load(saved) == cfg
+
+
+@pytest.mark.parametrize("bad", [{"lora_rank": 8}, {"method": "qlorax"}, {"layout": "zigzag"}, {"lr": -1},
+                                 {"gpu_memory": "many"}])
+def test_config_rejects_bad_settings(tmp_path, bad):
+    p = tmp_path / "train.yaml"
+    p.write_text(yaml.safe_dump(bad))
+    with pytest.raises(ConfigError):
+        TrainConfig.load(p).validate()
+
+
+def test_config_target_modules_from_a_flag():
+    cfg = TrainConfig(target_modules="q_proj, v_proj").validate()
+    assert cfg.target_modules == ["q_proj", "v_proj"]
+    assert TrainConfig().validate().target_modules == "all-linear"
