@@ -119,7 +119,7 @@ class Estimate:
 def estimate(shape: ModelShape, tokens: int, *, method: str = "qlora", compute_bytes: int = 2, lora_r: int = 16,
              target_modules="all-linear", optimizer: str = "paged_adamw_8bit", layout: str = "packed",
              prefix_len: int = 282, answer_fraction: float = 0.2, double_quant: bool = True,
-             gradient_checkpointing: bool = True, on_gpu: bool = True, row_tokens: int | None = 2048) -> Estimate:
+             gradient_checkpointing: bool = True, on_gpu: bool = True, row_tokens: int | None = None) -> Estimate:
     """Peak memory of one micro-batch of ``tokens`` computed tokens."""
     d, L, I, V = shape.hidden, shape.layers, shape.intermediate, shape.vocab
     c: dict[str, int] = {}
