@@ -296,5 +296,6 @@ def test_paged_engine_matches_static_batches(tok):
                         lambda k, t: got.__setitem__(k, t))
         assert [got[i] for i in range(len(texts))] == ref, (rows, pool)
         assert st.peak_rows <= rows and st.new_tokens == sum(len(t) for t in ref)
+        assert engine.cache_ref() is None      # the pool is freed on return, without waiting for gc
         preempted += st.preemptions
     assert preempted > 0     # the small pool forced evictions, and the redone rows still match

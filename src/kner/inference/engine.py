@@ -25,6 +25,7 @@ attention; that gather is transient, one layer at a time, and admission keeps
 from __future__ import annotations
 
 import math
+import weakref
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -90,7 +91,7 @@ def _make_cache(prefix: PrefixKV, pool_tokens: int):
             pass
 
         def update(self, key_states, value_states, *args, **kwargs):
-            op = self.owner.op
+            op = self.owner.current
             if op[0] == "prefill":
                 _, write, valid = op
                 self.kpool[:, write] = key_states.transpose(0, 1)[:, valid]
@@ -110,10 +111,25 @@ def _make_cache(prefix: PrefixKV, pool_tokens: int):
         def get_max_length(self) -> int:
             return -1
 
+    class Ops:   # what the current forward does; shared by the layers without pointing back at the cache
+        current = None
+
     class PagedCache(Cache):
         def __init__(self):
-            self.op = None
-            super().__init__(layers=[PagedLayer(self, k, v) for k, v in prefix.layers])
+            self.ops = Ops()
+            super().__init__(layers=[PagedLayer(self.ops, k, v) for k, v in prefix.layers])
+
+        @property
+        def op(self):
+            return self.ops.current
+
+        @op.setter
+        def op(self, value):
+            self.ops.current = value
+
+        def free(self) -> None:
+            for lay in self.layers:
+                lay.kpool = lay.vpool = None
 
     return PagedCache()
 
@@ -259,58 +275,62 @@ class PagedEngine:
             stats.preemptions += 1
             return True
 
-        with shared_prefix_attention_active(self.model, cache):
-            while waiting or active:
-                # Admit as many groups as fit (all of them at the start).
-                while waiting:
-                    group = admit()
-                    if not group:
+        try:
+            with shared_prefix_attention_active(self.model, cache):
+                while waiting or active:
+                    # Admit as many groups as fit (all of them at the start).
+                    while waiting:
+                        group = admit()
+                        if not group:
+                            break
+                        prefill(group)
+                    if not active:
+                        if waiting:
+                            raise KnerError("the K/V pool cannot hold a single text; lower --max-chunk-tokens")
                         break
-                    prefill(group)
-                if not active:
-                    if waiting:
-                        raise KnerError("the K/V pool cannot hold a single text; lower --max-chunk-tokens")
-                    break
-                # Room for each row's next token; evict the youngest rows if the pool is dry.
-                for row in sorted(active, key=lambda r: r.order):
-                    if row not in active:
-                        continue
-                    if row.length + 1 > len(row.blocks) * bs:
-                        while not free:
-                            if not evict_youngest(row):
-                                raise KnerError("the K/V pool cannot hold a single text; lower --max-chunk-tokens")
-                        grow(row, row.length + 1)
-                n = len(active)
-                stats.peak_rows = max(stats.peak_rows, n)
-                lmax = max(r.length for r in active) + 1
-                gather = np.zeros((n, lmax), dtype=np.int64)
-                write = np.empty(n, dtype=np.int64)
-                lens = np.empty(n, dtype=np.int64)
-                for i, r in enumerate(active):
-                    gather[i, :r.length + 1] = r.flat[:r.length + 1]
-                    write[i] = r.flat[r.length]
-                    lens[i] = r.length + 1
-                lens_t = torch.from_numpy(lens).to(dev)
-                mask = (torch.arange(lmax, device=dev)[None, :] < lens_t[:, None])[:, None, None, :]
-                pos = (lens_t - 1 + P)[:, None]
-                inp = torch.tensor([r.pending for r in active], dtype=torch.long).to(dev)[:, None]
-                cache.op = ("decode", torch.from_numpy(write).to(dev), torch.from_numpy(gather).to(dev))
-                out = self.model(input_ids=inp, attention_mask=mask, position_ids=pos, past_key_values=cache,
-                                 use_cache=True, logits_to_keep=1)
-                logits = out.logits[:, -1]
-                del out
-                if self.logits_hook is not None:
-                    logits = self.logits_hook(logits)
-                toks = chooser.choose(logits, [r.req.key for r in active])
-                stats.steps += 1
-                stats.row_steps += n
-                still = []
-                for r, t in zip(active, toks):
-                    r.length += 1
-                    if take(r, t):
-                        finish(r)
-                    else:
-                        still.append(r)
-                active = still
-        cache.op = None
+                    # Room for each row's next token; evict the youngest rows if the pool is dry.
+                    for row in sorted(active, key=lambda r: r.order):
+                        if row not in active:
+                            continue
+                        if row.length + 1 > len(row.blocks) * bs:
+                            while not free:
+                                if not evict_youngest(row):
+                                    raise KnerError("the K/V pool cannot hold a single text; lower --max-chunk-tokens")
+                            grow(row, row.length + 1)
+                    n = len(active)
+                    stats.peak_rows = max(stats.peak_rows, n)
+                    lmax = max(r.length for r in active) + 1
+                    gather = np.zeros((n, lmax), dtype=np.int64)
+                    write = np.empty(n, dtype=np.int64)
+                    lens = np.empty(n, dtype=np.int64)
+                    for i, r in enumerate(active):
+                        gather[i, :r.length + 1] = r.flat[:r.length + 1]
+                        write[i] = r.flat[r.length]
+                        lens[i] = r.length + 1
+                    lens_t = torch.from_numpy(lens).to(dev)
+                    mask = (torch.arange(lmax, device=dev)[None, :] < lens_t[:, None])[:, None, None, :]
+                    pos = (lens_t - 1 + P)[:, None]
+                    inp = torch.tensor([r.pending for r in active], dtype=torch.long).to(dev)[:, None]
+                    cache.op = ("decode", torch.from_numpy(write).to(dev), torch.from_numpy(gather).to(dev))
+                    out = self.model(input_ids=inp, attention_mask=mask, position_ids=pos, past_key_values=cache,
+                                     use_cache=True, logits_to_keep=1)
+                    logits = out.logits[:, -1]
+                    del out
+                    if self.logits_hook is not None:
+                        logits = self.logits_hook(logits)
+                    toks = chooser.choose(logits, [r.req.key for r in active])
+                    stats.steps += 1
+                    stats.row_steps += n
+                    still = []
+                    for r, t in zip(active, toks):
+                        r.length += 1
+                        if take(r, t):
+                            finish(r)
+                        else:
+                            still.append(r)
+                    active = still
+        finally:
+            cache.op = None
+            cache.free()        # the pool is most of the free memory: give it back now, not at the next gc
+            self.cache_ref = weakref.ref(cache)
         return stats

@@ -166,15 +166,15 @@ class EnginePlan:
 
 def plan_engine(dims: ModelDims, *, prefix_len: int, footprints: list[int], suffix_max: int, usable: int | None,
                 max_rows: int, prefill_chunk_tokens: int = 2048, safety: float = 0.85,
-                largest_weight_elems: int = 0, transient_share: float = 0.12) -> EnginePlan:
+                largest_weight_elems: int = 0, transient_share: float = 0.2) -> EnginePlan:
     """Split free memory between the paged K/V pool and per-step transients.
 
     ``footprints``: per text, prompt tokens after the prefix + new-token budget.
     Fixed costs: a prefill chunk's activations and fp32 attention scores, the
     largest dequantized weight, logits of ``max_rows`` rows. The rest is the
     budget; ``transient_share`` of it bounds the padded per-layer K/V gather of a
-    decode step (K and V, plus a contiguous copy, plus fp32 scores per key), and
-    the remainder is the pool.
+    decode step (K and V of every row up to the longest row, fp32 scores and
+    the probabilities' copies per key), and the remainder is the pool.
     """
     longest = max(footprints) if footprints else 1
     if usable is None:   # CPU: no planning, room for every row at its longest
@@ -187,7 +187,7 @@ def plan_engine(dims: ModelDims, *, prefix_len: int, footprints: list[int], suff
              + max_rows * dims.vocab * 4 * 3)
     budget = int(usable * safety) - fixed
     layer_kv = dims.kv_heads * dims.head_dim * 2 * db
-    per_row_key = layer_kv * 2 + dims.heads * 4 * 3
+    per_row_key = layer_kv + layer_kv // 4 + dims.heads * 4 * 4
     transient = int(max(budget, 0) * transient_share)
     transient_tokens = max(longest, transient // per_row_key)
     pool = max(0, budget - transient) // dims.kv_bytes_per_token
