@@ -490,6 +490,10 @@ def _plan(model, cfg: TrainConfig, train_tok, dtype, device, prefix_len: int):
             raise
         plan = None
     budget = cfg.batch_tokens or (plan.budget if plan else max(cfg.max_batch_tokens, longest))
+    if not on_gpu and not cfg.batch_tokens:
+        # Nothing to protect on CPU, but long packed rows cost attention over masked pairs
+        # (quadratic) and the CPU has no fused kernel for it: keep rows short.
+        budget = max(min(budget, 1024), longest)
     if plan is not None:
         e = plan.estimate
         log.info("memory plan: budget %d tokens, predicted peak %.2f GiB allocator / %.2f GiB device (cap %.2f GiB)",
