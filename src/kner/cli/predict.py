@@ -140,7 +140,8 @@ def predict(
     constrain: bool = typer.Option(True, "--constrain/--no-constrain",
                                    help="Grammar-constrained decoding (default): every output parses and every "
                                         "entity is a span of its text."),
-    batch_size: Optional[int] = typer.Option(None, help="Rows per batch (default: planned from free GPU memory)."),
+    batch_size: Optional[int] = typer.Option(None, help="Most texts decoded at once (default: planned from free GPU "
+                                                        "memory, up to 256)."),
     max_memory: Optional[str] = typer.Option(None, help="GPU memory this run may use, e.g. 15GiB (default: all free)."),
     max_chunk_tokens: int = typer.Option(384, help="Split texts longer than this many tokens."),
     max_new_tokens: Optional[int] = typer.Option(None, help="Cap on generated tokens per text (default: from its length)."),
