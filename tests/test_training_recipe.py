@@ -195,3 +195,30 @@ def test_kner_train_cli(base_dir, data, tmp_path):
     assert res.exit_code == 0, res.output
     assert "model written to" in res.output
     assert TrainConfig.load(tmp_path / "cli" / "train_config.yaml").max_steps == 1
+
+
+def test_diverged_training_stops_without_poisoning_the_weights(data, tmp_path):
+    """bf16/fp32 have no loss scaler: a NaN step must be skipped, and a run stuck in NaN must stop."""
+    from kner.errors import KnerError
+
+    tok = llama_tokenizer()
+    model = build_model_from_config(tiny_config("llama", len(tok)), seed=3)
+    calls = {"n": 0}
+
+    def poison(mod, args, output):  # from the 3rd forward on, the first layer outputs NaN
+        calls["n"] += 1
+        if calls["n"] >= 3:
+            hidden = output[0] if isinstance(output, tuple) else output
+            hidden = hidden * float("nan")
+            return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+        return output
+
+    model.model.layers[0].register_forward_hook(poison)
+    cfg = TrainConfig(model="tiny", scheme="kmou", method="full", optimizer="adamw", compute_dtype="fp32",
+                      output=str(tmp_path / "o"), max_steps=20, examples_per_step=4, batch_tokens=4000,
+                      save_every=0, progress=False, tensorboard=False, max_nonfinite_steps=3)
+    with pytest.raises(KnerError, match="training diverged.*3 steps in a row"):
+        train(cfg, model=model, tokenizer=tok, train_examples=data[0])
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    steps = [r for r in _log(tmp_path / "o") if "loss" in r]
+    assert len(steps) < 20 and not torch.isfinite(torch.tensor(steps[-1]["loss"]))

@@ -57,6 +57,7 @@ class TrainConfig:
     warmup_ratio: float = 0.03
     warmup_steps: int | None = None     # overrides warmup_ratio
     max_grad_norm: float = 1.0
+    max_nonfinite_steps: int = 5        # stop (with an error) after this many NaN/inf steps in a row; updates skipped
     epochs: int = 1
     max_steps: int | None = None
     examples_per_step: int = 16         # the optimizer sees the same batches whatever the GPU
@@ -93,6 +94,7 @@ class TrainConfig:
         check(self.lr > 0, "lr must be positive")
         check(self.epochs >= 1 or (self.max_steps or 0) > 0, "epochs must be at least 1 (or set max_steps)")
         check(self.examples_per_step >= 1, "examples_per_step must be at least 1")
+        check(self.max_nonfinite_steps >= 1, "max_nonfinite_steps must be at least 1")
         check(self.max_seq_len >= 16, "max_seq_len is too small")
         check(self.batch_tokens is None or self.batch_tokens >= 16, "batch_tokens is too small")
         check(0 <= self.warmup_ratio < 1, "warmup_ratio must be in [0, 1)")

@@ -141,6 +141,7 @@ def train(config: TrainConfig, model=None, tokenizer=None, *, train_examples: li
     history: list[dict] = []
     model.train()
     t_start = time.perf_counter() - pos.elapsed_s
+    bad_steps = 0
     try:
         while pos.global_step < total_steps:
             steps = _epoch_steps(train_tok, cfg, pos.epoch)
@@ -150,6 +151,14 @@ def train(config: TrainConfig, model=None, tokenizer=None, *, train_examples: li
                 res = runner.step(step_examples, budget)
                 grad_norm = runner.finish_step(optimizer, scheduler, cfg.max_grad_norm)
                 dt = time.perf_counter() - t0
+                bad_steps = bad_steps + 1 if (not math.isfinite(res.loss) or runner.update_skipped) else 0
+                if bad_steps >= cfg.max_nonfinite_steps:
+                    last = latest_checkpoint(ckpt_root)
+                    raise KnerError(
+                        f"training diverged: loss or gradients were not finite for {bad_steps} steps in a row "
+                        f"(step {pos.global_step + 1}, lr {scheduler.get_last_lr()[0]:.2e}); those updates were "
+                        f"skipped and training stopped. Lower lr (now {cfg.lr}) or use compute_dtype fp32"
+                        + (f"; the last good checkpoint is {last}" if last else ""))
                 pos.global_step += 1
                 pos.step_in_epoch += 1
                 pos.examples_seen += res.examples
@@ -215,6 +224,7 @@ class StepRunner:
     """
 
     def __init__(self, parts, params, scaler, dtype, device, layout, pad_id, attn_impl, row_tokens=None):
+        self.update_skipped = False
         import torch
 
         self.parts, self.params, self.scaler = parts, params, scaler
@@ -301,14 +311,21 @@ class StepRunner:
         import torch
 
         self.scaler.unscale_(optimizer)
-        norm = None
-        if max_grad_norm and max_grad_norm > 0:
-            norm = float(torch.nn.utils.clip_grad_norm_(self.params, max_grad_norm))
-        self.scaler.step(optimizer)
-        self.scaler.update()
+        # The norm is always computed (inf = no clipping): it is how a NaN gradient is seen.
+        clip = max_grad_norm if max_grad_norm and max_grad_norm > 0 else float("inf")
+        norm = float(torch.nn.utils.clip_grad_norm_(self.params, clip))
+        self.update_skipped = False
+        if self.scaler.is_enabled():
+            self.scaler.step(optimizer)  # skips the update itself on inf/NaN and lowers the scale
+            self.scaler.update()
+        elif math.isfinite(norm):
+            optimizer.step()
+        else:
+            # bf16/fp32 have no loss scaler: without this one NaN step would poison every weight.
+            self.update_skipped = True
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        return norm if norm is None or math.isfinite(norm) else None
+        return norm if math.isfinite(norm) else None
 
     def eval_loss(self, examples, budget: int) -> tuple[float, int]:
         import torch
