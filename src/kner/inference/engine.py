@@ -12,7 +12,9 @@ from the start. Here instead:
   at least a fifth of the decoding rows so prefill forwards stay few), so the
   decode batch stays full;
 * if the pool runs dry, the most recently admitted row is evicted and requeued
-  (greedy decoding is deterministic, so redoing it gives the same output);
+  (greedy decoding is deterministic, so redoing it gives the same output), and
+  nothing new is admitted until some row finishes; the oldest row always keeps
+  its room, so the run always progresses;
 * the instruction prefix is shared by all rows (attention in
   :mod:`kner.inference.prefix_cache`), never copied into the pool.
 
@@ -182,7 +184,10 @@ class PagedEngine:
             free.extend(row.blocks)
             row.blocks = []
 
+        hold = [False]      # after an eviction, admit nothing until a row finishes (no thrashing)
+
         def finish(row: _Row) -> None:
+            hold[0] = False
             release(row)
             stats.new_tokens += len(row.gen)
             on_done(row.req.key, row.gen)
@@ -263,23 +268,23 @@ class PagedEngine:
                 else:
                     active.append(r)
 
-        def evict_youngest(protect: _Row) -> bool:
-            victims = [r for r in active if r is not protect]
-            if not victims:
-                return False
-            v = max(victims, key=lambda r: r.order)
+        def evict_youngest() -> _Row:
+            # Always the youngest row, even if it is the one asking for room: then the oldest row
+            # always progresses, and rows cannot keep evicting each other.
+            v = max(active, key=lambda r: r.order)
             active.remove(v)
             release(v)
             chooser.reset(v.req.key)
             waiting.appendleft(v.req)
             stats.preemptions += 1
-            return True
+            hold[0] = True
+            return v
 
         try:
             with shared_prefix_attention_active(self.model, cache):
                 while waiting or active:
                     # Admit as many groups as fit (all of them at the start).
-                    while waiting:
+                    while waiting and not (hold[0] and active):
                         group = admit()
                         if not group:
                             break
@@ -293,10 +298,12 @@ class PagedEngine:
                         if row not in active:
                             continue
                         if row.length + 1 > len(row.blocks) * bs:
-                            while not free:
-                                if not evict_youngest(row):
+                            while not free and row in active:
+                                if len(active) == 1:
                                     raise KnerError("the K/V pool cannot hold a single text; lower --max-chunk-tokens")
-                            grow(row, row.length + 1)
+                                evict_youngest()
+                            if row in active:
+                                grow(row, row.length + 1)
                     n = len(active)
                     stats.peak_rows = max(stats.peak_rows, n)
                     lmax = max(r.length for r in active) + 1
