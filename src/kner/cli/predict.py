@@ -5,14 +5,13 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from kner.cli import app
-from kner.errors import ConfigError, DataError, KnerError
+from kner.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 

@@ -185,8 +185,9 @@ class Extractor:
             elif adapter_dir is None and man.adapter_dir and (path / man.adapter_dir).is_dir():
                 adapter_dir = path / man.adapter_dir
         else:
-            if not path.exists() and "/" not in str(path):
-                raise KnerError(f"{path}: no such model folder")
+            name = str(path)
+            if not path.exists() and (name.startswith(("/", ".", "~")) or name.count("/") != 1):
+                raise KnerError(f"{path}: no such model folder (and not a hub id like 'org/name')")
             sch = load_scheme(scheme or "spacy19")
             pr = prompt or PromptFormat()
             spec = LoadSpec(model=str(path))
@@ -234,7 +235,6 @@ class Extractor:
         import torch
 
         t0 = time.perf_counter()
-        cfg = self.config
         stats = RunStats(texts=len(texts))
         pieces = self._pieces(texts, stats, new_tokens)
         stats.pieces = len(pieces)
