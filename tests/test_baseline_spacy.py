@@ -213,3 +213,18 @@ def test_cli_train_rejects_bad_input(tmp_path):
     res = runner.invoke(app, ["baseline", "spacy", "train", "--train", str(empty), "--dev", str(good),
                               "--out", str(tmp_path / "o")])
     assert isinstance(res.exception, DataError) and "no entities" in str(res.exception)
+
+
+def test_kmou_particles_need_subword_tokens(shared_datasets):
+    # The measurement behind the default tokenizer (docs/baseline.md), on a slice of real data.
+    from kner.datasets import kmou_examples
+
+    examples = kmou_examples(shared_datasets)[:400]
+    spans = sum(len(ex.entities) for ex in examples)
+    ws = alignment_report(examples, "whitespace")
+    kiwi = alignment_report(examples, "kiwi")
+    char = alignment_report(examples, "char")
+    assert ws.spans == kiwi.spans == char.spans == spans > 500
+    assert ws.unaligned_share > 0.4
+    assert kiwi.unaligned_share < 0.05
+    assert char.unaligned == 0
