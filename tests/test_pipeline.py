@@ -104,3 +104,19 @@ def test_config_errors_are_one_line(tmp_path):
         load_config(p)
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_shipped_configs_are_valid(path):
+    """A typo in a shipped config would only surface after data preparation; check every section now."""
+    from kner.inference.extractor import ExtractorConfig
+    from kner.schemes import Mapping, load_scheme
+    from kner.training.config import TrainConfig
+
+    cfg = load_config(path)
+    TrainConfig.from_dict({**cfg["train"], "train": "x.jsonl"}).validate()
+    ExtractorConfig.from_options(**{k: v for k, v in (cfg.get("predict") or {}).items() if k != "name"})
+    scheme = load_scheme(cfg["data"]["scheme"])
+    mapping = Mapping.load(cfg["data"]["map_from"], scheme.name)
+    assert set(v for v in mapping.table.values() if v) <= set(scheme.names)
