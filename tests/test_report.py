@@ -12,7 +12,6 @@ import subprocess
 import sys
 import tempfile
 from html.parser import HTMLParser
-from pathlib import Path
 
 import pytest
 
@@ -21,35 +20,7 @@ from kner.evaluation import evaluate
 from kner.example import Entity, Example, validate, write_jsonl
 from kner.report import compare, highlight, markup
 
-DATA = Path(os.environ.get("KNER_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "datasets")
-KLUE = DATA / "klue-ner" / "klue-ner-v1.1_dev.first4000.tsv"
-
-
-def load_klue(n: int) -> list[Example]:
-    """First ``n`` KLUE-NER dev sentences; entities from the per-character BIO column."""
-    sents: list[tuple[str, list[tuple[str, str]]]] = []
-    with KLUE.open(encoding="utf-8") as f:
-        for line in f:
-            line = line.rstrip("\n")
-            if line.startswith("## klue-ner"):
-                if len(sents) == n:
-                    break
-                sents.append((line[3:].split("\t")[0], []))
-            elif line and not line.startswith("##"):
-                ch, tag = line.split("\t")
-                sents[-1][1].append((ch, tag))
-    out = []
-    for sid, rows in sents:
-        text = "".join(c for c, _ in rows)
-        ents, start, label = [], None, None
-        for i, (_, tag) in enumerate(rows + [("", "O")]):
-            if start is not None and tag != f"I-{label}":
-                ents.append(Entity(start, i, label, text[start:i]))
-                start = None
-            if tag.startswith("B-"):
-                start, label = i, tag[2:]
-        out.append(Example(sid, text, ents))
-    return out
+from klue_data import KLUE, load_klue  # noqa: E402
 
 
 def noisy(examples: list[Example], seed: int, p: float = 0.3) -> list[Example]:
