@@ -6,8 +6,8 @@ import pytest
 try:
     import torch
 
-    # The tests run tiny models: one thread avoids oversubscribing 2-core CI machines
-    # (measured: the inference tests went from 110 s to 15 s).
+    # The tests run tiny models, which gain nothing from intra-op threads: one thread avoids
+    # oversubscribing 2-core CI machines (measured: the inference tests went from 110 s to 15 s).
     torch.set_num_threads(1)
 except ImportError:  # pragma: no cover
     pass

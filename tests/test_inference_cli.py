@@ -19,15 +19,6 @@ from kner.schemes import load_scheme
 LLAMA2 = Path(__file__).resolve().parents[2] / "shared" / "tokenizers" / "llama-2"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models gain nothing from intra-op threads; on 2 shared cores they cost 5-8x in wall time.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     """base/ (tiny LLaMA, fp32), out/ (kner.json + adapter/ + tokenizer/): what `kner train` writes."""
