@@ -237,6 +237,16 @@ class PagedEngine:
                 return []
             return group
 
+        def next_tokens(ids, mask, pos, rows: list[_Row]) -> list[int]:
+            # Prefill and decode differ only in what they feed the model; the step after is the same.
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
+                             use_cache=True, logits_to_keep=1)
+            logits = out.logits[:, -1]
+            del out
+            if self.logits_hook is not None:
+                logits = self.logits_hook(logits)
+            return chooser.choose(logits, [r.req.key for r in rows])
+
         def prefill(group: list[_Row]) -> None:
             n, s = len(group), max(len(r.req.ids) for r in group)
             ids = torch.full((n, s), self.pad_id, dtype=torch.long)
@@ -252,13 +262,7 @@ class PagedEngine:
             pos = (P + valid.long().cumsum(1) - 1).clamp_(min=max(P - 1, 0))
             mask = torch.ones((s, s), dtype=torch.bool, device=dev).tril_()[None, None] & valid[:, None, None, :]
             cache.op = ("prefill", write_t, valid)
-            out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
-                             use_cache=True, logits_to_keep=1)
-            logits = out.logits[:, -1]
-            del out
-            if self.logits_hook is not None:
-                logits = self.logits_hook(logits)
-            toks = chooser.choose(logits, [r.req.key for r in group])
+            toks = next_tokens(ids, mask, pos, group)
             stats.prefills += 1
             stats.prefill_tokens += int(valid.sum())
             for r, t in zip(group, toks):
@@ -319,13 +323,7 @@ class PagedEngine:
                     pos = (lens_t - 1 + P)[:, None]
                     inp = torch.tensor([r.pending for r in active], dtype=torch.long).to(dev)[:, None]
                     cache.op = ("decode", torch.from_numpy(write).to(dev), torch.from_numpy(gather).to(dev))
-                    out = self.model(input_ids=inp, attention_mask=mask, position_ids=pos, past_key_values=cache,
-                                     use_cache=True, logits_to_keep=1)
-                    logits = out.logits[:, -1]
-                    del out
-                    if self.logits_hook is not None:
-                        logits = self.logits_hook(logits)
-                    toks = chooser.choose(logits, [r.req.key for r in active])
+                    toks = next_tokens(inp, mask, pos, active)
                     stats.steps += 1
                     stats.row_steps += n
                     still = []
