@@ -22,7 +22,7 @@ from typing import Any, Callable
 import yaml
 
 from kner import __version__
-from kner.errors import ConfigError, KnerError
+from kner.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -47,15 +47,23 @@ def load_config(path: str | Path) -> dict:
     return cfg
 
 
+# What a later stage does not read: a training folder's checkpoints (optimizer states, hundreds of MB
+# for a 7B adapter) and logs would only make every rerun hash them again.
+_NOT_INPUTS = {"stage.json", "checkpoints", "tensorboard", "log.jsonl"}
+
+
 def _digest_files(paths: list[Path]) -> list[str]:
+    from kner.acquire import sha256
+
     # A list in input order, not a dict by file name: two stages' "preds.jsonl" must not collide.
     out = []
     for p in paths:
         h = hashlib.sha256()
-        for f in sorted(p.rglob("*")) if p.is_dir() else [p]:
-            if f.is_file() and f.name != "stage.json":
+        files = sorted(f for f in p.rglob("*") if not _NOT_INPUTS & set(f.relative_to(p).parts)) if p.is_dir() else [p]
+        for f in files:
+            if f.is_file():
                 h.update(f.relative_to(p).as_posix().encode() if p.is_dir() else b"")
-                h.update(f.read_bytes())
+                h.update(sha256(f).encode())  # streamed: merged 7B weights do not fit in RAM twice
         out.append(h.hexdigest())
     return out
 
