@@ -223,3 +223,50 @@ def test_no_memory_is_kept_between_micro_batches(short):
         runner.step(short[:3], 2048)
         model.zero_grad(set_to_none=True)
         assert live() == before, layout
+
+
+def test_prefix_kv_rows_see_the_prefix_and_their_own_example_only(tokenized):
+    batch = tokenized[:3]
+    mb = collate([batch, tokenized[3:5]], "prefix_kv", pad_id=0)
+    P = batch[0].prefix_len
+    T = mb.input_ids.shape[1]
+    mask = mb.attention_mask[0, 0]
+    assert mask.shape == (T, P + T) and (P + T) % 16 == 0          # keys: the prefix, then the row
+    assert mb.n_computed == row_len(batch, "prefix_kv") + row_len(tokenized[3:5], "prefix_kv")
+    start = 0
+    for e in batch:
+        span = slice(start, start + e.suffix_len)
+        assert mb.position_ids[0, span].tolist() == list(range(P, e.length))
+        assert mask[span, :P].all()
+        own = mask[span, P + start:P + start + e.suffix_len]
+        assert torch.equal(own, torch.ones_like(own).tril_())          # causal within the example
+        assert mask[span, P:].sum() == own.sum()                        # and nothing else of the row
+        start += e.suffix_len
+    expect = [t for e in batch + tokenized[3:5] for t in e.input_ids[e.prompt_len:]]
+    assert mb.input_ids[mb.pred_rows, mb.pred_cols + 1].tolist() == expect
+
+
+def test_a_step_gives_the_same_gradient_in_every_layout(short):
+    """prefix_kv runs the prefix once per step and pushes its gradient back at the end:
+    the step's loss and gradient must equal packed's and padded's, however the step is cut."""
+    from kner.training.recipe import StepRunner
+
+    model = build_model_from_config(tiny_config("llama", len(llama_tokenizer()), layers=2), seed=2)
+    model.train()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    for mod in (model.get_input_embeddings(), model.get_output_embeddings()):
+        mod.requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    results = {}
+    for layout, budget in (("padded", 4096), ("packed", 4096), ("prefix_kv", 4096), ("prefix_kv", 80)):
+        runner = StepRunner(ModelParts.of(model), params, torch.amp.GradScaler("cpu", enabled=False), torch.float32,
+                            torch.device("cpu"), layout, 0, "sdpa")
+        res = runner.step(short[:4], max(budget, max(batch_cost([[e]], layout) for e in short[:4])))
+        results[(layout, budget)] = (res.loss, res.micro_batches, [p.grad.clone() for p in params])
+        model.zero_grad(set_to_none=True)
+    ref_loss, _, ref_grads = results[("padded", 4096)]
+    assert results[("prefix_kv", 80)][1] > 1                              # several micro-batches, one prefix
+    for key, (loss, _, grads) in results.items():
+        assert loss == pytest.approx(ref_loss, rel=1e-5), key
+        for g, r in zip(grads, ref_grads):
+            assert torch.allclose(g, r, rtol=1e-3, atol=1e-6), key

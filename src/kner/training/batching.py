@@ -9,13 +9,15 @@ Three ideas keep tokens from being wasted:
 * **Token budgets.** A step is cut into micro-batches whose *computed* tokens
   (padding included) stay within the budget the memory plan allows.
 * **Shared prefix.** The instruction prefix is identical for every example, so it
-  is computed once per micro-batch, not once per example:
+  is computed once per row, micro-batch or step, not once per example:
 
   - ``packed``: one row ``[prefix, ex1, ex2, ...]``; a block mask lets each example
     see the prefix and itself only, and positions restart after the prefix, so
     every example is computed exactly as inference sees it. No padding.
-  - ``prefix_kv``: the prefix runs once (batch 1), its KV is expanded over the
-    batch, and the padded per-example tokens run against it with positions offset.
+  - ``prefix_kv``: the prefix runs once per optimizer step (``kner.training.forward.
+    SharedPrefix``); rows ``[ex1, ex2, ...]`` hold only the examples' own tokens and
+    attend to the prefix's keys/values plus their own block. Same view as inference,
+    same gradient (the prefix's gradient is pushed back once at the end of the step).
   - ``padded``: every row is a whole example (prefix included), padded right. The
     reference the other two are measured against.
 """
@@ -101,9 +103,9 @@ def _flat(rows: list[Row]) -> list[TokenizedExample]:
     return [e for r in rows for e in r]
 
 
-def row_len(row: Row) -> int:
-    """Tokens of a packed row: the prefix once, then each example's own tokens."""
-    return row[0].prefix_len + sum(e.suffix_len for e in row)
+def row_len(row: Row, layout: str = "packed") -> int:
+    """Tokens of a packed row: the prefix once (``packed``; not for ``prefix_kv``), then each example's own tokens."""
+    return (row[0].prefix_len if layout == "packed" else 0) + sum(e.suffix_len for e in row)
 
 
 def batch_cost(rows: list[Row], layout: str) -> int:
@@ -111,14 +113,12 @@ def batch_cost(rows: list[Row], layout: str) -> int:
     exs = _flat(rows)
     if not exs:
         return 0
-    if layout == "packed":
-        return len(rows) * max(row_len(r) for r in rows)
-    if layout == "prefix_kv":
-        return exs[0].prefix_len + len(exs) * max(e.suffix_len for e in exs)
+    if layout in ("packed", "prefix_kv"):
+        return len(rows) * max(row_len(r, layout) for r in rows)
     return len(exs) * max(e.length for e in exs)
 
 
-def pack_rows(examples: list[TokenizedExample], cap: int) -> list[Row]:
+def pack_rows(examples: list[TokenizedExample], cap: int, with_prefix: bool = True) -> list[Row]:
     """Fewest rows of at most ``cap`` tokens, balanced (longest example first onto the emptiest row).
 
     Balanced rather than first-fit: first-fit leaves one short remainder row, which
@@ -127,7 +127,7 @@ def pack_rows(examples: list[TokenizedExample], cap: int) -> list[Row]:
     """
     if not examples:
         return []
-    P = examples[0].prefix_len
+    P = examples[0].prefix_len if with_prefix else 0
     order = sorted(examples, key=lambda e: (-e.suffix_len, e.index))
     total = sum(e.suffix_len for e in order)
     k = max(1, -(-total // max(1, cap - P)))
@@ -153,10 +153,10 @@ def micro_batches(step: list[TokenizedExample], budget: int, layout: str, row_to
     still gets its own micro-batch; the caller checks the budget against the longest
     example before training.
     """
-    if layout == "packed":
-        rows = pack_rows(step, min(row_tokens or budget, budget))
-        rows.sort(key=lambda r: (-row_len(r), min(e.index for e in r)))
-        n = max(1, -(-sum(map(row_len, rows)) // budget))
+    if layout in ("packed", "prefix_kv"):
+        rows = pack_rows(step, min(row_tokens or budget, budget), with_prefix=layout == "packed")
+        rows.sort(key=lambda r: (-row_len(r, layout), min(e.index for e in r)))
+        n = max(1, -(-sum(row_len(r, layout) for r in rows) // budget))
         while True:   # balance rows over the fewest micro-batches that fit
             mbs: list[list[Row]] = [[] for _ in range(n)]
             for row in rows:
@@ -166,9 +166,8 @@ def micro_batches(step: list[TokenizedExample], budget: int, layout: str, row_to
             if all(batch_cost(mb, layout) <= budget for mb in mbs if len(mb) > 1) or n >= len(rows):
                 return [mb for mb in mbs if mb]
             n += 1
-    key = (lambda e: e.suffix_len) if layout == "prefix_kv" else (lambda e: e.length)
     batches: list[list[Row]] = []
-    for ex in sorted(step, key=lambda e: (-key(e), e.index)):
+    for ex in sorted(step, key=lambda e: (-e.length, e.index)):
         if batches and batch_cost(batches[-1] + [[ex]], layout) <= budget:
             batches[-1].append([ex])
         else:
@@ -196,7 +195,7 @@ def split_in_two(rows: list[Row]) -> tuple[list[Row], list[Row]]:
 
 def as_rows(examples: list[TokenizedExample], layout: str) -> list[Row]:
     """All ``examples`` as one micro-batch: one packed row, or one row per example."""
-    return [list(examples)] if layout == "packed" else [[e] for e in examples]
+    return [list(examples)] if layout in ("packed", "prefix_kv") else [[e] for e in examples]
 
 
 @dataclass
@@ -206,7 +205,7 @@ class MicroBatch:
     layout: str
     input_ids: object               # [rows, cols] (per-example tokens only for prefix_kv)
     position_ids: object | None
-    attention_mask: object | None   # 2-D padding mask, 4-D block mask (packed), or None
+    attention_mask: object | None   # 2-D padding mask, 4-D block mask (packed, prefix_kv), or None
     prefix_ids: object | None       # [P] for prefix_kv
     pred_rows: object               # hidden state (row, col) that predicts each target
     pred_cols: object
@@ -240,56 +239,48 @@ def collate(rows: list[Row], layout: str, pad_id: int, attn_implementation: str 
     cols: list[int] = []
     targets: list[int] = []
 
-    if layout == "packed":
-        # Pad rows to a common length, a multiple of 16 (the memory-efficient SDPA kernel
-        # wants the mask's last dimension aligned); a pad attends to the prefix and itself
-        # only, so no softmax row is empty and no real token sees a pad.
-        T = -(-max(row_len(r) for r in rows) // 16) * 16
+    if layout in ("packed", "prefix_kv"):
+        # packed rows start with the prefix; prefix_kv rows hold only the examples and
+        # attend to the prefix's K/V in front of them (key length P + T). The key length is
+        # padded to a multiple of 16 (the memory-efficient SDPA kernel wants the mask's last
+        # dimension aligned; unaligned, torch falls back to the slow math kernel). A pad
+        # attends to the prefix and itself only, so no softmax row is empty and no real
+        # token sees a pad.
+        own = P if layout == "packed" else 0
+        longest = max(row_len(r, layout) for r in rows)
+        T = -(-(P - own + longest) // 16) * 16 - (P - own)
         ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
         pos = torch.zeros(len(rows), T, dtype=torch.long)
-        seg = torch.empty(len(rows), T, dtype=torch.long)
+        seg = torch.empty(len(rows), P + T - own, dtype=torch.long)   # segment of every key; 0 = the prefix
+        seg[:, :P] = 0
         for r, row in enumerate(rows):
-            ids[r, :P] = torch.tensor(batch[0].input_ids[:P])
-            pos[r, :P] = torch.arange(P)
-            seg[r, :P] = 0
-            start = P
+            if own:
+                ids[r, :P] = torch.tensor(batch[0].input_ids[:P])
+                pos[r, :P] = torch.arange(P)
+            start = own                       # column of the next example in this row
             for k, e in enumerate(row, 1):
                 n = e.suffix_len
                 ids[r, start:start + n] = torch.tensor(e.input_ids[P:])
                 pos[r, start:start + n] = torch.arange(P, e.length)
-                seg[r, start:start + n] = k
+                seg[r, P - own + start:P - own + start + n] = k
                 for j in range(e.prompt_len, e.length):
                     rows_idx.append(r)
                     cols.append(start + (j - P) - 1)   # the token before target j, same segment since j > P
                     targets.append(e.input_ids[j])
                 start += n
-            seg[r, start:] = -torch.arange(1, T - start + 1)
-        allowed = torch.ones(T, T, dtype=torch.bool).tril_()[None] & (
-            (seg[:, :, None] == seg[:, None, :]) | (seg[:, None, :] == 0))
+            seg[r, P - own + start:] = -torch.arange(1, T - start + 1)
+        q_seg = seg[:, P - own:]                        # the queries are the row's own columns
+        causal = torch.ones(T, P + T - own, dtype=torch.bool).tril_(P - own)[None]
+        allowed = causal & ((q_seg[:, :, None] == seg[:, None, :]) | (seg[:, None, :] == 0))
         if attn_implementation == "eager":
             dtype = mask_dtype or torch.float32
             mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
         else:
             mask = allowed
-        return MicroBatch(layout, ids, pos, mask[:, None], None, torch.tensor(rows_idx), torch.tensor(cols),
-                          torch.tensor(targets), len(batch), n_tokens, sum(row_len(r) for r in rows), n_answer)
-
-    if layout == "prefix_kv":
-        S = max(e.suffix_len for e in batch)
-        ids = torch.full((len(batch), S), pad_id, dtype=torch.long)
-        mask = torch.zeros(len(batch), P + S, dtype=torch.long)
-        mask[:, :P] = 1
-        for i, e in enumerate(batch):
-            ids[i, :e.suffix_len] = torch.tensor(e.input_ids[P:])
-            mask[i, P:P + e.suffix_len] = 1
-            for j in range(e.prompt_len, e.length):
-                rows_idx.append(i)
-                cols.append(j - P - 1)
-                targets.append(e.input_ids[j])
-        pos = torch.arange(P, P + S).expand(len(batch), S).contiguous()
-        return MicroBatch(layout, ids, pos, mask, torch.tensor(batch[0].input_ids[:P]),
-                          torch.tensor(rows_idx), torch.tensor(cols), torch.tensor(targets),
-                          len(batch), n_tokens, P + len(batch) * S, n_answer)
+        computed = sum(row_len(r, layout) for r in rows)
+        prefix_ids = torch.tensor(batch[0].input_ids[:P]) if layout == "prefix_kv" else None
+        return MicroBatch(layout, ids, pos, mask[:, None], prefix_ids, torch.tensor(rows_idx), torch.tensor(cols),
+                          torch.tensor(targets), len(batch), n_tokens, computed, n_answer)
 
     if layout == "padded":
         S = max(e.length for e in batch)

@@ -69,7 +69,7 @@ class TrainConfig:
     max_batch_tokens: int = 4096        # upper bound for the automatic budget
     row_tokens: int | None = None       # packed: longest row (default: the budget); shorter rows = several per micro-batch
     gpu_memory: str | None = None       # e.g. "15GiB"; default: the GPU's total memory
-    group_by_length: bool | None = None  # None: on for padded/prefix_kv, off for packed
+    group_by_length: bool | None = None  # None: on for padded, off for the packed layouts
 
     # --- output -------------------------------------------------------------------
     output: str = "runs/kner"
@@ -107,7 +107,7 @@ class TrainConfig:
 
     @property
     def uses_group_by_length(self) -> bool:
-        return self.layout != "packed" if self.group_by_length is None else self.group_by_length
+        return self.layout == "padded" if self.group_by_length is None else self.group_by_length
 
     def to_dict(self) -> dict:
         return asdict(self)

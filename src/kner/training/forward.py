@@ -32,14 +32,57 @@ class ModelParts:
                    getattr(causal_lm.config, "final_logit_softcapping", None))
 
 
-def answer_loss_sum(parts: ModelParts, mb: MicroBatch, keep: list | None = None) -> torch.Tensor:
+class SharedPrefix:
+    """The instruction prefix run once for a whole optimizer step (layout ``prefix_kv``).
+
+    Its per-layer keys/values are handed to the micro-batches as detached leaves, so
+    each micro-batch's backward stops at them and only accumulates their gradient;
+    ``backward`` then pushes that sum through the prefix's own (checkpointed) graph
+    once. The result is the exact gradient of the step -- the same as running the
+    prefix inside every micro-batch -- for one prefix pass per step instead of one
+    per row, and the two graphs never reference each other (an earlier version kept
+    one graph spanning prefix and micro-batch, which held GiBs alive under
+    checkpointing).
+    """
+
+    def __init__(self, parts: ModelParts, prefix_ids: torch.Tensor, keep: list, grad: bool = True):
+        kv = run_prefix(parts.decoder, prefix_ids, keep)
+        self.outputs = [t for pair in kv for t in pair] if grad else []
+        self.leaves = [(k.detach().requires_grad_(grad), v.detach().requires_grad_(grad)) for k, v in kv]
+        self.grads: list[torch.Tensor | None] = [None] * (2 * len(kv))
+
+    def flat_leaves(self) -> list[torch.Tensor]:
+        return [t for pair in self.leaves for t in pair]
+
+    def accumulate(self, grads) -> None:
+        """Add one micro-batch's gradient of the leaves (fp32, so fp16 sums do not overflow)."""
+        for i, g in enumerate(grads):
+            if g is not None:
+                self.grads[i] = g.float() if self.grads[i] is None else self.grads[i].add_(g)
+
+    def backward(self, params) -> tuple:
+        """The step's gradient of ``params`` through the prefix; frees the prefix graph."""
+        pairs = [(o, g.to(o.dtype)) for o, g in zip(self.outputs, self.grads) if g is not None]
+        self.grads = []
+        if not pairs:
+            return (None,) * len(params)
+        outs, gouts = zip(*pairs)
+        grads = torch.autograd.grad(outs, params, grad_outputs=gouts, allow_unused=True)
+        self.outputs = []
+        return grads
+
+
+def answer_loss_sum(parts: ModelParts, mb: MicroBatch, keep: list | None = None,
+                    prefix: SharedPrefix | None = None) -> torch.Tensor:
     """Sum (not mean) of the answer tokens' cross-entropy, so micro-batches add up exactly.
 
-    For ``prefix_kv`` the prefix caches are appended to ``keep``; the caller must
-    pass them to ``kner.modeling.release_caches`` after the backward pass.
+    For ``prefix_kv`` pass the step's ``SharedPrefix``; without one the prefix is run
+    here, inside this micro-batch's graph (the reference path, used by tests and for
+    evaluation). Prefix caches are appended to ``keep``; the caller must pass them to
+    ``kner.modeling.release_caches`` after the backward pass.
     """
     if mb.layout == "prefix_kv":
-        kv = run_prefix(parts.decoder, mb.prefix_ids, keep)
+        kv = prefix.leaves if prefix is not None else run_prefix(parts.decoder, mb.prefix_ids, keep)
         cache = prefix_cache(kv, mb.input_ids.shape[0], keep)
         del kv
         hidden = parts.decoder(input_ids=mb.input_ids, attention_mask=mb.attention_mask,

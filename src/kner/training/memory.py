@@ -17,8 +17,9 @@ Terms (all in bytes):
   counted in the device total, not in the allocator's peak.
 * ``activations``: per computed token, the checkpointed input of every layer,
   plus one layer's recomputed activations and their gradients during backward.
-* ``attention``: layout extras; the packed block mask (tokens^2), or the
-  prefix's KV kept for all layers plus one layer's concatenated KV (prefix_kv).
+* ``attention``: layout extras; the packed block mask (tokens^2), or for
+  prefix_kv the step's prefix (K/V of all layers, their gradient, its checkpointed
+  activations), one layer's concatenated K/V and the block mask.
 * ``logits``: only answer positions reach the LM head (fp16 logits, fp32 copy,
   fp32 gradient).
 * ``dequant``: bitsandbytes dequantizes the largest weight matrix to the compute
@@ -151,10 +152,16 @@ def estimate(shape: ModelShape, tokens: int, *, method: str = "qlora", compute_b
         row = min(tokens, row_tokens or tokens)
         c["attention"] = tokens * row * 3             # per row: bool mask + its additive float form inside SDPA
     elif layout == "prefix_kv":
-        rows_tokens = tokens - prefix_len              # per-example tokens in the batch
-        rows = max(1, math.ceil(rows_tokens / max(1, 160)))
-        c["attention"] = (L * 2 * prefix_len * kv_dim * compute_bytes          # the prefix's KV, all layers
-                          + 2 * 2 * (rows * prefix_len + rows_tokens) * kv_dim * compute_bytes)  # one layer's cat K,V (+grad)
+        # ``tokens`` are the rows' own tokens; the prefix runs once per step. Kept all
+        # step: the prefix's K/V (compute dtype) and their fp32 accumulated gradient, and
+        # its checkpointed layer inputs. Per layer in flight: the rows' keys/values
+        # concatenated behind the prefix (and their gradients), and the block mask.
+        row = min(tokens, row_tokens or tokens)
+        rows = max(1, math.ceil(tokens / max(1, row)))
+        c["attention"] = int(L * 2 * prefix_len * kv_dim * (compute_bytes + 4)
+                             + prefix_len * (L * d * compute_bytes + per_layer)
+                             + 2 * 2 * (rows * prefix_len + tokens) * kv_dim * compute_bytes
+                             + tokens * (row + prefix_len) * 3)
     else:
         c["attention"] = 0
     answer_tokens = int(tokens * answer_fraction)

@@ -86,9 +86,6 @@ def train(config: TrainConfig, model=None, tokenizer=None, *, train_examples: li
     if not train_tok:
         raise DataError("no training example left (all longer than max_seq_len?)", cfg.train)
 
-    if cfg.layout == "prefix_kv":
-        log.warning("layout prefix_kv is experimental: on the 7B benchmark it needed up to twice the planned "
-                    "memory and ran slower than packed (docs/training.md); OOMs are split and retried")
     # 4. Memory plan: the token budget no micro-batch will exceed.
     plan, budget = _plan(model, cfg, train_tok, dtype, device, len(encoder.prefix_ids))
     longest = max(batch_cost([[e]], cfg.layout) for e in train_tok + dev_tok)
@@ -246,38 +243,63 @@ class StepRunner:
         return float(self.scaler.get_scale()) if self.scaler.is_enabled() else None
 
     def step(self, examples, budget: int) -> StepResult:
+        from kner.modeling import release_caches
         from kner.training.batching import micro_batches
 
         res = StepResult()
         denom = sum(e.n_answer for e in examples)
         pending = micro_batches(examples, budget, self.layout, self.row_tokens)
+        prefix_caches: list = []
+        prefix = self._shared_prefix(examples, prefix_caches) if self.layout == "prefix_kv" else None
         loss_sum = 0.0
-        while pending:
-            batch = pending.pop(0)
-            done = self._try_micro_batch(batch, denom)
-            if done is None:   # out of memory: retry the two halves in its place
-                from kner.training.batching import split_in_two
+        try:
+            while pending:
+                batch = pending.pop(0)
+                done = self._try_micro_batch(batch, denom, prefix)
+                if done is None:   # out of memory: retry the two halves in its place
+                    from kner.training.batching import split_in_two
 
-                if sum(map(len, batch)) < 2:
-                    raise KnerError(f"one example of {batch[0][0].length} tokens does not fit in GPU memory "
-                                    f"({self.last_oom}); lower max_seq_len or the LoRA rank, or free the GPU")
-                a, b = split_in_two(batch)
-                pending[:0] = [a, b]
-                res.oom_splits += 1
-                res.split_notes.append(f"out of memory on a micro-batch of {sum(map(len, batch))} examples "
-                                       f"({self.last_oom}); retrying as {sum(map(len, a))} + {sum(map(len, b))}")
-                continue
-            mb_loss, mb = done
-            loss_sum += mb_loss
-            res.examples += mb.n_examples
-            res.tokens += mb.n_tokens
-            res.computed += mb.n_computed
-            res.answer_tokens += mb.n_answer
-            res.micro_batches += 1
+                    if sum(map(len, batch)) < 2:
+                        raise KnerError(f"one example of {batch[0][0].length} tokens does not fit in GPU memory "
+                                        f"({self.last_oom}); lower max_seq_len or the LoRA rank, or free the GPU")
+                    a, b = split_in_two(batch)
+                    pending[:0] = [a, b]
+                    res.oom_splits += 1
+                    res.split_notes.append(f"out of memory on a micro-batch of {sum(map(len, batch))} examples "
+                                           f"({self.last_oom}); retrying as {sum(map(len, a))} + {sum(map(len, b))}")
+                    continue
+                mb_loss, mb = done
+                loss_sum += mb_loss
+                res.examples += mb.n_examples
+                res.tokens += mb.n_tokens
+                res.computed += mb.n_computed
+                res.answer_tokens += mb.n_answer
+                res.micro_batches += 1
+            if prefix is not None:
+                self._add_grads(prefix.backward(self.params))
+                res.computed += examples[0].prefix_len
+        finally:
+            release_caches(prefix_caches)
         res.loss = loss_sum / max(denom, 1)
         return res
 
-    def _try_micro_batch(self, batch, denom: int):
+    def _shared_prefix(self, examples, keep: list):
+        """The step's prefix pass (layout prefix_kv); see ``kner.training.forward.SharedPrefix``."""
+        import torch
+
+        from kner.training.forward import SharedPrefix
+
+        e = examples[0]
+        ids = torch.tensor(e.input_ids[:e.prefix_len], device=self.device)
+        with self.autocast():
+            return SharedPrefix(self.parts, ids, keep, grad=torch.is_grad_enabled())
+
+    def _add_grads(self, grads) -> None:
+        for p, g in zip(self.params, grads):
+            if g is not None:
+                p.grad = g if p.grad is None else p.grad.add_(g)
+
+    def _try_micro_batch(self, batch, denom: int, prefix=None):
         import torch
 
         from kner.modeling import release_caches
@@ -289,12 +311,14 @@ class StepRunner:
         try:
             mb = collate(batch, self.layout, self.pad_id, self.attn_impl, self.dtype).to(self.device)
             with self.autocast():
-                loss_sum = answer_loss_sum(self.parts, mb, caches)
+                loss_sum = answer_loss_sum(self.parts, mb, caches, prefix)
             loss = loss_sum / max(denom, 1)
-            grads = torch.autograd.grad(self.scaler.scale(loss), self.params, allow_unused=True)
-            for p, g in zip(self.params, grads):
-                if g is not None:
-                    p.grad = g if p.grad is None else p.grad.add_(g)
+            leaves = prefix.flat_leaves() if prefix is not None else []
+            grads = torch.autograd.grad(self.scaler.scale(loss), self.params + leaves, allow_unused=True)
+            # Nothing is added before the whole backward succeeded: an OOM above leaves no trace.
+            self._add_grads(grads[:len(self.params)])
+            if prefix is not None:
+                prefix.accumulate(grads[len(self.params):])
             return float(loss_sum.detach()), mb
         except torch.OutOfMemoryError as err:
             oom = str(err).splitlines()[0] if str(err) else "out of memory"
@@ -338,12 +362,15 @@ class StepRunner:
         with torch.no_grad(), self.autocast():
             for i in range(0, len(examples), 64):
                 chunk = examples[i:i + 64]
+                prefix_caches: list = []
+                prefix = self._shared_prefix(chunk, prefix_caches) if self.layout == "prefix_kv" else None
                 for batch in micro_batches(chunk, budget, self.layout, self.row_tokens):
                     mb = collate(batch, self.layout, self.pad_id, self.attn_impl, self.dtype).to(self.device)
                     caches: list = []
-                    total += float(answer_loss_sum(self.parts, mb, caches))
+                    total += float(answer_loss_sum(self.parts, mb, caches, prefix))
                     release_caches(caches)
                     n += mb.n_answer
+                release_caches(prefix_caches)
         return total / max(n, 1), n
 
 
@@ -486,7 +513,9 @@ def _plan(model, cfg: TrainConfig, train_tok, dtype, device, prefix_len: int):
     from kner.training.memory import ModelShape, device_capacity, plan_memory
 
     longest = max(batch_cost([[e]], cfg.layout) for e in train_tok)
-    answer_fraction = sum(e.n_answer for e in train_tok) / max(1, sum(e.suffix_len for e in train_tok) + prefix_len)
+    # Share of computed tokens that reach the LM head; prefix_kv rows hold no prefix.
+    own = sum(e.suffix_len for e in train_tok) + (0 if cfg.layout == "prefix_kv" else prefix_len)
+    answer_fraction = sum(e.n_answer for e in train_tok) / max(1, own)
     on_gpu = device.type == "cuda"
     cap = device_capacity(cfg.gpu_memory)
     if on_gpu and cfg.gpu_memory:
