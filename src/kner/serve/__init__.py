@@ -1,0 +1,13 @@
+"""HTTP extraction service (``kner serve``): FastAPI + uvicorn around an extractor.
+
+Needs the ``serve`` extra (``pip install "kner[serve]"``); importing this package
+does not import FastAPI, only :func:`create_app` and :class:`BackgroundServer` do.
+"""
+
+from kner.serve.app import create_app, entity_dict
+from kner.serve.batcher import Batcher, BatcherStats, ExtractionError, QueueFull
+from kner.serve.limits import RequestError, ServeSettings
+from kner.serve.server import BackgroundServer
+
+__all__ = ["create_app", "entity_dict", "Batcher", "BatcherStats", "ExtractionError", "QueueFull", "RequestError",
+           "ServeSettings", "BackgroundServer"]

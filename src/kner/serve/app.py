@@ -1,0 +1,211 @@
+"""The FastAPI application around an extractor.
+
+``create_app(extractor)`` takes anything callable as ``extractor(list_of_texts)``
+returning one list of entities per text (``kner.inference.Extractor``, or a
+stand-in in tests); entities may be :class:`kner.example.Entity` objects or dicts
+with ``start``, ``end``, ``label`` (and ``text``).
+
+Endpoints: ``POST /extract`` (JSON), ``GET /health``, ``GET|POST /`` (demo page
+drawn with displaCy), ``GET|POST /render`` (the displaCy HTML alone).
+"""
+
+# No `from __future__ import annotations`: FastAPI resolves the routes' `Request` annotations
+# at definition time, and `Request` is imported inside create_app (fastapi stays optional).
+
+import asyncio
+import json
+import logging
+import time
+from contextlib import asynccontextmanager
+from typing import Callable, Sequence
+from urllib.parse import parse_qs
+
+from kner.serve.batcher import Batcher, ExtractionError, QueueFull
+from kner.serve.limits import RequestError, ServeSettings, check_body_size, check_texts, texts_from_payload
+
+log = logging.getLogger(__name__)
+
+_EXTRACT_BODY = {
+    "required": True,
+    "content": {"application/json": {"schema": {
+        "oneOf": [
+            {"type": "object", "required": ["texts"],
+             "properties": {"texts": {"type": "array", "items": {"type": "string"}}}},
+            {"type": "object", "required": ["text"], "properties": {"text": {"type": "string"}}},
+        ]},
+        "example": {"texts": ["이순신은 조선 중기의 무신이다."]}}},
+}
+
+
+def entity_dict(e, text: str) -> dict:
+    d = e if isinstance(e, dict) else {k: getattr(e, k, None) for k in ("start", "end", "label", "text")}
+    start, end = int(d["start"]), int(d["end"])
+    surface = d.get("text")
+    return {"start": start, "end": end, "label": str(d["label"]),
+            "text": str(surface) if surface is not None else text[start:end]}
+
+
+def create_app(extractor: Callable[[list[str]], Sequence], settings: ServeSettings | None = None, *,
+               model_name: str = "model", scheme=None):
+    """A FastAPI app serving ``extractor``; the batcher starts and stops with the app's lifespan."""
+    from fastapi import FastAPI, Request
+    from fastapi.responses import HTMLResponse, JSONResponse
+    from starlette.concurrency import run_in_threadpool
+
+    from kner.serve import render
+
+    settings = settings or ServeSettings()
+    if scheme is None:
+        scheme = getattr(extractor, "scheme", None)
+    if isinstance(scheme, str):
+        from kner.schemes import load_scheme
+        scheme = load_scheme(scheme)
+    labels = list(scheme.names) if scheme is not None else []
+    colors = render.label_colors(labels)
+    batcher = Batcher(extractor, max_batch_texts=settings.max_batch_texts, max_wait_ms=settings.max_wait_ms,
+                      max_queue_texts=settings.max_queue_texts)
+    counters = {"requests_served": 0, "texts_served": 0, "requests_rejected": 0, "requests_failed": 0}
+    started = time.time()
+
+    @asynccontextmanager
+    async def lifespan(_app):
+        await batcher.start()
+        try:
+            yield
+        finally:
+            await batcher.stop()
+
+    app = FastAPI(title="kner", summary="Korean named-entity extraction", lifespan=lifespan)
+    app.state.batcher = batcher
+    app.state.settings = settings
+    app.state.counters = counters
+
+    @app.exception_handler(RequestError)
+    async def _request_error(_request, exc: RequestError):
+        counters["requests_failed" if exc.status >= 500 else "requests_rejected"] += 1
+        return JSONResponse(exc.to_dict(), status_code=exc.status)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request, exc: Exception):
+        counters["requests_failed"] += 1
+        log.exception("unexpected error")
+        return JSONResponse({"error": f"internal error: {type(exc).__name__}: {exc}"}, status_code=500)
+
+    async def read_body(request: Request) -> bytes:
+        # Refuse on the declared size before reading, and count while reading
+        # (chunked uploads declare none).
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit():
+            check_body_size(int(declared), settings)
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            check_body_size(size, settings)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def run(texts: list[str]) -> list[dict]:
+        # Blank texts have no entities (Extractor skips them too): they never wait in the queue.
+        todo = [i for i, t in enumerate(texts) if t.strip()]
+        found: list[list[dict]] = [[] for _ in texts]
+        if todo:
+            try:
+                out = await asyncio.wait_for(batcher.submit([texts[i] for i in todo]), settings.timeout_s)
+            except QueueFull as err:
+                raise RequestError(503, f"server busy: {err}", limit="max_queue_texts",
+                                   max=settings.max_queue_texts) from None
+            except asyncio.TimeoutError:
+                raise RequestError(504, f"no result within timeout_s ({settings.timeout_s:g} s)",
+                                   limit="timeout_s", max=settings.timeout_s) from None
+            except ExtractionError as err:
+                raise RequestError(500, f"extraction failed: {err}") from None
+            try:
+                for i, ents in zip(todo, out):
+                    found[i] = [entity_dict(e, texts[i]) for e in ents]
+            except (KeyError, TypeError, ValueError, AttributeError) as err:
+                raise RequestError(500, f"extraction failed: the extractor returned malformed entities "
+                                        f"({type(err).__name__}: {err})") from None
+        counters["requests_served"] += 1
+        counters["texts_served"] += len(texts)
+        return [{"text": t, "entities": e} for t, e in zip(texts, found)]
+
+    def parse_json(body: bytes):
+        if not body.strip():
+            raise RequestError(400, 'empty body: send {"texts": ["...", ...]} or {"text": "..."}')
+        try:
+            return json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise RequestError(400, f"the body is not valid JSON: {err}") from None
+
+    @app.post("/extract", openapi_extra={"requestBody": _EXTRACT_BODY})
+    async def extract(request: Request):
+        """Entities of each text: ``{"texts": [...]}`` or ``{"text": "..."}``."""
+        t0 = time.perf_counter()
+        texts = texts_from_payload(parse_json(await read_body(request)), settings)
+        results = await run(texts)
+        return {"results": results, "model": model_name,
+                "elapsed_ms": round((time.perf_counter() - t0) * 1000, 1)}
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": model_name,
+                "scheme": getattr(scheme, "name", None), "labels": labels,
+                "queue_depth": batcher.queued_requests, "queued_texts": batcher.queued_texts,
+                "busy": batcher.busy, **counters, "batching": batcher.stats.to_dict(),
+                "limits": settings.to_dict(), "uptime_s": round(time.time() - started, 1)}
+
+    # -- demo page --------------------------------------------------------------------
+    async def form_or_json_text(request: Request) -> str:
+        body = await read_body(request)
+        ctype = request.headers.get("content-type", "")
+        if ctype.startswith("application/json"):
+            payload = parse_json(body)
+            if isinstance(payload, dict) and isinstance(payload.get("texts"), list):
+                return "\n".join(str(t) for t in payload["texts"])
+            if isinstance(payload, dict) and isinstance(payload.get("text"), str):
+                return payload["text"]
+            raise RequestError(422, 'send {"text": "..."} (or {"texts": [...]})')
+        try:
+            form = parse_qs(body.decode("utf-8"), keep_blank_values=True)
+        except UnicodeDecodeError as err:
+            raise RequestError(400, f"the form is not UTF-8: {err}") from None
+        return form.get("text", [""])[0]
+
+    async def rendered(text: str) -> str:
+        """displaCy HTML for every non-blank line of ``text`` (the page takes one text per line)."""
+        t0 = time.perf_counter()
+        lines = check_texts([ln for ln in text.splitlines() if ln.strip()], settings)
+        results = await run(lines)
+        # The first render imports spaCy (about 2 s): keep it off the event loop.
+        return await run_in_threadpool(render.results_html, results, colors, (time.perf_counter() - t0) * 1000)
+
+    async def page_response(text: str) -> HTMLResponse:
+        body, status = "", 200
+        if text.strip():
+            try:
+                body = await rendered(text)
+            except RequestError as err:
+                counters["requests_failed" if err.status >= 500 else "requests_rejected"] += 1
+                body, status = render.error_html(err.message), err.status
+        return HTMLResponse(render.page(model_name, labels, settings.max_texts, settings.max_text_chars,
+                                        text, body), status_code=status)
+
+    @app.get("/", response_class=HTMLResponse)
+    async def demo(text: str = ""):
+        """The demo page; ``?text=`` fills it in and shows the entities."""
+        return await page_response(text)
+
+    @app.post("/", response_class=HTMLResponse)
+    async def demo_form(request: Request):
+        return await page_response(await form_or_json_text(request))
+
+    @app.get("/render", response_class=HTMLResponse)
+    async def render_get(text: str = ""):
+        """displaCy HTML of the entities in ``text`` (one text per line)."""
+        return HTMLResponse(await rendered(text))
+
+    @app.post("/render", response_class=HTMLResponse)
+    async def render_post(request: Request):
+        return HTMLResponse(await rendered(await form_or_json_text(request)))
+
+    return app
