@@ -24,7 +24,7 @@ def _register() -> None:
     # Imported for their side effect of adding commands; each module imports heavy
     # libraries (torch, spacy) inside its command bodies so `kner --help` stays fast.
     import importlib
-    for name in ("data", "evaluate", "train", "predict", "baseline", "run"):
+    for name in ("data", "evaluate", "train", "predict", "baseline", "run", "serve"):
         try:
             importlib.import_module(f"kner.cli.{name}")
         except ModuleNotFoundError as err:
