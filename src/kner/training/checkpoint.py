@@ -73,7 +73,10 @@ def load_trainable_state(model, state: dict[str, torch.Tensor], where: str) -> N
             p.copy_(state[n].to(device=p.device, dtype=p.dtype))
 
 
-def save_checkpoint(root: Path, pos: Position, model, optimizer, scheduler, scaler, keep: int = 2) -> Path:
+def save_checkpoint(root: Path, pos: Position, model, optimizer, scheduler, scaler, keep: int = 2,
+                    rng_ranks: list[dict] | None = None) -> Path:
+    """``rng_ranks``: every rank's RNG states under data parallelism (rank 0 writes for all);
+    each rank draws its own dropout masks, so each resumes its own stream."""
     from safetensors.torch import save_file
 
     root.mkdir(parents=True, exist_ok=True)
@@ -84,7 +87,8 @@ def save_checkpoint(root: Path, pos: Position, model, optimizer, scheduler, scal
     tmp.mkdir()
     save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else None, "rng": rng_state()},
+                "scaler": scaler.state_dict() if scaler is not None else None,
+                "rng": rng_ranks[0] if rng_ranks else rng_state(), "rng_ranks": rng_ranks},
                tmp / "states.pt")
     (tmp / STATE).write_text(json.dumps(asdict(pos), indent=2), encoding="utf-8")
     if final.exists():
@@ -106,7 +110,7 @@ def latest_checkpoint(root: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler, scaler) -> Position:
+def load_checkpoint(path: Path, model, optimizer, scheduler, scaler, rank: int = 0) -> Position:
     from safetensors.torch import load_file
 
     try:
@@ -119,5 +123,6 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, scaler) -> Position
     scheduler.load_state_dict(st["scheduler"])
     if scaler is not None and st.get("scaler") is not None:
         scaler.load_state_dict(st["scaler"])
-    set_rng_state(st["rng"])
+    ranks = st.get("rng_ranks") or []
+    set_rng_state(ranks[rank] if rank < len(ranks) else st["rng"])
     return pos

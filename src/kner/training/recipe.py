@@ -21,6 +21,7 @@ from pathlib import Path
 
 from kner.errors import ConfigError, DataError, KnerError
 from kner.example import Example
+from kner.training import distributed as dist
 from kner.training.config import TrainConfig
 
 log = logging.getLogger("kner.train")
@@ -34,13 +35,27 @@ def train(config: TrainConfig, model=None, tokenizer=None, *, train_examples: li
     ``kner.modeling.build_model_from_config``); a plain model is then quantized in
     place for ``qlora`` and its base weights are saved under ``base/`` so the folder
     is self-contained. ``train_examples``/``dev_examples`` replace ``config.train``/``dev``.
+
+    Under ``torchrun`` / ``accelerate launch`` (``WORLD_SIZE > 1``) every process runs
+    this with the same arguments: data parallel, one model copy per GPU, the same
+    steps and result as one GPU (``kner.training.distributed``); rank 0 alone writes
+    the output folder.
     """
+    cfg = config.validate()
+    created = dist.init()
+    try:
+        return _train(cfg, model, tokenizer, train_examples, dev_examples)
+    finally:
+        dist.teardown(created)
+
+
+def _train(cfg: TrainConfig, model, tokenizer, train_examples, dev_examples) -> Path:
     import torch
 
-    cfg = config.validate()
     out = Path(cfg.output)
-    out.mkdir(parents=True, exist_ok=True)
-    _seed_everything(cfg.seed)
+    if dist.is_main():
+        out.mkdir(parents=True, exist_ok=True)
+    _seed_everything(cfg.seed)   # the same on every rank: the same LoRA initialisation
 
     # 1. Data: read, map to the target scheme, check labels.
     from kner.prompt import PromptFormat
@@ -65,7 +80,7 @@ def train(config: TrainConfig, model=None, tokenizer=None, *, train_examples: li
     dtype = choose_compute_dtype(cfg.compute_dtype)
     base_dir = None
     if model is None:
-        model = load_model(load_spec) if cfg.method == "qlora" else load_model(load_spec, device_map=_default_device_map())
+        model = load_model(load_spec, device_map=_default_device_map())
     else:
         base_dir = _adopt_model(model, tokenizer, cfg, out, dtype)
     model = _prepare_for_training(model, cfg, dtype)
@@ -95,6 +110,7 @@ def train(config: TrainConfig, model=None, tokenizer=None, *, train_examples: li
 
     # 5. Optimizer, schedule, loss scaling.
     params = [p for p in model.parameters() if p.requires_grad]
+    dist.broadcast_params(params)
     optimizer = _make_optimizer(params, cfg, device)
     steps_per_epoch = math.ceil(len(train_tok) / cfg.examples_per_step)
     total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
@@ -103,7 +119,7 @@ def train(config: TrainConfig, model=None, tokenizer=None, *, train_examples: li
     scaler = torch.amp.GradScaler(device.type, enabled=(dtype == torch.float16 and device.type == "cuda"))
 
     # 6. Resume.
-    from kner.training.checkpoint import Position, latest_checkpoint, load_checkpoint, save_checkpoint
+    from kner.training.checkpoint import Position, latest_checkpoint, load_checkpoint, rng_state, save_checkpoint
 
     ckpt_root = out / "checkpoints"
     pos = Position(global_step=0, epoch=0, step_in_epoch=0, budget=budget)
@@ -112,7 +128,7 @@ def train(config: TrainConfig, model=None, tokenizer=None, *, train_examples: li
         if ck is None:
             log.warning("resume: no checkpoint in %s; starting from scratch", ckpt_root)
         else:
-            pos = load_checkpoint(ck, model, optimizer, scheduler, scaler)
+            pos = load_checkpoint(ck, model, optimizer, scheduler, scaler, rank=dist.rank_info().rank)
             if cfg.batch_tokens is None and pos.budget != budget:
                 log.info("resume: keeping the checkpoint's token budget %d (plan says %d)", pos.budget, budget)
             budget = pos.budget if cfg.batch_tokens is None else budget
@@ -122,16 +138,19 @@ def train(config: TrainConfig, model=None, tokenizer=None, *, train_examples: li
     from kner.training.forward import ModelParts
     from kner.training.progress import JsonlLog, Progress, peak_memory_gib
 
-    cfg.save(out / "train_config.yaml")
     row_tokens = max(cfg.row_tokens, longest) if cfg.row_tokens else None
     runner = StepRunner(ModelParts.of(model), params, scaler, dtype, device, cfg.layout, tokenizer.pad_token_id,
                         getattr(model.config, "_attn_implementation", "sdpa"), row_tokens)
-    jlog = JsonlLog(out / "log.jsonl", resume_step=pos.global_step if cfg.resume else None)
+    if dist.is_main():
+        cfg.save(out / "train_config.yaml")
+        jlog = JsonlLog(out / "log.jsonl", resume_step=pos.global_step if cfg.resume else None)
+        progress = Progress(total_steps, pos.global_step, out, cfg.progress, cfg.tensorboard)
+    else:
+        jlog = progress = _Discard()
     jlog.write({"event": "resume" if pos.global_step else "start", "step": pos.global_step, "budget": budget,
                 "layout": cfg.layout, "dtype": dtype_name(dtype), "device": str(device),
                 "train_examples": len(train_tok), "skipped_too_long": len(report.too_long),
                 "planned_peak_gib": plan.estimate.allocator_peak / 2**30 if plan else None})
-    progress = Progress(total_steps, pos.global_step, out, cfg.progress, cfg.tensorboard)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     dev_losses: list[dict] = []
@@ -145,7 +164,12 @@ def train(config: TrainConfig, model=None, tokenizer=None, *, train_examples: li
             while pos.step_in_epoch < len(steps) and pos.global_step < total_steps:
                 step_examples = [train_tok[i] for i in steps[pos.step_in_epoch]]
                 t0 = time.perf_counter()
-                res = runner.step(step_examples, budget)
+                # Each rank computes its share over the whole step's answer tokens; the sum
+                # of the ranks' gradients is then the one-process step's gradient.
+                res = runner.step(dist.share_of_step(step_examples), budget,
+                                  denom=sum(e.n_answer for e in step_examples))
+                dist.all_reduce_grads(params)
+                res = _whole_step(res)
                 grad_norm = runner.finish_step(optimizer, scheduler, cfg.max_grad_norm)
                 dt = time.perf_counter() - t0
                 bad_steps = bad_steps + 1 if (not math.isfinite(res.loss) or runner.update_skipped) else 0
@@ -166,7 +190,7 @@ def train(config: TrainConfig, model=None, tokenizer=None, *, train_examples: li
                        "computed_tokens": res.computed, "answer_tokens": res.answer_tokens,
                        "micro_batches": res.micro_batches, "oom_splits": res.oom_splits,
                        "tokens_per_s": res.tokens / dt, "examples_per_s": res.examples / dt,
-                       "peak_mem_gib": peak_memory_gib(), "time_s": dt, "loss_scale": runner.scale()}
+                       "peak_mem_gib": dist.all_reduce_max(peak_memory_gib()), "time_s": dt, "loss_scale": runner.scale()}
                 history.append(rec)
                 jlog.write(rec)
                 progress.update(rec)
@@ -176,8 +200,11 @@ def train(config: TrainConfig, model=None, tokenizer=None, *, train_examples: li
                     dev_losses.append(_dev_eval(runner, dev_tok, budget, pos.global_step, jlog, progress, model))
                 if cfg.save_every and pos.global_step % cfg.save_every == 0 and pos.global_step < total_steps:
                     _maybe_next_epoch(pos, len(steps))
-                    save_checkpoint(ckpt_root, pos, model, optimizer, scheduler, scaler if scaler.is_enabled() else None,
-                                    cfg.keep_checkpoints)
+                    rng_ranks = dist.gather_objects(rng_state())
+                    if dist.is_main():
+                        save_checkpoint(ckpt_root, pos, model, optimizer, scheduler,
+                                        scaler if scaler.is_enabled() else None, cfg.keep_checkpoints, rng_ranks)
+                    dist.barrier()
             _maybe_next_epoch(pos, len(steps))
     finally:
         progress.close()
@@ -189,8 +216,30 @@ def train(config: TrainConfig, model=None, tokenizer=None, *, train_examples: li
     jlog.write({"event": "end", "step": pos.global_step, **{k: v for k, v in metrics["train"].items()
                                                              if not isinstance(v, (list, dict))}})
     jlog.close()
-    _write_output(out, model, tokenizer, cfg, load_spec, scheme, prompt_format, encoder, metrics, base_dir)
+    if dist.is_main():
+        _write_output(out, model, tokenizer, cfg, load_spec, scheme, prompt_format, encoder, metrics, base_dir)
+    dist.barrier()   # no rank returns before the folder is complete
     return out
+
+
+class _Discard:
+    """The log and progress bar of ranks other than 0: only rank 0 writes."""
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
+def _whole_step(res: "StepResult") -> "StepResult":
+    """A rank's share of the step -> the whole step's numbers (sums over the ranks)."""
+    if not dist.active():
+        return res
+    keys = ("loss", "examples", "tokens", "computed", "answer_tokens", "micro_batches", "oom_splits")
+    total = dict(zip(keys, dist.all_reduce_sum([getattr(res, k) for k in keys])))
+    if not dist.is_main():
+        for note in res.split_notes:   # rank 0 prints its own through the progress bar
+            log.warning("rank %d: %s", dist.rank_info().rank, note)
+    return StepResult(**{k: v if k == "loss" else int(v) for k, v in total.items()},
+                      split_notes=res.split_notes if dist.is_main() else [])
 
 
 # ---------------------------------------------------------------------------
@@ -242,12 +291,15 @@ class StepRunner:
     def scale(self) -> float | None:
         return float(self.scaler.get_scale()) if self.scaler.is_enabled() else None
 
-    def step(self, examples, budget: int) -> StepResult:
+    def step(self, examples, budget: int, denom: int | None = None) -> StepResult:
+        """``denom``: answer tokens of the whole step when ``examples`` is one rank's share of it."""
         from kner.modeling import release_caches
         from kner.training.batching import micro_batches
 
         res = StepResult()
-        denom = sum(e.n_answer for e in examples)
+        if not examples:   # a rank's share of a step with fewer examples than ranks
+            return res
+        denom = sum(e.n_answer for e in examples) if denom is None else denom
         pending = micro_batches(examples, budget, self.layout, self.row_tokens)
         prefix_caches: list = []
         prefix = self._shared_prefix(examples, prefix_caches) if self.layout == "prefix_kv" else None
@@ -393,7 +445,8 @@ def _seed_everything(seed: int) -> None:
 def _default_device_map():
     import torch
 
-    return {"": 0} if torch.cuda.is_available() else None
+    # Under data parallelism the current device is this rank's GPU (set by dist.init).
+    return {"": torch.cuda.current_device()} if torch.cuda.is_available() else None
 
 
 def _load_examples(path, given, cfg: TrainConfig, scheme, what: str) -> list[Example]:
@@ -442,8 +495,9 @@ def _adopt_model(model, tokenizer, cfg: TrainConfig, out: Path, dtype) -> Path |
     if cfg.method != "full" and not Path(cfg.model).is_dir():
         base_dir = out / "base"
         if not getattr(model, "is_loaded_in_4bit", False):
-            model.save_pretrained(base_dir, safe_serialization=True)
-            tokenizer.save_pretrained(base_dir)
+            if dist.is_main():
+                model.save_pretrained(base_dir, safe_serialization=True)
+                tokenizer.save_pretrained(base_dir)
         else:
             log.warning("the given model is already quantized and config.model is not a folder: "
                         "the output folder will not hold the base weights")
@@ -594,9 +648,12 @@ def _maybe_next_epoch(pos, n_steps: int) -> None:
 def _dev_eval(runner: StepRunner, dev_tok, budget: int, step: int, jlog, progress, model) -> dict:
     model.eval()
     try:
-        loss, n = runner.eval_loss(dev_tok, budget)
+        loss, n = runner.eval_loss(dist.share_of_step(dev_tok), budget)
     finally:
         model.train()
+    if dist.active():
+        total, n = dist.all_reduce_sum([loss * n, n])
+        loss, n = total / max(n, 1), int(n)
     rec = {"event": "dev", "step": step, "dev_loss": loss, "dev_answer_tokens": n}
     jlog.write(rec)
     if progress is not None:
