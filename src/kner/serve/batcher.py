@@ -140,12 +140,24 @@ class Batcher:
             raise QueueFull(f"{self._queued_texts:,} texts are already waiting (max_queue_texts "
                             f"{self.max_queue_texts:,}); retry later")
         fut = self._loop.create_future()
-        self._queue.append(_Job(texts, fut, self._loop.time()))
+        job = _Job(texts, fut, self._loop.time())
+        self._queue.append(job)
         self._queued_texts += len(texts)
         self._wakeup.set()
-        # Cancelling the awaiting task (client gone, timeout) cancels the future;
-        # the worker then skips the job or drops its results.
-        return await fut
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            # Client gone or timed out: leave the queue now, so the queue depth and
+            # max_queue_texts count only requests someone still waits for. A job
+            # already running finishes; the worker drops its results.
+            try:
+                self._queue.remove(job)
+            except ValueError:
+                pass
+            else:
+                self._queued_texts -= len(job.texts)
+                self.stats.cancelled_requests += 1
+            raise
 
     # -- worker ---------------------------------------------------------------------------
     async def _worker(self) -> None:

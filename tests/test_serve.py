@@ -1,0 +1,402 @@
+"""``kner serve``: a real uvicorn server on a free port, real HTTP requests.
+
+Most tests use a fake extractor that records its calls and can be held inside a
+call (``gate``): while it is held, requests pile up in the queue, so which
+requests share a call is decided by the test, not by timing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+httpx = pytest.importorskip("httpx")
+
+from kner.errors import KnerError  # noqa: E402
+from kner.example import Entity  # noqa: E402
+from kner.serve import BackgroundServer, ServeSettings, create_app  # noqa: E402
+
+LLAMA2 = Path(__file__).resolve().parents[2] / "shared" / "tokenizers" / "llama-2"
+
+
+def fake_entities(text: str) -> list[Entity]:
+    """Every word is an entity: CARDINAL if it is all digits, else PER."""
+    return [Entity(m.start(), m.end(), "CARDINAL" if m.group().isdigit() else "PER", m.group())
+            for m in re.finditer(r"\S+", text)]
+
+
+class FakeExtractor:
+    def __init__(self):
+        self.calls: list[list[str]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def __call__(self, texts):
+        self.calls.append(list(texts))
+        assert self.gate.wait(30), "test never opened the gate"
+        if any("boom" in t for t in texts):
+            raise RuntimeError("cannot read 'boom'")
+        if "drop one" in texts:
+            return [fake_entities(t) for t in texts][:-1]
+        return [fake_entities(t) for t in texts]
+
+
+def wait_for(cond, what: str, timeout: float = 20.0):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def health(url: str) -> dict:
+    r = httpx.get(url + "/health", timeout=10)
+    assert r.status_code == 200
+    return r.json()
+
+
+def post(url: str, payload, results: dict | None = None, key=None, **kw):
+    r = httpx.post(url + "/extract", json=payload, timeout=30, **kw)
+    if results is not None:
+        results[key] = r
+    return r
+
+
+def in_thread(fn, *args) -> threading.Thread:
+    t = threading.Thread(target=fn, args=args, daemon=True)
+    t.start()
+    return t
+
+
+def hold_extractor(fake: FakeExtractor, url: str) -> tuple[threading.Thread, dict]:
+    """Send one request and keep the extractor busy with it until ``fake.gate`` opens."""
+    fake.gate.clear()
+    out: dict = {}
+    t = in_thread(post, url, {"text": "warm up"}, out, "warm")
+    wait_for(lambda: health(url)["busy"], "the extractor to be busy")
+    return t, out
+
+
+@pytest.fixture
+def fake():
+    return FakeExtractor()
+
+
+@pytest.mark.parametrize("max_batch_texts, expected_calls", [(64, [16]), (5, [4, 4, 4, 4]), (1, [2] * 8)])
+def test_concurrent_requests_share_extractor_calls(fake, max_batch_texts, expected_calls):
+    settings = ServeSettings(max_batch_texts=max_batch_texts, max_wait_ms=5)
+    with BackgroundServer(create_app(fake, settings, model_name="fake", scheme="spacy19")) as srv:
+        warm, out = hold_extractor(fake, srv.url)
+        payloads = {i: {"texts": [f"요청{i} 이순신", f"{i} 서울 {i * 11}"]} for i in range(8)}
+        threads = [in_thread(post, srv.url, payloads[i], out, i) for i in range(8)]
+        wait_for(lambda: health(srv.url)["queue_depth"] == 8, "8 queued requests")
+        fake.gate.set()
+        for t in [warm, *threads]:
+            t.join(30)
+        assert out["warm"].status_code == 200
+        for i, payload in payloads.items():
+            r = out[i]
+            assert r.status_code == 200, r.text
+            body = r.json()
+            assert body["model"] == "fake" and body["elapsed_ms"] >= 0
+            assert [res["text"] for res in body["results"]] == payload["texts"]      # own texts, in order
+            for res in body["results"]:
+                assert res["entities"] == [e.to_dict() for e in fake_entities(res["text"])]
+        # 8 requests, fewer calls: the first call held the warm-up request alone.
+        assert fake.calls[0] == ["warm up"]
+        assert [len(c) for c in fake.calls[1:]] == expected_calls
+        assert sorted(t for c in fake.calls[1:] for t in c) == sorted(t for p in payloads.values() for t in p["texts"])
+        for call in fake.calls[1:]:          # whole requests: both texts of a request in the same call, adjacent
+            for a, b in zip(call[::2], call[1::2]):
+                assert a.split()[0] == "요청" + b.split()[0]
+        h = health(srv.url)
+        assert h["requests_served"] == 9 and h["texts_served"] == 17 and h["queue_depth"] == 0
+        assert h["batching"]["extractor_calls"] == 1 + len(expected_calls)
+        assert h["batching"]["largest_call_texts"] == max(expected_calls)
+
+
+def test_extractor_errors_fail_only_their_request(fake):
+    with BackgroundServer(create_app(fake, ServeSettings(max_wait_ms=5), model_name="fake")) as srv:
+        warm, out = hold_extractor(fake, srv.url)
+        good = in_thread(post, srv.url, {"texts": ["이순신 장군"]}, out, "good")
+        wait_for(lambda: health(srv.url)["queue_depth"] == 1, "the good request to queue")
+        bad = in_thread(post, srv.url, {"texts": ["boom 123"]}, out, "bad")
+        wait_for(lambda: health(srv.url)["queue_depth"] == 2, "the bad request to queue")
+        fake.gate.set()
+        for t in (warm, good, bad):
+            t.join(30)
+        assert out["good"].status_code == 200
+        assert out["good"].json()["results"][0]["entities"][0]["text"] == "이순신"
+        assert out["bad"].status_code == 500
+        assert "cannot read 'boom'" in out["bad"].json()["error"]
+        # One shared call failed, then each request ran alone.
+        assert fake.calls == [["warm up"], ["이순신 장군", "boom 123"], ["이순신 장군"], ["boom 123"]]
+
+        r = post(srv.url, {"texts": ["a", "drop one"]})
+        assert r.status_code == 500 and "returned 1 results for 2 texts" in r.json()["error"]
+        assert post(srv.url, {"text": "still alive"}).status_code == 200
+        h = health(srv.url)
+        assert h["requests_failed"] == 2 and h["batching"]["failed_requests"] == 2
+
+
+def test_limits_answer_4xx_naming_the_limit(fake):
+    settings = ServeSettings(max_text_chars=10, max_texts=3, max_body_bytes=2000)
+    with BackgroundServer(create_app(fake, settings, model_name="fake", scheme="spacy19")) as srv:
+        r = post(srv.url, {"texts": ["짧은 글", "열한 글자가 넘는 문장이다"]})
+        assert r.status_code == 413
+        assert r.json() == {"error": "texts[1] has 14 characters; max_text_chars is 10", "limit": "max_text_chars",
+                            "max": 10, "index": 1, "value": 14}
+        r = post(srv.url, {"texts": ["a", "b", "c", "d"]})
+        assert r.status_code == 413 and r.json()["limit"] == "max_texts" and r.json()["value"] == 4
+        r = post(srv.url, {"text": "x" * 3000})
+        assert r.status_code == 413 and r.json()["limit"] == "max_body_bytes"
+        # A chunked upload declares no size: it is counted while read.
+        chunks = iter([b'{"texts": ["', b"y" * 1500, b"y" * 1500, b'"]}'])
+        r = httpx.post(srv.url + "/extract", content=chunks, headers={"content-type": "application/json"}, timeout=30)
+        assert r.status_code == 413 and r.json()["limit"] == "max_body_bytes"
+
+        for payload, status, fragment in [
+            ({"texts": ["a", 3]}, 422, "texts[1] must be a string, not a number"),
+            ({"texts": "abc"}, 422, '"texts" must be a list'),
+            ({"text": None}, 422, '"text" must be a string, not null'),
+            ({"text": "a", "texts": ["b"]}, 422, "not both"),
+            ({}, 422, 'missing "texts"'),
+            (["a"], 422, "JSON object"),
+        ]:
+            r = post(srv.url, payload)
+            assert r.status_code == status and fragment in r.json()["error"], (payload, r.text)
+        r = httpx.post(srv.url + "/extract", content=b'{"texts": [', timeout=10)
+        assert r.status_code == 400 and "not valid JSON" in r.json()["error"]
+        assert r.json().get("index") is None
+        assert post(srv.url, {"texts": ["a", 3]}).json()["index"] == 1
+
+        # Empty and blank texts: answered in place, without calling the extractor.
+        r = post(srv.url, {"texts": ["", "  ", "12 서울"]})
+        assert r.status_code == 200
+        assert r.json()["results"] == [{"text": "", "entities": []}, {"text": "  ", "entities": []},
+                                       {"text": "12 서울", "entities": [
+                                           {"start": 0, "end": 2, "label": "CARDINAL", "text": "12"},
+                                           {"start": 3, "end": 5, "label": "PER", "text": "서울"}]}]
+        assert post(srv.url, {"text": ""}).json()["results"] == [{"text": "", "entities": []}]
+        assert post(srv.url, {"texts": []}).json()["results"] == []
+        assert fake.calls == [["12 서울"]]
+
+        h = health(srv.url)
+        assert h["status"] == "ok" and h["model"] == "fake" and h["scheme"] == "spacy19"
+        assert h["labels"][0] == "PER" and len(h["labels"]) == 19
+        assert h["limits"]["max_text_chars"] == 10 and h["limits"]["max_texts"] == 3
+        assert h["requests_rejected"] == 12 and h["requests_served"] == 3 and h["requests_failed"] == 0
+
+
+def test_full_queue_answers_503(fake):
+    with BackgroundServer(create_app(fake, ServeSettings(max_queue_texts=2, max_wait_ms=0))) as srv:
+        warm, out = hold_extractor(fake, srv.url)
+        waiting = in_thread(post, srv.url, {"texts": ["a", "b"]}, out, "waiting")
+        wait_for(lambda: health(srv.url)["queued_texts"] == 2, "two queued texts")
+        r = post(srv.url, {"text": "c"})
+        assert r.status_code == 503 and r.json()["limit"] == "max_queue_texts"
+        assert "2 texts are already waiting" in r.json()["error"]
+        fake.gate.set()
+        for t in (warm, waiting):
+            t.join(30)
+        assert out["warm"].status_code == 200 and out["waiting"].status_code == 200
+        assert fake.calls == [["warm up"], ["a", "b"]]
+
+
+def test_timeout_answers_504_and_drops_the_work(fake):
+    with BackgroundServer(create_app(fake, ServeSettings(timeout_s=0.5, max_wait_ms=0))) as srv:
+        warm, out = hold_extractor(fake, srv.url)
+        waiting = in_thread(post, srv.url, {"texts": ["a", "b"]}, out, "waiting")
+        # The extractor is held past both requests' timeout_s: 504 for each, and the
+        # queued one leaves the queue instead of being run for nobody.
+        for t in (warm, waiting):
+            t.join(30)
+        assert out["warm"].status_code == 504 and out["waiting"].status_code == 504
+        assert out["waiting"].json()["limit"] == "timeout_s" and "0.5 s" in out["waiting"].json()["error"]
+        assert health(srv.url)["queued_texts"] == 0
+        fake.gate.set()
+        assert post(srv.url, {"text": "d"}).status_code == 200
+        assert fake.calls == [["warm up"], ["d"]]
+        h = health(srv.url)
+        assert h["batching"]["cancelled_requests"] == 2 and h["requests_failed"] == 2
+
+
+def test_demo_page_and_render(fake):
+    with BackgroundServer(create_app(fake, ServeSettings(max_texts=3), model_name="fake", scheme="spacy19")) as srv:
+        r = httpx.get(srv.url + "/", timeout=10)
+        assert r.status_code == 200 and "<textarea" in r.text and "<mark" not in r.text
+        r = httpx.post(srv.url + "/", data={"text": "이순신 <b>\n\n2024"}, timeout=30)
+        assert r.status_code == 200
+        assert r.text.count('<mark class="entity"') == 3 and "&lt;b&gt;" in r.text and "<b>" not in r.text
+        assert "CARDINAL</span>" in r.text
+        r = httpx.post(srv.url + "/render", json={"text": "서울"}, timeout=30)
+        assert r.status_code == 200 and r.text.startswith("<p") and "PER</span>" in r.text
+        r = httpx.post(srv.url + "/", data={"text": "a\nb\nc\nd"}, timeout=30)
+        assert r.status_code == 413 and "max_texts is 3" in r.text and "<textarea" in r.text
+
+
+def chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+def test_demo_page_in_headless_chromium(fake, tmp_path):
+    browser = chromium()
+    if browser is None:
+        pytest.skip("chromium is not installed")
+    with BackgroundServer(create_app(fake, ServeSettings(), model_name="fake", scheme="spacy19")) as srv:
+        url = srv.url + "/?" + urllib.parse.urlencode({"text": "이순신 1592"})
+        proc = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                               f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", url],
+                              capture_output=True, text=True, timeout=60)
+    dom = proc.stdout
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    marks = re.findall(r'<mark class="entity"[^>]*>\s*(\S+)\s*<span[^>]*>(\w+)</span>', dom)
+    assert marks == [("이순신", "PER"), ("1592", "CARDINAL")], dom[-3000:]
+    assert "<textarea" in dom
+
+
+# -- a real (tiny, random) model ------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def model_folder(tmp_path_factory):
+    """What `kner export` writes: kner.json + model/ (16/32-bit weights) + tokenizer/."""
+    if not LLAMA2.is_dir():
+        pytest.skip("LLaMA-2 tokenizer not available")
+    import torch
+
+    from kner.artifacts import ModelManifest
+    from kner.modeling import LoadSpec, build_model_from_config, load_tokenizer, tiny_config
+    from kner.schemes import load_scheme
+
+    out = tmp_path_factory.mktemp("kner_serve") / "out"
+    tok = load_tokenizer(str(LLAMA2))
+    torch.manual_seed(0)
+    model = build_model_from_config(tiny_config("llama", vocab_size=32000, hidden=32, intermediate=64, layers=1,
+                                                heads=2, kv_heads=1))
+    model.save_pretrained(out / "model", safe_serialization=True)
+    tok.save_pretrained(out / "tokenizer")
+    ModelManifest(load=LoadSpec(model="unused", quantize_4bit=False, compute_dtype="fp32"), method="full",
+                  scheme=load_scheme("spacy19"), adapter_dir=None, model_dir="model").save(out)
+    return out
+
+
+def tag_bias(extractor, amount=4.0):
+    """Make '<' likelier so the random model writes tags (as in test_inference_decoding)."""
+    import torch
+
+    ids = torch.tensor([i for i, b in enumerate(extractor.table.token_bytes) if b and b.strip().startswith(b"<")])
+
+    def hook(logits):
+        logits = logits.clone()
+        logits[:, ids] += amount
+        return logits
+    return hook
+
+
+TEXTS = ["이순신은 조선 중기의 무신이다.", "오에 겐자부로는 일본 현대문학의 초석을 놓은 작가", "서울 <특별시> : 12\\3",
+         "1592년 4월 13일", "a b", "대한민국 국회는 여의도에 있다."]
+
+
+def test_real_model_served_entities_are_exact_spans(model_folder):
+    from kner.inference import Extractor
+
+    ex = Extractor.load(model_folder, max_new_tokens=16, batch_size=16)
+    ex.config.logits_hook = tag_bias(ex)
+    calls: list[list[str]] = []
+    gate = threading.Event()
+
+    def held(texts):         # the real extractor behind a gate, so the test decides what is batched
+        calls.append(list(texts))
+        gate.wait(60)
+        return ex(texts)
+
+    with BackgroundServer(create_app(held, ServeSettings(max_wait_ms=5), model_name="tiny",
+                                     scheme=ex.scheme)) as srv:
+        out: dict = {}
+        warm = in_thread(post, srv.url, {"text": "워밍업"}, out, "warm")
+        wait_for(lambda: health(srv.url)["busy"], "the extractor to be busy")
+        requests = {i: {"texts": TEXTS[i::3]} for i in range(3)}
+        threads = [in_thread(post, srv.url, requests[i], out, i) for i in range(3)]
+        wait_for(lambda: health(srv.url)["queue_depth"] == 3, "3 queued requests")
+        gate.set()
+        for t in [warm, *threads]:
+            t.join(120)
+        assert len(calls) == 2 and sorted(calls[1]) == sorted(TEXTS)
+        n = 0
+        served = {}
+        for i, payload in requests.items():
+            r = out[i]
+            assert r.status_code == 200, r.text
+            for text, res in zip(payload["texts"], r.json()["results"]):
+                assert res["text"] == text
+                for e in res["entities"]:
+                    assert text[e["start"]:e["end"]] == e["text"] and e["label"] in ex.scheme.names
+                    n += 1
+                served[text] = res["entities"]
+        assert n > 0                         # the bias made the random model write tags
+        # The shared call computed exactly what one direct call on the same texts computes.
+        direct = ex(calls[1])
+        assert {t: [e.to_dict() for e in ents] for t, ents in zip(calls[1], direct)} == served
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_kner_serve_command(model_folder, tmp_path):
+    port = free_port()
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    log = (tmp_path / "serve.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-c", "from kner.cli import main; main()", "serve",
+                             "--model", str(model_folder), "--port", str(port), "--name", "tiny",
+                             "--max-new-tokens", "8", "--max-text-chars", "50", "--log-level", "warning"],
+                            stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        def up():
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+            try:
+                return httpx.get(url + "/health", timeout=2).status_code == 200
+            except httpx.TransportError:
+                return False
+        wait_for(up, "kner serve to start", timeout=120)
+        h = health(url)
+        assert h["model"] == "tiny" and h["scheme"] == "spacy19" and h["limits"]["max_text_chars"] == 50
+        r = post(url, {"texts": TEXTS[:2] + [""]})
+        assert r.status_code == 200 and r.json()["model"] == "tiny"
+        for text, res in zip(TEXTS[:2] + [""], r.json()["results"]):
+            assert res["text"] == text
+            assert all(text[e["start"]:e["end"]] == e["text"] for e in res["entities"])
+        assert post(url, {"text": "x" * 51}).status_code == 413
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        log.close()
+    assert "serving tiny on http://127.0.0.1:" in (tmp_path / "serve.log").read_text()
+
+
+def test_missing_fastapi_is_a_user_error(monkeypatch):
+    from typer.testing import CliRunner
+
+    from kner.cli import _register, app
+
+    _register()
+    monkeypatch.setitem(sys.modules, "uvicorn", None)      # import uvicorn -> ImportError
+    res = CliRunner().invoke(app, ["serve", "--model", "whatever"])
+    assert isinstance(res.exception, KnerError)
+    assert 'pip install "kner[serve]"' in str(res.exception)
