@@ -400,3 +400,13 @@ def test_missing_fastapi_is_a_user_error(monkeypatch):
     res = CliRunner().invoke(app, ["serve", "--model", "whatever"])
     assert isinstance(res.exception, KnerError)
     assert 'pip install "kner[serve]"' in str(res.exception)
+
+
+def test_loadtest_reports_batching(fake):
+    from kner.serve.loadtest import run as loadtest
+
+    with BackgroundServer(create_app(fake, ServeSettings(max_wait_ms=5))) as srv:
+        rep = loadtest(srv.url, [f"문장 {i}" for i in range(20)], clients=4, texts_per_request=2)
+    assert rep["requests"] == 10 and rep["statuses"] == {200: 10} and rep["entities"] == 40
+    assert rep["extractor_calls"] == len(fake.calls) and sum(map(len, fake.calls)) == 20
+    assert rep["texts_per_call"] == round(20 / len(fake.calls), 2)
