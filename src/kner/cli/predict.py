@@ -87,13 +87,14 @@ class _Bar:
             self._p.__exit__(*exc)
         return False
 
-    def __call__(self, done: int, total: int) -> None:
+    def __call__(self, done: int, total: int, rate: Optional[str] = None) -> None:
         if self._p is None:
             return
         if self._task is None:
             self._task = self._p.add_task("predict", total=total, rate="")
-        rate = done / max(time.perf_counter() - self.t0, 1e-9)
-        self._p.update(self._task, completed=done, rate=f"{rate:.1f} sent/s")
+        if rate is None:
+            rate = f"{done / max(time.perf_counter() - self.t0, 1e-9):.1f} sent/s"
+        self._p.update(self._task, completed=done, rate=rate)
 
 
 def print_summary(stats, out: Optional[Path] = None) -> None:
@@ -124,6 +125,20 @@ def print_summary(stats, out: Optional[Path] = None) -> None:
     console.print(t)
 
 
+def print_sharded_summary(res) -> None:
+    where = ", ".join(d if d == "cpu" else f"cuda:{d}" for d in res.devices) or "none (all finished before)"
+    lines = [f"workers: {len(res.devices)} on {where}; model load {res.load_seconds:.1f} s (slowest), "
+             f"whole run {res.wall_seconds:.1f} s"]
+    if res.resumed:
+        lines.append(f"resumed: {res.resumed:,} of {res.total:,} texts were finished by an earlier run and "
+                     f"not recomputed")
+    if res.dropped_partial_lines:
+        lines.append(f"cut {res.dropped_partial_lines} half-written line(s) left by the interrupted run")
+    for line in lines:
+        typer.echo(line, err=True)
+    print_summary(res.stats, res.output)
+
+
 @app.command()
 def predict(
     model: str = typer.Option(..., "--model", "-m", help="Output folder of `kner train`/`kner export`, or a base model "
@@ -149,6 +164,15 @@ def predict(
                                             help="Override the 4-bit loading recorded in the model folder."),
     dtype: Optional[str] = typer.Option(None, help="Compute dtype override: auto, bf16, fp16, fp32."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Live progress bar."),
+    gpus: Optional[str] = typer.Option(None, help="Shard the input over N GPUs (a number or 'all'), one worker "
+                                                  "process each; resumable after a crash (docs/inference.md). "
+                                                  "Default: one GPU, in this process."),
+    devices: Optional[str] = typer.Option(None, help="Worker devices instead of --gpus, e.g. 0,2 or cpu,cpu."),
+    flush_every: int = typer.Option(512, help="With --gpus/--devices: texts per write to a shard file "
+                                              "(the most a crash can lose per worker)."),
+    keep_shards: bool = typer.Option(False, help="With --gpus/--devices: keep OUTPUT.shards/ after merging."),
+    restart: bool = typer.Option(False, help="With --gpus/--devices: discard the partial results of an earlier "
+                                             "run in OUTPUT.shards/ instead of resuming them."),
 ) -> None:
     """Extract entities from texts with a trained model; write canonical JSONL and print a summary."""
     import os
@@ -164,6 +188,19 @@ def predict(
     examples, note = read_inputs(input, fmt)
     if note:
         typer.echo(f"warning: {note}", err=True)
+    if gpus is not None or devices is not None:
+        from kner.inference.sharding import predict_sharded, resolve_devices
+
+        devs = resolve_devices(gpus, devices)
+        opts = dict(constrained=constrain, batch_size=batch_size, max_memory=_gib(max_memory),
+                    max_chunk_tokens=max_chunk_tokens, max_new_tokens=max_new_tokens, prefix_cache=prefix_cache)
+        with _Bar(progress, len(examples)) as bar:
+            res = predict_sharded(model, examples, output, devices=devs, adapter=str(adapter) if adapter else None,
+                                  scheme=scheme, quantize_4bit=quantize, compute_dtype=dtype, options=opts,
+                                  flush_every=flush_every, keep_shards=keep_shards, restart=restart,
+                                  source=str(input), progress=bar)
+        print_sharded_summary(res)
+        return
     ext = Extractor.load(model, adapter=adapter, scheme=scheme, quantize_4bit=quantize, compute_dtype=dtype,
                          constrained=constrain, batch_size=batch_size, max_memory=_gib(max_memory),
                          max_chunk_tokens=max_chunk_tokens, max_new_tokens=max_new_tokens, prefix_cache=prefix_cache)
