@@ -387,7 +387,8 @@ def test_kner_serve_command(model_folder, tmp_path):
         proc.terminate()
         proc.wait(30)
         log.close()
-    assert "serving tiny on http://127.0.0.1:" in (tmp_path / "serve.log").read_text()
+    logged = (tmp_path / "serve.log").read_text()
+    assert "warm-up:" in logged and f"serving tiny on http://127.0.0.1:{port}" in logged
 
 
 def test_missing_fastapi_is_a_user_error(monkeypatch):

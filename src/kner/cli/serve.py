@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -76,6 +77,11 @@ def serve(
     ext = Extractor.load(model, adapter=adapter, scheme=scheme, quantize_4bit=quantize, compute_dtype=dtype,
                          constrained=constrain, batch_size=batch_size, max_memory=memory,
                          max_chunk_tokens=max_chunk_tokens, max_new_tokens=max_new_tokens)
+    # The first call builds the token table, the grammar and the prefix K/V (and, on a
+    # GPU, initializes CUDA): pay for it here rather than in the first client's request.
+    t0 = time.perf_counter()
+    ext(["이순신은 조선 중기의 무신이다."])
+    typer.echo(f"warm-up: {time.perf_counter() - t0:.1f} s", err=True)
     web = create_app(ext, settings, model_name=name or model)
     typer.echo(f"serving {name or model} on http://{host}:{port} (demo page at /, API at /extract)", err=True)
     uvicorn.run(web, host=host, port=port, log_level=log_level)
