@@ -302,10 +302,12 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 def _child_env(device: str, n_cpu_workers: int) -> dict:
     env = dict(os.environ)
-    # The package the parent imported, first: the child must run the same code (and the parent may have
-    # found it through sys.path rather than PYTHONPATH, e.g. in a benchmark script).
+    # The parent may have found kner through sys.path rather than PYTHONPATH (a benchmark script). Appended,
+    # not prepended: entries before it (e.g. a carried bitsandbytes in /tmp/site) must keep winning, and
+    # PYTHONPATH entries still come before site-packages.
     src = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = os.pathsep.join([src] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join(paths + ([src] if src not in paths else []))
     env.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     if device == "cpu":
