@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -84,11 +85,20 @@ def _cfg(setup, out, **kw) -> TrainConfig:
     return TrainConfig(**d)
 
 
-def _launch(args: list[str], timeout: int = 240) -> subprocess.CompletedProcess:
+def _launch(args: list[str], timeout: int = 180) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
         [str(HERE.parent), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=HERE.parents[1])
+    # A session of its own, so a hung launch is killed with its workers, not just the launcher.
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            cwd=HERE.parents[1], start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"launch timed out after {timeout} s: {stderr[-3000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
 
 
 def _run_workers(spec: dict, tmp: Path) -> subprocess.CompletedProcess:
@@ -193,8 +203,49 @@ def test_killed_two_process_run_resumes_exactly(killed_run, lora_reference):
     assert any(r.get("event") == "resume" and r["step"] == 2 for r in log)
 
 
+@pytest.mark.slow
+def test_resume_restores_each_ranks_dropout_stream(setup, tmp_path):
+    """With LoRA dropout every rank draws its own masks: a run crashed in step 3 and resumed
+    (in the same processes, a new process group) repeats the uninterrupted 2-process run."""
+    cfg = _cfg(setup, tmp_path / "whole", method="lora", optimizer="adamw", lora_dropout=0.3, dev=None)
+    res = _run_workers({"config": cfg.to_dict(), "crash_and_resume": str(tmp_path / "crashed")}, tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    _assert_same_run(tmp_path / "crashed", tmp_path / "whole")
+    states = torch.load(tmp_path / "crashed" / "checkpoints" / "step-0000002" / "states.pt", weights_only=False)
+    r0, r1 = states["rng_ranks"]
+    assert not torch.equal(r0["torch"], r1["torch"])   # the streams differ, so each rank needs its own
+
+
 # ---------------------------------------------------------------------------
 # Run as a script under torch.distributed.run: one rank of a test launch.
+
+
+class _Crash(Exception):
+    pass
+
+
+def _die_at_step(step: int, how) -> None:
+    """Every rank dies at the same step, after computing its share, before the update."""
+    real = dist.all_reduce_grads
+    calls = {"n": 0}
+
+    def dying(params, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == step:
+            dist.all_reduce_grads = real
+            how()
+        return real(params, *args, **kwargs)
+
+    dist.all_reduce_grads = dying
+
+
+def _exit_now():
+    sys.stdout.flush()
+    os._exit(KILLED)   # like SIGKILL: no clean-up, no finally
+
+
+def _raise():
+    raise _Crash()
 
 
 def _worker(spec_path: str) -> None:
@@ -204,20 +255,20 @@ def _worker(spec_path: str) -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     spec = json.loads(Path(spec_path).read_text())
-    kill = spec.get("kill_at_step")
-    if kill:
-        real = dist.all_reduce_grads
-        calls = {"n": 0}
-
-        def dying(params, *args, **kwargs):   # every rank dies at the same step, before its update
-            calls["n"] += 1
-            if calls["n"] == kill:
-                sys.stdout.flush()
-                os._exit(KILLED)
-            return real(params, *args, **kwargs)
-
-        dist.all_reduce_grads = dying
-    train(TrainConfig(**spec["config"]))
+    cfg = TrainConfig(**spec["config"])
+    if spec.get("kill_at_step"):
+        _die_at_step(spec["kill_at_step"], _exit_now)
+    if spec.get("crash_and_resume"):
+        train(cfg)
+        crashed = cfg.replace(output=spec["crash_and_resume"])
+        _die_at_step(3, _raise)
+        try:
+            train(crashed)
+        except _Crash:
+            pass
+        train(crashed.replace(resume=True))
+        return
+    train(cfg)
 
 
 if __name__ == "__main__":

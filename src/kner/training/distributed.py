@@ -26,6 +26,7 @@ returning its input, so the single-GPU path is unchanged.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ log = logging.getLogger("kner.train")
 
 _BUCKET_BYTES = 256 * 2**20   # bounds the extra memory of the flattened gradients (full fine-tuning)
 _quieted: list[tuple[logging.Logger, int]] = []
+_created = False   # the process group is ours to destroy
 
 
 @dataclass(frozen=True)
@@ -75,50 +77,54 @@ def is_main() -> bool:
     return not active() or _dist().get_rank() == 0
 
 
-def init() -> bool:
+def init() -> RankInfo:
     """Join the process group that ``torchrun`` / ``accelerate launch`` describe in the environment.
 
     ``WORLD_SIZE > 1`` starts it: NCCL with one GPU per process (``cuda:LOCAL_RANK``,
     made the current device so that ``"cuda"`` means this rank's GPU), gloo on CPU.
-    Returns True when this call created the group, so the caller tears it down; a
-    group the caller created already is used as is. Logging of other ranks is
-    lowered to warnings, so each line is printed once.
+    The group then lives until the process exits (``teardown`` at exit), so several
+    ``train()`` calls in one launch share it: joining a second default group in the
+    same process under torchrun reads the first one's stale addresses from the
+    launcher's store and hangs. A group the caller created is used as is and left
+    to the caller. Logging of other ranks is lowered to warnings, so each line is
+    printed once.
     """
     import torch
 
+    global _created
     td = _dist()
     if td.is_available() and td.is_initialized():
         if td.get_backend() == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", td.get_rank() % torch.cuda.device_count())))
-        _quiet_other_ranks()
-        return False
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return False
-    if not td.is_available():
-        raise KnerError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available():
-        if local >= torch.cuda.device_count():
-            raise KnerError(f"LOCAL_RANK={local} but only {torch.cuda.device_count()} GPU(s) are visible; "
-                            f"launch at most that many processes per node (--nproc_per_node)")
-        torch.cuda.set_device(local)
-        td.init_process_group("nccl", device_id=torch.device("cuda", local))
-    else:
-        td.init_process_group("gloo")
+    elif int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if not td.is_available():
+            raise KnerError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if torch.cuda.is_available():
+            if local >= torch.cuda.device_count():
+                raise KnerError(f"LOCAL_RANK={local} but only {torch.cuda.device_count()} GPU(s) are visible; "
+                                f"launch at most that many processes per node (--nproc_per_node)")
+            torch.cuda.set_device(local)
+            td.init_process_group("nccl", device_id=torch.device("cuda", local))
+        else:
+            td.init_process_group("gloo")
+        _created = True
+        atexit.register(teardown)
+        log.info("data parallel: %d processes (%s)", td.get_world_size(), td.get_backend())
     _quiet_other_ranks()
-    info = rank_info()
-    log.info("data parallel: %d processes (%s)", info.world_size, td.get_backend())
-    return True
+    return rank_info()
 
 
-def teardown(created: bool) -> None:
-    """Leave the process group if ``init`` created it; restore the log levels it lowered."""
+def teardown() -> None:
+    """Leave the process group if ``init`` created it (runs at exit); restore the log levels it lowered."""
+    global _created
     while _quieted:
         logger, level = _quieted.pop()
         logger.setLevel(level)
     td = _dist()
-    if created and td.is_available() and td.is_initialized():
+    if _created and td.is_available() and td.is_initialized():
         td.destroy_process_group()
+    _created = False
 
 
 def _quiet_other_ranks() -> None:

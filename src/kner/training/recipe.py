@@ -41,17 +41,10 @@ def train(config: TrainConfig, model=None, tokenizer=None, *, train_examples: li
     steps and result as one GPU (``kner.training.distributed``); rank 0 alone writes
     the output folder.
     """
-    cfg = config.validate()
-    created = dist.init()
-    try:
-        return _train(cfg, model, tokenizer, train_examples, dev_examples)
-    finally:
-        dist.teardown(created)
-
-
-def _train(cfg: TrainConfig, model, tokenizer, train_examples, dev_examples) -> Path:
     import torch
 
+    cfg = config.validate()
+    dist.init()
     out = Path(cfg.output)
     if dist.is_main():
         out.mkdir(parents=True, exist_ok=True)
