@@ -345,6 +345,23 @@ def _read_state(path: Path) -> dict:
         return {}
 
 
+class Terminated(KnerError):
+    pass
+
+
+def _on_sigterm():
+    """SIGTERM ends the parent through Python, so it stops its workers instead of orphaning them."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        raise Terminated("terminated (SIGTERM); finished results are kept, rerun to resume")
+
+    return signal.signal(signal.SIGTERM, handler)
+
+
 def _sum_stats(states: list[dict]):
     """One RunStats from the workers' (field-wise: numbers added, lists joined, labels counted)."""
     from dataclasses import fields
@@ -420,6 +437,7 @@ def predict_sharded(model: str, examples: Sequence, output: str | Path, *, devic
     shard_dir.mkdir(parents=True, exist_ok=True)
     lock = _take_lock(shard_dir)
     procs: dict[int, subprocess.Popen] = {}
+    old_term = _on_sigterm()
     try:
         man_path = shard_dir / MANIFEST_NAME
         if man_path.is_file():
@@ -538,6 +556,8 @@ def predict_sharded(model: str, examples: Sequence, output: str | Path, *, devic
                 p.kill()
         raise
     finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
         if lock.exists():
             lock.unlink()
     if not keep_shards:
