@@ -93,6 +93,7 @@ def init() -> RankInfo:
 
     global _created
     td = _dist()
+    joined = False
     if td.is_available() and td.is_initialized():
         if td.get_backend() == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", td.get_rank() % torch.cuda.device_count())))
@@ -108,10 +109,11 @@ def init() -> RankInfo:
             td.init_process_group("nccl", device_id=torch.device("cuda", local))
         else:
             td.init_process_group("gloo")
-        _created = True
+        _created = joined = True
         atexit.register(teardown)
-        log.info("data parallel: %d processes (%s)", td.get_world_size(), td.get_backend())
     _quiet_other_ranks()
+    if joined:
+        log.info("data parallel: %d processes (%s)", td.get_world_size(), td.get_backend())
     return rank_info()
 
 
