@@ -166,7 +166,7 @@ def main() -> None:
     ap.add_argument("--tiny", action="store_true", help="tiny model, CPU workers (smoke test of this script)")
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--flush-every", type=int, default=512)
-    ap.add_argument("--stop-after", type=float, default=400.0, help="skip the 2-worker run after this many seconds")
+    ap.add_argument("--stop-after", type=float, default=300.0, help="skip the 2-worker run after this many seconds")
     ap.add_argument("--build", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.build:

@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 
 from kner.artifacts import ModelManifest
 from kner.errors import ConfigError, DataError, KnerError
-from kner.inference.sharding import MANIFEST_NAME, TEST_EXIT_ENV, balance, resolve_devices, scan_shards
+from kner.inference.sharding import (MANIFEST_NAME, TEST_EXIT_ENV, _differences, balance, model_fingerprint,
+                                    resolve_devices, scan_shards)
 from kner.modeling import LoadSpec, build_model_from_config, load_tokenizer, save_pretrained_dir, tiny_config
 from kner.schemes import load_scheme
 
@@ -177,3 +178,14 @@ def test_device_lists():
             resolve_devices(gpus="all")
         with pytest.raises(ConfigError):
             resolve_devices(devices="0")
+
+
+def test_settings_differences_name_what_changed(tmp_path):
+    model = tmp_path / "m"
+    (model / "adapter").mkdir(parents=True)
+    (model / "adapter" / "adapter_model.safetensors").write_bytes(b"1234")
+    old = {"settings": {"options": {"max_new_tokens": 10}, "fingerprint": model_fingerprint(str(model), None)}}
+    assert _differences(old, old) == []
+    (model / "adapter" / "adapter_model.safetensors").write_bytes(b"12345")      # retrained in place
+    new = {"settings": {"options": {"max_new_tokens": 12}, "fingerprint": model_fingerprint(str(model), None)}}
+    assert _differences(old, new) == ["model files changed", "settings.options.max_new_tokens: 10 -> 12"]

@@ -293,7 +293,7 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
             continue
         if isinstance(a, dict) and isinstance(b, dict):
             diffs += _differences(a, b, f"{prefix}{k}.")
-        elif k in ("model", "adapter", "model_base", "adapter_base") and prefix == "fingerprint.":
+        elif prefix.endswith("fingerprint."):
             diffs.append(f"{k} files changed")
         else:
             diffs.append(f"{prefix}{k}: {a!r} -> {b!r}")
@@ -458,8 +458,6 @@ def predict_sharded(model: str, examples: Sequence, output: str | Path, *, devic
             man = {"format": FORMAT, "input": inp, "settings": settings, "runs": []}
 
         done, partial, dups = scan_shards(shard_dir, n)
-        if partial:
-            log.warning("cut %d half-written line(s) left by an interrupted run", partial)
         if dups:
             log.warning("%d result(s) appear twice in %s; the first is kept", dups, shard_dir)
         resumed = len(done)
