@@ -70,6 +70,7 @@ def shard_lines(shard_dir: Path) -> list[dict]:
             for l in p.read_text(encoding="utf-8").splitlines() if l.strip()]
 
 
+@pytest.mark.slow
 def test_two_shards_merge_to_the_single_process_output_and_restart_discards_stale_results(folders, tmp_path):
     ref = (folders / "ref.jsonl").read_text(encoding="utf-8")
     assert len(ref.splitlines()) == len(TEXTS)
@@ -93,6 +94,7 @@ def test_two_shards_merge_to_the_single_process_output_and_restart_discards_stal
     assert "2 on cpu, cpu" in res.output and "resumed" not in res.output
 
 
+@pytest.mark.slow
 def test_crashed_shard_resumes_without_recomputing_and_a_changed_input_is_refused(folders, tmp_path, monkeypatch):
     ref = (folders / "ref.jsonl").read_text(encoding="utf-8")
     out = tmp_path / "preds.jsonl"
