@@ -183,7 +183,8 @@ def train(config: TrainConfig, model=None, tokenizer=None, *, train_examples: li
                        "computed_tokens": res.computed, "answer_tokens": res.answer_tokens,
                        "micro_batches": res.micro_batches, "oom_splits": res.oom_splits,
                        "tokens_per_s": res.tokens / dt, "examples_per_s": res.examples / dt,
-                       "peak_mem_gib": dist.all_reduce_max(peak_memory_gib()), "time_s": dt, "loss_scale": runner.scale()}
+                       "peak_mem_gib": dist.all_reduce_max(peak_memory_gib()), "time_s": dt,
+                       "loss_scale": runner.scale()}
                 history.append(rec)
                 jlog.write(rec)
                 progress.update(rec)
