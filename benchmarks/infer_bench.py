@@ -121,8 +121,17 @@ def baseline(model, tok, texts, budgets, device, n_max, seconds):
                              min_new_tokens=budgets[i], do_sample=False, pad_token_id=tok.pad_token_id)
         return out.shape[1] - ids.shape[1]
 
-    # A random sample (fixed seed), so its answer lengths look like the whole set's.
-    sample = random.Random(0).sample(range(len(texts)), min(n_max, len(texts)))
+    # Any prefix of this order is spread over the whole range of answer lengths (golden-ratio
+    # steps through the sentences sorted by budget), so the sentences timed before the clock
+    # runs out look like the set: a plain random sample of 27 came out 27 % short.
+    by_len = sorted(range(len(texts)), key=lambda i: (budgets[i], i))
+    sample, seen = [], set()
+    for k in range(len(texts)):
+        j = by_len[int(((k + 0.5) * 0.6180339887498949) % 1.0 * len(texts))]
+        if j not in seen:
+            seen.add(j)
+            sample.append(j)
+    sample = sample[:n_max]
     gen(sample[-1])   # warm-up
     sync(device)
     t0 = time.perf_counter()
@@ -162,6 +171,46 @@ def kner_run(model, tok, texts, budgets, device, constrained, max_memory, max_ba
                peak_allocated_gib=round(torch.cuda.max_memory_allocated() / GiB, 2) if device.type == "cuda" else None,
                peak_reserved_gib=round(torch.cuda.max_memory_reserved() / GiB, 2) if device.type == "cuda" else None)
     return out
+
+
+def profile(args) -> None:
+    """Where a decode step's time goes: torch.profiler over kner's run on ``--n`` sentences (T4 emulation)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    from kner.example import read_jsonl
+    from kner.inference import Extractor
+    from kner.modeling import load_tokenizer
+    from kner.prompt import render_tags
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    tok = load_tokenizer(str(DATA / "tokenizer"))
+    exs = read_jsonl(DATA / "kmou_test1000.jsonl")[: args.n]
+    texts = [e.text for e in exs]
+    budgets = [min(40, len(tok(render_tags(e.entities), add_special_tokens=False)["input_ids"]) + 1) for e in exs]
+    model = build(args, tok, device, dtype)
+    cap = None
+    if device.type == "cuda":
+        total = torch.cuda.get_device_properties(0).total_memory
+        torch.backends.cuda.enable_flash_sdp(False)
+        torch.cuda.set_per_process_memory_fraction(min(1.0, 15 * GiB / total))
+        cap = 15.0
+    ex = Extractor(model, tok, "spacy19", constrained=True, ignore_eos=True, max_memory=cap, max_batch_size=256)
+    ex.predict(texts[:8], new_tokens=budgets[:8])
+    sync(device)
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with torch_profile(activities=acts) as prof:
+        ex.predict(texts, new_tokens=budgets)
+        sync(device)
+    st = ex.last_stats.to_dict()
+    log(json.dumps({k: v for k, v in st.items() if not isinstance(v, (list, dict))}))
+    sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+    table = prof.key_averages().table(sort_by=sort, row_limit=45, max_name_column_width=70)
+    print(table, flush=True)
+    print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=25, max_name_column_width=70), flush=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(table)
 
 
 def run(args) -> None:
@@ -243,8 +292,12 @@ def main() -> None:
     r.add_argument("--baseline-seconds", type=float, default=100.0)
     r.add_argument("--full-max-batch", type=int, default=512)
     r.add_argument("--stop-after", type=float, default=400.0, help="skip remaining runs after this many seconds")
+    f = sub.add_parser("profile")
+    f.add_argument("--out", default="infer_profile.txt")
+    f.add_argument("--tiny", action="store_true")
+    f.add_argument("--n", type=int, default=256)
     args = ap.parse_args()
-    prepare(args) if args.cmd == "prepare" else run(args)
+    {"prepare": prepare, "run": run, "profile": profile}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -229,7 +229,8 @@ def _scratch_model(scratch: dict, train_path: Path, scheme_name: str):
     prefix, suffix = pf.parts(scheme)
     tok_cfg = dict(scratch.get("tokenizer") or {})
     tokenizer = train_tokenizer([e.text for e in exs], int(tok_cfg.get("vocab_size", 4000)),
-                                extra_texts=[prefix + suffix] * 50 + [render_tags(e.entities) for e in exs])
+                                extra_texts=[prefix + suffix] * 50 + [render_tags(e.entities) for e in exs],
+                                kind=str(tok_cfg.get("kind", "bpe")), min_count=int(tok_cfg.get("min_count", 2)))
     arch = {k: v for k, v in scratch.items() if k != "tokenizer"}
     return build_scratch_model(tokenizer, **arch), tokenizer
 

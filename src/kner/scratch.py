@@ -14,13 +14,25 @@ from kner.modeling import build_model_from_config, tiny_config
 SPECIAL = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int = 4000, extra_texts: Iterable[str] = ()):
-    """Byte-level BPE trained on ``texts``: every string is encodable (so any input
-    substring can be copied into the answer), and frequent Korean syllables and
-    the instruction's words become single tokens."""
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 4000, extra_texts: Iterable[str] = (),
+                    kind: str = "bpe", min_count: int = 2):
+    """A tokenizer for a model trained from scratch; every string is encodable.
+
+    ``bpe``: byte-level BPE trained on ``texts``; frequent Korean syllables and the
+    instruction's words become single tokens.
+    ``char``: one token per character seen at least ``min_count`` times, byte
+    fallback (``<0xNN>``) for the rest. An entity is then spelled with the same
+    tokens in the answer as in the text -- copying is a lookup the model learns
+    early -- where BPE tokenizes ``이순신`` in ``<PER:이순신>`` differently from
+    ``이순신은`` in the sentence.
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
+    if kind == "char":
+        return _char_tokenizer(list(texts) + list(extra_texts), min_count)
+    if kind != "bpe":
+        raise ValueError(f"tokenizer kind must be bpe or char, not {kind!r}")
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
@@ -28,6 +40,28 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 4000, extra_texts: I
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     corpus = list(texts) + list(extra_texts)
     tok.train_from_iterator(corpus, trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL)
+    fast.add_bos_token = False
+    return fast
+
+
+def _char_tokenizer(corpus: list[str], min_count: int):
+    from collections import Counter
+
+    from tokenizers import Tokenizer, decoders, models
+    from transformers import PreTrainedTokenizerFast
+
+    counts = Counter(ch for text in corpus for ch in text)
+    vocab: dict[str, int] = {}
+    for piece in list(SPECIAL.values()) + [f"<0x{b:02X}>" for b in range(256)]:
+        vocab[piece] = len(vocab)
+    for ch, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+        if n >= min_count and ch not in vocab:
+            vocab[ch] = len(vocab)
+    # No merges and no pre-tokenizer: BPE then emits one token per known character.
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], byte_fallback=True))
+    tok.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Fuse()])
+    tok.add_special_tokens(list(SPECIAL.values()))
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL)
     fast.add_bos_token = False
     return fast
