@@ -34,6 +34,7 @@ def main() -> None:
     ap.add_argument("--limit-train", type=int)
     ap.add_argument("--limit-test", type=int)
     ap.add_argument("--epochs", type=int)
+    ap.add_argument("--save-every", type=int, help="checkpoint interval (steps); a killed run resumes from the last")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     cfg = yaml.safe_load(Path(args.config).read_text(encoding="utf-8"))
@@ -42,6 +43,8 @@ def main() -> None:
         cfg["data"]["limit"] = {"train": args.limit_train, "test": args.limit_test}
     if args.epochs:
         cfg["train"]["epochs"] = args.epochs
+    if args.save_every:
+        cfg["train"]["save_every"] = args.save_every
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cfg_path = out / "config.yaml"
