@@ -252,7 +252,10 @@ class Extractor:
             prefix = None
             if mode != "none":
                 prefix = self._prefix(lcp)
-            order = sorted(range(len(pieces)), key=lambda i: -len(pieces[i].ids))
+            # Longest work first: prompt plus new-token budget (which decides how many decode
+            # steps a text holds a row). A text with a short prompt but a long answer admitted
+            # last would decode alone at the end for hundreds of steps.
+            order = sorted(range(len(pieces)), key=lambda i: (-(len(pieces[i].ids) + pieces[i].max_new), i))
             if mode == "shared":
                 self._run_engine(pieces, order, prefix, stats, progress)
             else:

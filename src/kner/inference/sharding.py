@@ -463,6 +463,10 @@ def predict_sharded(model: str, examples: Sequence, output: str | Path, *, devic
         resumed = len(done)
         todo = [i for i in range(n) if i not in done]
         weights = [text_weight(ex.text) for ex in examples]
+        if new_tokens is not None:
+            # A known answer budget decides the decode steps a text needs: weigh it in
+            # (a generated token costs a decode step; a prompt character a share of a prefill).
+            weights = [w + 4 * int(t) for w, t in zip(weights, new_tokens)]
         split = [(devices[k], p) for k, p in enumerate(balance(weights, len(devices), todo)) if p]
         used, parts = [d for d, _ in split], [p for _, p in split]
         run_no = len(man["runs"]) + 1
