@@ -23,6 +23,14 @@ def run_cmd(
     Rerunning skips finished stages and resumes an interrupted training run.
     """
     import logging
+    import os
+
+    from kner.errors import KnerError
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # Every rank would run every stage and write the same files.
+        raise KnerError("kner run is one process; for several GPUs run `torchrun ... kner train` and "
+                        "`kner predict --gpus N` (docs/training.md, docs/inference.md)")
 
     from rich.console import Console
     from rich.logging import RichHandler

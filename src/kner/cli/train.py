@@ -58,7 +58,10 @@ def train(
         save_every=save_every, eval_every=eval_every, seed=seed, resume=resume or None,
         progress=False if no_progress else None)
     out = run(cfg)
-    typer.echo(f"model written to {out}")
+    from kner.training.distributed import is_main
+
+    if is_main():   # under torchrun every rank returns here; one line is enough
+        typer.echo(f"model written to {out}")
 
 
 @app.command()
@@ -68,12 +71,13 @@ def plan(
     method: str = typer.Option("qlora", help="qlora | lora | full."),
     seq_len: int = typer.Option(1024, help="Longest example in tokens (prefix included): the budget must hold it."),
     budget: Optional[int] = typer.Option(None, help="Check this micro-batch token budget instead of choosing one."),
-    max_budget: int = typer.Option(4096, help="Largest budget to consider."),
+    max_budget: int = typer.Option(8192, help="Largest budget to consider."),
     layout: str = typer.Option("packed", help="packed | prefix_kv | padded."),
     lora_r: int = typer.Option(16),
     dtype: str = typer.Option("fp16", help="Compute dtype: fp16 (T4/V100) or bf16 (2 bytes), fp32 (4)."),
     optimizer: str = typer.Option("paged_adamw_8bit"),
     prefix_len: int = typer.Option(282, help="Instruction prefix tokens (282 for LLaMA-2 with spacy19)."),
+    row_tokens: int = typer.Option(2560, help="packed: longest row, as kner train's row_tokens (0: the budget)."),
     json_out: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
 ):
     """Predict peak GPU memory from the model's config and choose the micro-batch token budget."""
@@ -89,7 +93,7 @@ def plan(
     cap = device_capacity(gpu_memory)
     p = plan_memory(shape, cap, budget=budget, min_tokens=seq_len, max_budget=max(max_budget, seq_len),
                     method=method, compute_bytes=widths[dtype], lora_r=lora_r, optimizer=optimizer, layout=layout,
-                    prefix_len=prefix_len)
+                    prefix_len=prefix_len, row_tokens=max(row_tokens, seq_len) if row_tokens else None)
     typer.echo(json.dumps(p.to_dict(), indent=2) if json_out else format_plan(p))
 
 

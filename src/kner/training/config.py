@@ -66,8 +66,10 @@ class TrainConfig:
     # --- batching and memory --------------------------------------------------------
     layout: str = "packed"              # packed | prefix_kv | padded (see docs/training.md)
     batch_tokens: int | None = None     # micro-batch token budget; None: the largest the memory plan allows
-    max_batch_tokens: int = 4096        # upper bound for the automatic budget
-    row_tokens: int | None = None       # packed: longest row (default: the budget); shorter rows = several per micro-batch
+    max_batch_tokens: int = 8192        # upper bound for the automatic budget
+    row_tokens: int | None = 2560       # packed: longest row (at least the longest example); None: the budget.
+                                        # 2560 was the fastest measured (docs/training.md): one long row pays
+                                        # attention over masked pairs, short rows repeat the prefix
     gpu_memory: str | None = None       # e.g. "15GiB"; default: the GPU's total memory
     group_by_length: bool | None = None  # None: on for padded, off for the packed layouts
 

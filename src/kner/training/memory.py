@@ -202,7 +202,7 @@ def candidate_budgets(max_budget: int, step: int = 256) -> list[int]:
 
 
 def plan_memory(shape: ModelShape, cap: int, *, budget: int | None = None, min_tokens: int = 0,
-                max_budget: int = 4096, headroom: float = 0.05, **kw) -> MemoryPlan:
+                max_budget: int = 8192, headroom: float = 0.05, **kw) -> MemoryPlan:
     """Choose the largest token budget whose predicted device total stays under ``cap`` minus ``headroom``.
 
     ``min_tokens`` is the most tokens a single example makes the model compute (the

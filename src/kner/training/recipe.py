@@ -94,6 +94,10 @@ def train(config: TrainConfig, model=None, tokenizer=None, *, train_examples: li
     if not train_tok:
         raise DataError("no training example left (all longer than max_seq_len?)", cfg.train)
 
+    if cfg.layout == "prefix_kv":
+        log.warning("layout prefix_kv is experimental: on the 7B benchmark it ran slower than packed and needed "
+                    "up to 1.6x the planned memory (docs/training.md); out-of-memory micro-batches are split "
+                    "and retried")
     # 4. Memory plan: the token budget no micro-batch will exceed.
     plan, budget = _plan(model, cfg, train_tok, dtype, device, len(encoder.prefix_ids))
     longest = max(batch_cost([[e]], cfg.layout) for e in train_tok + dev_tok)

@@ -1,0 +1,5 @@
+"""``python -m kner.cli`` (and ``torchrun -m kner.cli train ...``)."""
+
+from kner.cli import main
+
+main()
