@@ -292,17 +292,7 @@ def model_folder(tmp_path_factory):
     return out
 
 
-def tag_bias(extractor, amount=4.0):
-    """Make '<' likelier so the random model writes tags (as in test_inference_decoding)."""
-    import torch
-
-    ids = torch.tensor([i for i, b in enumerate(extractor.table.token_bytes) if b and b.strip().startswith(b"<")])
-
-    def hook(logits):
-        logits = logits.clone()
-        logits[:, ids] += amount
-        return logits
-    return hook
+from test_inference_decoding import tag_bias  # noqa: E402
 
 
 TEXTS = ["이순신은 조선 중기의 무신이다.", "오에 겐자부로는 일본 현대문학의 초석을 놓은 작가", "서울 <특별시> : 12\\3",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 import time
 from pathlib import Path
 from typing import Optional
@@ -14,13 +13,7 @@ from kner.cli import app
 from kner.errors import ConfigError, KnerError
 
 
-def _gib(value: Optional[str]) -> Optional[float]:
-    if value is None:
-        return None
-    m = re.fullmatch(r"\s*([0-9.]+)\s*(gib|gb|g)?\s*", value.lower())
-    if not m:
-        raise ConfigError(f"--max-memory takes GiB, e.g. 15 or 15GiB, not {value!r}")
-    return float(m.group(1))
+from kner.cli.predict import _gib  # noqa: E402  (one parser for --max-memory)
 
 
 @app.command()
