@@ -39,23 +39,22 @@ class ModelDims:
 
     @classmethod
     def from_model(cls, model) -> "ModelDims":
+        """Shapes from the config (read by the training planner's ``ModelShape``), width from the weights."""
+        from kner.training.memory import ModelShape
+
+        shape = ModelShape.from_config(model.config)
         cfg = model.config
         try:
             cfg = cfg.get_text_config(decoder=True)
         except (AttributeError, TypeError):
             pass
-        heads = cfg.num_attention_heads
-        hidden = cfg.hidden_size
-        head_dim = getattr(cfg, "head_dim", None) or hidden // heads
-        kv = getattr(cfg, "num_key_value_heads", None) or heads
         dtype_bytes = 2
         try:
-            emb = model.get_input_embeddings().weight
-            dtype_bytes = emb.element_size()
+            dtype_bytes = model.get_input_embeddings().weight.element_size()
         except AttributeError:
             pass
-        return cls(layers=cfg.num_hidden_layers, kv_heads=kv, heads=heads, head_dim=head_dim, hidden=hidden,
-                   intermediate=getattr(cfg, "intermediate_size", 4 * hidden), vocab=cfg.vocab_size,
+        return cls(layers=shape.layers, kv_heads=shape.kv_heads, heads=shape.heads, head_dim=shape.head_dim,
+                   hidden=shape.hidden, intermediate=shape.intermediate, vocab=shape.vocab,
                    dtype_bytes=dtype_bytes, max_positions=getattr(cfg, "max_position_embeddings", None))
 
 
