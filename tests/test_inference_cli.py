@@ -140,3 +140,11 @@ def test_export_merge_measures_the_change(folders, tmp_path):
         export_merged(folders / "out", merged)                  # not empty, no overwrite
     with pytest.raises(KnerError):
         export_merged(merged, tmp_path / "again")               # nothing to merge
+
+
+def test_max_memory_units_mean_what_kner_plan_reads():
+    from kner.cli.predict import _gib
+
+    assert _gib("15") == 15.0 and _gib("15GiB") == 15.0
+    assert _gib("16GB") == pytest.approx(16e9 / 2**30)       # GB is 10^9 bytes, as for --gpu-memory
+    assert _gib(None) is None

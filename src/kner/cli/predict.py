@@ -53,12 +53,18 @@ def read_inputs(path: Path, fmt: str = "auto"):
 
 
 def _gib(value: Optional[str]) -> Optional[float]:
+    """--max-memory in GiB: a bare number is GiB; a unit is read as `kner plan --gpu-memory` reads it
+    (GiB = 2^30, GB = 10^9), so the same string means the same memory to every command."""
     if value is None:
         return None
-    m = re.fullmatch(r"\s*([0-9.]+)\s*(gib|gb|g)?\s*", value.lower())
-    if not m:
-        raise ConfigError(f"--max-memory takes GiB, e.g. 15 or 15GiB, not {value!r}")
-    return float(m.group(1))
+    if re.fullmatch(r"\s*[0-9.]+\s*", value):
+        return float(value)
+    from kner.training.config import parse_bytes
+
+    try:
+        return parse_bytes(value) / 2**30
+    except ConfigError:
+        raise ConfigError(f"--max-memory takes GiB, e.g. 15 or 15GiB (or 16GB), not {value!r}") from None
 
 
 class _Bar:
