@@ -32,7 +32,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import random
 import sys
 import time
 from pathlib import Path
@@ -173,6 +172,18 @@ def kner_run(model, tok, texts, budgets, device, constrained, max_memory, max_ba
     return out
 
 
+def t4_emulation(device) -> float | None:
+    """fp16 callers, flash attention off, allocator capped at 15 GiB; returns the cap for kner's plan."""
+    import torch
+
+    if device.type != "cuda":
+        return None
+    total = torch.cuda.get_device_properties(0).total_memory
+    torch.backends.cuda.enable_flash_sdp(False)
+    torch.cuda.set_per_process_memory_fraction(min(1.0, 15 * GiB / total))
+    return 15.0
+
+
 def profile(args) -> None:
     """Where a decode step's time goes: torch.profiler over kner's run on ``--n`` sentences (T4 emulation)."""
     import torch
@@ -190,12 +201,7 @@ def profile(args) -> None:
     texts = [e.text for e in exs]
     budgets = [min(40, len(tok(render_tags(e.entities), add_special_tokens=False)["input_ids"]) + 1) for e in exs]
     model = build(args, tok, device, dtype)
-    cap = None
-    if device.type == "cuda":
-        total = torch.cuda.get_device_properties(0).total_memory
-        torch.backends.cuda.enable_flash_sdp(False)
-        torch.cuda.set_per_process_memory_fraction(min(1.0, 15 * GiB / total))
-        cap = 15.0
+    cap = t4_emulation(device)
     ex = Extractor(model, tok, "spacy19", constrained=True, ignore_eos=True, max_memory=cap, max_batch_size=256)
     ex.predict(texts[:8], new_tokens=budgets[:8])
     sync(device)
@@ -244,12 +250,7 @@ def run(args) -> None:
     model = build(args, tok, device, dtype)
 
     # 1. T4 emulation.
-    cap = None
-    if device.type == "cuda":
-        total = torch.cuda.get_device_properties(0).total_memory
-        torch.backends.cuda.enable_flash_sdp(False)
-        torch.cuda.set_per_process_memory_fraction(min(1.0, 15 * GiB / total))
-        cap = 15.0
+    cap = t4_emulation(device)
     save("t4_baseline", baseline(model, tok, texts, budgets, device, args.baseline_n, args.baseline_seconds))
     for constrained in (False, True):
         key = "t4_kner_" + ("constrained" if constrained else "unconstrained")
