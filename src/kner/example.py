@@ -67,6 +67,16 @@ class Example:
         return ex
 
 
+def strip_span(text: str, start: int, end: int) -> tuple[int, int]:
+    """``[start, end)`` without the whitespace at its ends (canonical entities never start or
+    end on a space); ``start == end`` when the span held only whitespace."""
+    while start < end and text[start].isspace():
+        start += 1
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    return start, end
+
+
 def validate(example: Example, path: str | Path | None = None, line: int | None = None,
              allow_overlaps: bool = True) -> list[str]:
     """Check offsets and surface strings; return warnings (overlaps), raise on errors.

@@ -28,7 +28,7 @@ from kner.baselines.tokenization import (
     tokenize,
 )
 from kner.errors import ConfigError, DataError, KnerError
-from kner.example import Entity, Example
+from kner.example import Entity, Example, strip_span
 from kner.schemes import Mapping, map_examples
 
 register()
@@ -237,12 +237,7 @@ def predict_spacy_with_report(model: Any, examples: Sequence[Example], mapping: 
                 raise KnerError(f"{ex.id}: the pipeline's tokenizer changed the text")
             ents = []
             for ent in doc.ents:
-                s, e = ent.start_char, ent.end_char
-                # Entities never start or end on whitespace in canonical data.
-                while s < e and ex.text[s].isspace():
-                    s += 1
-                while e > s and ex.text[e - 1].isspace():
-                    e -= 1
+                s, e = strip_span(ex.text, ent.start_char, ent.end_char)
                 if s == e:
                     continue
                 ents.append(Entity(s, e, ent.label_, ex.text[s:e]))

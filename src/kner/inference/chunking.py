@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
+from kner.example import strip_span
+
 _SENT_END = re.compile(r"(?<=[.?!。？！…])[\"'”’)\]]*\s+|\n+")
 _SPACE = re.compile(r"\s+")
 
@@ -87,8 +89,5 @@ def _by_chars(text, s, e, count_tokens, max_tokens):
 
 def _piece(text: str, s: int, e: int) -> Piece:
     # Whitespace at a cut belongs to no entity; trimming it keeps prompts clean.
-    while s < e and text[s].isspace():
-        s += 1
-    while e > s and text[e - 1].isspace():
-        e -= 1
+    s, e = strip_span(text, s, e)
     return Piece(s, text[s:e])

@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from kner.errors import ConfigError, DataError
-from kner.example import Example
+from kner.example import Example, strip_span
 from kner.readers.base import Problem, ReadResult, build_entities, numbered_lines
 from kner.readers.bio import decode, split_tag
 
@@ -75,11 +75,7 @@ def _sentence(path: Path, k: int, sent, sep: str, space_token, doc: str, res: Re
         res.problems.append(Problem(str(path), sent[idx][0], sid, msg, "i-without-b"))
     spans = []
     for a, b, lab in tok_spans:
-        s, e = starts[a], starts[b - 1] + len(toks[b - 1])
-        while s < e and text[s].isspace():
-            s += 1
-        while e > s and text[e - 1].isspace():
-            e -= 1
+        s, e = strip_span(text, starts[a], starts[b - 1] + len(toks[b - 1]))
         if s < e:
             spans.append((s, e, lab))
     ents, notes = build_entities(text, spans)

@@ -21,7 +21,7 @@ import re
 from pathlib import Path
 
 from kner.errors import DataError
-from kner.example import Example
+from kner.example import Example, strip_span
 from kner.readers.base import Problem, ReadResult, build_entities, describe_spans, numbered_lines
 from kner.readers.bio import decode, split_tag
 from kner.readers.markup import MarkupError, parse_markup, trim_spans
@@ -117,11 +117,7 @@ def _check_bio(text: str, spans, morphs, problem, path: Path) -> None:
         problem("i-without-b", msg, morphs[k][0])
     bio = set()
     for a, b, lab in tok_spans:
-        s, e = offsets[a][0], offsets[b - 1][1]
-        while s < e and text[s].isspace():
-            s += 1
-        while e > s and text[e - 1].isspace():
-            e -= 1
+        s, e = strip_span(text, offsets[a][0], offsets[b - 1][1])
         if s < e:
             bio.add((s, e, lab))
     gold = set(spans)

@@ -24,6 +24,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Collection
 
+from kner.example import strip_span
+
 _CLOSER = re.compile(r":([^\s<>:]{1,32})>")
 
 
@@ -92,11 +94,7 @@ def trim_spans(text: str, spans: list[tuple[int, int, str]]) -> tuple[list[tuple
     """Strip spaces from span ends (``<중국 :ORG>``); empty spans are dropped. Both are reported."""
     out, notes = [], []
     for s, e, lab in spans:
-        s2, e2 = s, e
-        while s2 < e2 and text[s2].isspace():
-            s2 += 1
-        while e2 > s2 and text[e2 - 1].isspace():
-            e2 -= 1
+        s2, e2 = strip_span(text, s, e)
         if s2 == e2:
             notes.append(("empty-entity", f"empty {lab} entity at [{s},{e}) dropped"))
             continue
