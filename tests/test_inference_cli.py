@@ -19,14 +19,10 @@ from kner.schemes import load_scheme
 LLAMA2 = Path(__file__).resolve().parents[2] / "shared" / "tokenizers" / "llama-2"
 
 
-@pytest.fixture(scope="module")
-def folders(tmp_path_factory):
+def write_qlora_folder(root: Path) -> Path:
     """base/ (tiny LLaMA, fp32), out/ (kner.json + adapter/ + tokenizer/): what `kner train` writes."""
-    if not LLAMA2.is_dir():
-        pytest.skip("LLaMA-2 tokenizer not available")
     from peft import LoraConfig, get_peft_model
 
-    root = tmp_path_factory.mktemp("kner_infer")
     tok = load_tokenizer(str(LLAMA2))
     torch.manual_seed(0)
     # hidden >= 64: bitsandbytes' CPU 4-bit kernels need whole 64-element quantization blocks.
@@ -39,6 +35,15 @@ def folders(tmp_path_factory):
     tok.save_pretrained(out / "tokenizer")
     ModelManifest(load=LoadSpec(model=str(root / "base"), quantize_4bit=True), method="qlora",
                   scheme=load_scheme("spacy19")).save(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    if not LLAMA2.is_dir():
+        pytest.skip("LLaMA-2 tokenizer not available")
+    root = tmp_path_factory.mktemp("kner_infer")
+    write_qlora_folder(root)
     return root
 
 

@@ -11,16 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from kner.artifacts import ModelManifest
 from kner.errors import ConfigError, DataError, KnerError
 from kner.inference.sharding import (MANIFEST_NAME, TEST_EXIT_ENV, _differences, balance, model_fingerprint,
                                     resolve_devices, scan_shards)
-from kner.modeling import LoadSpec, build_model_from_config, load_tokenizer, save_pretrained_dir, tiny_config
-from kner.schemes import load_scheme
-
-LLAMA2 = Path(__file__).resolve().parents[2] / "shared" / "tokenizers" / "llama-2"
+from test_inference_cli import LLAMA2, run, write_qlora_folder
 
 TEXTS = ["이순신은 조선 중기의 무신이다.", "", "삼성전자는 9일 서울 서초구 본사에서 주주총회를 열었다.",
          "한국은행은 올해 경제성장률을 2.1%로 내다봤다.", "세종대왕은 1443년 훈민정음을 창제하였다.",
@@ -37,32 +32,13 @@ def folders(tmp_path_factory):
     """out/ (kner.json + adapter/ + tokenizer/ over a tiny 4-bit base): what `kner train` writes; in.txt; ref."""
     if not LLAMA2.is_dir():
         pytest.skip("LLaMA-2 tokenizer not available")
-    from peft import LoraConfig, get_peft_model
-
     root = tmp_path_factory.mktemp("kner_shard")
-    tok = load_tokenizer(str(LLAMA2))
-    torch.manual_seed(0)
-    # hidden >= 64: bitsandbytes' CPU 4-bit kernels need whole 64-element quantization blocks.
-    model = build_model_from_config(tiny_config("llama", vocab_size=32000, hidden=64, intermediate=128, layers=1))
-    save_pretrained_dir(model, tok, root / "base")
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear",
-                                                  init_lora_weights=False))
-    peft_model.save_pretrained(root / "out" / "adapter")
-    tok.save_pretrained(root / "out" / "tokenizer")
-    ModelManifest(load=LoadSpec(model=str(root / "base"), quantize_4bit=True), method="qlora",
-                  scheme=load_scheme("spacy19")).save(root / "out")
+    write_qlora_folder(root)
     (root / "in.txt").write_text("\n".join(TEXTS) + "\n", encoding="utf-8")
     # The reference: the usual in-process path (no --gpus/--devices), one process.
     res = run(["predict", "-m", root / "out", "-i", root / "in.txt", "-o", root / "ref.jsonl", *OPTS])
     assert res.exit_code == 0, res.output
     return root
-
-
-def run(args):
-    from kner.cli import _register, app
-
-    _register()
-    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 def shard_lines(shard_dir: Path) -> list[dict]:
