@@ -172,6 +172,38 @@ def kner_run(model, tok, texts, budgets, device, constrained, max_memory, max_ba
     return out
 
 
+def load_set(n: int, max_budget: int | None = None):
+    """The LLaMA-2 tokenizer, the first ``n`` sentences of the prepared test set, and each one's
+    new-token budget: its gold tag list in tokens + 1 (EOS), what a perfect model writes."""
+    from kner.example import read_jsonl
+    from kner.modeling import load_tokenizer
+    from kner.prompt import render_tags
+
+    tok = load_tokenizer(str(DATA / "tokenizer"))
+    exs = read_jsonl(DATA / "kmou_test1000.jsonl")[:n]
+    budgets = [len(tok(render_tags(e.entities), add_special_tokens=False)["input_ids"]) + 1 for e in exs]
+    if max_budget:
+        budgets = [min(max_budget, b) for b in budgets]
+    return tok, exs, budgets
+
+
+def budget_summary(budgets: list[int]) -> dict:
+    return {"sentences": len(budgets), "new_tokens_total": sum(budgets),
+            "new_tokens_mean": round(sum(budgets) / len(budgets), 2), "new_tokens_max": max(budgets)}
+
+
+def results_writer(out: Path, res: dict, say=None):
+    """``save(key, value)``: record, rewrite the whole JSON (a killed run keeps what it had), print."""
+    say = say or log
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save(key, value):
+        res[key] = value
+        out.write_text(json.dumps(res, indent=2, ensure_ascii=False))
+        say(f"{key}: {json.dumps(value, ensure_ascii=False)}")
+    return save
+
+
 def t4_emulation(device) -> float | None:
     """fp16 callers, flash attention off, allocator capped at 15 GiB; returns the cap for kner's plan."""
     import torch
@@ -189,17 +221,12 @@ def profile(args) -> None:
     import torch
     from torch.profiler import ProfilerActivity, profile as torch_profile
 
-    from kner.example import read_jsonl
     from kner.inference import Extractor
-    from kner.modeling import load_tokenizer
-    from kner.prompt import render_tags
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.float16 if device.type == "cuda" else torch.float32
-    tok = load_tokenizer(str(DATA / "tokenizer"))
-    exs = read_jsonl(DATA / "kmou_test1000.jsonl")[: args.n]
+    tok, exs, budgets = load_set(args.n, max_budget=40)
     texts = [e.text for e in exs]
-    budgets = [min(40, len(tok(render_tags(e.entities), add_special_tokens=False)["input_ids"]) + 1) for e in exs]
     model = build(args, tok, device, dtype)
     cap = t4_emulation(device)
     ex = Extractor(model, tok, "spacy19", constrained=True, ignore_eos=True, max_memory=cap, max_batch_size=256)
@@ -222,31 +249,18 @@ def profile(args) -> None:
 def run(args) -> None:
     import torch
 
-    from kner.example import read_jsonl
-    from kner.modeling import load_tokenizer
-    from kner.prompt import render_tags
-
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     res = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__,
            "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "tiny": args.tiny}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-
-    def save(key, value):
-        res[key] = value
-        out.write_text(json.dumps(res, indent=2, ensure_ascii=False))
-        log(f"{key}: {json.dumps(value, ensure_ascii=False)}")
+    save = results_writer(Path(args.out), res)
 
     import transformers
     import peft
     res["transformers"], res["peft"] = transformers.__version__, peft.__version__
-    tok = load_tokenizer(str(DATA / "tokenizer"))
-    exs = read_jsonl(DATA / "kmou_test1000.jsonl")[: args.n]
+    tok, exs, budgets = load_set(args.n)
     texts = [e.text for e in exs]
-    budgets = [len(tok(render_tags(e.entities), add_special_tokens=False)["input_ids"]) + 1 for e in exs]
-    save("data", {"sentences": len(texts), "new_tokens_total": sum(budgets),
-                  "new_tokens_mean": round(sum(budgets) / len(budgets), 2), "new_tokens_max": max(budgets)})
+    save("data", budget_summary(budgets))
     model = build(args, tok, device, dtype)
 
     # 1. T4 emulation.

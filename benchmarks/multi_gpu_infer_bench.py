@@ -179,9 +179,7 @@ def main() -> None:
     import transformers
     import peft
 
-    from kner.example import read_jsonl
-    from kner.modeling import load_tokenizer
-    from kner.prompt import render_tags
+    from infer_bench import budget_summary, load_set, results_writer
 
     n_gpus = torch.cuda.device_count()
     res = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__,
@@ -195,22 +193,13 @@ def main() -> None:
         res["bitsandbytes"] = bitsandbytes.__version__
     except ImportError:
         res["bitsandbytes"] = None
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-
-    def save(key, value):
-        res[key] = value
-        out.write_text(json.dumps(res, indent=2, ensure_ascii=False))
-        log(f"{key}: {json.dumps(value, ensure_ascii=False)}")
+    save = results_writer(Path(args.out), res, log)
 
     if not args.tiny and n_gpus == 0:
         raise SystemExit("no GPU visible; use --tiny for the CPU smoke test")
     Path(args.work).mkdir(parents=True, exist_ok=True)
-    tok = load_tokenizer(str(DATA / "tokenizer"))
-    exs = read_jsonl(DATA / "kmou_test1000.jsonl")[: args.n]
-    budgets = [len(tok(render_tags(e.entities), add_special_tokens=False)["input_ids"]) + 1 for e in exs]
-    save("data", {"sentences": len(exs), "new_tokens_total": sum(budgets),
-                  "new_tokens_mean": round(sum(budgets) / len(budgets), 2), "new_tokens_max": max(budgets)})
+    _, exs, budgets = load_set(args.n)
+    save("data", budget_summary(budgets))
     save("build", ensure_model(args))
 
     one, two = (["cpu"], ["cpu", "cpu"]) if args.tiny else (["0"], ["0", "1"])
