@@ -363,29 +363,17 @@ def _on_sigterm():
 
 
 def _sum_stats(states: list[dict]):
-    """One RunStats from the workers' (field-wise: numbers added, lists joined, labels counted)."""
+    """One RunStats from the workers' (merged by ``_add_stats``, the rule the workers use for their chunks)."""
     from dataclasses import fields
 
     from kner.inference.extractor import RunStats
 
-    total = RunStats()
+    acc: dict = {}
     for st in states:
-        d = st.get("stats") or {}
-        for f in fields(RunStats):
-            if f.name not in d:
-                continue
-            v, cur = d[f.name], getattr(total, f.name)
-            if f.name == "pool_tokens":
-                setattr(total, f.name, max(cur, v))
-            elif isinstance(cur, Counter):
-                cur.update(v)
-            elif isinstance(cur, list):
-                cur.extend(v)
-            elif isinstance(cur, str):
-                if not cur:
-                    setattr(total, f.name, v)
-            elif isinstance(cur, (int, float)):
-                setattr(total, f.name, cur + v)
+        _add_stats(acc, st.get("stats") or {})
+    names = {f.name for f in fields(RunStats)}
+    total = RunStats(**{k: v for k, v in acc.items() if k in names and k != "labels"})
+    total.labels.update(acc.get("labels") or {})
     starts = [st["gen_start"] for st in states if st.get("gen_start")]
     ends = [st["gen_end"] for st in states if st.get("gen_end")]
     total.seconds = (max(ends) - min(starts)) if starts and ends else 0.0
