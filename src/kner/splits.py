@@ -10,13 +10,34 @@ from one to several hundred sentences).
 
 from __future__ import annotations
 
+import heapq
 import random
 from collections import defaultdict
+from typing import Sequence
 
 from kner.errors import ConfigError
 from kner.example import Example
 
 SPLITS = ("train", "dev", "test")
+
+
+def balance(weights: Sequence[int], n: int, indices: Sequence[int] | None = None) -> list[list[int]]:
+    """Split ``indices`` (default: all) into ``n`` lists whose weight sums are as equal as greedy gets.
+
+    Heaviest first, each to the lightest list so far (ties: the lower position, the
+    lower list), so every list gets a similar mix of long and short items and the
+    workers finish together; deterministic, so processes agree without talking.
+    Each list is returned in input order. Used for the shards of ``kner predict``
+    and the ranks' shares of a training step.
+    """
+    idx = list(range(len(weights))) if indices is None else list(indices)
+    heap = [(0, k) for k in range(n)]
+    parts: list[list[int]] = [[] for _ in range(n)]
+    for i in sorted(idx, key=lambda i: (-weights[i], i)):
+        load, k = heapq.heappop(heap)
+        parts[k].append(i)
+        heapq.heappush(heap, (load + weights[i], k))
+    return [sorted(p) for p in parts]
 
 
 def parse_ratios(text: str | tuple | list) -> tuple[float, float, float]:

@@ -29,7 +29,6 @@ starting over could throw away hours of finished work because of a typo.
 from __future__ import annotations
 
 import hashlib
-import heapq
 import json
 import logging
 import os
@@ -46,6 +45,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from kner.errors import ConfigError, DataError, KnerError
+from kner.splits import balance
 
 log = logging.getLogger(__name__)
 
@@ -137,23 +137,6 @@ def resolve_devices(gpus: str | int | None = None, devices: str | Sequence[str] 
 
 
 # -- layout -----------------------------------------------------------------------
-
-def balance(weights: Sequence[int], n: int, indices: Sequence[int] | None = None) -> list[list[int]]:
-    """Split ``indices`` (default: all) into ``n`` lists whose weight sums are as equal as greedy gets.
-
-    Heaviest first, each to the lightest list so far (ties: lowest index), so every
-    list gets a similar mix of long and short texts and the workers finish
-    together. Each list is returned in input order.
-    """
-    idx = list(range(len(weights))) if indices is None else list(indices)
-    heap = [(0, k) for k in range(n)]
-    parts: list[list[int]] = [[] for _ in range(n)]
-    for i in sorted(idx, key=lambda i: (-weights[i], i)):
-        load, k = heapq.heappop(heap)
-        parts[k].append(i)
-        heapq.heappush(heap, (load + weights[i], k))
-    return [sorted(p) for p in parts]
-
 
 def text_weight(text: str) -> int:
     return len(text) + PER_TEXT_CHARS if text.strip() else 0

@@ -146,13 +146,10 @@ def split_step(examples: list, world_size: int) -> list[list]:
     prefix is the same for all, their number too. A share may be empty when the
     step has fewer examples than ranks.
     """
-    shares: list[list] = [[] for _ in range(world_size)]
-    load = [0] * world_size
-    for ex in sorted(examples, key=lambda e: (-e.length, e.index)):
-        r = min(range(world_size), key=lambda i: (load[i], i))
-        shares[r].append(ex)
-        load[r] += ex.length
-    return shares
+    from kner.splits import balance
+
+    ordered = sorted(examples, key=lambda e: e.index)   # equal lengths: the lower example index first
+    return [[ordered[i] for i in part] for part in balance([e.length for e in ordered], world_size)]
 
 
 def share_of_step(examples: list, rank: int | None = None, world_size: int | None = None) -> list:
