@@ -156,10 +156,9 @@ class Extractor:
             match_adapter_dtype(model)
         elif self.config.adapter_dtype != "keep":
             raise ConfigError("adapter_dtype must be 'model' or 'keep'")
-        if self.config.fuse_lora:
-            from kner.inference.fused import fuse_lora
+        from kner.inference.fused import fuse_lora
 
-            self.fused_layers = fuse_lora(model)
+        self.fused_layers = fuse_lora(model) if self.config.fuse_lora else 0
 
     # -- loading ------------------------------------------------------------------
     @classmethod

@@ -6,8 +6,7 @@ GPU busy a third of the time, docs/inference.md). peft's 4-bit LoRA layer
 spends five of them on the adapter -- a defensive ``clone`` of the base output,
 ``A``, ``B``, ``* scaling``, ``+`` -- plus Python bookkeeping for adapters,
 variants and mixed batches that inference never uses. The fused forward does
-``out.addmm_(x @ A^T, (scaling * B)^T)``: two kernels, the scaling folded into a
-copy of ``B`` once.
+``out.addmm_(x @ A^T, B^T, alpha=scaling)``: two kernels.
 
 Only plain LoRA with one active adapter is fused (no DoRA or other variants,
 no dropout at inference anyway); any other layer keeps peft's forward. The
@@ -26,16 +25,17 @@ _ATTR = "_kner_fused"
 def _fused_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     if torch.is_grad_enabled() or kwargs.get("adapter_names") is not None or self.disable_adapters:
         return type(self).forward(self, x, *args, **kwargs)    # training or unusual calls: peft's own path
-    a_t, b_t = getattr(self, _ATTR)
+    name = getattr(self, _ATTR)
+    a, b, scaling = self.lora_A[name].weight, self.lora_B[name].weight, self.scaling[name]   # (r, in), (out, r)
     result = self.base_layer(x, *args, **kwargs)
     flat = result.view(-1, result.shape[-1])
     xin = x.reshape(-1, x.shape[-1])
-    if xin.dtype != a_t.dtype:
-        xin = xin.to(a_t.dtype)
-    if flat.dtype == a_t.dtype:
-        flat.addmm_(xin @ a_t, b_t)
+    if xin.dtype != a.dtype:
+        xin = xin.to(a.dtype)
+    if flat.dtype == a.dtype:
+        flat.addmm_(xin @ a.t(), b.t(), alpha=scaling)
     else:
-        flat.add_(((xin @ a_t) @ b_t).to(flat.dtype))
+        flat.add_(((xin @ a.t()) @ b.t() * scaling).to(flat.dtype))
     return result
 
 
@@ -53,22 +53,19 @@ def _fusable(module) -> str | None:
     return name
 
 
-@torch.no_grad()
 def fuse_lora(model) -> int:
     """Give every fusable LoRA layer of ``model`` the fused inference forward; returns how many.
 
-    The fused weights are copies taken now: call again (or ``unfuse_lora``) after
-    changing the adapter's weights. Training is unaffected: with gradients on,
-    the layers run peft's forward.
+    The forward reads the adapter's live weights (no copies: changed weights are
+    used as they are). Training is unaffected: with gradients on, the layers run
+    peft's forward. ``unfuse_lora`` restores peft's forward everywhere.
     """
     n = 0
     for module in model.modules():
         name = _fusable(module)
         if name is None:
             continue
-        a = module.lora_A[name].weight                     # (r, in)
-        b = module.lora_B[name].weight * module.scaling[name]   # (out, r)
-        setattr(module, _ATTR, (a.t().contiguous(), b.t().contiguous().to(a.dtype)))
+        setattr(module, _ATTR, name)
         module.forward = types.MethodType(_fused_forward, module)
         n += 1
     return n
