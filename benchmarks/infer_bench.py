@@ -172,15 +172,16 @@ def kner_run(model, tok, texts, budgets, device, constrained, max_memory, max_ba
     return out
 
 
-def load_set(n: int, max_budget: int | None = None):
-    """The LLaMA-2 tokenizer, the first ``n`` sentences of the prepared test set, and each one's
-    new-token budget: its gold tag list in tokens + 1 (EOS), what a perfect model writes."""
+def load_set(n: int, max_budget: int | None = None, path: str | Path | None = None):
+    """The LLaMA-2 tokenizer, the first ``n`` sentences of the prepared test set (or of ``path``,
+    canonical JSONL), and each one's new-token budget: its gold tag list in tokens + 1 (EOS),
+    what a perfect model writes."""
     from kner.example import read_jsonl
     from kner.modeling import load_tokenizer
     from kner.prompt import render_tags
 
     tok = load_tokenizer(str(DATA / "tokenizer"))
-    exs = read_jsonl(DATA / "kmou_test1000.jsonl")[:n]
+    exs = read_jsonl(path or DATA / "kmou_test1000.jsonl")[:n]
     budgets = [len(tok(render_tags(e.entities), add_special_tokens=False)["input_ids"]) + 1 for e in exs]
     if max_budget:
         budgets = [min(max_budget, b) for b in budgets]

@@ -165,6 +165,8 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/kner_multi_gpu_bench", help="model folder and outputs (~13 GiB)")
     ap.add_argument("--tiny", action="store_true", help="tiny model, CPU workers (smoke test of this script)")
     ap.add_argument("--n", type=int, default=1000)
+    ap.add_argument("--data", help="canonical JSONL to take the first --n sentences from (default: the 1,000-sentence "
+                                   "test set); a larger input spreads one long answer's decode time over more work")
     ap.add_argument("--flush-every", type=int, default=512)
     ap.add_argument("--stop-after", type=float, default=300.0, help="skip the 2-worker run after this many seconds")
     ap.add_argument("--build", action="store_true", help=argparse.SUPPRESS)
@@ -198,7 +200,7 @@ def main() -> None:
     if not args.tiny and n_gpus == 0:
         raise SystemExit("no GPU visible; use --tiny for the CPU smoke test")
     Path(args.work).mkdir(parents=True, exist_ok=True)
-    _, exs, budgets = load_set(args.n)
+    _, exs, budgets = load_set(args.n, path=args.data)
     save("data", budget_summary(budgets))
     save("build", ensure_model(args))
 

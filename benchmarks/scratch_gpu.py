@@ -35,6 +35,10 @@ def main() -> None:
     ap.add_argument("--limit-test", type=int)
     ap.add_argument("--epochs", type=int)
     ap.add_argument("--save-every", type=int, help="checkpoint interval (steps); a killed run resumes from the last")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config setting, dotted key, YAML value (e.g. train.lr=3e-4)")
+    ap.add_argument("--dev-eval", action="store_true",
+                    help="also predict and score the dev split (choose settings on dev, report test)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     cfg = yaml.safe_load(Path(args.config).read_text(encoding="utf-8"))
@@ -45,6 +49,19 @@ def main() -> None:
         cfg["train"]["epochs"] = args.epochs
     if args.save_every:
         cfg["train"]["save_every"] = args.save_every
+    for item in args.set:
+        key, _, value = item.partition("=")
+        *path, last = key.split(".")
+        node = cfg
+        for k in path:
+            node = node.setdefault(k, {})
+        parsed = yaml.safe_load(value)
+        if isinstance(parsed, str):   # YAML 1.1 reads 1e-3 as a string
+            try:
+                parsed = float(parsed)
+            except ValueError:
+                pass
+        node[last] = parsed
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cfg_path = out / "config.yaml"
@@ -60,6 +77,13 @@ def main() -> None:
               "train": train_metrics.get("train"), "dev": train_metrics.get("dev"),
               "predict": json.loads((run_dir / "predict" / "predict.json").read_text()),
               "metrics": res.to_dict()}
+    if args.dev_eval:
+        from kner.inference import Extractor
+
+        dev_gold = read_jsonl(run_dir / "prepare" / "dev.jsonl")
+        ext = Extractor.load(run_dir / "train", **{k: v for k, v in (cfg.get("predict") or {}).items() if k != "name"})
+        result["dev_metrics"] = evaluate(dev_gold, ext.predict_examples(dev_gold)).to_dict()
+        print("dev micro F1", result["dev_metrics"].get("micro"))
     import torch
     if torch.cuda.is_available():
         result["gpu"] = torch.cuda.get_device_name(0)

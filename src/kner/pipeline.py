@@ -221,16 +221,19 @@ def _scratch_model(scratch: dict, train_path: Path, scheme_name: str):
     from kner.example import read_jsonl
     from kner.prompt import PromptFormat, render_tags
     from kner.schemes import load_scheme
-    from kner.scratch import build_scratch_model, train_tokenizer
+    from kner.scratch import build_scratch_model, prompt_pieces, train_tokenizer
 
     scheme = load_scheme(scheme_name)
     exs = read_jsonl(train_path)
     pf = PromptFormat()
     prefix, suffix = pf.parts(scheme)
     tok_cfg = dict(scratch.get("tokenizer") or {})
+    kind = str(tok_cfg.get("kind", "bpe"))
+    pieces = prompt_pieces(prefix, suffix, [lab.name for lab in scheme.labels]) \
+        if kind == "char" and tok_cfg.get("prompt_pieces", True) else []
     tokenizer = train_tokenizer([e.text for e in exs], int(tok_cfg.get("vocab_size", 4000)),
                                 extra_texts=[prefix + suffix] * 50 + [render_tags(e.entities) for e in exs],
-                                kind=str(tok_cfg.get("kind", "bpe")), min_count=int(tok_cfg.get("min_count", 2)))
+                                kind=kind, min_count=int(tok_cfg.get("min_count", 2)), pieces=pieces)
     arch = {k: v for k, v in scratch.items() if k != "tokenizer"}
     return build_scratch_model(tokenizer, **arch), tokenizer
 

@@ -31,6 +31,7 @@ class TrainConfig:
     map_fallback: str | None = None     # label for source labels without a row ("-" drops them, counted)
     max_seq_len: int = 1024             # tokens, prefix included; longer examples are skipped and reported
     prompt: dict = field(default_factory=dict)   # PromptFormat overrides (template, header, ...)
+    augment: dict = field(default_factory=dict)  # kner.augment.AugmentConfig: {mention_replace: 0.5, variants: 8}
 
     # --- model ------------------------------------------------------------------
     model: str = "meta-llama/Llama-2-7b-hf"
@@ -105,6 +106,9 @@ class TrainConfig:
             self.target_modules = [m.strip() for m in self.target_modules.split(",") if m.strip()]
         if self.gpu_memory is not None:
             parse_bytes(self.gpu_memory)
+        from kner.augment import AugmentConfig
+
+        AugmentConfig.from_dict(self.augment)
         return self
 
     @property

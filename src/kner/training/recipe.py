@@ -84,6 +84,7 @@ def train(config: TrainConfig, model=None, tokenizer=None, *, train_examples: li
 
     encoder = PromptEncoder(tokenizer, prompt_format, scheme)
     train_tok, report = tokenize_examples(train_exs, encoder, cfg.max_seq_len, prompt_format.separator)
+    epoch_sets = _augmented_sets(train_exs, train_tok, encoder, cfg, prompt_format.separator)
     dev_tok, dev_report = tokenize_examples(dev_exs, encoder, cfg.max_seq_len, prompt_format.separator)
     for name, rep in (("train", report), ("dev", dev_report)):
         if rep.too_long:
@@ -99,8 +100,8 @@ def train(config: TrainConfig, model=None, tokenizer=None, *, train_examples: li
                     "up to 1.6x the planned memory (docs/training.md); out-of-memory micro-batches are split "
                     "and retried")
     # 4. Memory plan: the token budget no micro-batch will exceed.
-    plan, budget = _plan(model, cfg, train_tok, dtype, device, len(encoder.prefix_ids))
-    longest = max(batch_cost([[e]], cfg.layout) for e in train_tok + dev_tok)
+    plan, budget = _plan(model, cfg, [e for tok in epoch_sets for e in tok], dtype, device, len(encoder.prefix_ids))
+    longest = max(batch_cost([[e]], cfg.layout) for e in [e for tok in epoch_sets for e in tok] + dev_tok)
     if budget < longest:
         raise ConfigError(f"batch_tokens={budget} is smaller than the longest example ({longest} tokens with the "
                           f"prefix); raise batch_tokens or lower max_seq_len")
@@ -157,9 +158,10 @@ def train(config: TrainConfig, model=None, tokenizer=None, *, train_examples: li
     bad_steps = 0
     try:
         while pos.global_step < total_steps:
-            steps = _epoch_steps(train_tok, cfg, pos.epoch)
+            epoch_tok = epoch_sets[pos.epoch % len(epoch_sets)]
+            steps = _epoch_steps(epoch_tok, cfg, pos.epoch)
             while pos.step_in_epoch < len(steps) and pos.global_step < total_steps:
-                step_examples = [train_tok[i] for i in steps[pos.step_in_epoch]]
+                step_examples = [epoch_tok[i] for i in steps[pos.step_in_epoch]]
                 t0 = time.perf_counter()
                 # Each rank computes its share over the whole step's answer tokens; the sum
                 # of the ranks' gradients is then the one-process step's gradient.
@@ -629,6 +631,31 @@ def _make_scheduler(optimizer, kind: str, warmup: int, total: int):
     if kind == "linear":
         return get_linear_schedule_with_warmup(optimizer, warmup, total)
     return get_constant_schedule_with_warmup(optimizer, warmup)
+
+
+def _augmented_sets(train_exs, train_tok, encoder, cfg: TrainConfig, separator: str) -> list:
+    """The tokenized training sets epochs cycle through (``augment``); ``[train_tok]`` without it."""
+    from kner.augment import AugmentConfig, training_variants
+    from kner.training.batching import tokenize_examples
+
+    aug = AugmentConfig.from_dict(cfg.augment)
+    if not aug.active:
+        return [train_tok]
+    t0 = time.perf_counter()
+    sets = [train_tok] if aug.keep_original else []
+    variants = training_variants(train_exs, aug, cfg.seed)[1 if aug.keep_original else 0:]
+    changed = 0
+    for i, exs in enumerate(variants, 1):
+        changed += sum(1 for a, b in zip(train_exs, exs) if a is not b)
+        tok, rep = tokenize_examples(exs, encoder, cfg.max_seq_len, separator)
+        if rep.too_long:
+            log.warning("augmented copy %d: skipped %d example(s) longer than max_seq_len=%d tokens", i,
+                        len(rep.too_long), cfg.max_seq_len)
+        sets.append(tok)
+    log.info("augment: %d copies of the training set with mentions replaced (p=%.2f), %d of %d sentences "
+             "changed, tokenized in %.1f s", len(variants), aug.mention_replace, changed,
+             len(train_exs) * len(variants), time.perf_counter() - t0)
+    return sets
 
 
 def _epoch_steps(train_tok, cfg: TrainConfig, epoch: int) -> list[list[int]]:
