@@ -11,9 +11,12 @@ handled:
   stands for one byte through the GPT-2 ``bytes_to_unicode`` table;
 * anything else: the token's decoded text, UTF-8 encoded.
 
-Special and added tokens (``<s>``, ``[INST]``, ``<|im_start|>``...) write
-nothing the grammar accepts; they get ``None`` and are never allowed, except
-the end-of-sequence ids, which the grammar treats as "stop".
+Special tokens (``<s>``, ``[INST]``, ``<|im_start|>``...) write nothing the
+grammar accepts; they get ``None`` and are never allowed, except the
+end-of-sequence ids, which the grammar treats as "stop". Added tokens that are
+not special (the from-scratch tokenizer's ``<PER:`` pieces, Qwen3's ``<think>``)
+write their literal content: the model may have learnt to emit them, and the
+grammar still decides where their bytes are legal.
 """
 
 from __future__ import annotations
@@ -79,14 +82,17 @@ class TokenTable:
         kind = _decoder_kind(tokenizer)
         pieces = tokenizer.convert_ids_to_tokens(list(range(n)))
         special = set(getattr(tokenizer, "all_special_ids", []) or [])
-        special.update(int(i) for i in (getattr(tokenizer, "added_tokens_decoder", None) or {}))
+        added = {int(i): tok for i, tok in (getattr(tokenizer, "added_tokens_decoder", None) or {}).items()}
+        special.update(i for i, tok in added.items() if getattr(tok, "special", True))
         b2u = _bytes_to_unicode()
         u2b = {c: b for b, c in b2u.items()}
         out: list[bytes | None] = [None] * vocab_size
         for i, piece in enumerate(pieces):
             if i in special or piece is None:
                 continue
-            if kind == "sentencepiece":
+            if i in added:   # stored as written, not in the model's piece alphabet
+                b = str(getattr(added[i], "content", piece)).encode("utf-8")
+            elif kind == "sentencepiece":
                 m = _BYTE_TOKEN.fullmatch(piece)
                 b = bytes([int(m.group(1), 16)]) if m else piece.replace("▁", " ").encode("utf-8")
             elif kind == "bytelevel":
