@@ -218,32 +218,60 @@ class PromptEncoder:
 
     def prompt_ids(self, text: str) -> EncodedExample:
         """What inference feeds the model for ``text`` (no answer)."""
-        rest = text + self.suffix
-        if self.fast:
-            ids = self._ids(self.prefix + rest)
-            p = len(self.prefix_ids) - len(self.lead_ids)
-            if ids[:p] == self.prefix_ids[len(self.lead_ids):]:
-                full = self.lead_ids + ids
-                return EncodedExample(full, len(self.prefix_ids), len(full), True)
-        full = self.prefix_ids + self._ids(rest)
-        return EncodedExample(full, len(self.prefix_ids), len(full), False)
+        return self.prompt_ids_many([text])[0]
 
     def encode(self, text: str, answer: str) -> EncodedExample:
         """A training example: prompt, answer and EOS; labels are ``input_ids[prompt_len:]``."""
-        prompt = self.prompt_ids(text)
-        if self.fast and prompt.natural:
-            full_text = self.prefix + text + self.suffix + answer
-            enc = self.tokenizer(full_text, add_special_tokens=False, return_offsets_mapping=True)
-            ids, offs = list(enc["input_ids"]), enc["offset_mapping"]
-            cut = len(full_text) - len(answer)
-            a = next((i for i, (s, _) in enumerate(offs) if s >= cut), len(ids))
-            clean = all(e <= cut for _, e in offs[:a]) and self.lead_ids + ids[:a] == prompt.input_ids
-            if clean:
-                full = self.lead_ids + ids + [self.eos_id]
-                return EncodedExample(full, prompt.prefix_len, prompt.prompt_len, True)
-        self.fallbacks += 1
-        full = prompt.input_ids + self._ids(answer) + [self.eos_id]
-        return EncodedExample(full, prompt.prefix_len, prompt.prompt_len, False)
+        return self.encode_many([(text, answer)])[0]
+
+    def prompt_ids_many(self, texts: list[str]) -> list[EncodedExample]:
+        """``prompt_ids`` of many texts; a fast tokenizer takes them as one batch (parallel in Rust)."""
+        if not texts:
+            return []
+        rests = [text + self.suffix for text in texts]
+        out: list[EncodedExample] = []
+        if self.fast:
+            p = len(self.prefix_ids) - len(self.lead_ids)
+            own_prefix = self.prefix_ids[len(self.lead_ids):]
+            for rest, ids in zip(rests, self._ids_many([self.prefix + r for r in rests])):
+                if ids[:p] == own_prefix:
+                    full = self.lead_ids + ids
+                    out.append(EncodedExample(full, len(self.prefix_ids), len(full), True))
+                else:
+                    full = self.prefix_ids + self._ids(rest)
+                    out.append(EncodedExample(full, len(self.prefix_ids), len(full), False))
+            return out
+        for rest in rests:
+            full = self.prefix_ids + self._ids(rest)
+            out.append(EncodedExample(full, len(self.prefix_ids), len(full), False))
+        return out
+
+    def encode_many(self, items: list[tuple[str, str]]) -> list[EncodedExample]:
+        """``encode`` of many (text, answer) pairs, tokenized in batches."""
+        prompts = self.prompt_ids_many([text for text, _ in items])
+        whole: dict[int, tuple[list[int], list]] = {}
+        natural = [i for i, pr in enumerate(prompts) if self.fast and pr.natural]
+        if natural:
+            strings = [self.prefix + items[i][0] + self.suffix + items[i][1] for i in natural]
+            enc = self.tokenizer(strings, add_special_tokens=False, return_offsets_mapping=True)
+            whole = {i: (list(ids), offs) for i, ids, offs in zip(natural, enc["input_ids"], enc["offset_mapping"])}
+        out: list[EncodedExample] = []
+        for i, (prompt, (text, answer)) in enumerate(zip(prompts, items)):
+            if i in whole:
+                ids, offs = whole[i]
+                cut = len(self.prefix) + len(text) + len(self.suffix)
+                a = next((k for k, (s, _) in enumerate(offs) if s >= cut), len(ids))
+                if all(e <= cut for _, e in offs[:a]) and self.lead_ids + ids[:a] == prompt.input_ids:
+                    full = self.lead_ids + ids + [self.eos_id]
+                    out.append(EncodedExample(full, prompt.prefix_len, prompt.prompt_len, True))
+                    continue
+            self.fallbacks += 1
+            full = prompt.input_ids + self._ids(answer) + [self.eos_id]
+            out.append(EncodedExample(full, prompt.prefix_len, prompt.prompt_len, False))
+        return out
+
+    def _ids_many(self, strings: list[str]) -> list[list[int]]:
+        return [list(ids) for ids in self.tokenizer(strings, add_special_tokens=False)["input_ids"]]
 
 
 # ---------------------------------------------------------------------------
