@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from kner.evaluation import evaluate  # noqa: E402
 from kner.example import read_jsonl  # noqa: E402
-from kner.pipeline import run  # noqa: E402
+from kner.pipeline import run, stage_predict  # noqa: E402
 
 
 def main() -> None:
@@ -77,12 +77,12 @@ def main() -> None:
               "train": train_metrics.get("train"), "dev": train_metrics.get("dev"),
               "predict": json.loads((run_dir / "predict" / "predict.json").read_text()),
               "metrics": res.to_dict()}
-    if args.dev_eval:
-        from kner.inference import Extractor
-
-        dev_gold = read_jsonl(run_dir / "prepare" / "dev.jsonl")
-        ext = Extractor.load(run_dir / "train", **{k: v for k, v in (cfg.get("predict") or {}).items() if k != "name"})
-        result["dev_metrics"] = evaluate(dev_gold, ext.predict_examples(dev_gold)).to_dict()
+    if args.dev_eval:   # the pipeline's predict stage, on the dev split
+        dev_dir = run_dir / "predict-dev"
+        dev_dir.mkdir(exist_ok=True)
+        stage_predict(cfg.get("predict") or {}, run_dir / "train", run_dir / "prepare" / "dev.jsonl", dev_dir)
+        dev_pred = read_jsonl(dev_dir / "preds.jsonl")
+        result["dev_metrics"] = evaluate(read_jsonl(run_dir / "prepare" / "dev.jsonl"), dev_pred).to_dict()
         print("dev micro F1", result["dev_metrics"].get("micro"))
     import torch
     if torch.cuda.is_available():

@@ -8,7 +8,7 @@ import pytest
 
 from kner.augment import AugmentConfig, mention_pool, replace_mentions, training_variants
 from kner.errors import ConfigError
-from kner.example import Entity, Example
+from kner.example import Entity, Example, validate
 from kner.prompt import PromptFormat, render_tags
 from kner.schemes import load_scheme
 from kner.scratch import prompt_pieces, train_tokenizer
@@ -78,7 +78,7 @@ def test_mention_replacement_keeps_offsets_labels_and_context():
     changed = [replace_mentions(e, pool, 1.0, rng) for e in exs]
     assert any(c is not e for c, e in zip(changed, exs))
     for old, new in zip(exs, changed):
-        new.validate() if hasattr(new, "validate") else None
+        validate(new)
         assert [e.label for e in new.entities] == [e.label for e in old.entities]
         for ent in new.entities:
             assert new.text[ent.start:ent.end] == ent.text

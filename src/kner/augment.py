@@ -66,6 +66,7 @@ def replace_mentions(ex: Example, pool: dict[str, list[str]], p: float, rng: ran
     parts: list[str] = []
     new: list[Entity] = []
     cursor = 0
+    shift = 0   # new offset minus old offset so far
     changed = False
     for e in ents:
         parts.append(ex.text[cursor:e.start])
@@ -74,9 +75,10 @@ def replace_mentions(ex: Example, pool: dict[str, list[str]], p: float, rng: ran
         if choices and rng.random() < p:
             surface = choices[rng.randrange(len(choices))]
             changed = changed or surface != e.text
-        start = sum(len(s) for s in parts)
+        start = e.start + shift
         parts.append(surface)
         new.append(Entity(start, start + len(surface), e.label, surface))
+        shift += len(surface) - (e.end - e.start)
         cursor = e.end
     if not changed:
         return ex

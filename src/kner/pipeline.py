@@ -229,7 +229,7 @@ def _scratch_model(scratch: dict, train_path: Path, scheme_name: str):
     prefix, suffix = pf.parts(scheme)
     tok_cfg = dict(scratch.get("tokenizer") or {})
     kind = str(tok_cfg.get("kind", "bpe"))
-    pieces = prompt_pieces(prefix, suffix, [lab.name for lab in scheme.labels]) \
+    pieces = prompt_pieces(prefix, suffix, scheme.names) \
         if kind == "char" and tok_cfg.get("prompt_pieces", True) else []
     tokenizer = train_tokenizer([e.text for e in exs], int(tok_cfg.get("vocab_size", 4000)),
                                 extra_texts=[prefix + suffix] * 50 + [render_tags(e.entities) for e in exs],

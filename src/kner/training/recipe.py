@@ -100,8 +100,9 @@ def train(config: TrainConfig, model=None, tokenizer=None, *, train_examples: li
                     "up to 1.6x the planned memory (docs/training.md); out-of-memory micro-batches are split "
                     "and retried")
     # 4. Memory plan: the token budget no micro-batch will exceed.
-    plan, budget = _plan(model, cfg, [e for tok in epoch_sets for e in tok], dtype, device, len(encoder.prefix_ids))
-    longest = max(batch_cost([[e]], cfg.layout) for e in [e for tok in epoch_sets for e in tok] + dev_tok)
+    all_train = [e for tok in epoch_sets for e in tok]
+    plan, budget = _plan(model, cfg, all_train, dtype, device, len(encoder.prefix_ids))
+    longest = max(batch_cost([[e]], cfg.layout) for e in all_train + dev_tok)
     if budget < longest:
         raise ConfigError(f"batch_tokens={budget} is smaller than the longest example ({longest} tokens with the "
                           f"prefix); raise batch_tokens or lower max_seq_len")
@@ -642,19 +643,21 @@ def _augmented_sets(train_exs, train_tok, encoder, cfg: TrainConfig, separator: 
     if not aug.active:
         return [train_tok]
     t0 = time.perf_counter()
-    sets = [train_tok] if aug.keep_original else []
-    variants = training_variants(train_exs, aug, cfg.seed)[1 if aug.keep_original else 0:]
-    changed = 0
-    for i, exs in enumerate(variants, 1):
+    sets, changed, copy = [], 0, 0
+    for exs in training_variants(train_exs, aug, cfg.seed):
+        if exs is train_exs:   # the original, already tokenized
+            sets.append(train_tok)
+            continue
+        copy += 1
         changed += sum(1 for a, b in zip(train_exs, exs) if a is not b)
         tok, rep = tokenize_examples(exs, encoder, cfg.max_seq_len, separator)
         if rep.too_long:
-            log.warning("augmented copy %d: skipped %d example(s) longer than max_seq_len=%d tokens", i,
+            log.warning("augmented copy %d: skipped %d example(s) longer than max_seq_len=%d tokens", copy,
                         len(rep.too_long), cfg.max_seq_len)
         sets.append(tok)
     log.info("augment: %d copies of the training set with mentions replaced (p=%.2f), %d of %d sentences "
-             "changed, tokenized in %.1f s", len(variants), aug.mention_replace, changed,
-             len(train_exs) * len(variants), time.perf_counter() - t0)
+             "changed, tokenized in %.1f s", aug.variants, aug.mention_replace, changed,
+             len(train_exs) * aug.variants, time.perf_counter() - t0)
     return sets
 
 
