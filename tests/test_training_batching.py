@@ -49,6 +49,11 @@ def test_labels_are_exactly_the_answer_tokens_and_eos(encoder):
         assert ids[-1] == tok.eos_token_id
         assert tok.decode(ids[enc.prompt_len:-1]) == answer
         assert encoder.prompt_ids(ex.text).input_ids == ids[: enc.prompt_len]
+    # One batch through the tokenizer gives what one call per example gives.
+    exs = list(kmou_examples(1))[:8]
+    pairs = [(ex.text, render_tags(ex.entities)) for ex in exs]
+    assert encoder.encode_many(pairs) == [encoder.encode(t, a) for t, a in pairs]
+    assert encoder.prompt_ids_many([t for t, _ in pairs]) == [encoder.prompt_ids(t) for t, _ in pairs]
 
 
 def test_prefix_is_the_llama_instruction(encoder):

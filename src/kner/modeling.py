@@ -229,28 +229,22 @@ class PromptEncoder:
         if not texts:
             return []
         rests = [text + self.suffix for text in texts]
+        own_prefix = self.prefix_ids[len(self.lead_ids):]
+        # Fast: the whole prompt in one pass, kept where the instruction's tokens come out
+        # unchanged; otherwise (and for slow tokenizers) the prefix ids, then the rest.
+        whole = self._ids_many([self.prefix + r for r in rests]) if self.fast else [None] * len(rests)
         out: list[EncodedExample] = []
-        if self.fast:
-            p = len(self.prefix_ids) - len(self.lead_ids)
-            own_prefix = self.prefix_ids[len(self.lead_ids):]
-            for rest, ids in zip(rests, self._ids_many([self.prefix + r for r in rests])):
-                if ids[:p] == own_prefix:
-                    full = self.lead_ids + ids
-                    out.append(EncodedExample(full, len(self.prefix_ids), len(full), True))
-                else:
-                    full = self.prefix_ids + self._ids(rest)
-                    out.append(EncodedExample(full, len(self.prefix_ids), len(full), False))
-            return out
-        for rest in rests:
-            full = self.prefix_ids + self._ids(rest)
-            out.append(EncodedExample(full, len(self.prefix_ids), len(full), False))
+        for rest, ids in zip(rests, whole):
+            natural = ids is not None and ids[:len(own_prefix)] == own_prefix
+            full = self.lead_ids + ids if natural else self.prefix_ids + self._ids(rest)
+            out.append(EncodedExample(full, len(self.prefix_ids), len(full), natural))
         return out
 
     def encode_many(self, items: list[tuple[str, str]]) -> list[EncodedExample]:
         """``encode`` of many (text, answer) pairs, tokenized in batches."""
         prompts = self.prompt_ids_many([text for text, _ in items])
         whole: dict[int, tuple[list[int], list]] = {}
-        natural = [i for i, pr in enumerate(prompts) if self.fast and pr.natural]
+        natural = [i for i, pr in enumerate(prompts) if pr.natural]   # only a fast tokenizer's can be
         if natural:
             strings = [self.prefix + items[i][0] + self.suffix + items[i][1] for i in natural]
             enc = self.tokenizer(strings, add_special_tokens=False, return_offsets_mapping=True)
