@@ -113,35 +113,35 @@ def validate(example: Example, path: str | Path | None = None, line: int | None 
 
 
 def iter_jsonl(path: str | Path, validate_examples: bool = True) -> Iterator[Example]:
-    path = Path(path)
-    if not path.exists():
-        raise DataError("file not found", path)
-    with path.open(encoding="utf-8") as f:
-        for lineno, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue
-            try:
-                d = json.loads(raw)
-            except json.JSONDecodeError as err:
-                raise DataError(f"invalid JSON: {err.msg} (column {err.colno})", path, lineno) from None
-            ex = Example.from_dict(d, path, lineno)
-            if validate_examples:
-                validate(ex, path, lineno)
-            yield ex
+    """Canonical JSONL, read through :func:`kner.textio.numbered_lines` (the user's encoding, BOM and
+    CRLF tolerated); blank lines are skipped, anything else that is not an example is a ``DataError``."""
+    from kner.textio import numbered_lines
+
+    for lineno, raw in numbered_lines(path):
+        if not raw.strip():
+            continue
+        try:
+            d = json.loads(raw)
+        except json.JSONDecodeError as err:
+            raise DataError(f"invalid JSON: {err.msg} (column {err.colno})", path, lineno) from None
+        ex = Example.from_dict(d, path, lineno)
+        if validate_examples:
+            validate(ex, path, lineno)
+        yield ex
 
 
 def read_jsonl(path: str | Path, validate_examples: bool = True) -> list[Example]:
     return list(iter_jsonl(path, validate_examples))
 
 
-def write_jsonl(path: str | Path, examples: Iterable[Example]) -> int:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+def write_jsonl(path: str | Path, examples: Iterable[Example], what: str = "output") -> int:
+    """Canonical JSONL, written atomically (:func:`kner.textio.atomic_write`): an interrupted or failed
+    write leaves the old file (or none) and no temporary file."""
+    from kner.textio import atomic_write
+
     n = 0
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
+    with atomic_write(path, what=what) as f:
         for ex in examples:
             f.write(json.dumps(ex.to_dict(), ensure_ascii=False) + "\n")
             n += 1
-    tmp.replace(path)  # atomic: an interrupted write never leaves a half file behind
     return n

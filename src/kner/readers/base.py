@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from kner.errors import DataError
 from kner.example import Example
 
 
@@ -54,24 +53,20 @@ class ReadResult:
         return Counter(p.kind for p in self.problems)
 
     def write_problems(self, path: str | Path) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", encoding="utf-8") as f:
+        from kner.textio import atomic_write
+
+        with atomic_write(path, what="problems file") as f:
             f.write(Problem.HEADER + "\n")
             for p in self.problems:
                 f.write(f"{p}\n")
 
 
 def numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(1-based line number, line without its end-of-line) for a UTF-8 file, BOM and CRLF tolerated."""
-    try:
-        with path.open(encoding="utf-8-sig", newline=None) as f:
-            for lineno, line in enumerate(f, 1):
-                yield lineno, line.rstrip("\n")
-    except UnicodeDecodeError as err:
-        raise DataError(f"not UTF-8 text ({err.reason} at byte {err.start})", path) from None
-    except FileNotFoundError:
-        raise DataError("file not found", path) from None
+    """(1-based line number, line without its end-of-line), in the user's ``--encoding``; see
+    :func:`kner.textio.numbered_lines` (BOM and CRLF tolerated, decode errors name file and line)."""
+    from kner.textio import numbered_lines as lines
+
+    return lines(path)
 
 
 def build_entities(text: str, spans: list[tuple[int, int, str]]) -> tuple[list, list[tuple[str, str]]]:
