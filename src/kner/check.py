@@ -281,3 +281,20 @@ def _too_long(splits, tokenizer, scheme_name: str, max_seq_len: int, prompt_form
                     f"{len(tr.too_long)} of {len(exs)} sentence(s) longer than max_seq_len={max_seq_len} tokens "
                     f"({scheme_name} prompt + answer + EOS): {effect}", len(tr.too_long),
                     tuple(tr.too_long[:SHOW])))
+
+
+def check_prepared(folder: str | Path, logger=None) -> CheckReport:
+    """``kner run``'s check of the prepare stage's split: warnings are logged, errors stop the run
+    before training with one line naming the split and the problem (the first error; all are logged)."""
+    import logging
+
+    logger = logger or logging.getLogger("kner.pipeline")
+    report = check_folder(folder)
+    for f in report.findings:
+        (logger.error if f.severity == ERROR else logger.warning)("data check: %s", f.line())
+    if report.errors:
+        more = len(report.errors) - 1
+        raise DataError(f"data check failed, {report.errors[0].line()}"
+                        + (f" (and {more} more error{'s' * (more != 1)})" if more else "")
+                        + f"; `kner data check {folder}` lists everything", folder)
+    return report

@@ -116,6 +116,8 @@ def run(config_path: str | Path, output_dir: str | Path | None = None, data_dir:
 
     prep = r.stage("prepare", {"data": data_cfg, "seed": seed}, [],
                    lambda d, _: stage_prepare(data_cfg, d, data_dir, seed))
+    from kner.check import check_prepared
+    check_prepared(prep, log)  # also when prepare was skipped: a bad split stops every rerun before training
     if stop_after == "prepare":
         return _summary(r)
     splits = {k: prep / f"{k}.jsonl" for k in ("train", "dev", "test")}
