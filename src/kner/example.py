@@ -112,9 +112,10 @@ def validate(example: Example, path: str | Path | None = None, line: int | None 
     return warnings
 
 
-def iter_jsonl(path: str | Path, validate_examples: bool = True) -> Iterator[Example]:
-    """Canonical JSONL, read through :func:`kner.textio.numbered_lines` (the user's encoding, BOM and
-    CRLF tolerated); blank lines are skipped, anything else that is not an example is a ``DataError``."""
+def numbered_jsonl(path: str | Path, validate_examples: bool = True) -> Iterator[tuple[int, Example]]:
+    """(line number, example) for canonical JSONL, read through :func:`kner.textio.numbered_lines` (the
+    user's encoding, BOM and CRLF tolerated); blank lines are skipped, anything else that is not an
+    example is a ``DataError``."""
     from kner.textio import numbered_lines
 
     for lineno, raw in numbered_lines(path):
@@ -127,6 +128,11 @@ def iter_jsonl(path: str | Path, validate_examples: bool = True) -> Iterator[Exa
         ex = Example.from_dict(d, path, lineno)
         if validate_examples:
             validate(ex, path, lineno)
+        yield lineno, ex
+
+
+def iter_jsonl(path: str | Path, validate_examples: bool = True) -> Iterator[Example]:
+    for _, ex in numbered_jsonl(path, validate_examples):
         yield ex
 
 
@@ -137,11 +143,11 @@ def read_jsonl(path: str | Path, validate_examples: bool = True) -> list[Example
 def write_jsonl(path: str | Path, examples: Iterable[Example], what: str = "output") -> int:
     """Canonical JSONL, written atomically (:func:`kner.textio.atomic_write`): an interrupted or failed
     write leaves the old file (or none) and no temporary file."""
-    from kner.textio import atomic_write
+    from kner.textio import atomic_write, json_line
 
     n = 0
     with atomic_write(path, what=what) as f:
         for ex in examples:
-            f.write(json.dumps(ex.to_dict(), ensure_ascii=False) + "\n")
+            f.write(json_line(ex.to_dict()) + "\n")
             n += 1
     return n

@@ -202,3 +202,48 @@ def write_text(path: str | Path, text: str, what: str = "output") -> None:
     """``Path.write_text`` through :func:`atomic_write`."""
     with atomic_write(path, what=what) as f:
         f.write(text)
+
+
+def reads_text(command):
+    """Decorator for a CLI command with an ``encoding`` parameter: its body reads input files in it.
+
+    Put it below the ``@app.command()`` line; the signature is kept, so the command's options are too.
+    """
+    import functools
+
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        with input_encoding(kwargs.get("encoding")):
+            return command(*args, **kwargs)
+
+    return run
+
+
+def text_problem(text) -> Optional[str]:
+    """Why ``text`` cannot be given to a model (None: it can): not a string, or not valid Unicode.
+
+    A lone surrogate (half of a UTF-16 pair, e.g. a JSON ``"\\ud83d"`` cut from an emoji) cannot
+    be encoded as UTF-8, so no tokenizer can take it. The message names the code point, never the
+    character itself, so it can be printed and sent as JSON.
+    """
+    if not isinstance(text, str):
+        return f"not a string ({type(text).__name__})"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        return (f"not valid Unicode: character {err.start + 1} is a lone surrogate U+{ord(text[err.start]):04X} "
+                f"(half of a UTF-16 pair, e.g. an emoji cut in two)")
+    return None
+
+
+def json_line(obj) -> str:
+    """One JSON line (no newline) with characters as they are, or as ``\\uXXXX`` escapes when the
+    record holds a lone surrogate: the line is then still valid UTF-8 and reads back identical."""
+    import json
+
+    line = json.dumps(obj, ensure_ascii=False)
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        line = json.dumps(obj, ensure_ascii=True)
+    return line

@@ -10,6 +10,7 @@ import typer
 
 from kner.cli import baseline_app
 from kner.errors import ConfigError
+from kner.textio import ENCODING_HELP, check_output, reads_text
 
 spacy_app = typer.Typer(no_args_is_help=True,
                         help="spaCy tok2vec + NER: train on canonical JSONL, predict with it or any spaCy pipeline.")
@@ -17,6 +18,7 @@ baseline_app.add_typer(spacy_app, name="spacy")
 
 
 @spacy_app.command("train")
+@reads_text
 def train(
     train: Path = typer.Option(..., "--train", help="Training data, canonical JSONL."),
     dev: Path = typer.Option(..., "--dev", help="Dev data (model selection), canonical JSONL."),
@@ -29,11 +31,13 @@ def train(
     max_epochs: Optional[int] = typer.Option(None, "--max-epochs", help="Stop after this many epochs."),
     seed: int = typer.Option(0, "--seed"),
     quiet: bool = typer.Option(False, "--quiet", help="Hide spaCy's training table."),
+    encoding: Optional[str] = typer.Option(None, "--encoding", help=ENCODING_HELP),
 ) -> None:
     """Train a spaCy NER pipeline with spaCy's own training loop."""
     from kner.baselines.spacy_ner import REPORT_NAME, train_spacy
     from kner.example import read_jsonl
 
+    check_output(out, folder=True, what="--out folder")
     train_ex = read_jsonl(train)
     dev_ex = read_jsonl(dev)
     overrides = {}
@@ -53,6 +57,7 @@ def train(
 
 
 @spacy_app.command("predict")
+@reads_text
 def predict(
     model: str = typer.Option(..., "--model", help="Training output dir, pipeline dir or installed package name."),
     input: Path = typer.Option(..., "--input", help="Canonical JSONL; gold entities, if any, are ignored."),
@@ -63,6 +68,7 @@ def predict(
     fallback: Optional[str] = typer.Option(None, "--fallback",
                                            help="Target for labels the mapping lacks ('-' drops them); default: error."),
     batch_size: int = typer.Option(256, "--batch-size"),
+    encoding: Optional[str] = typer.Option(None, "--encoding", help=ENCODING_HELP),
 ) -> None:
     """Predict entities with a spaCy pipeline and write them as canonical JSONL."""
     from kner.baselines.spacy_ner import load_mapping, parse_label_map, predict_spacy_with_report
@@ -72,6 +78,7 @@ def predict(
         raise ConfigError("give either --map-file or --label-map, not both")
     if fallback is not None and not (map_file or label_map):
         raise ConfigError("--fallback only makes sense with --map-file or --label-map")
+    check_output(output)
     mapping = load_mapping(map_file) if map_file else parse_label_map(label_map) if label_map else None
     examples = read_jsonl(input, validate_examples=False)
     preds, report = predict_spacy_with_report(model, examples, mapping, fallback, batch_size=batch_size)

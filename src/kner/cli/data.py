@@ -9,7 +9,8 @@ from typing import Optional
 import typer
 
 from kner.cli import data_app
-from kner.errors import ConfigError, KnerError
+from kner.errors import ConfigError, DataError, KnerError
+from kner.textio import ENCODING_HELP, check_output, reads_text
 
 
 def _parse_options(items: Optional[list[str]]) -> dict:
@@ -28,6 +29,7 @@ def _parse_options(items: Optional[list[str]]) -> dict:
 
 
 @data_app.command("convert")
+@reads_text
 def convert(
     fmt: str = typer.Argument(..., metavar="FORMAT", help="kmou, klp2016, klue, naver, multiconer, conll or jsonl."),
     path: Path = typer.Argument(..., help="A file, or a folder (all its files of that format, sorted by name)."),
@@ -42,6 +44,7 @@ def convert(
     problems: Optional[Path] = typer.Option(None, "--problems", help="Write every problem found to this TSV."),
     option: Optional[list[str]] = typer.Option(None, "--option", "-O",
                                                help="Reader option KEY=VALUE, e.g. version=1 (multiconer), level=char (conll)."),
+    encoding: Optional[str] = typer.Option(None, "--encoding", help=ENCODING_HELP),
 ) -> None:
     """Read a dataset, report every problem and skipped sentence, write canonical JSONL."""
     from kner.example import write_jsonl
@@ -52,6 +55,9 @@ def convert(
         raise ConfigError("use either --scheme-map or --map-file, not both")
     if fallback is not None and not (scheme_map or map_file):
         raise ConfigError("--fallback only applies with --scheme-map or --map-file")
+    check_output(out)
+    if problems:
+        check_output(problems, what="problems file")
     opts = _parse_options(option)
     if trim_particles:
         if fmt != "naver":
@@ -88,6 +94,10 @@ def convert(
             typer.echo(f"  {a} -> (dropped): {c}")
         for a, c in sorted(rep.fallback.items()):
             typer.echo(f"  {a} -> {fallback} (fallback): {c}")
+    if not res.examples:
+        raise DataError(f"no sentences read from {res.files} file(s)"
+                        + (f" ({res.skipped} skipped, see above)" if res.skipped else
+                           f"; is it empty, or not in the {fmt} format?"), path)
     n = write_jsonl(out, examples)
     typer.echo(f"wrote {n} examples to {out}")
 
@@ -104,11 +114,13 @@ def _summary(values: list[int]) -> tuple[str, str, str, str]:
 
 
 @data_app.command("stats")
+@reads_text
 def stats(
     file: Path = typer.Argument(..., help="Canonical JSONL."),
     tokenizer: Optional[Path] = typer.Option(None, "--tokenizer",
                                              help="A Hugging Face tokenizer folder: also count tokens per sentence and prompt."),
     scheme: str = typer.Option("spacy19", "--scheme", help="Scheme whose labels the rendered prompt lists."),
+    encoding: Optional[str] = typer.Option(None, "--encoding", help=ENCODING_HELP),
 ) -> None:
     """Sentences, characters and entities per label; with --tokenizer, token lengths of texts and prompts."""
     from rich.console import Console
@@ -173,20 +185,99 @@ def stats(
 
 
 @data_app.command("split")
+@reads_text
 def split(
     file: Path = typer.Argument(..., help="Canonical JSONL with meta.doc (else each sentence is its own document)."),
     out: Path = typer.Option(..., "-o", "--out", help="Folder for train.jsonl, dev.jsonl, test.jsonl."),
     ratios: str = typer.Option("0.8,0.1,0.1", "--ratios", help="train,dev,test fractions of the sentences."),
     seed: int = typer.Option(13, "--seed"),
+    encoding: Optional[str] = typer.Option(None, "--encoding", help=ENCODING_HELP),
 ) -> None:
     """Split by document (no document in two splits), deterministically for a seed."""
     from kner.example import read_jsonl, write_jsonl
     from kner.splits import doc_of, parse_ratios, split_by_document
 
     r = parse_ratios(ratios)
+    check_output(out, folder=True)
     examples = read_jsonl(file)
     parts = split_by_document(examples, r, seed)
     for name, exs in parts.items():
         n = write_jsonl(Path(out) / f"{name}.jsonl", exs)
         typer.echo(f"{name}: {len({doc_of(e) for e in exs})} documents, {n} sentences, "
                    f"{sum(len(e.entities) for e in exs)} entities -> {Path(out) / (name + '.jsonl')}")
+
+
+@data_app.command("check")
+@reads_text
+def check(
+    paths: list[str] = typer.Argument(..., metavar="FOLDER | FILE... | NAME=FILE...",
+                                      help="A split folder (its train.jsonl, dev.jsonl, test.jsonl), or JSONL files, "
+                                           "each a split named by its stem or by NAME=; 'train' is the reference."),
+    tokenizer: Optional[Path] = typer.Option(None, "--tokenizer",
+                                             help="A Hugging Face tokenizer folder: also find examples over --max-seq-len."),
+    max_seq_len: int = typer.Option(1024, "--max-seq-len", help="Token limit of training (train.max_seq_len)."),
+    scheme: str = typer.Option("spacy19", "--scheme", help="Scheme whose labels the prompt lists."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the findings to this JSON file."),
+    encoding: Optional[str] = typer.Option(None, "--encoding", help=ENCODING_HELP),
+) -> None:
+    """Per split: sentences, entities per label, and problems (errors exit 1, warnings alone 0)."""
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from kner.check import ERROR, check_files, check_folder
+
+    if json_out is not None:
+        check_output(json_out, what="--json file")
+    tok = None
+    if tokenizer is not None:
+        from kner.modeling import load_tokenizer
+        tok = load_tokenizer(str(tokenizer))
+    kw = dict(scheme=scheme, max_seq_len=max_seq_len)
+    if len(paths) == 1 and "=" not in paths[0] and Path(paths[0]).is_dir():
+        report = check_folder(paths[0], tok, **kw)
+    else:
+        files: dict[str, Path] = {}
+        for item in paths:
+            name, sep, p = item.partition("=")
+            name, p = (name, p) if sep else (Path(item).stem, item)
+            if Path(p).is_dir():
+                raise ConfigError(f"{p} is a folder: give one split folder alone, or JSONL files")
+            if name in files:
+                raise ConfigError(f"two files for split {name!r}: {files[name]} and {p} (name them NAME=FILE)")
+            files[name] = Path(p)
+        report = check_files(files, tok, **kw)
+
+    console = Console()
+    per_split = {n: [f for f in report.findings if f.split == n] for n in report.splits}
+    t = Table(title="splits", title_justify="left")
+    for c in ("split", "sentences", "documents", "entities", "errors", "warnings"):
+        t.add_column(c, justify="left" if c == "split" else "right")
+    for n, s in report.splits.items():
+        fs = per_split[n]
+        t.add_row(n, str(s.sentences), str(s.documents), str(sum(s.entities.values())),
+                  str(sum(f.severity == ERROR for f in fs)), str(sum(f.severity != ERROR for f in fs)))
+    console.print(t)
+    labels = Counter()
+    for s in report.splits.values():
+        labels.update(s.entities)
+    if labels:
+        lt = Table(title="entities per label", title_justify="left")
+        lt.add_column("label")
+        for n in report.splits:
+            lt.add_column(n, justify="right")
+        for lab, _ in labels.most_common():
+            lt.add_row(lab, *(str(s.entities.get(lab, 0)) for s in report.splits.values()))
+        console.print(lt)
+    for f in report.findings:
+        tag = "[bold red]error[/]  " if f.severity == ERROR else "[yellow]warning[/]"
+        console.print(f"{tag} {f.line()}", markup=True, highlight=False, soft_wrap=True)
+    for note in report.notes:
+        console.print(f"note    {note}", highlight=False, soft_wrap=True)
+    if json_out is not None:
+        from kner.textio import write_text
+        write_text(json_out, json.dumps(report.to_dict(), ensure_ascii=False, indent=2) + "\n", what="--json file")
+    console.print(("[bold red]" if report.errors else "[bold green]") + report.verdict() + "[/]", highlight=False)
+    if report.errors:
+        raise typer.Exit(1)

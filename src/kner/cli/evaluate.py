@@ -10,6 +10,7 @@ import typer
 
 from kner.cli import app
 from kner.errors import KnerError
+from kner.textio import ENCODING_HELP, check_output, reads_text
 
 
 def _labels(values: Optional[list[str]]) -> Optional[list[str]]:
@@ -70,6 +71,7 @@ def print_result(result, title: str) -> None:
 
 
 @app.command()
+@reads_text
 def evaluate(
     gold: Path = typer.Option(..., "--gold", help="Gold examples (JSONL)."),
     pred: Path = typer.Option(..., "--pred", help="Predicted examples (JSONL), paired with gold by id."),
@@ -77,17 +79,18 @@ def evaluate(
                                        "(default: the prediction file's directory)."),
     labels: Optional[list[str]] = typer.Option(None, "--labels", help="Labels to evaluate, in display order "
                                                "(repeat or comma-separate); others are ignored and counted."),
+    encoding: Optional[str] = typer.Option(None, "--encoding", help=ENCODING_HELP),
 ) -> None:
     """Entity-level P/R/F1 per label, micro/macro averages, character metrics and error causes."""
     from kner.evaluation import evaluate as run_evaluation
     from kner.example import read_jsonl
+    from kner.textio import write_text
 
-    result = run_evaluation(read_jsonl(gold), read_jsonl(pred), _labels(labels))
     out_dir = out if out is not None else pred.parent
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "metrics.json").write_text(json.dumps(result.to_dict(), ensure_ascii=False, indent=2) + "\n",
-                                          encoding="utf-8")
-    (out_dir / "metrics.md").write_text(result.to_markdown(f"Evaluation of {pred.name}"), encoding="utf-8")
+    check_output(out_dir, folder=True, what="--out folder")
+    result = run_evaluation(read_jsonl(gold), read_jsonl(pred), _labels(labels))
+    write_text(out_dir / "metrics.json", json.dumps(result.to_dict(), ensure_ascii=False, indent=2) + "\n")
+    write_text(out_dir / "metrics.md", result.to_markdown(f"Evaluation of {pred.name}"))
     print_result(result, f"{pred} vs {gold}")
     typer.echo(f"wrote {out_dir / 'metrics.json'} and {out_dir / 'metrics.md'}")
 
@@ -108,6 +111,7 @@ def _systems(values: list[str]) -> dict[str, Path]:
 
 
 @app.command()
+@reads_text
 def compare(
     gold: Path = typer.Option(..., "--gold", help="Gold examples (JSONL)."),
     pred: list[str] = typer.Option(..., "--pred", help="NAME=PATH of one system's predictions (JSONL); repeat."),
@@ -116,6 +120,7 @@ def compare(
     seed: int = typer.Option(0, "--seed", help="Seed for drawing the disagreement sample."),
     labels: Optional[list[str]] = typer.Option(None, "--labels", help="Labels to evaluate, in display order."),
     title: str = typer.Option("NER comparison", "--title", help="Report title."),
+    encoding: Optional[str] = typer.Option(None, "--encoding", help=ENCODING_HELP),
 ) -> None:
     """Compare systems side by side: per-label scores, averages, error causes and disagreements."""
     from rich.console import Console
@@ -126,6 +131,7 @@ def compare(
     from kner.report import compare as run_compare
 
     systems = _systems(pred)
+    check_output(out, folder=True, what="--out folder")
     gold_ex = read_jsonl(gold)
     report = run_compare(gold_ex, {n: read_jsonl(p) for n, p in systems.items()}, out,
                          sample=sample, seed=seed, labels=_labels(labels), title=title)

@@ -68,12 +68,14 @@ class Prediction:
     outputs: list[str] = field(default_factory=list)    # raw tag text, one per piece
     truncated: int = 0                                  # pieces whose budget ran out mid-tag
     problems: list[str] = field(default_factory=list)   # parse problems (unconstrained decoding only)
+    error: str | None = None                            # why the text was not processed (no entities then)
 
 
 @dataclass
 class RunStats:
     texts: int = 0
     empty: int = 0
+    failed: int = 0             # texts that could not be processed (Prediction.error), e.g. a lone surrogate
     pieces: int = 0
     split_texts: int = 0
     seconds: float = 0.0
@@ -100,7 +102,8 @@ class RunStats:
         return self.new_tokens / self.seconds if self.seconds else 0.0
 
     def to_dict(self) -> dict:
-        return {"texts": self.texts, "empty": self.empty, "pieces": self.pieces, "split_texts": self.split_texts,
+        return {"texts": self.texts, "empty": self.empty, "failed": self.failed, "pieces": self.pieces,
+                "split_texts": self.split_texts,
                 "seconds": round(self.seconds, 3), "texts_per_s": round(self.texts_per_s, 3),
                 "new_tokens": self.new_tokens, "tokens_per_s": round(self.tokens_per_s, 1),
                 "prompt_tokens": self.prompt_tokens, "steps": self.steps, "batches": self.batches,
@@ -227,7 +230,8 @@ class Extractor:
         """Same ids, texts and meta; entities replaced by predictions (for the evaluation pipeline)."""
         examples = list(examples)
         preds = self.predict([ex.text for ex in examples], progress=progress)
-        return [Example(ex.id, ex.text, p.entities, dict(ex.meta)) for ex, p in zip(examples, preds)]
+        return [Example(ex.id, ex.text, p.entities, {**ex.meta, "error": p.error} if p.error else dict(ex.meta))
+                for ex, p in zip(examples, preds)]
 
     def predict(self, texts: Sequence[str], progress: Callable[[int, int], None] | None = None,
                 new_tokens: Sequence[int] | None = None) -> list[Prediction]:
@@ -235,12 +239,22 @@ class Extractor:
 
         ``new_tokens`` (benchmarks) fixes each text's new-token budget; with
         ``ignore_eos`` every row then generates exactly that many tokens.
+        A text no tokenizer can take (:func:`kner.textio.text_problem`, e.g. a lone
+        surrogate) gets no entities and its ``Prediction.error``; the others are predicted.
         """
         import torch
 
+        from kner.textio import text_problem
+
         t0 = time.perf_counter()
         stats = RunStats(texts=len(texts))
-        pieces = self._pieces(texts, stats, new_tokens)
+        failed = {i: why for i, t in enumerate(texts) if (why := text_problem(t)) is not None}
+        stats.failed = len(failed)
+        if failed:
+            i, why = next(iter(failed.items()))
+            log.warning("%d of %d text(s) cannot be processed and get no entities (text %d: %s)",
+                        len(failed), len(texts), i + 1, why)
+        pieces = self._pieces(texts, stats, new_tokens, skip=failed)
         stats.pieces = len(pieces)
         mode = self._mode()
         stats.mode = mode
@@ -262,6 +276,8 @@ class Extractor:
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         preds = self._assemble(texts, pieces, stats)
+        for i, why in failed.items():
+            preds[i].error = why
         stats.seconds = time.perf_counter() - t0
         self.last_stats = stats
         return preds
@@ -438,15 +454,16 @@ class Extractor:
             limit = min(limit, fit)
         return limit
 
-    def _pieces(self, texts: Sequence[str], stats: RunStats, new_tokens: Sequence[int] | None) -> list[_Piece]:
+    def _pieces(self, texts: Sequence[str], stats: RunStats, new_tokens: Sequence[int] | None,
+                skip=()) -> list[_Piece]:
         from kner.inference.chunking import split_document
 
         cfg = self.config
         tok = self.tokenizer
         max_text = self._max_text_tokens()
         pieces: list[_Piece] = []
-        todo = [(i, t) for i, t in enumerate(texts) if t.strip()]
-        stats.empty = len(texts) - len(todo)
+        todo = [(i, t) for i, t in enumerate(texts) if i not in skip and t.strip()]
+        stats.empty = len(texts) - len(todo) - len(skip)
         if new_tokens is not None and len(new_tokens) != len(texts):
             raise ValueError("new_tokens needs one budget per text")
         counts = tok([t for _, t in todo], add_special_tokens=False)["input_ids"] if todo else []
