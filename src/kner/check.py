@@ -17,7 +17,7 @@ skip as too long, duplicate ids outside test.
 from __future__ import annotations
 
 import unicodedata
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -206,7 +206,8 @@ def _not_nfc(name: str, exs: list[Example], add) -> None:
     if jamo:
         what.append(f"{jamo} with decomposed Hangul (jamo), which tokenizes and matches unlike the composed syllables")
     if chars:
-        what.append("characters NFC replaces: " + ", ".join(f"U+{ord(ch):04X} {ch} x{c}" for ch, c in chars.most_common(3)))
+        what.append("characters NFC replaces: "
+                    + ", ".join(f"U+{ord(ch):04X} {ch} x{c}" for ch, c in chars.most_common(3)))
     add(Finding(WARNING, "not-nfc", name, f"{len(ids)} sentence(s) not in Unicode NFC ({'; '.join(what)})",
                 len(ids), tuple(ids[:SHOW])))
 
