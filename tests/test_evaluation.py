@@ -71,13 +71,14 @@ def iob2(x: Example) -> list[str]:
 
 
 def char_bio_without_spaces(x: Example) -> list[str]:
-    """KLUE's character view: spaces dropped; a span whose first character is a space starts at the next one."""
+    """KLUE's character view: " " dropped (only U+0020, as KLUE's reader); a span whose first character is
+    a space starts at the next one."""
     tags = ["O"] * len(x.text)
     for e in x.entities:
-        inside = [i for i in range(e.start, e.end) if not x.text[i].isspace()]
+        inside = [i for i in range(e.start, e.end) if x.text[i] != " "]
         for j, i in enumerate(inside):
             tags[i] = ("I-" if j else "B-") + e.label
-    return [t for t, ch in zip(tags, x.text) if not ch.isspace()]
+    return [t for t, ch in zip(tags, x.text) if ch != " "]
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -190,10 +191,10 @@ def test_klue_char_f1_by_hand():
     pred = [ex("abcd", (0, 1, "X"))]
     # tags: gold B-X I-X O O, pred B-X O O O. F1: B-X 1, I-X 0, O 2*2/(2+3) = .8
     assert evaluate(gold, pred).klue_char_macro_f1 == pytest.approx((1 + 0 + 0.8) / 3)
-    # A listed label absent from both sides scores 1 on its B and I tags, as in KLUE's sklearn call.
+    # A listed label absent from both sides adds no tags (in KLUE's sklearn call they would score 1 each).
     r = evaluate(gold, pred, labels=["X", "Y"])
-    assert r.klue_char_macro_f1 == pytest.approx((1 + 0 + 1 + 1 + 0.8) / 5)
-    assert r.klue_char_tags["B-Y"] == 1.0
+    assert r.klue_char_macro_f1 == pytest.approx((1 + 0 + 0.8) / 3)
+    assert set(r.klue_char_tags) == {"B-X", "I-X", "O"}
 
 
 def test_overlapping_gold_characters_go_to_the_earlier_span():

@@ -7,14 +7,21 @@ Definitions (docs/evaluation.md explains them with examples):
   the micro average (pooled counts) and the macro average (unweighted mean of
   per-label scores over the labels that occur in gold or in predictions) follow
   seqeval's ``average=None/"micro"/"macro"`` exactly, 0/0 counting as 0.
-* Character level looks at non-whitespace characters only (KLUE drops spaces
-  the same way). A character covered by several (overlapping) spans takes the
-  label of the one starting first, the longer one on a tie; spans that lose
-  characters this way are counted in ``overlaps_resolved``.
+* Character level looks at every character except the space U+0020, as
+  KLUE does (its data reader drops exactly the ``" "`` characters; tabs,
+  ideographic spaces U+3000 and the like stay). A character covered by several
+  (overlapping) spans takes the label of the one starting first, the longer
+  one on a tie; spans that lose characters this way are counted in
+  ``overlaps_resolved``.
 * ``klue_char_macro_f1`` reproduces the KLUE baseline's metric: every
   character gets a BIO tag, F1 is computed per tag (``B-X``, ``I-X`` for every
   label and ``O``) and averaged unweighted; a tag absent from both gold and
-  prediction scores 1 (sklearn ``zero_division=1``).
+  prediction scores 1 (sklearn ``zero_division=1``). Only labels that occur in
+  gold or predictions contribute tags, as for the macro average, so listing a
+  label that occurs nowhere never changes a score.
+* Duplicates: an entity given twice (same span and label) counts once and is
+  counted in ``duplicates``; one span with several labels is several entities
+  (each label can be a TP or an FP on its own), counted in ``multi_label``.
 * Errors: every false positive and every false negative gets exactly one cause,
   so per label the FP causes sum to FP and the FN causes sum to FN.
 """
@@ -93,6 +100,8 @@ class EvalResult:
     # Entities outside ``labels`` (only when labels were given), per side and label.
     ignored: dict[str, dict[str, int]]
     duplicates: dict[str, int]
+    # Spans that carry more than one label, per side (each label is scored as its own entity).
+    multi_label: dict[str, int]
     overlaps_resolved: dict[str, int]
 
     # -- averages ----------------------------------------------------------
@@ -158,6 +167,7 @@ class EvalResult:
             "errors": self.error_totals,
             "ignored": {side: dict(c) for side, c in self.ignored.items()},
             "duplicates": dict(self.duplicates),
+            "multi_label": dict(self.multi_label),
             "overlaps_resolved": dict(self.overlaps_resolved),
         }
 
@@ -201,7 +211,11 @@ class EvalResult:
                 out.append(f"{sum(ign.values())} {side} entities have labels outside the evaluated set and "
                            f"were ignored ({desc}).")
             if self.duplicates.get(side):
-                out.append(f"{self.duplicates[side]} duplicate {side} entities were counted once.")
+                out.append(f"{self.duplicates[side]} duplicate {side} entities (same span and label) were "
+                           f"counted once.")
+            if self.multi_label.get(side):
+                out.append(f"{self.multi_label[side]} {side} spans have more than one label; each label is "
+                           f"scored as its own entity.")
             if self.overlaps_resolved.get(side):
                 out.append(f"{self.overlaps_resolved[side]} {side} entities overlap an earlier one and lose the "
                            f"shared characters in the character-level metrics (the earlier, longer span wins).")
@@ -229,6 +243,25 @@ def error_table_markdown(result: EvalResult) -> str:
     lines.append("| **total** | " + " | ".join([str(tot["fp"][c]) for c in FP_CAUSES]
                                                + [str(tot["fn"][c]) for c in FN_CAUSES]) + " |")
     return "\n".join(lines)
+
+
+# -- reading -----------------------------------------------------------------
+
+def read_for_scoring(path) -> list[Example]:
+    """Canonical JSONL as ``read_jsonl`` reads it, except that a duplicate entity or a span with two
+    labels is not an error: scoring has a rule for both (see the module docstring). Every entity's
+    offsets and surface text are still checked, with file and line in the error."""
+    from kner.example import iter_jsonl, validate
+    from kner.readers.base import numbered_lines
+
+    # iter_jsonl skips blank lines; pair its records with the line numbers they came from.
+    linenos = [n for n, line in numbered_lines(path) if line.strip()]
+    out = []
+    for lineno, ex in zip(linenos, iter_jsonl(path, validate_examples=False)):
+        for e in ex.entities:  # one at a time: validate() refuses repeated spans, which are legal here
+            validate(Example(ex.id, ex.text, [e]), path, lineno)
+        out.append(ex)
+    return out
 
 
 # -- pairing -----------------------------------------------------------------
@@ -285,7 +318,8 @@ def _cause(span: Span, others: set[Span], fallback: str) -> str:
     return fallback
 
 
-def _spans(ex: Example, keep: set[str] | None, side: str, ignored: Counter, dups: Counter) -> set[Span]:
+def _spans(ex: Example, keep: set[str] | None, side: str, ignored: Counter, dups: Counter,
+           multi: Counter) -> set[Span]:
     out: set[Span] = set()
     for e in ex.entities:
         if keep is not None and e.label not in keep:
@@ -296,19 +330,23 @@ def _spans(ex: Example, keep: set[str] | None, side: str, ignored: Counter, dups
             dups[side] += 1
             continue
         out.add(key)
+    per_span = Counter((s, e) for s, e, _ in out)
+    multi[side] += sum(1 for n in per_span.values() if n > 1)
     return out
 
 
 # -- character level ------------------------------------------------------------
 
 def char_tags(text: str, spans: set[Span] | list[Span]) -> tuple[list[tuple[str, str]], int]:
-    """(BIO tag, label) for every non-whitespace character, and how many spans lost characters.
+    """(BIO tag, label) for every character but " ", and how many spans lost characters.
 
     A character belongs to the first span covering it in (start, longer first)
     order, so a nested span disappears inside its outer span and a crossing
     span keeps only its characters past the earlier one. A character starts a
-    new entity (B) when the previous non-whitespace character belongs to a
-    different span or to none, so a span starting with a space still gets a B.
+    new entity (B) when the previous kept character belongs to a different
+    span or to none, so a span starting with a space still gets a B. Only
+    U+0020 is dropped: KLUE's reader skips exactly the ``" "`` characters when it
+    builds its per-character labels, so other whitespace is a character here too.
     """
     owner: list[int] = [-1] * len(text)
     order = sorted(spans, key=lambda s: (s[0], -(s[1] - s[0]), s[2]))
@@ -324,7 +362,7 @@ def char_tags(text: str, spans: set[Span] | list[Span]) -> tuple[list[tuple[str,
     out = []
     prev = -1
     for i, ch in enumerate(text):
-        if ch.isspace():
+        if ch == " ":
             continue
         k = owner[i]
         if k < 0:
@@ -361,10 +399,11 @@ def evaluate(gold: list[Example], pred: list[Example], labels: list[str] | None 
         keep = set(labels)
     ignored = {"gold": Counter(), "pred": Counter()}
     dups: Counter = Counter()
+    multi: Counter = Counter()
     span_pairs = []
     for gex, pex in pairs:
-        span_pairs.append((gex, _spans(gex, keep, "gold", ignored["gold"], dups),
-                           _spans(pex, keep, "pred", ignored["pred"], dups)))
+        span_pairs.append((gex, _spans(gex, keep, "gold", ignored["gold"], dups, multi),
+                           _spans(pex, keep, "pred", ignored["pred"], dups, multi)))
     if labels is None:
         seen = {s[2] for _, g, p in span_pairs for s in (g | p)}
         labels = sorted(seen)
@@ -396,7 +435,10 @@ def evaluate(gold: list[Example], pred: list[Example], labels: list[str] | None 
             if gt == pt:
                 tp_tags[gt] += 1
 
-    tagset = [f"{bi}-{lab}" for lab in labels for bi in ("B", "I")] + ["O"]
+    # Tags of labels that occur nowhere would each add an F1 of 1 (zero_division=1): leave them out, as
+    # the macro average does, so `--labels` with an unused label cannot raise the score.
+    present = [lab for lab in labels if per[lab].support or per[lab].predicted]
+    tagset = [f"{bi}-{lab}" for lab in present for bi in ("B", "I")] + ["O"]
     tag_f1 = klue_tag_f1(gold_tags, pred_tags, tp_tags, tagset)
     return EvalResult(
         labels=labels, per_label=per, n_sentences=len(pairs),
@@ -404,5 +446,6 @@ def evaluate(gold: list[Example], pred: list[Example], labels: list[str] | None 
         klue_char_macro_f1=sum(tag_f1.values()) / len(tag_f1), klue_char_tags=tag_f1,
         ignored={k: Counter(v) for k, v in ignored.items() if v},
         duplicates={k: v for k, v in dups.items() if v},
+        multi_label={k: v for k, v in multi.items() if v},
         overlaps_resolved={k: v for k, v in overlaps.items() if v},
     )

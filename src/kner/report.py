@@ -60,7 +60,8 @@ def compare(gold: list[Example], systems: dict[str, list[Example]], out_dir: str
     report = {
         "title": title,
         "n_sentences": len(gold),
-        "n_gold_entities": sum(1 for ex in gold for e in ex.entities if e.label in set(labels)),
+        # As scored: in the evaluated labels, a duplicate counted once (the same for every system).
+        "n_gold_entities": next(iter(results.values())).micro["support"],
         "labels": labels,
         "systems": {name: r.to_dict() for name, r in results.items()},
         "disagreements": {"total": len(dis), "shown": len(picked), "seed": seed,
@@ -82,6 +83,42 @@ def _write(path: Path, text: str) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
+
+
+def headline_table(report: dict):
+    """One row per system (micro and macro P, R, F1, KLUE character F1) from the ``report.json``
+    content, as a rich ``Table``; :func:`print_headline` prints it."""
+    from rich import box
+    from rich.markup import escape
+    from rich.table import Table
+
+    # Two-line headers and no vertical rules keep it within 80 columns; a long system name folds onto
+    # a second line rather than pushing the scores into "…".
+    t = Table(title=f"{escape(report['title'])}: {report['n_sentences']} sentences, {report['n_gold_entities']} gold "
+                    f"entities (scores in %)", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    t.add_column("\nsystem", overflow="fold")
+    for avg in ("micro", "macro"):
+        for c in ("P", "R", "F1"):
+            t.add_column(f"{avg}\n{c}", justify="right", no_wrap=True)
+    t.add_column("KLUE\nchar F1", justify="right", no_wrap=True)
+    for name, r in report["systems"].items():
+        mi, ma = r["micro"], r["macro"]
+        t.add_row(escape(name), pct(mi["precision"]), pct(mi["recall"]), pct(mi["f1"]), pct(ma["precision"]),
+                  pct(ma["recall"]), pct(ma["f1"]), pct(r["klue_char_macro_f1"]))
+    return t
+
+
+def print_headline(report: dict, console=None) -> None:
+    """The summary ``kner compare`` and ``kner run`` end with. Not on a terminal (a log file), the
+    table gets the width it needs instead of the 80 columns rich assumes; rich adds no colour codes there."""
+    from rich.console import Console
+    from rich.measure import Measurement
+
+    con = console if console is not None else Console()
+    table = headline_table(report)
+    if not con.is_terminal:
+        con.width = max(con.width, Measurement.get(con, con.options.update_width(1000), table).maximum)
+    con.print(table)
 
 
 # -- disagreements -------------------------------------------------------------------

@@ -117,6 +117,7 @@ def train_spacy(train: Sequence[Example], dev: Sequence[Example], out_dir: str |
     import spacy
     from spacy.cli.train import train as spacy_train
 
+    _log_once()
     out = Path(out_dir)
     corpus = out / "corpus"
     corpus.mkdir(parents=True, exist_ok=True)
@@ -169,6 +170,19 @@ def train_spacy(train: Sequence[Example], dev: Sequence[Example], out_dir: str |
     }
     (out / REPORT_NAME).write_text(json.dumps(report, ensure_ascii=False, indent=2), encoding="utf-8")
     return best
+
+
+def _log_once() -> None:
+    """spaCy gives its "spacy" logger a stream handler of its own, and the records also propagate to the
+    root logger: when the application has configured root logging (the kner CLI does), every spaCy line
+    (training's "Set up nlp object from config", ...) would print twice, once in each format."""
+    import logging
+
+    import spacy.util
+
+    own = getattr(spacy.util, "logger_stream_handler", None)
+    if own is not None and logging.getLogger().handlers:
+        logging.getLogger("spacy").removeHandler(own)
 
 
 def resolve_model(model: str | Path) -> str | Path:

@@ -1,11 +1,15 @@
 """The ``kner`` command line. Each sub-module registers the commands of one stage.
 
 User errors (``KnerError``) are printed as one line and exit with status 2;
-no traceback reaches the user for bad input.
+no traceback reaches the user for bad input. Colour and styles only go to a
+terminal: not when output is redirected, nor with ``NO_COLOR`` set or
+``TERM=dumb``.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 
 import typer
@@ -32,7 +36,48 @@ def _register() -> None:
                 raise
 
 
+def color_allowed(stream=None) -> bool:
+    """Whether ``stream`` (stdout by default) may get colour codes: a terminal, no ``NO_COLOR``, no ``TERM=dumb``."""
+    stream = stream if stream is not None else sys.stdout
+    if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
+        return False
+    return bool(getattr(stream, "isatty", None) and stream.isatty())
+
+
+def _no_color_for_libraries() -> None:
+    # rich decides by itself; spaCy prints through wasabi, which colours whenever the platform could and
+    # reads these switches when spaCy is imported (later, inside the command bodies). Its headings are
+    # bold unless "not pretty", and log-friendly drops the spinner frames.
+    if not color_allowed():
+        for var in ("ANSI_COLORS_DISABLED", "WASABI_NO_PRETTY", "WASABI_LOG_FRIENDLY"):
+            os.environ.setdefault(var, "1")
+
+
+LOG_HANDLER = "kner"
+
+
+def configure_logging(level: int = logging.INFO) -> logging.Handler:
+    """The one handler on the root logger, writing to stdout: rich's on a terminal, else plain
+    one-line records (no colour codes, no wrapping at 80 columns). Calling it again replaces this
+    handler instead of adding a second one, so no record prints twice."""
+    root = logging.getLogger()
+    for h in [h for h in root.handlers if h.get_name() == LOG_HANDLER]:
+        root.removeHandler(h)
+    if color_allowed():
+        from rich.logging import RichHandler
+        handler: logging.Handler = RichHandler(show_path=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%Y-%m-%d %H:%M:%S"))
+    handler.set_name(LOG_HANDLER)
+    root.addHandler(handler)
+    root.setLevel(level)
+    return handler
+
+
 def main() -> None:
+    _no_color_for_libraries()
     _register()
     try:
         app()

@@ -22,7 +22,6 @@ def run_cmd(
 
     Rerunning skips finished stages and resumes an interrupted training run.
     """
-    import logging
     import os
 
     from kner.errors import KnerError
@@ -32,20 +31,29 @@ def run_cmd(
         raise KnerError("kner run is one process; for several GPUs run `torchrun ... kner train` and "
                         "`kner predict --gpus N` (docs/training.md, docs/inference.md)")
 
-    from rich.console import Console
-    from rich.logging import RichHandler
-
+    from kner.cli import configure_logging
     from kner.pipeline import run
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[RichHandler(show_path=False)])
+    configure_logging()
     summary = run(config, output_dir, data_dir, tuple(force), stop_after)
-    con = Console()
+    print_summary(summary)
+
+
+def print_summary(summary: dict, console=None) -> None:
+    """What the user reads at the end of a run: the stages, the headline scores per system (from
+    report.json) and where the report files are."""
+    import json
+
+    from rich.console import Console
+
+    from kner.report import print_headline
+
+    con = console if console is not None else Console()
     for ev in summary["stages"]:
-        con.print(f"  {ev['stage']:<9} {ev['status']:<8} {ev.get('seconds', '')}")
-    if "report" in summary:
-        rep = Path(summary["report"])
-        con.print(f"report: {rep / 'report.md'}  {rep / 'report.html'}")
-        md = rep / "report.md"
-        if md.is_file():
-            from rich.markdown import Markdown
-            con.print(Markdown(md.read_text(encoding="utf-8").split("\n## ", 2)[0][:4000]))
+        con.print(f"  {ev['stage']:<9} {ev['status']:<8} {ev.get('seconds', '')}", markup=False, highlight=False)
+    if "report" not in summary:
+        con.print(f"stopped before the report; outputs in {summary['output_dir']}", markup=False, highlight=False)
+        return
+    rep = Path(summary["report"])
+    print_headline(json.loads((rep / "report.json").read_text(encoding="utf-8")), con)
+    con.print(f"report: {rep / 'report.md'}  {rep / 'report.html'}", markup=False, highlight=False)
