@@ -41,6 +41,8 @@ def convert(
                                            help="Target for labels with no mapping row ('-' drops them); default: error."),
     trim_particles: bool = typer.Option(False, "--trim-particles",
                                         help="NAVER: strip trailing particles (조사) from entity ends."),
+    trim_punct: bool = typer.Option(False, "--trim-punct",
+                                    help="NAVER: strip punctuation at entity edges (quotes, commas, unpaired brackets)."),
     problems: Optional[Path] = typer.Option(None, "--problems", help="Write every problem found to this TSV."),
     option: Optional[list[str]] = typer.Option(None, "--option", "-O",
                                                help="Reader option KEY=VALUE, e.g. version=1 (multiconer), level=char (conll)."),
@@ -63,6 +65,10 @@ def convert(
         if fmt != "naver":
             raise ConfigError("--trim-particles applies to the naver format only")
         opts["trim_particles"] = True
+    if trim_punct:
+        if fmt != "naver":
+            raise ConfigError("--trim-punct applies to the naver format only")
+        opts["trim_punct"] = True
     res = read_dataset(fmt, path, **opts)
     examples = res.examples
     n_ents = sum(len(e.entities) for e in examples)

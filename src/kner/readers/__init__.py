@@ -39,10 +39,10 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
            "KMOU 2016klp: '; raw', '$<markup:TAG>', eojeol/morpheme B_TAG/I/O lines"),
     Format("klue", klue.read, "*.tsv", "klue", ("check_bio",),
            "KLUE-NER TSV: '## id<TAB><markup:TAG>', then char<TAB>BIO lines"),
-    Format("naver", naver.read, "*", "naver", ("trim_particles",),
-           "NAVER NER 2018: index<TAB>word<TAB>TAG_B/TAG_I/-"),
+    Format("naver", naver.read, "*", "naver", ("trim_particles", "trim_punct"),
+           "NAVER NER 2018: index<TAB>word<TAB>TAG lines, or 'words<TAB>tags' per line (KoBERT-NER)"),
     Format("multiconer", multiconer.read, "*.conll", "multiconer_v2", ("version",),
-           "MultiCoNER v1/v2 Korean CoNLL: '# id <uuid>', 'token _ _ TAG'"),
+           "MultiCoNER v1/v2 CoNLL: '# id <uuid>', 'token _ _ TAG' (blind test files: 'token _ _')"),
     Format("conll", conll.read, "*", None, ("level", "space_token"),
            "generic CoNLL BIO/BIOES, token first and tag last"),
     Format("jsonl", jsonl.read, "*.jsonl", None, (),
@@ -64,16 +64,43 @@ def native_scheme(fmt: str, **opts) -> str | None:
     return f.scheme
 
 
-def files_of(fmt: str, path: str | Path) -> list[Path]:
+# Files a folder read passes over: documentation, code, archives and tool output that sit beside
+# corpora (KoBERT-NER keeps label.txt and cached_* feature files in its data folder).
+_NOT_DATA_NAMES = ("readme*", "license*", "licence*", "copying*", "notice*", "changelog*", "changes*", "authors*",
+                   "citation*", "makefile", "requirements*.txt", "label.txt", "labels.txt", "cached_*", "thumbs.db",
+                   "desktop.ini")
+_NOT_DATA_SUFFIXES = {".md", ".markdown", ".rst", ".html", ".htm", ".pdf", ".doc", ".docx", ".py", ".pyc", ".ipynb",
+                      ".sh", ".bat", ".yml", ".yaml", ".toml", ".cfg", ".ini", ".json", ".zip", ".gz", ".tgz",
+                      ".bz2", ".xz", ".7z", ".tar", ".rar", ".pkl", ".pt", ".bin", ".png", ".jpg", ".gif"}
+
+
+def _not_data(p: Path) -> bool:
+    import fnmatch
+
+    name = p.name.lower()
+    return (name.startswith(".") or p.suffix.lower() in _NOT_DATA_SUFFIXES
+            or any(fnmatch.fnmatch(name, pat) for pat in _NOT_DATA_NAMES))
+
+
+def files_of(fmt: str, path: str | Path, skipped: list[Path] | None = None) -> list[Path]:
+    """The files to read: ``path`` itself, or the files of folder ``path`` matching the format's pattern,
+    minus those plainly not data (README, LICENSE, ``*.md``, ``*.py``, hidden files, ...), which are
+    appended to ``skipped``. A file named directly is always read."""
     f = _format(fmt)
     path = Path(path)
     if path.is_file():
         return [path]
     if not path.exists():
         raise DataError("no such file or folder", path)
-    files = sorted(p for p in path.glob(f.pattern) if p.is_file() and not p.name.startswith("."))
+    files, passed = [], []
+    for p in sorted(path.glob(f.pattern)):
+        if p.is_file():
+            (passed if _not_data(p) else files).append(p)
+    if skipped is not None:
+        skipped.extend(passed)
     if not files:
-        raise DataError(f"no {fmt} files (matching {f.pattern!r}) in this folder", path)
+        also = f" (passed over as not data: {', '.join(p.name for p in passed)})" if passed else ""
+        raise DataError(f"no {fmt} files (matching {f.pattern!r}) in this folder{also}", path)
     return files
 
 
@@ -84,7 +111,12 @@ def read_dataset(fmt: str, path: str | Path, **opts) -> ReadResult:
         raise ConfigError(f"format {fmt!r} has no option {', '.join(bad)}; its options: {', '.join(f.options) or 'none'}")
     result = ReadResult(scheme=f.scheme)
     schemes = set()
-    for p in files_of(fmt, path):
+    passed: list[Path] = []
+    files = files_of(fmt, path, passed)
+    if passed:
+        names = ", ".join(p.name for p in passed[:5]) + (", ..." if len(passed) > 5 else "")
+        result.notes[f"files passed over as not data ({names}; name a file to read it anyway)"] += len(passed)
+    for p in files:
         r = f.read(p, **opts)
         schemes.add(r.scheme)
         result.extend(r)

@@ -1,10 +1,26 @@
-"""MultiCoNER Korean (SemEval 2022 v1, 2023 v2) CoNLL files.
+"""MultiCoNER CoNLL files: SemEval 2022 Task 11 (v1) and SemEval 2023 Task 2 (MultiCoNER II, v2).
 
-Per sentence: ``# id <uuid><TAB>domain=ko``, then ``token _ _ TAG`` lines (BIO),
-then a blank line. v1 has 6 coarse labels, v2 33 fine-grained ones; the label
-sets are disjoint, so ``version=None`` detects the version from the tags
-(a file with no entities at all reads as v2). The text is the tokens joined by
-single spaces; MultiCoNER sentences are independent, so each is its own document.
+v1 has 11 languages, Korean (``KO-Korean/ko_{train,dev,test}.conll``) among
+them; MultiCoNER II has 12 and no Korean, so for Korean it is v1 (the v2 reader
+serves the other languages' files).
+
+Per sentence: a header ``# id <uuid><TAB>domain=<value>`` (the value is the
+language in v1 files, ``ko``; ``train``/``dev``/... in others; test files may
+have no ``domain=`` at all), then one ``token _ _ TAG`` line per token (BIO),
+then one or more blank lines. Tokens may be punctuation, ``#`` or ``_``
+themselves; a token line is told from a header by the ``# id`` start. Blind
+test files have three columns, ``token _ _``, and no tags: every file is one
+or the other, and a blind file reads as texts without entities.
+
+v1 has 6 coarse labels, v2 33 fine-grained ones; the label sets are disjoint,
+so ``version=None`` detects the version from the tags (a file with no entities
+at all reads as v2). The text is the tokens joined by single spaces;
+MultiCoNER sentences are independent, so each is its own document.
+
+The ``domain=`` value is kept in ``meta["domain"]``. Ids are meant to be unique
+but released files repeat some (MultiCoNER II files hundreds): a repeated id is
+a ``duplicate-id`` problem and gets a suffix (``<uuid>-2``, ``-3``, ...), so ids
+stay unique and the output pairs gold with predictions.
 """
 
 from __future__ import annotations
@@ -15,7 +31,7 @@ from pathlib import Path
 from kner.errors import ConfigError, DataError
 from kner.example import Example
 from kner.readers.base import Problem, ReadResult, build_entities, numbered_lines
-from kner.readers.bio import decode, split_tag
+from kner.readers.bio import OUTSIDE, decode, split_tag
 
 V1 = ("PER", "LOC", "GRP", "CORP", "PROD", "CW")
 V2 = ("Facility", "OtherLOC", "HumanSettlement", "Station",
@@ -25,12 +41,14 @@ V2 = ("Facility", "OtherLOC", "HumanSettlement", "Station",
       "Clothing", "Vehicle", "Food", "Drink", "OtherPROD",
       "Medication/Vaccine", "MedicalProcedure", "AnatomicalStructure", "Symptom", "Disease")
 _ID = re.compile(r"^#\s+id\s+(\S+)(.*)$")
+_COLS = re.compile(r"[ \t]+")   # not str.split(): a token may hold a no-break or ideographic space
 
 
 def read(path: Path, version: int | str | None = None) -> ReadResult:
     version = _version(version)
     raw: list[tuple[int, str | None, str, list]] = []   # (line, id, domain, [(line, token, tag)])
     cur = None
+    width = None   # 4 (token _ _ TAG) or 3 (blind test file: token _ _), from the first token line
     for lineno, line in numbered_lines(path):
         if not line.strip():
             cur = None
@@ -41,26 +59,42 @@ def read(path: Path, version: int | str | None = None) -> ReadResult:
             cur = (lineno, m.group(1), dom.group(1) if dom else "", [])
             raw.append(cur)
             continue
-        cols = line.split()
-        if len(cols) != 4:
-            raise DataError(f"expected 'token _ _ TAG' (4 columns), got {len(cols)}", path, lineno)
+        cols = _COLS.split(line.strip(" \t"))
+        if width is None and len(cols) in (3, 4):
+            width = len(cols)
+        if len(cols) != width:
+            want = "'token _ _' (3 columns, a blind test file)" if width == 3 else "'token _ _ TAG' (4 columns)"
+            raise DataError(f"expected {want}, got {len(cols)} columns", path, lineno)
         if cur is None:   # a sentence without an id line
             cur = (lineno, None, "", [])
             raw.append(cur)
-        tag = split_tag(cols[3])
-        if tag is None:
-            raise DataError(f"not a BIO tag: {cols[3]!r}", path, lineno)
+        if width == 3:
+            tag = OUTSIDE
+        else:
+            tag = split_tag(cols[3])
+            if tag is None:
+                raise DataError(f"not a BIO tag: {cols[3]!r}", path, lineno)
         cur[3].append((lineno, cols[0], tag))
     labels = {t.label for s in raw for _, _, t in s[3] if t.label}
     if version is None:
         version = 1 if labels and labels <= set(V1) else 2
     allowed = set(V1 if version == 1 else V2)
     res = ReadResult(scheme=f"multiconer_v{version}", files=1)
+    seen: dict[str, int] = {}   # id -> line of its first use
     for k, (lineno, sid, domain, toks) in enumerate(raw, 1):
         for tl, _, t in toks:
             if t.label and t.label not in allowed:
                 raise DataError(f"label {t.label!r} is not a MultiCoNER v{version} label", path, tl)
         sid = sid or f"{path.name}:{k}"
+        if sid in seen:
+            n, new = 2, f"{sid}-2"
+            while new in seen:
+                n += 1
+                new = f"{sid}-{n}"
+            res.problems.append(Problem(str(path), lineno, new, f"id {sid} already used at line {seen[sid]}; "
+                                        f"this sentence is {new}", "duplicate-id"))
+            sid = new
+        seen[sid] = lineno
         if not toks:
             res.problems.append(Problem(str(path), lineno, sid, "sentence without tokens; not converted", "empty-sentence"))
             res.skipped += 1
@@ -82,6 +116,8 @@ def read(path: Path, version: int | str | None = None) -> ReadResult:
         if domain:
             meta["domain"] = domain
         res.examples.append(Example(sid, text, ents, meta))
+    if width == 3:
+        res.notes["sentences from a blind test file (no tags; read as texts without entities)"] += len(res.examples)
     return res
 
 
