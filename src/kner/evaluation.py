@@ -169,6 +169,7 @@ class EvalResult:
             "duplicates": dict(self.duplicates),
             "multi_label": dict(self.multi_label),
             "overlaps_resolved": dict(self.overlaps_resolved),
+            "notes": self.notes(),
         }
 
     def to_markdown(self, title: str = "Evaluation") -> str:

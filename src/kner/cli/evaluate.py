@@ -23,6 +23,7 @@ def _labels(values: Optional[list[str]]) -> Optional[list[str]]:
 
 def print_result(result, title: str) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from kner.evaluation import FN_CAUSES, FP_CAUSES, pct
@@ -67,7 +68,7 @@ def print_result(result, title: str) -> None:
               style="bold")
     console.print(e)
     for note in result.notes():
-        console.print(f"[yellow]note:[/yellow] {note}")
+        console.print(f"[yellow]note:[/yellow] {escape(note)}")
 
 
 @app.command()
@@ -83,12 +84,12 @@ def evaluate(
 ) -> None:
     """Entity-level P/R/F1 per label, micro/macro averages, character metrics and error causes."""
     from kner.evaluation import evaluate as run_evaluation
-    from kner.example import read_jsonl
+    from kner.evaluation import read_for_scoring
     from kner.textio import write_text
 
     out_dir = out if out is not None else pred.parent
     check_output(out_dir, folder=True, what="--out folder")
-    result = run_evaluation(read_jsonl(gold), read_jsonl(pred), _labels(labels))
+    result = run_evaluation(read_for_scoring(gold), read_for_scoring(pred), _labels(labels))
     write_text(out_dir / "metrics.json", json.dumps(result.to_dict(), ensure_ascii=False, indent=2) + "\n")
     write_text(out_dir / "metrics.md", result.to_markdown(f"Evaluation of {pred.name}"))
     print_result(result, f"{pred} vs {gold}")
@@ -124,28 +125,22 @@ def compare(
 ) -> None:
     """Compare systems side by side: per-label scores, averages, error causes and disagreements."""
     from rich.console import Console
-    from rich.table import Table
+    from rich.markup import escape
 
-    from kner.evaluation import pct
-    from kner.example import read_jsonl
+    from kner.evaluation import read_for_scoring
     from kner.report import compare as run_compare
+    from kner.report import print_headline
 
     systems = _systems(pred)
     check_output(out, folder=True, what="--out folder")
-    gold_ex = read_jsonl(gold)
-    report = run_compare(gold_ex, {n: read_jsonl(p) for n, p in systems.items()}, out,
+    gold_ex = read_for_scoring(gold)
+    report = run_compare(gold_ex, {n: read_for_scoring(p) for n, p in systems.items()}, out,
                          sample=sample, seed=seed, labels=_labels(labels), title=title)
-    t = Table(title=f"{report['n_sentences']} sentences, {report['n_gold_entities']} gold entities",
-              title_justify="left")
-    t.add_column("system")
-    for c in ("micro P", "micro R", "micro F1", "macro F1", "char acc", "exact", "KLUE char F1"):
-        t.add_column(c, justify="right")
-    for name, r in report["systems"].items():
-        t.add_row(name, pct(r["micro"]["precision"]), pct(r["micro"]["recall"]), pct(r["micro"]["f1"]),
-                  pct(r["macro"]["f1"]), pct(r["char_accuracy"]), pct(r["exact_match"]),
-                  pct(r["klue_char_macro_f1"]))
     console = Console()
-    console.print(t)
+    print_headline(report, console)
+    for name, r in report["systems"].items():
+        for note in r["notes"]:
+            console.print(f"[yellow]note:[/yellow] {escape(name)}: {escape(note)}")
     d = report["disagreements"]
     console.print(f"{d['total']} disagreement sentences, {d['shown']} in the report")
     for f in report["files"].values():
