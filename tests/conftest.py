@@ -14,10 +14,27 @@ except ImportError:  # pragma: no cover
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("KNER_DATA_DIR") or REPO.parent / "shared" / "datasets")
+# Laid out like the shared folder: kmou/corpus/ holds the first 15 files of the KMOU corpus.
+FIXTURE_DATA = REPO / "tests" / "fixtures"
 
 
 @pytest.fixture(scope="session")
 def shared_datasets() -> Path:
+    """The full corpora: only for the few tests that check numbers of the real data."""
     if not (SHARED / "kmou" / "corpus").is_dir():
         pytest.skip(f"shared datasets not found at {SHARED}")
     return SHARED
+
+
+@pytest.fixture(scope="session")
+def datasets_dir() -> Path:
+    """A data folder every clone has (``kmou/corpus``), for tests that need some real-format corpus."""
+    return FIXTURE_DATA
+
+
+@pytest.fixture(scope="session")
+def llama_dir() -> Path:
+    """A LLaMA-2-style tokenizer folder built from the fixture corpus (see tiny_llama.py)."""
+    from tiny_llama import tiny_llama_dir
+
+    return tiny_llama_dir()

@@ -57,10 +57,14 @@ def test_labels_are_exactly_the_answer_tokens_and_eos(encoder):
 
 
 def test_prefix_is_the_llama_instruction(encoder):
-    # 281 instruction tokens + BOS for the study's spacy19 prompt; kmou lists fewer labels.
-    spacy = PromptEncoder(llama_tokenizer(), PromptFormat(), load_scheme("spacy19"))
-    assert len(spacy.prefix_ids) == 282 and spacy.prefix_ids[0] == 1
-    assert len(encoder.prefix_ids) < 282
+    # BOS + the instruction's own tokens (281 with the real LLaMA-2 tokenizer: see
+    # test_inference_constrained.test_real_sentencepiece_tokenizers); kmou lists fewer labels.
+    tok = llama_tokenizer()
+    spacy = PromptEncoder(tok, PromptFormat(), load_scheme("spacy19"))
+    prefix, _ = PromptFormat().parts(load_scheme("spacy19"))
+    assert spacy.prefix_ids == tok(prefix)["input_ids"] and spacy.prefix_ids[0] == 1 == tok.bos_token_id
+    assert PromptFormat().prompt("이순신", load_scheme("spacy19")).startswith(prefix)
+    assert 100 < len(encoder.prefix_ids) < len(spacy.prefix_ids)
 
 
 class _Slow:

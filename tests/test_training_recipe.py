@@ -1,6 +1,6 @@
 """The training loop on CPU: OOM split-retry, exact resume, the output folder, the CLI.
 
-A tiny random LLaMA (hidden 64, 2 layers, the real LLaMA-2 tokenizer) goes through
+A tiny random LLaMA (hidden 64, 2 layers, the LLaMA-2-style tokenizer of tiny_llama.py) goes through
 the real bitsandbytes NF4 path; KMOU sentences with the kmou scheme.
 """
 

@@ -1,4 +1,4 @@
-"""Shared helpers for the training tests: KMOU examples, the LLaMA-2 tokenizer, tiny models.
+"""Shared helpers for the training tests: KMOU examples, a LLaMA-2-style tokenizer, tiny models.
 
 KMOU sentences come from ``kner.readers``; the minimal markup parser below was the
 stand-in before it existed and is still checked against it.
@@ -6,18 +6,17 @@ stand-in before it existed and is still checked against it.
 
 from __future__ import annotations
 
-import os
 import re
 from functools import lru_cache
 from pathlib import Path
 
-import pytest
-
 from kner.example import Entity, Example, validate
 
-DATA = Path(os.environ.get("KNER_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "datasets")
-KMOU = DATA / "kmou" / "corpus"
-LLAMA_TOK = DATA.parent / "tokenizers" / "llama-2"
+from tiny_llama import KMOU_FIXTURE as KMOU
+from tiny_llama import tiny_llama, tiny_llama_dir
+
+# The tokenizer folder, with Llama-2-7b's config.json beside it (what test_training_memory reads).
+LLAMA_TOK = tiny_llama_dir()
 
 _TAG = re.compile(r"<([^<>]+?):([A-Z]{2,3})>")
 
@@ -50,9 +49,7 @@ def read_kmou_file(path: Path) -> list[Example]:
 
 @lru_cache(maxsize=None)
 def kmou_examples(n_files: int = 4) -> tuple[Example, ...]:
-    """Sentences of the first ``n_files`` KMOU corpus files (about 14 a file), KMOU labels."""
-    if not KMOU.is_dir():
-        pytest.skip(f"KMOU corpus not found at {KMOU}")
+    """Sentences of the first ``n_files`` KMOU corpus files (about 14 a file; the fixture has 15), KMOU labels."""
     files = sorted(KMOU.glob("*.txt"))[:n_files]
     try:
         from kner.readers import read_dataset
@@ -61,12 +58,9 @@ def kmou_examples(n_files: int = 4) -> tuple[Example, ...]:
     return tuple(ex for f in files for ex in read_dataset("kmou", f).examples)
 
 
-@lru_cache(maxsize=None)
 def llama_tokenizer():
-    if not LLAMA_TOK.is_dir():
-        pytest.skip(f"LLaMA-2 tokenizer not found at {LLAMA_TOK}")
-    from kner.modeling import load_tokenizer
-    return load_tokenizer(str(LLAMA_TOK))
+    """The tiny LLaMA-2-style tokenizer (tiny_llama.py): same pieces, bytes and special ids as LLaMA-2."""
+    return tiny_llama()
 
 
 def test_markup_parser_offsets():
@@ -85,7 +79,7 @@ def test_kmou_examples_load():
 
 
 def tiny_model_dir(tmp_path: Path, arch: str = "llama", seed: int = 0, **kw) -> Path:
-    """A tiny random model of ``arch`` with the LLaMA-2 tokenizer, saved like a hub model."""
+    """A tiny random model of ``arch`` with the LLaMA-2-style tokenizer, saved like a hub model."""
     from kner.modeling import build_model_from_config, save_pretrained_dir, tiny_config
 
     tok = llama_tokenizer()
