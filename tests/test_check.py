@@ -200,6 +200,8 @@ def test_named_files_and_json_output(tmp_path):
     assert isinstance(r.exception, ConfigError) and "two files for split 'train'" in str(r.exception)
     r = runner.invoke(app, ["data", "check", str(folder), str(folder / "dev.jsonl")])
     assert isinstance(r.exception, ConfigError) and "give one split folder alone" in str(r.exception)
+    r = runner.invoke(app, ["data", "check", str(tmp_path / "nope.jsonl")])
+    assert isinstance(r.exception, DataError) and str(r.exception) == f"{tmp_path / 'nope.jsonl'}: file not found"
     rep = check_files({"a": folder / "dev.jsonl", "b": folder / "test.jsonl"})
     assert rep.notes == ["no split named train: labels unseen in training were not checked"]
 

@@ -250,6 +250,8 @@ def check(
             name, p = (name, p) if sep else (Path(item).stem, item)
             if Path(p).is_dir():
                 raise ConfigError(f"{p} is a folder: give one split folder alone, or JSONL files")
+            if not Path(p).exists():   # a named file; a folder's missing split file is a finding instead
+                raise DataError("file not found", p)
             if name in files:
                 raise ConfigError(f"two files for split {name!r}: {files[name]} and {p} (name them NAME=FILE)")
             files[name] = Path(p)
