@@ -8,6 +8,7 @@ must sit exactly at its offsets.
 from __future__ import annotations
 
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -23,16 +24,10 @@ from kner.schemes import load_scheme
 TOKENIZERS = Path(__file__).resolve().parents[2] / "shared" / "tokenizers"
 
 
-def _tok(name):
-    p = TOKENIZERS / name
-    if not p.is_dir():
-        pytest.skip(f"tokenizer {p} not available")
-    return load_tokenizer(str(p))
-
-
 @pytest.fixture(scope="module")
-def llama():
-    tok = _tok("llama-2")
+def llama(llama_dir):
+    """The LLaMA-2-style tokenizer of tiny_llama.py: ``▁`` pieces and <0xNN> byte fallback."""
+    tok = load_tokenizer(str(llama_dir))
     return tok, TokenTable.from_tokenizer(tok)
 
 
@@ -84,22 +79,50 @@ def boosted(table, predicate, amount):
 # -- token byte tables ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["llama-2", "mistral-7b-v0.3"])
-def test_token_bytes_spell_what_the_tokenizer_decodes(name):
-    tok = _tok(name)
+_BYTE = re.compile(r"<0x[0-9A-F]{2}>")
+
+
+def check_token_bytes(tok):
     table = TokenTable.from_tokenizer(tok)
     assert table.kind == "sentencepiece"
     assert table.token_bytes[tok.eos_token_id] is None and tok.eos_token_id in table.eos_ids
     rng = random.Random(0)
-    usable = [i for i, b in enumerate(table.token_bytes) if b is not None]
+    pieces = [i for i, b in enumerate(table.token_bytes)
+              if b is not None and not _BYTE.fullmatch(tok.convert_ids_to_tokens(i))]
     space = tok.convert_tokens_to_ids("▁")
     for _ in range(300):
-        ids = [space] + [rng.choice(usable) for _ in range(6)]
+        ids = [space] + [rng.choice(pieces) for _ in range(6)]
+        # Byte tokens as a whole character (a random syllable): HF decodes an invalid byte run
+        # as one replacement character per byte, ASCII bytes included, which no output has.
+        syllable = chr(rng.randrange(0xAC00, 0xD7A4)).encode("utf-8")
+        ids[rng.randrange(1, 7):1] = [tok.convert_tokens_to_ids(f"<0x{b:02X}>") for b in syllable]
         # The decoder strips the first leading space; the anchor token absorbs that.
         assert table.decode(ids)[1:] == tok.decode(ids, skip_special_tokens=False), ids
     # Korean through byte fallback: 겐 is <0xEA><0xB2><0x90> in LLaMA-2.
     ids = tok("겐", add_special_tokens=False)["input_ids"]
     assert b"".join(table.token_bytes[i] for i in ids).decode("utf-8").strip() == "겐"
+    return ids
+
+
+def test_token_bytes_spell_what_the_tokenizer_decodes(llama):
+    ids = check_token_bytes(llama[0])
+    assert llama[0].convert_ids_to_tokens(ids)[-3:] == ["<0xEA>", "<0xB2>", "<0x90>"]
+
+
+def test_real_sentencepiece_tokenizers():
+    """The one test of the real tokenizer files (../shared/tokenizers): LLaMA-2 and Mistral."""
+    from kner.modeling import PromptEncoder
+    from kner.prompt import PromptFormat
+
+    found = [n for n in ("llama-2", "mistral-7b-v0.3") if (TOKENIZERS / n).is_dir()]
+    if not found:
+        pytest.skip(f"no real tokenizers at {TOKENIZERS}")
+    for name in found:
+        check_token_bytes(load_tokenizer(str(TOKENIZERS / name)))
+    if "llama-2" in found:
+        # 281 instruction tokens + BOS for the study's spacy19 prompt (the cost quoted in the docs).
+        enc = PromptEncoder(load_tokenizer(str(TOKENIZERS / "llama-2")), PromptFormat(), load_scheme("spacy19"))
+        assert len(enc.prefix_ids) == 282 and enc.prefix_ids[0] == 1
 
 
 def test_byte_level_bpe_table():
@@ -196,7 +219,7 @@ def test_allowed_set_equals_single_token_checks(llama, scheme):
     text = "서울 <종로구>에서 1,234원: 이순신 \\ 끝"
     rng = random.Random(3)
     usable = [i for i, b in enumerate(table.token_bytes) if b is not None]
-    sample = rng.sample(usable, 3000)
+    sample = rng.sample(usable, min(3000, len(usable)))
     for prefix in ["", "<", "<WORK_", "<PER:", "<PER:서", "<PER:\\", "<PER:1,2", "<PER:이순신>", "<PER:이순신> "]:
         row = TagConstraint(g, text)
         for b in prefix.encode("utf-8"):
@@ -221,10 +244,10 @@ def test_escaping_and_special_characters(llama, scheme):
     assert any("\\" in row.output()[0] for row in ch.rows)
 
 
-def test_random_logits_on_kmou_sentences(llama, scheme, shared_datasets):
+def test_random_logits_on_kmou_sentences(llama, scheme, datasets_dir):
     from kner.readers import read_dataset
 
-    files = sorted((shared_datasets / "kmou" / "corpus").glob("*.txt"))[:20]
+    files = sorted((datasets_dir / "kmou" / "corpus").glob("*.txt"))[:20]
     texts = []
     for f in files:
         texts += [e.text for e in read_dataset("kmou", f).examples]
