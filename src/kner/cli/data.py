@@ -31,7 +31,9 @@ def _parse_options(items: Optional[list[str]]) -> dict:
 @data_app.command("convert")
 @reads_text
 def convert(
-    fmt: str = typer.Argument(..., metavar="FORMAT", help="kmou, klp2016, klue, naver, multiconer, conll or jsonl."),
+    fmt: str = typer.Argument(..., metavar="FORMAT",
+                              help="kmou, klp2016, klue, naver, multiconer, conll, jsonl; annotation tools: "
+                                   "doccano, labelstudio, prodigy, spacy (DocBin), hf (datasets folder or Hub id)."),
     path: Path = typer.Argument(..., help="A file, or a folder (all its files of that format, sorted by name)."),
     out: Path = typer.Option(..., "-o", "--out", help="Output: canonical JSONL."),
     scheme_map: Optional[str] = typer.Option(None, "--scheme-map",
@@ -289,3 +291,27 @@ def check(
     console.print(("[bold red]" if report.errors else "[bold green]") + report.verdict() + "[/]", highlight=False)
     if report.errors:
         raise typer.Exit(1)
+
+
+@data_app.command("export")
+@reads_text
+def export(
+    fmt: str = typer.Argument(..., metavar="FORMAT", help="doccano, labelstudio, prodigy, spacy (DocBin) or conll."),
+    file: Path = typer.Argument(..., help="Canonical JSONL (e.g. predictions after correction, or convert output)."),
+    out: Path = typer.Option(..., "-o", "--out", help="Output file in FORMAT."),
+    option: Optional[list[str]] = typer.Option(
+        None, "--option", "-O",
+        help="Writer option KEY=VALUE: form=entities, offsets=chars (doccano); predictions=true (labelstudio); "
+             "level=word, space_token=_ (conll)."),
+    encoding: Optional[str] = typer.Option(None, "--encoding", help=ENCODING_HELP),
+) -> None:
+    """Write canonical JSONL in an annotation tool's import format; say what the format could not hold."""
+    from kner.example import read_jsonl
+    from kner.readers.writers import write
+
+    check_output(out)
+    examples = read_jsonl(file)
+    notes = write(fmt, examples, out, **_parse_options(option))
+    typer.echo(f"wrote {len(examples)} examples, {sum(len(e.entities) for e in examples)} entities to {out} ({fmt})")
+    for note, c in sorted(notes.items()):
+        typer.echo(f"  {note}: {c}")

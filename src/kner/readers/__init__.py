@@ -6,7 +6,10 @@ that matches the format's pattern (not recursive, sorted by name), and returns a
 number of sentences it could not convert. Every example has ``meta["doc"]``
 (its document, for splitting) and ``meta["source"]`` (``file:line``).
 
-Formats (``FORMATS``): kmou, klp2016, klue, naver, multiconer, conll, jsonl.
+Formats (``FORMATS``): kmou, klp2016, klue, naver, multiconer, conll, jsonl;
+annotation tools: doccano, labelstudio, prodigy, spacy (DocBin), hf (Hugging Face
+``datasets``; its path is a ``save_to_disk`` folder or a Hub id, read whole).
+Writers back into those tools: ``kner.readers.writers``.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Callable
 
 from kner.errors import ConfigError, DataError
 from kner.readers import conll, jsonl, klp2016, klue, kmou, multiconer, naver
+from kner.readers import doccano, hf, labelstudio, prodigy, spacy_docbin
 from kner.readers.base import Problem, ReadResult
 
 __all__ = ["FORMATS", "Format", "Problem", "ReadResult", "native_scheme", "read_dataset"]
@@ -47,6 +51,16 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
            "generic CoNLL BIO/BIOES, token first and tag last"),
     Format("jsonl", jsonl.read, "*.jsonl", None, (),
            "kner canonical JSONL"),
+    Format("doccano", doccano.read, "*.jsonl", None, ("offsets",),
+           "doccano JSONL export: text + label [[start, end, LABEL]] or entities [{start_offset, ...}]"),
+    Format("labelstudio", labelstudio.read, "*.json", None, ("text_key", "predictions", "offsets"),
+           "Label Studio JSON (or JSON-MIN) export: tasks with data.text and annotations[].result[].value"),
+    Format("prodigy", prodigy.read, "*.jsonl", None, (),
+           "Prodigy/spaCy JSONL: text + spans [{start, end, label}], answer accept/reject/ignore"),
+    Format("spacy", spacy_docbin.read, "*.spacy", None, (),
+           "spaCy DocBin (.spacy): doc.text and doc.ents"),
+    Format("hf", hf.read, "", None, ("split", "name", "tokens", "tags", "level"),
+           "Hugging Face datasets (save_to_disk folder or Hub id): tokens + ClassLabel ner_tags"),
 )}
 
 
@@ -74,11 +88,12 @@ _NOT_DATA_SUFFIXES = {".md", ".markdown", ".rst", ".html", ".htm", ".pdf", ".doc
                       ".bz2", ".xz", ".7z", ".tar", ".rar", ".pkl", ".pt", ".bin", ".png", ".jpg", ".gif"}
 
 
-def _not_data(p: Path) -> bool:
+def _not_data(p: Path, pattern: str = "") -> bool:
     import fnmatch
 
     name = p.name.lower()
-    return (name.startswith(".") or p.suffix.lower() in _NOT_DATA_SUFFIXES
+    return (name.startswith(".") or (p.suffix.lower() in _NOT_DATA_SUFFIXES
+                                      and not pattern.lower().endswith(p.suffix.lower()))  # labelstudio *.json
             or any(fnmatch.fnmatch(name, pat) for pat in _NOT_DATA_NAMES))
 
 
@@ -88,6 +103,8 @@ def files_of(fmt: str, path: str | Path, skipped: list[Path] | None = None) -> l
     appended to ``skipped``. A file named directly is always read."""
     f = _format(fmt)
     path = Path(path)
+    if not f.pattern:  # the format's data is a folder (or a Hub id) read as a whole
+        return [path]
     if path.is_file():
         return [path]
     if not path.exists():
@@ -95,7 +112,7 @@ def files_of(fmt: str, path: str | Path, skipped: list[Path] | None = None) -> l
     files, passed = [], []
     for p in sorted(path.glob(f.pattern)):
         if p.is_file():
-            (passed if _not_data(p) else files).append(p)
+            (passed if _not_data(p, f.pattern) else files).append(p)
     if skipped is not None:
         skipped.extend(passed)
     if not files:
