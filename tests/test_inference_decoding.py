@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -16,20 +14,15 @@ from kner.modeling import PromptEncoder, build_model_from_config, load_tokenizer
 from kner.prompt import PromptFormat, parse_tags
 from kner.schemes import load_scheme
 
-LLAMA2 = Path(__file__).resolve().parents[2] / "shared" / "tokenizers" / "llama-2"
+@pytest.fixture(scope="module")
+def tok(llama_dir):
+    return load_tokenizer(str(llama_dir))
 
 
 @pytest.fixture(scope="module")
-def tok():
-    if not LLAMA2.is_dir():
-        pytest.skip("LLaMA-2 tokenizer not available")
-    return load_tokenizer(str(LLAMA2))
-
-
-@pytest.fixture(scope="module")
-def model():
+def model(tok):
     torch.manual_seed(0)
-    return build_model_from_config(tiny_config("llama", vocab_size=32000, hidden=32, intermediate=64, layers=1,
+    return build_model_from_config(tiny_config("llama", vocab_size=len(tok), hidden=32, intermediate=64, layers=1,
                                                heads=2, kv_heads=1)).eval()
 
 
@@ -78,7 +71,7 @@ def test_shared_prefix_attention_equals_sdpa(heads):
 @pytest.mark.parametrize("arch,kv", [("llama", 2), ("qwen2", 1), ("mistral", 1), ("gemma", 1)])
 def test_prefix_cache_modes_match_full_prompts(tok, arch, kv):
     torch.manual_seed(1)
-    m = build_model_from_config(tiny_config(arch, vocab_size=32000, hidden=32, intermediate=64, heads=2,
+    m = build_model_from_config(tiny_config(arch, vocab_size=len(tok), hidden=32, intermediate=64, heads=2,
                                             kv_heads=kv, layers=1)).eval()
     sch = load_scheme("spacy19")
     enc = PromptEncoder(tok, PromptFormat(), sch)
@@ -95,7 +88,7 @@ def test_prefix_cache_modes_match_full_prompts(tok, arch, kv):
             if not first:
                 first.append(logits.clone())
             return logits
-        res = greedy_decode(m, seqs, budgets, prefix=prefix, mode=mode, chooser=GreedyChooser(32000),
+        res = greedy_decode(m, seqs, budgets, prefix=prefix, mode=mode, chooser=GreedyChooser(len(tok)),
                             eos_ids={tok.eos_token_id}, pad_id=tok.pad_token_id, logits_hook=hook)
         got[mode] = (res.tokens, first[0])
         assert [len(t) for t in res.tokens] == budgets or any(tok.eos_token_id for _ in res.tokens)
@@ -106,24 +99,24 @@ def test_prefix_cache_modes_match_full_prompts(tok, arch, kv):
         return
     # Each row alone (no padding at all) gives the same tokens as inside the batch.
     for i, f in enumerate(full):
-        alone = greedy_decode(m, [f[p:]], [budgets[i]], prefix=prefix, mode="shared", chooser=GreedyChooser(32000),
+        alone = greedy_decode(m, [f[p:]], [budgets[i]], prefix=prefix, mode="shared", chooser=GreedyChooser(len(tok)),
                               eos_ids={tok.eos_token_id}, pad_id=tok.pad_token_id)
         assert alone.tokens[0] == got["none"][0][i]
 
 
-def kmou_texts(shared_datasets, n):
+def kmou_texts(datasets_dir, n):
     from kner.readers import read_dataset
 
     texts = []
-    for f in sorted((shared_datasets / "kmou" / "corpus").glob("*.txt")):
+    for f in sorted((datasets_dir / "kmou" / "corpus").glob("*.txt")):
         texts += [e.text for e in read_dataset("kmou", f).examples]
         if len(texts) >= n:
             return texts[:n]
     return texts
 
 
-def test_constrained_extraction_on_200_kmou_sentences(tok, model, shared_datasets):
-    texts = kmou_texts(shared_datasets, 200)
+def test_constrained_extraction_on_200_kmou_sentences(tok, model, datasets_dir):
+    texts = kmou_texts(datasets_dir, 200)
     sch = load_scheme("spacy19")
     ex = Extractor(model, tok, sch, batch_size=100, max_new_tokens=16)
     ex.config.logits_hook = tag_bias(ex)
@@ -221,8 +214,8 @@ def test_split_document_keeps_every_character():
     assert split_document("짧다", count, 30)[0].text == "짧다"
 
 
-def test_long_document_is_chunked_and_mapped_back(tok, model, shared_datasets):
-    doc = " ".join(kmou_texts(shared_datasets, 40))
+def test_long_document_is_chunked_and_mapped_back(tok, model, datasets_dir):
+    doc = " ".join(kmou_texts(datasets_dir, 40))
     ex = Extractor(model, tok, "spacy19", batch_size=32, max_new_tokens=12, max_chunk_tokens=64)
     ex.config.logits_hook = tag_bias(ex, 6.0)
     pred = ex.predict([doc, "이순신"])[0]
@@ -275,7 +268,7 @@ def test_paged_engine_matches_static_batches(tok):
     from kner.inference.engine import PagedEngine, Request
 
     torch.manual_seed(2)    # multi-head attention (kv heads = heads), as in LLaMA-2-7B
-    model = build_model_from_config(tiny_config("llama", vocab_size=32000, hidden=32, intermediate=64, layers=1,
+    model = build_model_from_config(tiny_config("llama", vocab_size=len(tok), hidden=32, intermediate=64, layers=1,
                                                 heads=2, kv_heads=2)).eval()
 
     sch = load_scheme("spacy19")
@@ -286,7 +279,7 @@ def test_paged_engine_matches_static_batches(tok):
     p = len(enc.prefix_ids)
     prefix = PrefixKV.encode(model, enc.prefix_ids)
     eos = {tok.eos_token_id}
-    ref = greedy_decode(model, full, budgets, prefix=prefix, mode="none", chooser=GreedyChooser(32000),
+    ref = greedy_decode(model, full, budgets, prefix=prefix, mode="none", chooser=GreedyChooser(len(tok)),
                         eos_ids=eos, pad_id=tok.pad_token_id).tokens
     longest = max(len(f) - p + b for f, b in zip(full, budgets))
     preempted = 0
@@ -295,7 +288,7 @@ def test_paged_engine_matches_static_batches(tok):
         got: dict[int, list[int]] = {}
         engine = PagedEngine(model, prefix, pool_tokens=pool, max_rows=rows, eos_ids=eos, pad_id=tok.pad_token_id,
                              block=2, prefill_chunk_tokens=chunk, min_admit=1)
-        st = engine.run([Request(i, f[p:], b) for i, (f, b) in enumerate(zip(full, budgets))], GreedyChooser(32000),
+        st = engine.run([Request(i, f[p:], b) for i, (f, b) in enumerate(zip(full, budgets))], GreedyChooser(len(tok)),
                         lambda k, t: got.__setitem__(k, t))
         assert [got[i] for i in range(len(texts))] == ref, (rows, pool)
         assert st.peak_rows <= rows and st.new_tokens == sum(len(t) for t in ref)
