@@ -12,19 +12,22 @@ import typer
 
 from kner.cli import app
 from kner.errors import ConfigError, DataError
+from kner.textio import ENCODING_HELP, check_output, reads_text
 
 log = logging.getLogger(__name__)
 
 
 def read_inputs(path: Path, fmt: str = "auto"):
-    """Examples to predict on, and a note about anything the reader skipped.
+    """Examples to predict on, a note about anything the reader skipped, and each example's input
+    place (``file:line``, for messages).
 
     ``text``: one text per line, every line kept (an empty line gives an empty
     prediction, so output line N is input line N). ``jsonl``: canonical JSONL
     (gold entities, if any, are ignored). Any other name: a dataset format read
-    by :func:`kner.readers.read_dataset`.
+    by :func:`kner.readers.read_dataset`. All are read in the current ``--encoding``.
     """
-    from kner.example import Example, iter_jsonl
+    from kner.example import Example, numbered_jsonl
+    from kner.textio import numbered_lines
 
     if not path.exists():
         raise DataError("file not found", path)
@@ -33,13 +36,11 @@ def read_inputs(path: Path, fmt: str = "auto"):
     if fmt == "text":
         if path.is_dir():
             raise DataError("a plain-text input must be a file (one text per line)", path)
-        out = []
-        with path.open(encoding="utf-8", newline="") as f:
-            for lineno, raw in enumerate(f, 1):
-                out.append(Example(str(lineno), raw.rstrip("\r\n")))
-        return out, None
+        out = [Example(str(lineno), line) for lineno, line in numbered_lines(path)]
+        return out, None, [f"{path}:{ex.id}" for ex in out]
     if fmt == "jsonl" and path.is_file():
-        return list(iter_jsonl(path, validate_examples=False)), None
+        rows = list(numbered_jsonl(path, validate_examples=False))
+        return [ex for _, ex in rows], None, [f"{path}:{lineno}" for lineno, _ in rows]
     from kner.readers import read_dataset
 
     res = read_dataset(fmt, path)
@@ -49,7 +50,33 @@ def read_inputs(path: Path, fmt: str = "auto"):
         note = (f"{path}: the {fmt} reader reported {len(res.problems)} problem(s)"
                 + (f" and skipped {skipped} sentence(s)" if skipped else "")
                 + "; run `kner data convert --problems FILE` to list them")
-    return list(res.examples), note
+    examples = list(res.examples)
+    return examples, note, [str(ex.meta.get("source") or f"{path} [{ex.id}]") for ex in examples]
+
+
+def check_inputs(examples, where: list[str]) -> list[tuple[int, str]]:
+    """Warn about duplicate ids; return (index, "file:line: reason") for each text no model can take."""
+    from collections import defaultdict
+
+    from kner.textio import text_problem
+
+    seen: dict[str, list[int]] = defaultdict(list)
+    for i, ex in enumerate(examples):
+        seen[ex.id].append(i)
+    dups = [(k, v) for k, v in seen.items() if len(v) > 1]
+    if dups:
+        shown = "; ".join(f"id {k!r} at {', '.join(where[i] for i in v[:3])}" + (" ..." if len(v) > 3 else "")
+                          for k, v in dups[:3])
+        typer.echo(f"warning: {len(dups)} id(s) appear more than once ({shown}"
+                   f"{'; ...' if len(dups) > 3 else ''}); `kner evaluate` pairs predictions with gold by id "
+                   f"and will refuse them", err=True)
+    failed = [(i, f"{where[i]}: {why}") for i, ex in enumerate(examples)
+              if (why := text_problem(ex.text)) is not None]
+    for _, msg in failed[:10]:
+        typer.echo(f"warning: skipped (no entities, meta.error in the output): {msg}", err=True)
+    if len(failed) > 10:
+        typer.echo(f"warning: ... and {len(failed) - 10} more text(s) skipped", err=True)
+    return failed
 
 
 def _gib(value: Optional[str]) -> Optional[float]:
@@ -112,6 +139,8 @@ def print_summary(stats, out: Optional[Path] = None) -> None:
     t.add_column("what")
     t.add_column("value", justify="right")
     t.add_row("texts", f"{stats.texts:,}" + (f" ({stats.empty} empty)" if stats.empty else ""))
+    if getattr(stats, "failed", 0):
+        t.add_row("failed (no entities, meta.error)", f"{stats.failed:,}")
     if stats.split_texts:
         t.add_row("long texts split", f"{stats.split_texts:,} into {stats.pieces:,} pieces")
     t.add_row("time", f"{stats.seconds:.1f} s")
@@ -146,6 +175,7 @@ def print_sharded_summary(res) -> None:
 
 
 @app.command()
+@reads_text
 def predict(
     model: str = typer.Option(..., "--model", "-m", help="Output folder of `kner train`/`kner export`, or a base model "
                                                           "(hub id or folder) with --adapter."),
@@ -179,8 +209,13 @@ def predict(
     keep_shards: bool = typer.Option(False, help="With --gpus/--devices: keep OUTPUT.shards/ after merging."),
     restart: bool = typer.Option(False, help="With --gpus/--devices: discard the partial results of an earlier "
                                              "run in OUTPUT.shards/ instead of resuming them."),
+    encoding: Optional[str] = typer.Option(None, "--encoding", help=ENCODING_HELP),
 ) -> None:
-    """Extract entities from texts with a trained model; write canonical JSONL and print a summary."""
+    """Extract entities from texts with a trained model; write canonical JSONL and print a summary.
+
+    A text no model can take (e.g. a lone surrogate in JSONL) is reported with its input line and
+    written with no entities and ``meta.error``; the others are predicted, and the exit status is 1.
+    """
     import os
 
     # Before torch touches CUDA: the K/V pool and per-step buffers fragment the default allocator.
@@ -191,9 +226,13 @@ def predict(
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     if prefix_cache not in ("auto", "shared", "expand", "none"):
         raise ConfigError("--prefix-cache must be auto, shared, expand or none")
-    examples, note = read_inputs(input, fmt)
+    check_output(output)          # before any GPU work: a bad -o must not cost a whole run
+    examples, note, where = read_inputs(input, fmt)
     if note:
         typer.echo(f"warning: {note}", err=True)
+    if not examples:
+        raise DataError("no texts to predict: the input is empty", input)
+    failed = check_inputs(examples, where)
     if gpus is not None or devices is not None:
         from kner.inference.sharding import predict_sharded, resolve_devices
 
@@ -206,6 +245,7 @@ def predict(
                                   flush_every=flush_every, keep_shards=keep_shards, restart=restart,
                                   source=str(input), progress=bar)
         print_sharded_summary(res)
+        _exit_on_failures(failed, len(examples), output)
         return
     ext = Extractor.load(model, adapter=adapter, scheme=scheme, quantize_4bit=quantize, compute_dtype=dtype,
                          constrained=constrain, batch_size=batch_size, max_memory=_gib(max_memory),
@@ -214,9 +254,19 @@ def predict(
         preds = ext.predict_examples(examples, progress=bar)
     write_jsonl(output, preds)
     print_summary(ext.last_stats, output)
+    _exit_on_failures(failed, len(examples), output)
+
+
+def _exit_on_failures(failed: list[tuple[int, str]], total: int, output: Path) -> None:
+    if failed:
+        more = f" (and {len(failed) - 1} more, listed above)" if len(failed) > 1 else ""
+        typer.echo(f"error: {len(failed)} of {total} texts failed: {failed[0][1]}{more}; the others are "
+                   f"predicted in {output}, the failed ones have no entities and meta.error", err=True)
+        raise typer.Exit(1)
 
 
 @app.command()
+@reads_text
 def export(
     merge: Path = typer.Option(..., "--merge", help="Output folder of `kner train` whose adapter is merged."),
     output: Path = typer.Option(..., "--output", "-o", help="Folder for the merged model."),
@@ -226,6 +276,7 @@ def export(
     check_input: Optional[Path] = typer.Option(None, help="Texts (one per line) to measure the merge on "
                                                           "(default: 8 built-in sentences)."),
     overwrite: bool = typer.Option(False, help="Replace a non-empty output folder."),
+    encoding: Optional[str] = typer.Option(None, "--encoding", help="Encoding of --check-input (default utf-8)."),
 ) -> None:
     """Merge a LoRA adapter into 16-bit weights, measure how much outputs change, save a loadable folder."""
     from kner.inference.export import export_merged
@@ -233,9 +284,9 @@ def export(
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     texts = None
     if check_input is not None:
-        if not check_input.is_file():
-            raise DataError("file not found", check_input)
-        texts = [l for l in check_input.read_text(encoding="utf-8").splitlines() if l.strip()]
+        from kner.textio import numbered_lines
+
+        texts = [line for _, line in numbered_lines(check_input) if line.strip()]
         if not texts:
             raise DataError("no non-empty lines to check the merge on", check_input)
     rep = export_merged(merge, output, into=into, dtype=dtype, check_texts=texts, overwrite=overwrite)

@@ -46,6 +46,7 @@ from typing import Callable, Sequence
 
 from kner.errors import ConfigError, DataError, KnerError
 from kner.splits import balance
+from kner.textio import atomic_write, json_line
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +147,8 @@ def input_digest(examples, new_tokens: Sequence[int] | None = None) -> str:
     h = hashlib.sha256()
     for i, ex in enumerate(examples):
         rec = [ex.id, ex.text, ex.meta, None if new_tokens is None else int(new_tokens[i])]
-        h.update(json.dumps(rec, ensure_ascii=False, sort_keys=True).encode("utf-8") + b"\n")
+        # surrogatepass: a lone surrogate (a text the workers will skip) must not stop the digest.
+        h.update(json.dumps(rec, ensure_ascii=False, sort_keys=True).encode("utf-8", "surrogatepass") + b"\n")
     return h.hexdigest()
 
 
@@ -455,7 +457,7 @@ def predict_sharded(model: str, examples: Sequence, output: str | Path, *, devic
                     rec = {"index": i, "id": ex.id, "text": ex.text, "meta": ex.meta}
                     if new_tokens is not None:
                         rec["new_tokens"] = int(new_tokens[i])
-                    f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                    f.write(json_line(rec) + "\n")   # a lone surrogate travels as an escape
             state = shard_dir / f"worker-{tags[k]}.json"
             if state.exists():
                 state.unlink()
@@ -506,12 +508,9 @@ def predict_sharded(model: str, examples: Sequence, output: str | Path, *, devic
         if missing:
             raise KnerError(f"workers finished but {len(missing)} result(s) are missing in {shard_dir} "
                             f"(first: input {missing[0] + 1}); rerun to compute them")
-        output.parent.mkdir(parents=True, exist_ok=True)
-        tmp = output.with_name(output.name + ".tmp")
-        with tmp.open("w", encoding="utf-8") as f:
+        with atomic_write(output) as f:
             for i in range(n):
-                f.write(json.dumps(done[i], ensure_ascii=False) + "\n")
-        os.replace(tmp, output)
+                f.write(json_line(done[i]) + "\n")
         stats = _sum_stats(states)
         stats.labels = Counter(e["label"] for i in range(n) for e in done[i].get("entities", []))
         res = ShardedResult(output=output, shard_dir=shard_dir, total=n, resumed=resumed, computed=len(todo),
@@ -623,9 +622,11 @@ def worker_main(shard_dir: Path, tag: str, run_no: int, position: int, flush_eve
                                     "new_tokens": st.get("new_tokens")})
             lines = []
             for t, p in zip(chunk, preds):
-                ex = Example(t["id"], t["text"], p.entities, dict(t.get("meta") or {}))
-                lines.append(json.dumps({"index": t["index"], "run": run_no, "example": ex.to_dict()},
-                                        ensure_ascii=False) + "\n")
+                meta = dict(t.get("meta") or {})
+                if p.error:
+                    meta["error"] = p.error
+                ex = Example(t["id"], t["text"], p.entities, meta)
+                lines.append(json_line({"index": t["index"], "run": run_no, "example": ex.to_dict()}) + "\n")
             out.write("".join(lines))
             out.flush()
             os.fsync(out.fileno())

@@ -22,6 +22,7 @@ from urllib.parse import parse_qs
 
 from kner.serve.batcher import Batcher, ExtractionError, QueueFull
 from kner.serve.limits import RequestError, ServeSettings, check_body_size, check_texts, texts_from_payload
+from kner.textio import text_problem
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,12 @@ def create_app(extractor: Callable[[list[str]], Sequence], settings: ServeSettin
         return b"".join(chunks)
 
     async def run(texts: list[str]) -> list[dict]:
+        # A text no tokenizer can take (a lone surrogate, sent as a JSON escape) fails the whole
+        # request with 422 naming it, before it can fail a batch shared with other requests.
+        for i, t in enumerate(texts):
+            why = text_problem(t)
+            if why is not None:
+                raise RequestError(422, f"texts[{i}] cannot be processed: {why}", index=i)
         # Blank texts have no entities (Extractor skips them too): they never wait in the queue.
         todo = [i for i, t in enumerate(texts) if t.strip()]
         found: list[list[dict]] = [[] for _ in texts]
