@@ -23,14 +23,14 @@ from pathlib import Path
 
 from kner.errors import DataError
 from kner.example import Example, iter_jsonl, validate
-from kner.splits import SPLITS, doc_of
+from kner.splits import SMALL_SHARE, SPLITS, doc_of
 
 ERROR, WARNING = "error", "warning"
 # A split under either bound is "tiny" (a warning; an empty split is an error): 10 sentences
 # give an F1 that moves by whole points per entity, and a split under 1% of the data is
-# usually a ratio typo (0.01 for 0.1).
+# usually a ratio typo (0.01 for 0.1); the share is the one `kner data split` warns at.
 TINY_SENTENCES = 10
-TINY_FRACTION = 0.01
+TINY_FRACTION = SMALL_SHARE
 SHOW = 5   # ids quoted per finding
 
 
