@@ -224,7 +224,12 @@ class Extractor:
     def __call__(self, texts: Sequence[str] | str) -> list[list[Entity]]:
         if isinstance(texts, str):
             raise TypeError("pass a list of texts (a single string would be read as characters)")
-        return [p.entities for p in self.predict(texts)]
+        preds = self.predict(texts)
+        failed = [(i, p.error) for i, p in enumerate(preds) if p.error]
+        if failed:  # entities alone cannot say that a text was skipped
+            log.warning("%d of %d text(s) cannot be processed and got no entities (text %d: %s)",
+                        len(failed), len(texts), failed[0][0] + 1, failed[0][1])
+        return [p.entities for p in preds]
 
     def predict_examples(self, examples: Iterable[Example], progress=None) -> list[Example]:
         """Same ids, texts and meta; entities replaced by predictions (for the evaluation pipeline)."""
@@ -250,10 +255,6 @@ class Extractor:
         stats = RunStats(texts=len(texts))
         failed = {i: why for i, t in enumerate(texts) if (why := text_problem(t)) is not None}
         stats.failed = len(failed)
-        if failed:
-            i, why = next(iter(failed.items()))
-            log.warning("%d of %d text(s) cannot be processed and get no entities (text %d: %s)",
-                        len(failed), len(texts), i + 1, why)
         pieces = self._pieces(texts, stats, new_tokens, skip=failed)
         stats.pieces = len(pieces)
         mode = self._mode()

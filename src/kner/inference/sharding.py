@@ -199,9 +199,8 @@ def _tag(k: int, n: int) -> str:
 
 
 def _write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, ensure_ascii=False, indent=1), encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_write(path) as f:
+        f.write(json.dumps(obj, ensure_ascii=False, indent=1))
 
 
 def scan_shards(shard_dir: Path, total: int, repair: bool = True) -> tuple[dict[int, dict], int, int]:
