@@ -6,8 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kner.errors import ConfigError
-from kner.pipeline import load_config, run
+from kner.pipeline import run
 
 TINY = {
     "name": "tiny",
@@ -92,31 +91,3 @@ def test_interrupted_training_resumes_from_its_checkpoint(tmp_path, shared_datas
     resumed = {e["step"]: e["loss"] for e in log2 if e.get("event") == "step"}
     for step, loss in resumed.items():
         assert loss == pytest.approx(losses[step], abs=1e-6), step
-
-
-def test_config_errors_are_one_line(tmp_path):
-    p = tmp_path / "bad.yaml"
-    p.write_text("data: [1, 2\n", encoding="utf-8")
-    with pytest.raises(ConfigError, match="bad.yaml:"):
-        load_config(p)
-    p.write_text("dta: {}\n", encoding="utf-8")
-    with pytest.raises(ConfigError, match="unknown top-level keys"):
-        load_config(p)
-    with pytest.raises(ConfigError, match="not found"):
-        load_config(tmp_path / "missing.yaml")
-
-
-@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")),
-                         ids=lambda p: p.name)
-def test_shipped_configs_are_valid(path):
-    """A typo in a shipped config would only surface after data preparation; check every section now."""
-    from kner.inference.extractor import ExtractorConfig
-    from kner.schemes import Mapping, load_scheme
-    from kner.training.config import TrainConfig
-
-    cfg = load_config(path)
-    TrainConfig.from_dict({**cfg["train"], "train": "x.jsonl"}).validate()
-    ExtractorConfig.from_options(**{k: v for k, v in (cfg.get("predict") or {}).items() if k != "name"})
-    scheme = load_scheme(cfg["data"]["scheme"])
-    mapping = Mapping.load(cfg["data"]["map_from"], scheme.name)
-    assert set(v for v in mapping.table.values() if v) <= set(scheme.names)

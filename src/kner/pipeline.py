@@ -19,32 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
-
 from kner import __version__
-from kner.errors import ConfigError
+from kner.config import DataSection, ModelSection, PredictSection, ReportSection, RunConfig, ScratchSection, \
+    SpacySection, load_run_config, section
+from kner.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
 STAGES = ("prepare", "train", "predict", "baseline", "report")
-
-
-def load_config(path: str | Path) -> dict:
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file not found: {p}")
-    try:
-        cfg = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark else ""
-        raise ConfigError(f"{p}{line}: invalid YAML ({getattr(err, 'problem', err)})") from None
-    if not isinstance(cfg, dict):
-        raise ConfigError(f"{p}: expected a mapping at the top level")
-    unknown = set(cfg) - {"name", "output_dir", "seed", "data", "model", "train", "predict", "baseline", "report"}
-    if unknown:
-        raise ConfigError(f"{p}: unknown top-level keys {sorted(unknown)}")
-    return cfg
 
 
 # What a later stage does not read: a training folder's checkpoints (optimizer states, hundreds of MB
@@ -70,15 +52,23 @@ def _digest_files(paths: list[Path]) -> list[str]:
 
 @dataclass
 class Runner:
-    cfg: dict
+    cfg: RunConfig
     out: Path
     force: tuple[str, ...] = ()
+    dry_run: bool = False       # say what each stage would do; run and write nothing
     events: list[dict] = field(default_factory=list)
+    _pending: dict[Path, str] = field(default_factory=dict)   # dry run: folder -> stage that would (re)write it
+
+    @staticmethod
+    def key(settings: Any, inputs: list[Path]) -> str:
+        return hashlib.sha256(json.dumps({"settings": settings, "inputs": _digest_files(inputs),
+                                          "kner": __version__}, sort_keys=True, default=str).encode()).hexdigest()
 
     def stage(self, name: str, settings: Any, inputs: list[Path], body: Callable[[Path, bool], None]) -> Path:
         folder = self.out / name
-        key = hashlib.sha256(json.dumps({"settings": settings, "inputs": _digest_files(inputs),
-                                         "kner": __version__}, sort_keys=True, default=str).encode()).hexdigest()
+        if self.dry_run:
+            return self._plan(name, folder, settings, inputs)
+        key = self.key(settings, inputs)
         marker = folder / "stage.json"
         state = json.loads(marker.read_text()) if marker.is_file() else {}
         if state.get("key") == key and state.get("done") and name not in self.force:
@@ -98,54 +88,70 @@ class Runner:
         self.events.append({"stage": name, "status": "resumed" if resume else "ran", "seconds": round(elapsed, 1)})
         return folder
 
+    def _plan(self, name: str, folder: Path, settings: Any, inputs: list[Path]) -> Path:
+        # An input an earlier stage would rewrite has no digest yet: its key is unknown until then.
+        after = sorted({s for p in inputs for f, s in self._pending.items() if p == f or f in p.parents},
+                       key=STAGES.index)
+        if after:
+            status = f"would run (after {', '.join(after)})"
+        else:
+            marker = folder / "stage.json"
+            state = json.loads(marker.read_text()) if marker.is_file() else {}
+            same = state.get("key") == self.key(settings, inputs)
+            status = ("would run (forced)" if name in self.force else "up to date" if same and state.get("done")
+                      else "would resume" if same else "would run")
+        if status != "up to date":
+            self._pending[folder] = name
+        self.events.append({"stage": name, "status": status})
+        return folder
+
 
 def run(config_path: str | Path, output_dir: str | Path | None = None, data_dir: str | Path | None = None,
-        force: tuple[str, ...] = (), stop_after: str | None = None) -> dict:
-    cfg = load_config(config_path)
-    out = Path(output_dir or cfg.get("output_dir") or Path("runs") / Path(config_path).stem)
-    out.mkdir(parents=True, exist_ok=True)
-    shutil.copy(config_path, out / "config.yaml")
-    r = Runner(cfg, out, tuple(force))
-    seed = int(cfg.get("seed", 13))
-    data_cfg = dict(cfg.get("data") or {})
-    model_cfg = dict(cfg.get("model") or {})
-    train_cfg = dict(cfg.get("train") or {})
-    pred_cfg = dict(cfg.get("predict") or {})
-    base_cfg = dict(cfg.get("baseline") or {})
-    rep_cfg = dict(cfg.get("report") or {})
-
-    prep = r.stage("prepare", {"data": data_cfg, "seed": seed}, [],
-                   lambda d, _: stage_prepare(data_cfg, d, data_dir, seed))
+        force: tuple[str, ...] = (), stop_after: str | None = None, dry_run: bool = False) -> dict:
+    """Run the stages (``dry_run``: only say, per stage, whether it would run); the whole config is checked first."""
+    cfg = load_run_config(config_path)
+    out = Path(output_dir or cfg.output_dir or Path("runs") / Path(config_path).stem)
+    if not dry_run:
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copy(config_path, out / "config.yaml")
+    r = Runner(cfg, out, tuple(force), dry_run)
+    seed = cfg.seed
+    # Stage keys hash the keys the file wrote, not the defaults: kner's version is in every key already.
+    prep = r.stage("prepare", {"data": cfg.given("data"), "seed": seed}, [],
+                   lambda d, _: stage_prepare(cfg.data, d, data_dir, seed))
     from kner.check import check_prepared
-    check_prepared(prep, log)  # also when prepare was skipped: a bad split stops every rerun before training
+    if not dry_run:
+        check_prepared(prep, log)  # also when prepare was skipped: a bad split stops every rerun before training
     if stop_after == "prepare":
         return _summary(r)
     splits = {k: prep / f"{k}.jsonl" for k in ("train", "dev", "test")}
 
-    model_dir = r.stage("train", {"model": model_cfg, "train": train_cfg, "scheme": data_cfg.get("scheme")},
+    model_dir = r.stage("train", {"model": cfg.given("model"), "train": cfg.given("train"), "scheme": cfg.data.scheme},
                         [splits["train"], splits["dev"]],
-                        lambda d, resume: stage_train(model_cfg, train_cfg, data_cfg, splits, d, resume, seed))
+                        lambda d, resume: stage_train(cfg.model, cfg.train, cfg.data, splits, d, resume, seed))
     if stop_after == "train":
         return _summary(r)
 
-    preds = r.stage("predict", pred_cfg, [model_dir, splits["test"]],
-                    lambda d, _: stage_predict(pred_cfg, model_dir, splits["test"], d))
-    systems = {str(pred_cfg.get("name", "llm")): preds / "preds.jsonl"}
+    preds = r.stage("predict", cfg.given("predict"), [model_dir, splits["test"]],
+                    lambda d, _: stage_predict(cfg.predict, model_dir, splits["test"], d))
+    systems = {cfg.predict.name: preds / "preds.jsonl"}
 
-    if (base_cfg.get("spacy") or {}).get("enabled", True):
-        spacy_cfg = dict(base_cfg.get("spacy") or {})
-        bdir = r.stage("baseline", spacy_cfg, [splits["train"], splits["dev"], splits["test"]],
-                       lambda d, _: stage_baseline(spacy_cfg, splits, d, seed))
+    if cfg.baseline.spacy.enabled:
+        bdir = r.stage("baseline", cfg.given("baseline").get("spacy", {}), [splits["train"], splits["dev"], splits["test"]],
+                       lambda d, _: stage_baseline(cfg.baseline.spacy, splits, d, seed))
         systems["spacy"] = bdir / "preds.jsonl"
 
-    rep = r.stage("report", {"report": rep_cfg, "systems": sorted(systems)}, [splits["test"], *systems.values()],
-                  lambda d, _: stage_report(rep_cfg, splits["test"], systems, d))
+    rep = r.stage("report", {"report": cfg.given("report"), "systems": sorted(systems)},
+                  [splits["test"], *systems.values()],
+                  lambda d, _: stage_report(cfg.report, splits["test"], systems, d))
     summary = _summary(r)
     summary["report"] = str(rep)
     return summary
 
 
 def _summary(r: Runner) -> dict:
+    if r.dry_run:
+        return {"output_dir": str(r.out), "stages": r.events, "config": r.cfg}
     (r.out / "run.json").write_text(json.dumps({"stages": r.events}, indent=2))
     return {"output_dir": str(r.out), "stages": r.events}
 
@@ -153,34 +159,27 @@ def _summary(r: Runner) -> dict:
 # ---- stages -----------------------------------------------------------------------------------------------
 
 
-def stage_prepare(data_cfg: dict, out: Path, data_dir, seed: int) -> None:
+def stage_prepare(data: DataSection, out: Path, data_dir, seed: int) -> None:
     from kner import readers
-    from kner.acquire import SOURCES, locate
+    from kner.acquire import locate
     from kner.example import write_jsonl
     from kner.schemes import Mapping, map_examples
     from kner.splits import split_by_document
 
-    fmt = data_cfg.get("format") or data_cfg.get("dataset") or "kmou"
-    path = data_cfg.get("path")
-    if path is None:
-        if data_cfg.get("dataset", fmt) not in SOURCES:
-            raise ConfigError(f"data.path is required for dataset {fmt!r} (only {', '.join(SOURCES)} can be fetched)")
-        path = locate(data_cfg.get("dataset", fmt), data_dir)
-    res = readers.read_dataset(fmt, path, **(data_cfg.get("reader_options") or {}))
+    fmt = data.reader
+    path = data.path if data.path is not None else locate(data.dataset or fmt, data_dir)
+    res = readers.read_dataset(fmt, path, **data.reader_options)
     examples = res.examples
     report = {"read": len(examples), "problems": len(res.problems), "skipped": res.skipped}
-    scheme = data_cfg.get("scheme") or readers.native_scheme(fmt)
-    native = data_cfg.get("map_from") or readers.native_scheme(fmt)
-    if native is not None and scheme != native:
-        mapping = Mapping.load(native, scheme, data_cfg.get("map_file"))
-        examples, mrep = map_examples(examples, mapping, data_cfg.get("fallback"))
+    if data.mapping():
+        mapping = Mapping.load(*data.mapping(), data.map_file)
+        examples, mrep = map_examples(examples, mapping, data.fallback)
         report["mapped"] = {f"{a}->{b}": c for (a, b), c in sorted(mrep.mapped.items())}
         report["dropped"] = dict(mrep.dropped)
-    split = data_cfg.get("split") or {}
-    parts = split_by_document(examples, tuple(split.get("ratios", (0.8, 0.1, 0.1))), int(split.get("seed", seed)))
-    limits = data_cfg.get("limit") or {}
+    split_seed = data.split.seed if data.split.seed is not None else seed
+    parts = split_by_document(examples, tuple(data.split.ratios), split_seed)
     for name, exs in parts.items():
-        n = limits.get(name)
+        n = getattr(data.limit, name)
         if n is not None and n < len(exs):
             # A seeded sample, not the head: the head of a split is a few documents only.
             import random
@@ -194,32 +193,27 @@ def stage_prepare(data_cfg: dict, out: Path, data_dir, seed: int) -> None:
     (out / "prepare.json").write_text(json.dumps(report, ensure_ascii=False, indent=2))
 
 
-def stage_train(model_cfg: dict, train_cfg: dict, data_cfg: dict, splits: dict, out: Path, resume: bool,
-                seed: int) -> None:
-    from kner.training.config import TrainConfig
+def stage_train(model_cfg: ModelSection, train_cfg: TrainConfig, data: DataSection, splits: dict, out: Path,
+                resume: bool, seed: int) -> None:
     from kner.training.recipe import train
 
-    settings = dict(train_cfg)
-    settings.setdefault("seed", seed)
-    settings["train"] = str(splits["train"])
-    settings.setdefault("dev", str(splits["dev"]))
-    settings["output"] = str(out)
-    settings["scheme"] = data_cfg.get("scheme", "spacy19")
-    settings["resume"] = resume
+    given = train_cfg.model_fields_set
+    changes = {"train": str(splits["train"]), "output": str(out), "scheme": data.target_scheme(), "resume": resume}
+    if "seed" not in given:
+        changes["seed"] = seed
+    if "dev" not in given:
+        changes["dev"] = str(splits["dev"])
     model = tokenizer = None
-    scratch = model_cfg.get("from_scratch")
-    if scratch:
-        model, tokenizer = _scratch_model(scratch, splits["train"], data_cfg.get("scheme", "spacy19"))
-        settings["model"] = "scratch"
+    if model_cfg.from_scratch:
+        model, tokenizer = _scratch_model(model_cfg.from_scratch, splits["train"], changes["scheme"])
+        changes["model"] = "scratch"
     else:
-        settings["model"] = model_cfg.get("base", "meta-llama/Llama-2-7b-hf")
-        for k in ("trust_remote_code", "revision"):
-            if k in model_cfg:
-                settings[k] = model_cfg[k]
-    train(TrainConfig.from_dict(settings), model=model, tokenizer=tokenizer)
+        changes.update(model=model_cfg.base, trust_remote_code=model_cfg.trust_remote_code,
+                       revision=model_cfg.revision)
+    train(train_cfg.replace(**changes), model=model, tokenizer=tokenizer)
 
 
-def _scratch_model(scratch: dict, train_path: Path, scheme_name: str):
+def _scratch_model(scratch: ScratchSection, train_path: Path, scheme_name: str):
     from kner.example import read_jsonl
     from kner.prompt import PromptFormat, render_tags
     from kner.schemes import load_scheme
@@ -229,23 +223,22 @@ def _scratch_model(scratch: dict, train_path: Path, scheme_name: str):
     exs = read_jsonl(train_path)
     pf = PromptFormat()
     prefix, suffix = pf.parts(scheme)
-    tok_cfg = dict(scratch.get("tokenizer") or {})
-    kind = str(tok_cfg.get("kind", "bpe"))
-    pieces = prompt_pieces(prefix, suffix, scheme.names) \
-        if kind == "char" and tok_cfg.get("prompt_pieces", True) else []
-    tokenizer = train_tokenizer([e.text for e in exs], int(tok_cfg.get("vocab_size", 4000)),
+    tok = scratch.tokenizer
+    pieces = prompt_pieces(prefix, suffix, scheme.names) if tok.kind == "char" and tok.prompt_pieces else []
+    tokenizer = train_tokenizer([e.text for e in exs], tok.vocab_size,
                                 extra_texts=[prefix + suffix] * 50 + [render_tags(e.entities) for e in exs],
-                                kind=kind, min_count=int(tok_cfg.get("min_count", 2)), pieces=pieces)
-    arch = {k: v for k, v in scratch.items() if k != "tokenizer"}
-    return build_scratch_model(tokenizer, **arch), tokenizer
+                                kind=tok.kind, min_count=tok.min_count, pieces=pieces)
+    return build_scratch_model(tokenizer, **scratch.arch_settings()), tokenizer
 
 
-def stage_predict(pred_cfg: dict, model_dir: Path, test_path: Path, out: Path) -> None:
+def stage_predict(pred_cfg: PredictSection | dict, model_dir: Path, test_path: Path, out: Path) -> None:
     from kner.example import read_jsonl, write_jsonl
     from kner.inference import Extractor
 
-    opts = {k: v for k, v in pred_cfg.items() if k != "name"}
-    ext = Extractor.load(model_dir, **opts)
+    if isinstance(pred_cfg, dict):   # benchmarks/scratch_gpu.py passes the YAML section
+        pred_cfg = section(PredictSection, pred_cfg, "predict")
+    # The keys written only: Extractor's own defaults stay the defaults.
+    ext = Extractor.load(model_dir, **pred_cfg.model_dump(exclude={"name"}, exclude_unset=True))
     gold = read_jsonl(test_path)
     t0 = time.time()
     preds = ext.predict_examples(gold)
@@ -253,20 +246,19 @@ def stage_predict(pred_cfg: dict, model_dir: Path, test_path: Path, out: Path) -
     (out / "predict.json").write_text(json.dumps({"sentences": len(preds), "seconds": round(time.time() - t0, 2)}))
 
 
-def stage_baseline(spacy_cfg: dict, splits: dict, out: Path, seed: int) -> None:
+def stage_baseline(spacy_cfg: SpacySection, splits: dict, out: Path, seed: int) -> None:
     from kner.baselines.spacy_ner import predict_spacy, train_spacy
     from kner.example import read_jsonl, write_jsonl
 
-    opts = {k: v for k, v in spacy_cfg.items() if k != "enabled"}
-    opts.setdefault("seed", seed)
+    opts = spacy_cfg.options(seed)
     model = train_spacy(read_jsonl(splits["train"]), read_jsonl(splits["dev"]), out / "model", **opts)
     write_jsonl(out / "preds.jsonl", predict_spacy(model, read_jsonl(splits["test"])))
 
 
-def stage_report(rep_cfg: dict, test_path: Path, systems: dict[str, Path], out: Path) -> None:
+def stage_report(rep_cfg: ReportSection, test_path: Path, systems: dict[str, Path], out: Path) -> None:
     from kner.example import read_jsonl
     from kner.report import compare
 
     gold = read_jsonl(test_path)
     compare(gold, {name: read_jsonl(p) for name, p in systems.items()}, out,
-            sample=int(rep_cfg.get("sample", 20)), seed=int(rep_cfg.get("seed", 0)))
+            sample=rep_cfg.sample, seed=rep_cfg.seed)
