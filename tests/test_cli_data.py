@@ -12,7 +12,6 @@ from kner.errors import KnerError
 from kner.example import read_jsonl
 
 FIX = Path(__file__).parent / "fixtures" / "readers"
-TOKENIZER = Path(__file__).resolve().parents[2] / "shared" / "tokenizers" / "llama-2"
 runner = CliRunner()
 
 
@@ -72,11 +71,9 @@ def test_stats_table(tmp_path):
     assert all(lab in r.output for lab in ("PER", "POH", "TIM", "LOC", "ORG"))
 
 
-@pytest.mark.skipif(not (TOKENIZER / "tokenizer_config.json").exists() and not (TOKENIZER / "tokenizer.model").exists(),
-                    reason="shared LLaMA-2 tokenizer not available")
-def test_stats_with_tokenizer(tmp_path):
+def test_stats_with_tokenizer(tmp_path, llama_dir):
     invoke("convert", "kmou", FIX / "kmou", "-o", tmp_path / "k.jsonl")
-    r = invoke("stats", tmp_path / "k.jsonl", "--tokenizer", TOKENIZER, "--scheme", "kmou")
+    r = invoke("stats", tmp_path / "k.jsonl", "--tokenizer", llama_dir, "--scheme", "kmou")
     assert r.exit_code == 0, r.output
     for row in ("sentence text", "answer (tags)", "prompt without answer", "prompt with answer"):
         assert row in r.output

@@ -16,17 +16,22 @@ from kner.modeling import LoadSpec, build_model_from_config, load_tokenizer, sav
 from kner.prompt import parse_tags
 from kner.schemes import load_scheme
 
-LLAMA2 = Path(__file__).resolve().parents[2] / "shared" / "tokenizers" / "llama-2"
+from tiny_llama import tiny_llama_dir
+
+# A LLaMA-2-style tokenizer folder built from the fixture corpus (test_inference_sharding imports it too).
+LLAMA2 = tiny_llama_dir()
 
 
 def write_qlora_folder(root: Path) -> Path:
     """base/ (tiny LLaMA, fp32), out/ (kner.json + adapter/ + tokenizer/): what `kner train` writes."""
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig
+
+    from kner.compat import get_peft_model
 
     tok = load_tokenizer(str(LLAMA2))
     torch.manual_seed(0)
     # hidden >= 64: bitsandbytes' CPU 4-bit kernels need whole 64-element quantization blocks.
-    model = build_model_from_config(tiny_config("llama", vocab_size=32000, hidden=64, intermediate=128, layers=1))
+    model = build_model_from_config(tiny_config("llama", vocab_size=len(tok), hidden=64, intermediate=128, layers=1))
     save_pretrained_dir(model, tok, root / "base")
     peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear",
                                                   init_lora_weights=False))   # random B: the adapter matters
@@ -40,8 +45,6 @@ def write_qlora_folder(root: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
-    if not LLAMA2.is_dir():
-        pytest.skip("LLaMA-2 tokenizer not available")
     root = tmp_path_factory.mktemp("kner_infer")
     write_qlora_folder(root)
     return root
@@ -71,7 +74,7 @@ def test_predict_plain_text_keeps_every_line(folders, tmp_path):
     assert "texts" in res.output and "5" in res.output
 
 
-def test_predict_jsonl_and_dataset_format(folders, tmp_path, shared_datasets):
+def test_predict_jsonl_and_dataset_format(folders, tmp_path, datasets_dir):
     gold = [Example("a", "이순신은 장군이다.", [Entity(0, 3, "PER", "이순신")], {"doc": "d1"}),
             Example("b", "서울", [], {})]
     src = tmp_path / "gold.jsonl"
@@ -84,7 +87,7 @@ def test_predict_jsonl_and_dataset_format(folders, tmp_path, shared_datasets):
 
     from kner.readers import read_dataset
 
-    kmou_file = sorted((shared_datasets / "kmou" / "corpus").glob("*.txt"))[0]
+    kmou_file = sorted((datasets_dir / "kmou" / "corpus").glob("*.txt"))[0]
     n = len(read_dataset("kmou", kmou_file).examples)
     dst2 = tmp_path / "k.jsonl"
     res = run(["predict", "-m", folders / "out", "-i", kmou_file, "-o", dst2, "--format", "kmou",
