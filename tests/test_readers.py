@@ -199,7 +199,8 @@ def test_registry_errors(tmp_path):
         read_dataset("kmou", tmp_path)
     with pytest.raises(DataError, match="no such file"):
         read_dataset("kmou", tmp_path / "missing")
-    assert set(FORMATS) == {"kmou", "klp2016", "klue", "naver", "multiconer", "conll", "jsonl"}
+    assert set(FORMATS) == {"kmou", "klp2016", "klue", "naver", "multiconer", "conll", "jsonl",
+                            "doccano", "labelstudio", "prodigy", "spacy", "hf"}
 
 
 @pytest.mark.parametrize("scheme", ["naver", "multiconer_v1", "multiconer_v2", "kmou", "klue", "klp2016"])

@@ -409,3 +409,12 @@ def test_cli_convert_hf_and_a_problem_row(tmp_path):
     assert r.exit_code == 0, r.output and "offset-out-of-range: 1" in r.output
     rows = (tmp_path / "p.tsv").read_text(encoding="utf-8").splitlines()
     assert rows[1].startswith(f"{bad}\t2\t2\toffset-out-of-range\t")
+
+
+def test_labelstudio_folder_reads_its_json_exports(tmp_path):
+    (tmp_path / "README.md").write_text("exports\n", encoding="utf-8")
+    (tmp_path / "a.json").write_text(json.dumps([{"id": 1, "data": {"text": "서울"}, "annotations": [
+        {"id": 1, "result": [{"type": "labels", "value": {"start": 0, "end": 2, "text": "서울", "labels": ["LC"]}}]}]}],
+        ensure_ascii=False), encoding="utf-8")
+    res = read_dataset("labelstudio", tmp_path)
+    assert [(ex.text, [e.label for e in ex.entities]) for ex in res.examples] == [("서울", ["LC"])] and res.files == 1
