@@ -11,7 +11,6 @@ import logging
 import random
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner

@@ -66,7 +66,6 @@ _J_TAGS = ("JKS", "JKC", "JKG", "JKO", "JKB", "JKV", "JKQ", "JX", "JC")
 def read(path: Path, trim_particles: bool | str = False, trim_punct: bool = False) -> ReadResult:
     method = _method(trim_particles)
     res = ReadResult(scheme="naver", files=1)
-    spell: dict[str, str] = {}    # the file's own spelling of each tag, for messages
     layout = None
     sent: list[tuple[int, str, str]] = []   # (line, word, tag)
     k = 0
@@ -75,7 +74,7 @@ def read(path: Path, trim_particles: bool | str = False, trim_punct: bool = Fals
         nonlocal sent, k
         if sent:
             k += 1
-            _sentence(path, k, sent, method, bool(trim_punct), spell, res)
+            _sentence(path, k, sent, method, bool(trim_punct), res)
         sent = []
 
     for lineno, line in numbered_lines(path):
@@ -125,7 +124,7 @@ def _layout(cols: list[str], path: Path, lineno: int) -> str:
     raise DataError(f"not a NAVER line ({len(cols)} tab-separated columns)" + _HINT, path, lineno)
 
 
-_TAG = re.compile(r"^(?:(?P<label>[A-Z]{3})(?P<sep>[_-])(?P<prefix>[BI])|(?P<prefix2>[BI])-(?P<label2>[A-Z]{3}))$")
+_TAG = re.compile(r"^(?:(?P<label>[A-Z]{3})[_-](?P<prefix>[BI])|(?P<prefix2>[BI])-(?P<label2>[A-Z]{3}))$")
 
 
 def _tag(tag: str) -> Tag | None:
@@ -164,7 +163,7 @@ def _method(trim: bool | str) -> str | None:
     raise ConfigError(f"trim_particles must be true/false, 'kiwi' or 'list', not {trim!r}")
 
 
-def _sentence(path: Path, k: int, sent, method: str | None, punct: bool, spell: dict, res: ReadResult) -> None:
+def _sentence(path: Path, k: int, sent, method: str | None, punct: bool, res: ReadResult) -> None:
     sid = f"{path.name}:{k}"
     tags = []
     for lineno, _, tag in sent:
