@@ -77,8 +77,8 @@ def doccano_rows(examples, form: str):
     for k, ex in enumerate(examples):
         m = chars_to_utf16(ex.text)  # doccano's editor counts UTF-16 code units
         if form == "label":
-            rows.append({"id": 100 + k, "text": ex.text, "label": [[m[e.start], m[e.end], e.label] for e in ex.entities],
-                         "Comments": []})
+            rows.append({"id": 100 + k, "text": ex.text, "Comments": [],
+                         "label": [[m[e.start], m[e.end], e.label] for e in ex.entities]})
         else:
             rows.append({"id": 100 + k, "text": ex.text, "relations": [], "Comments": [],
                          "entities": [{"id": 9000 + j, "label": e.label, "start_offset": m[e.start],
@@ -141,8 +141,8 @@ def test_labelstudio_export_reads_exactly_and_chooses_one_annotation(tmp_path):
              "result": ls_result(ex) + [{"type": "choices", "value": {"choices": ["ok"]}, "from_name": "c",
                                          "to_name": "text"}]}]}
         if k % 3 == 0:  # an older annotation and a cancelled newer one: neither is used
-            task["annotations"].insert(0, {"id": 10 * k + 2, "was_cancelled": False, "updated_at": "2024-04-01T10:00:00Z",
-                                           "result": []})
+            task["annotations"].insert(0, {"id": 10 * k + 2, "was_cancelled": False,
+                                           "updated_at": "2024-04-01T10:00:00Z", "result": []})
             task["annotations"].append({"id": 10 * k + 3, "was_cancelled": True, "updated_at": "2024-06-01T10:00:00Z",
                                         "result": []})
         tasks.append(task)
@@ -404,9 +404,11 @@ def test_cli_convert_hf_and_a_problem_row(tmp_path):
     r = invoke("convert", "hf", tmp_path / "hfds", "-o", tmp_path / "h.jsonl")
     assert r.exit_code == 0, r.output
     assert "read 30 sentences" in r.output and spans(read_jsonl(tmp_path / "h.jsonl")) == spans(corpus(30))
-    bad = jsonl(tmp_path / "bad.jsonl", [{"text": "서울", "label": [[0, 2, "LC"]]}, {"text": "부산", "label": [[0, 9, "LC"]]}])
+    bad = jsonl(tmp_path / "bad.jsonl", [{"text": "서울", "label": [[0, 2, "LC"]]},
+                                         {"text": "부산", "label": [[0, 9, "LC"]]}])
     r = invoke("convert", "doccano", bad, "-o", tmp_path / "b.jsonl", "--problems", tmp_path / "p.tsv")
-    assert r.exit_code == 0, r.output and "offset-out-of-range: 1" in r.output
+    assert r.exit_code == 0, r.output
+    assert "offset-out-of-range: 1" in r.output and "problems written to" in r.output
     rows = (tmp_path / "p.tsv").read_text(encoding="utf-8").splitlines()
     assert rows[1].startswith(f"{bad}\t2\t2\toffset-out-of-range\t")
 

@@ -91,7 +91,8 @@ def read(path: Path, split: str | None = None, name: str | None = None, tokens: 
     toks_all, tags_all = cols[tokens], cols[tags]
     if level == "auto":
         level = "char" if all(len(t) == 1 for row in toks_all for t in row) and toks_all else "word"
-        res_note = f"level {level} (auto: {'every token is one character' if level == 'char' else 'multi-character tokens'})"
+        why = "every token is one character" if level == "char" else "multi-character tokens"
+        res_note = f"level {level} (auto: {why})"
     else:
         res_note = f"level {level}"
     sep = "" if level == "char" else " "

@@ -19,7 +19,8 @@ is skipped with a problem row, unless ``predictions=True``: then its latest
 prediction (by ``created_at``, then position) is used and counted. Only
 span results (``value.labels``) are read; choices, relations and other
 result types are counted and ignored. A result with two labels keeps the
-first (a ``two-labels`` problem, as for any span labelled twice). The text is ``data[text_key]`` (default ``text``; a task whose
+first (a ``two-labels`` problem, as for any span labelled twice). The
+text is ``data[text_key]`` (default ``text``; a task whose
 ``data`` has exactly one string field uses that field, counted).
 
 Offsets are checked against ``value.text`` where it is present (the UTF-16
