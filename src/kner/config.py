@@ -174,39 +174,7 @@ class RunConfig(Settings):
 
     def problems(self) -> Iterator[tuple[tuple, str]]:
         """(key path, message) for what the types cannot say: files, folders, schemes, names."""
-        from kner import readers
-        from kner.acquire import SOURCES
-        from kner.schemes import Mapping, load_scheme
-
-        d = self.data
-        fmt_key = ("data", "format") if d.format else ("data", "dataset")
-        if d.reader not in readers.FORMATS:
-            yield fmt_key, f"unknown data format {d.reader!r}" + did_you_mean(d.reader, readers.FORMATS)
-            return
-        if d.path is None:
-            if (d.dataset or d.reader) not in SOURCES:
-                yield ("data", "path"), (f"required for dataset {d.dataset or d.reader!r} "
-                                         f"(only {', '.join(SOURCES)} can be fetched)")
-        elif not Path(d.path).expanduser().exists():
-            yield ("data", "path"), f"no such file or folder: {d.path}"
-        known = readers.FORMATS[d.reader].options
-        for k in d.reader_options:
-            if k not in known:
-                yield (("data", "reader_options", k),
-                       f"format {d.reader!r} has no option {k!r}" + (did_you_mean(k, known) if known else
-                                                                      "; it takes none"))
-        try:
-            load_scheme(d.target_scheme())
-        except KnerError as err:
-            yield ("data", "scheme"), str(err)
-            return
-        if d.map_file and not Path(d.map_file).is_file():
-            yield ("data", "map_file"), f"mapping file not found: {d.map_file}"
-        elif d.mapping():
-            try:
-                Mapping.load(*d.mapping(), d.map_file)
-            except KnerError as err:
-                yield ("data", "map_file" if d.map_file else "map_from"), str(err)
+        yield from self._data_problems()
         if self.model.from_scratch is None:
             try:
                 check_model_path(self.model.base)
@@ -227,6 +195,43 @@ class RunConfig(Settings):
                        f"expected one of {', '.join(HANDLINGS)}, got {sp.handling!r}")
         if sp.config and not Path(sp.config).is_file():
             yield ("baseline", "spacy", "config"), f"spaCy config not found: {sp.config}"
+
+    def _data_problems(self) -> Iterator[tuple[tuple, str]]:
+        from kner import readers
+        from kner.acquire import SOURCES
+        from kner.schemes import Mapping, load_scheme
+
+        d = self.data
+        fmt_key = ("data", "format") if d.format else ("data", "dataset")
+        if d.reader not in readers.FORMATS:
+            hint = "" if d.format else "; for your own data set data.format and data.path"
+            yield fmt_key, (f"unknown data format {d.reader!r}" + did_you_mean(d.reader, readers.FORMATS, "formats")
+                            + hint)
+            return
+        if d.path is None:
+            if (d.dataset or d.reader) not in SOURCES:
+                yield ("data", "path"), (f"required for dataset {d.dataset or d.reader!r} "
+                                         f"(only {', '.join(SOURCES)} can be fetched)")
+        elif not Path(d.path).expanduser().exists():
+            yield ("data", "path"), f"no such file or folder: {d.path}"
+        known = readers.FORMATS[d.reader].options
+        for k in d.reader_options:
+            if k not in known:
+                yield (("data", "reader_options", k),
+                       f"format {d.reader!r} has no option {k!r}" + (did_you_mean(k, known, "options") if known else
+                                                                      "; it takes none"))
+        try:
+            load_scheme(d.target_scheme())
+        except KnerError as err:
+            yield ("data", "scheme"), str(err)
+            return
+        if d.map_file and not Path(d.map_file).is_file():
+            yield ("data", "map_file"), f"mapping file not found: {d.map_file}"
+        elif d.mapping():
+            try:
+                Mapping.load(*d.mapping(), d.map_file)
+            except KnerError as err:
+                yield ("data", "map_file" if d.map_file else "map_from"), str(err)
 
     def _scratch_extras(self) -> Iterator[tuple[tuple, str]]:
         from transformers import AutoConfig

@@ -137,7 +137,8 @@ def run(config_path: str | Path, output_dir: str | Path | None = None, data_dir:
     systems = {cfg.predict.name: preds / "preds.jsonl"}
 
     if cfg.baseline.spacy.enabled:
-        bdir = r.stage("baseline", cfg.given("baseline").get("spacy", {}), [splits["train"], splits["dev"], splits["test"]],
+        bdir = r.stage("baseline", cfg.given("baseline").get("spacy", {}),
+                       [splits["train"], splits["dev"], splits["test"]],
                        lambda d, _: stage_baseline(cfg.baseline.spacy, splits, d, seed))
         systems["spacy"] = bdir / "preds.jsonl"
 

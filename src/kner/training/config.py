@@ -141,11 +141,11 @@ def _short(value) -> str:
     return s if len(s) <= 60 else s[:57] + "..."
 
 
-def did_you_mean(name: str, known) -> str:
+def did_you_mean(name: str, known, what: str = "keys") -> str:
     close = difflib.get_close_matches(str(name), sorted(known), n=1, cutoff=0.6)
     if close:
         return f" (did you mean {close[0]!r}?)"
-    return f"; known keys: {', '.join(sorted(known))}"
+    return f"; known {what}: {', '.join(sorted(known))}"
 
 
 def config_error(err: ValidationError, model: type[BaseModel], source: str, lines: dict | None = None,
@@ -236,7 +236,7 @@ class TrainConfig(Settings):
     map_fallback: Optional[str] = None     # label for source labels without a row ("-" drops them, counted)
     max_seq_len: int = Field(1024, ge=16)  # tokens, prefix included; longer examples are skipped and reported
     prompt: PromptOptions = Field(default_factory=dict)   # PromptFormat overrides (template, header, ...)
-    augment: AugmentOptions = Field(default_factory=dict)  # kner.augment.AugmentConfig: {mention_replace: 0.5, variants: 8}
+    augment: AugmentOptions = Field(default_factory=dict)  # AugmentConfig: {mention_replace: 0.5, variants: 8}
 
     # --- model ------------------------------------------------------------------
     model: str = "meta-llama/Llama-2-7b-hf"
