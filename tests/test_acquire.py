@@ -13,10 +13,10 @@ def test_local_copy_is_verified_against_pinned_digests(shared_datasets):
     assert acquire.verify_folder(acquire.SOURCES["kmou"], folder) == 1284
 
 
-def test_modified_local_copy_is_rejected(tmp_path, shared_datasets):
+def test_modified_local_copy_is_rejected(tmp_path, datasets_dir):
     dst = tmp_path / "kmou" / "corpus"
     dst.mkdir(parents=True)
-    src = shared_datasets / "kmou" / "corpus" / "00002_NER.txt"
+    src = datasets_dir / "kmou" / "corpus" / "00002_NER.txt"   # the fixture keeps it byte for byte
     shutil.copy(src, dst / src.name)
     with pytest.raises(KnerError, match="1283 of the 1284 files of kmou are missing"):
         acquire.locate("kmou", tmp_path)
@@ -33,12 +33,12 @@ def test_offline_without_copy_says_where_to_put_files(tmp_path, monkeypatch):
     assert "kmou/2016klp" in str(err.value) and "KNER_DATA_DIR" in str(err.value)
 
 
-def test_download_verifies_and_caches(tmp_path, monkeypatch, shared_datasets):
+def test_download_verifies_and_caches(tmp_path, monkeypatch, datasets_dir):
     # A file:// "server" stands in for GitHub: same code path as a real download.
     served = tmp_path / "served"
     served.mkdir()
-    for name in ("ner.train", "ner.dev"):
-        shutil.copy(shared_datasets / "kmou" / "2016klp" / name, served / name)
+    for name, part in (("ner.train", "00002_NER.txt"), ("ner.dev", "00003_NER.txt")):
+        shutil.copy(datasets_dir / "kmou" / "corpus" / part, served / name)
     pinned = {n: acquire.sha256(served / n) for n in ("ner.train", "ner.dev")}
     src = acquire.Source("t", "t/x", served.as_uri() + "/")
     monkeypatch.setattr(acquire.Source, "pinned", lambda self: pinned)
