@@ -324,3 +324,15 @@ def test_server_answers_422_naming_the_text_with_a_lone_surrogate():
         assert calls == []                                   # refused before the queue
         r = httpx.post(srv.url + "/extract", json={"texts": ["서울"]}, timeout=30)
         assert r.status_code == 200 and calls == [["서울"]]
+
+
+def test_extractor_skips_a_lone_surrogate_and_says_so(model_folder, caplog):
+    from kner.inference import Extractor
+
+    ex = Extractor.load(model_folder, max_new_tokens=4)
+    preds = ex.predict(["서울", "\ud800", "", "부산"])
+    assert [p.error for p in preds] == [None, text_problem("\ud800"), None, None]
+    assert ex.last_stats.failed == 1 and ex.last_stats.empty == 1 and ex.last_stats.pieces == 2
+    with caplog.at_level("WARNING", logger="kner.inference.extractor"):
+        assert ex(["\ud800"]) == [[]]
+    assert "1 of 1 text(s) cannot be processed and got no entities (text 1: not valid Unicode" in caplog.text
