@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from peft import LoraConfig, get_peft_model
+from peft import LoraConfig
 
+from kner.compat import get_peft_model
 from kner.inference import Extractor
 from kner.inference.fused import fuse_lora, unfuse_lora
 from kner.modeling import build_model_from_config, quantize_4bit_inplace, tiny_config

@@ -7,6 +7,7 @@ import gc
 import pytest
 import torch
 
+from kner import compat
 from kner.modeling import PromptEncoder, build_model_from_config, tiny_config
 from kner.prompt import PromptFormat, render_tags
 from kner.schemes import load_scheme
@@ -187,7 +188,7 @@ def test_layouts_give_the_reference_loss_and_gradient(short, arch):
     batch = short[:3]
     model = build_model_from_config(tiny_config(arch, len(tok), layers=2), seed=1)
     model.train()
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    compat.enable_checkpointing(model, use_reentrant=False)
     parts = ModelParts.of(model)
     for mod in (model.get_input_embeddings(), model.get_output_embeddings()):
         mod.requires_grad_(False)   # as under LoRA; also spares the CPU two 32k-wide weight gradients
@@ -216,7 +217,7 @@ def test_no_memory_is_kept_between_micro_batches(short):
 
     model = build_model_from_config(tiny_config("llama", len(llama_tokenizer())), seed=0)
     model.train()
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    compat.enable_checkpointing(model, use_reentrant=False)
     params = [p for p in model.parameters()]
 
     def live():
@@ -262,7 +263,7 @@ def test_a_step_gives_the_same_gradient_in_every_layout(short):
 
     model = build_model_from_config(tiny_config("llama", len(llama_tokenizer()), layers=2), seed=2)
     model.train()
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    compat.enable_checkpointing(model, use_reentrant=False)
     for mod in (model.get_input_embeddings(), model.get_output_embeddings()):
         mod.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]

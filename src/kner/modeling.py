@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from kner import compat
 from kner.errors import ConfigError, KnerError
 
 log = logging.getLogger(__name__)
@@ -143,10 +144,10 @@ def quantize_4bit_inplace(model, compute_dtype, double_quant: bool = True, quant
     without a save/reload round trip. Quantization happens on ``device`` (default: the
     weight's own device).
     """
-    import bitsandbytes as bnb
     import torch
     from torch import nn
 
+    bnb = compat.bitsandbytes()
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if type(child) is not nn.Linear or name in skip:
@@ -275,22 +276,9 @@ class PromptEncoder:
 # what the forward pass returned.
 
 
-def decoder_layers(model) -> list:
-    from transformers.modeling_layers import GradientCheckpointingLayer
-
-    return [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
-
-
-def allow_cache_under_checkpointing(model) -> None:
-    """HF drops ``past_key_values`` inside checkpointed layers (a growing cache would be
-    appended to twice on replay). Our prefix caches do not grow, so let them through."""
-    for layer in decoder_layers(model):
-        layer._can_checkpoint_with_cache = True
-
-
 @functools.lru_cache(maxsize=None)
 def _layer_classes():
-    from transformers.cache_utils import DynamicLayer
+    DynamicLayer = compat.dynamic_layer_class()
 
     class RecordingLayer(DynamicLayer):
         """Keeps the first key/value states it is given.
@@ -330,11 +318,10 @@ def run_prefix(decoder, prefix_ids, keep: list | None = None):
     gradients on, pass a list as ``keep`` and call ``release_caches(keep)`` after the
     backward pass (see there).
     """
-    from transformers.cache_utils import Cache
-
+    Cache, _ = compat.cache_classes()
     recording, _ = _layer_classes()
     cache = Cache(layer_class_to_replicate=recording)
-    decoder(input_ids=prefix_ids[None], past_key_values=cache, use_cache=False)
+    decoder(input_ids=prefix_ids[None], use_cache=False, **compat.cache_kwargs(decoder, cache))
     if keep is not None:
         keep.append(cache)
     return [(layer.keys, layer.values) for layer in cache.layers]
@@ -342,8 +329,7 @@ def run_prefix(decoder, prefix_ids, keep: list | None = None):
 
 def prefix_cache(prefix_kv, batch_size: int, keep: list | None = None):
     """A read-only cache presenting the batch-1 prefix states to ``batch_size`` rows (a view, no copy)."""
-    from transformers.cache_utils import Cache
-
+    Cache, _ = compat.cache_classes()
     _, frozen = _layer_classes()
     cache = Cache(layers=[frozen(k.expand(batch_size, -1, -1, -1), v.expand(batch_size, -1, -1, -1))
                           for k, v in prefix_kv])

@@ -16,6 +16,7 @@ from typing import Callable, Protocol, Sequence
 
 import torch
 
+from kner import compat
 from kner.inference.prefix_cache import (PrefixKV, make_expanded_cache, make_shared_cache,
                                          shared_prefix_attention_active)
 
@@ -99,14 +100,12 @@ def greedy_decode(model, seqs: Sequence[Sequence[int]], max_new: Sequence[int], 
         cache = make_shared_cache(prefix, b, s + n_new)
         ctx = shared_prefix_attention_active(model, cache)
     else:
-        cache = make_expanded_cache(prefix, b) if mode == "expand" else None
-        if cache is None:
-            from transformers import DynamicCache
-            cache = DynamicCache()
+        cache = make_expanded_cache(prefix, b) if mode == "expand" else compat.dynamic_cache()
         if p:
             own = torch.cat([torch.ones((b, p), dtype=torch.bool, device=dev), own], dim=1)
         ctx = _nullcontext()
 
+    cache_arg = compat.cache_kwargs(model, cache)
     gen: list[list[int]] = [[] for _ in range(b)]
     finished = [False] * b
     rows = list(range(b))          # original row of each cache row
@@ -120,7 +119,7 @@ def greedy_decode(model, seqs: Sequence[Sequence[int]], max_new: Sequence[int], 
                 cache.set_rows(slice(r0, r1))
                 mask = causal[None, None] & valid[r0:r1, None, None, :]
                 out = model(input_ids=ids[r0:r1], attention_mask=mask, position_ids=pos[r0:r1],
-                            past_key_values=cache, use_cache=True, logits_to_keep=1)
+                            use_cache=True, logits_to_keep=1, **cache_arg)
                 parts.append(out.logits[:, -1])
                 del out
             cache.set_rows(slice(None))
@@ -128,8 +127,8 @@ def greedy_decode(model, seqs: Sequence[Sequence[int]], max_new: Sequence[int], 
             logits = torch.cat(parts) if len(parts) > 1 else parts[0]
             del parts
         else:
-            out = model(input_ids=ids, attention_mask=own[:, :p + s], position_ids=pos, past_key_values=cache,
-                        use_cache=True, logits_to_keep=1)
+            out = model(input_ids=ids, attention_mask=own[:, :p + s], position_ids=pos, use_cache=True,
+                        logits_to_keep=1, **cache_arg)
             logits = out.logits[:, -1]
             del out
         cur = pos[:, -1].clone()
@@ -177,13 +176,13 @@ def greedy_decode(model, seqs: Sequence[Sequence[int]], max_new: Sequence[int], 
                 mask = own[:, None, None, :s + step]
             else:
                 mask = own[:, :p + s + step]
-            out = model(input_ids=inp, attention_mask=mask, position_ids=cur[:, None], past_key_values=cache,
-                        use_cache=True, logits_to_keep=1)
+            out = model(input_ids=inp, attention_mask=mask, position_ids=cur[:, None], use_cache=True,
+                        logits_to_keep=1, **cache_arg)
             if mode == "shared":
                 cache.commit(1)
             logits = out.logits[:, -1]
             del out
-    del cache
+    del cache, cache_arg
     stats.new_tokens = sum(len(g) for g in gen)
     return DecodeResult(gen, stats)
 

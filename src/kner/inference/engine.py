@@ -35,6 +35,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from kner import compat
 from kner.errors import KnerError
 from kner.inference.prefix_cache import PrefixKV, shared_prefix_attention_active
 
@@ -73,7 +74,7 @@ class _Row:
 
 
 def _make_cache(prefix: PrefixKV, pool_tokens: int):
-    from transformers.cache_utils import Cache, CacheLayerMixin
+    Cache, CacheLayerMixin = compat.cache_classes()
 
     class PagedLayer(CacheLayerMixin):
         is_compileable = False
@@ -167,6 +168,7 @@ class PagedEngine:
                                 f"not fit the K/V pool ({self.n_blocks * bs} tokens); lower --max-chunk-tokens or "
                                 f"--max-new-tokens, or free GPU memory")
         cache = _make_cache(self.prefix, self.n_blocks * bs)
+        cache_arg = compat.cache_kwargs(self.model, cache)
         free = list(range(self.n_blocks - 1, -1, -1))
         waiting: deque[Request] = deque(requests)
         active: list[_Row] = []
@@ -239,8 +241,8 @@ class PagedEngine:
 
         def next_tokens(ids, mask, pos, rows: list[_Row]) -> list[int]:
             # Prefill and decode differ only in what they feed the model; the step after is the same.
-            out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
-                             use_cache=True, logits_to_keep=1)
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1,
+                             **cache_arg)
             logits = out.logits[:, -1]
             del out
             if self.logits_hook is not None:

@@ -63,10 +63,12 @@ class MergeCheck:
 
 def dequantize_4bit_inplace(model, dtype):
     """Replace every bitsandbytes ``Linear4bit`` by an ``nn.Linear`` holding its dequantized weight."""
-    import bitsandbytes as bnb
     import torch
     from torch import nn
 
+    from kner import compat
+
+    bnb = compat.bitsandbytes()
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if not isinstance(child, bnb.nn.Linear4bit):
@@ -119,8 +121,8 @@ def export_merged(out_dir: str | Path, merged_dir: str | Path, *, into: str = "1
                   check_texts: Sequence[str] | None = None, overwrite: bool = False) -> dict:
     """Merge ``out_dir``'s adapter into 16-bit weights in ``merged_dir``; returns a report (check included)."""
     import torch
-    from peft import PeftModel
 
+    from kner import compat
     from kner.artifacts import ModelManifest
     from kner.modeling import PromptEncoder, choose_compute_dtype, load_model, load_tokenizer
 
@@ -155,7 +157,7 @@ def export_merged(out_dir: str | Path, merged_dir: str | Path, *, into: str = "1
     else:
         base = load_model(replace(man.load, quantize_4bit=True, compute_dtype=work_name))
         base = dequantize_4bit_inplace(base, work)
-    merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+    merged = compat.load_adapter(base, adapter).merge_and_unload()
     merged.eval()
     merged_logits = _prompt_logits(merged, encoder, texts)
     with torch.no_grad():   # parameter-wise: Module.to(dtype) also casts fp32 buffers such as rotary tables
@@ -176,7 +178,7 @@ def export_merged(out_dir: str | Path, merged_dir: str | Path, *, into: str = "1
     ref = load_model(replace(man.load, compute_dtype=work_name))
     if not man.load.quantize_4bit and torch.cuda.is_available():
         ref = ref.to("cuda")
-    ref = PeftModel.from_pretrained(ref, str(adapter)).eval()
+    ref = compat.load_adapter(ref, adapter).eval()
     ref_logits = _prompt_logits(ref, encoder, texts)
     _free(ref)
 

@@ -212,9 +212,9 @@ class Extractor:
             if torch.cuda.is_available():
                 model = model.to("cuda")
         if adapter_dir is not None:
-            from peft import PeftModel
+            from kner import compat
             try:
-                model = PeftModel.from_pretrained(model, str(adapter_dir))
+                model = compat.load_adapter(model, adapter_dir)
             except (OSError, ValueError) as err:
                 raise KnerError(f"cannot load adapter {adapter_dir}: {str(err).splitlines()[0]}") from None
         model.eval()

@@ -32,6 +32,8 @@ from contextlib import contextmanager
 
 import torch
 
+from kner import compat
+
 ATTN_NAME = "kner_shared_prefix"
 _active = threading.local()
 
@@ -50,12 +52,11 @@ class PrefixKV:
     @classmethod
     @torch.no_grad()
     def encode(cls, model, ids: list[int]) -> "PrefixKV":
-        from transformers import DynamicCache
-
         dev = _input_device(model)
-        cache = DynamicCache()
+        cache = compat.dynamic_cache()
         x = torch.tensor([ids], device=dev)
-        model(input_ids=x, attention_mask=torch.ones_like(x), past_key_values=cache, use_cache=True, logits_to_keep=1)
+        model(input_ids=x, attention_mask=torch.ones_like(x), use_cache=True, logits_to_keep=1,
+              **compat.cache_kwargs(model, cache))
         layers = [(lay.keys.detach(), lay.values.detach()) for lay in cache.layers]
         return cls(ids, layers)
 
@@ -73,14 +74,9 @@ def _input_device(model) -> torch.device:
     return model.get_input_embeddings().weight.device
 
 
-def _cache_base():
-    from transformers.cache_utils import Cache, CacheLayerMixin
-    return Cache, CacheLayerMixin
-
-
 def make_shared_cache(prefix: PrefixKV, batch: int, capacity: int):
     """A cache holding ``prefix`` once and room for ``capacity`` more tokens per row."""
-    Cache, CacheLayerMixin = _cache_base()
+    Cache, CacheLayerMixin = compat.cache_classes()
 
     class SharedPrefixLayer(CacheLayerMixin):
         is_compileable = False
@@ -140,9 +136,7 @@ def make_shared_cache(prefix: PrefixKV, batch: int, capacity: int):
 
 def make_expanded_cache(prefix: PrefixKV, batch: int):
     """A ``DynamicCache`` with the prefix copied into every row."""
-    from transformers import DynamicCache
-
-    cache = DynamicCache()
+    cache = compat.dynamic_cache()
     for i, (k, v) in enumerate(prefix.layers):
         cache.update(k.expand(batch, -1, -1, -1).contiguous(), v.expand(batch, -1, -1, -1).contiguous(), i)
     return cache
@@ -193,17 +187,7 @@ _fallback_name = threading.local()
 
 
 def _fallback():
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
-    name = getattr(_fallback_name, "value", None) or "sdpa"
-    return ALL_ATTENTION_FUNCTIONS.get(name, sdpa_attention_forward)
-
-
-def _register() -> None:
-    from transformers import AttentionInterface
-
-    AttentionInterface.register(ATTN_NAME, shared_prefix_attention)
+    return compat.attention_function(getattr(_fallback_name, "value", None) or "sdpa")
 
 
 def _configs(model):
@@ -237,16 +221,16 @@ def supports_shared(model) -> bool:
 @contextmanager
 def shared_prefix_attention_active(model, cache):
     """Route the model's attention through :func:`shared_prefix_attention` for ``cache``."""
-    _register()
+    compat.register_attention(ATTN_NAME, shared_prefix_attention)
     cfgs = _configs(model)
-    old = [c._attn_implementation for c in cfgs]
+    old = [compat.attention_implementation(c) for c in cfgs]
     _fallback_name.value = old[0] if old[0] != ATTN_NAME else "sdpa"
     _active.cache = cache
     try:
         for c in cfgs:
-            c._attn_implementation = ATTN_NAME
+            compat.set_attention_implementation(c, ATTN_NAME)
         yield
     finally:
         for c, o in zip(cfgs, old):
-            c._attn_implementation = o
+            compat.set_attention_implementation(c, o)
         _active.cache = None

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from kner.modeling import allow_cache_under_checkpointing, prefix_cache, run_prefix
+from kner import compat
+from kner.modeling import prefix_cache, run_prefix
 from kner.training.batching import MicroBatch
 
 
@@ -27,7 +28,7 @@ class ModelParts:
     def of(cls, model) -> "ModelParts":
         causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
         decoder = causal_lm.get_decoder()
-        allow_cache_under_checkpointing(decoder)
+        compat.allow_cache_under_checkpointing(decoder)   # the prefix caches do not grow on replay
         return cls(decoder, causal_lm.get_output_embeddings(),
                    getattr(causal_lm.config, "final_logit_softcapping", None))
 
@@ -86,7 +87,8 @@ def answer_loss_sum(parts: ModelParts, mb: MicroBatch, keep: list | None = None,
         cache = prefix_cache(kv, mb.input_ids.shape[0], keep)
         del kv
         hidden = parts.decoder(input_ids=mb.input_ids, attention_mask=mb.attention_mask,
-                               position_ids=mb.position_ids, past_key_values=cache, use_cache=False).last_hidden_state
+                               position_ids=mb.position_ids, use_cache=False,
+                               **compat.cache_kwargs(parts.decoder, cache)).last_hidden_state
     else:
         hidden = parts.decoder(input_ids=mb.input_ids, attention_mask=mb.attention_mask,
                                position_ids=mb.position_ids, use_cache=False).last_hidden_state

@@ -19,6 +19,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kner import compat
 from kner.errors import ConfigError, DataError, KnerError
 from kner.example import Example
 from kner.training import distributed as dist
@@ -139,7 +140,7 @@ def train(config: TrainConfig, model=None, tokenizer=None, *, train_examples: li
 
     row_tokens = max(cfg.row_tokens, longest) if cfg.row_tokens else None
     runner = StepRunner(ModelParts.of(model), params, scaler, dtype, device, cfg.layout, tokenizer.pad_token_id,
-                        getattr(model.config, "_attn_implementation", "sdpa"), row_tokens)
+                        compat.attention_implementation(model.config, "sdpa"), row_tokens)
     if dist.is_main():
         cfg.save(out / "train_config.yaml")
         jlog = JsonlLog(out / "log.jsonl", resume_step=pos.global_step if cfg.resume else None)
@@ -529,15 +530,14 @@ def _prepare_for_training(model, cfg: TrainConfig, dtype):
         for p in model.parameters():
             p.requires_grad_(True)
         if cfg.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=ckpt_kwargs)
+            compat.enable_checkpointing(model, **ckpt_kwargs)
         model.config.use_cache = False
         return model
 
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from peft import LoraConfig
 
     if getattr(model, "is_loaded_in_4bit", False):
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing,
-                                                gradient_checkpointing_kwargs=ckpt_kwargs)
+        model = compat.prepare_kbit_model(model, cfg.gradient_checkpointing, **ckpt_kwargs)
         # prepare_model_for_kbit_training upcasts every non-4-bit weight to fp32. For the
         # embeddings and LM head (0.5 GB at 7B) that doubles their memory and turns the
         # whole residual stream fp32; they are frozen, so keep them in the compute dtype.
@@ -548,13 +548,13 @@ def _prepare_for_training(model, cfg: TrainConfig, dtype):
         for p in model.parameters():
             p.requires_grad_(False)
         if cfg.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=ckpt_kwargs)
+            compat.enable_checkpointing(model, **ckpt_kwargs)
     model.config.use_cache = False
     torch.manual_seed(cfg.seed)   # LoRA initialisation
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=cfg.target_modules, bias="none", task_type="CAUSAL_LM")
     try:
-        model = get_peft_model(model, lora)
+        model = compat.get_peft_model(model, lora)
     except ValueError as err:
         raise ConfigError(f"LoRA: {err}") from None
     for p in model.parameters():   # trainable weights in fp32 (GradScaler and AdamW need it)
@@ -610,8 +610,7 @@ def _make_optimizer(params, cfg: TrainConfig, device):
 
     if cfg.optimizer in ("paged_adamw_8bit", "adamw_8bit"):
         try:
-            import bitsandbytes as bnb
-
+            bnb = compat.bitsandbytes()
             cls = bnb.optim.PagedAdamW8bit if cfg.optimizer == "paged_adamw_8bit" else bnb.optim.AdamW8bit
             if device.type != "cuda" and cfg.optimizer == "paged_adamw_8bit":
                 log.info("paged optimizers need CUDA; on %s the 8-bit AdamW runs unpaged", device.type)
