@@ -18,6 +18,7 @@ from kner.errors import KnerError
 from kner.evaluation import (CAUSE_NAMES, FN_CAUSES, FP_CAUSES, EvalResult, error_table_markdown, evaluate,
                              md_escape, pair_examples, pct)
 from kner.example import Example
+from kner.textio import write_text
 
 # Pastel backgrounds that keep black Hangul readable; assigned by label order.
 PALETTE = ["#ffd6a5", "#caffbf", "#9bf6ff", "#bdb2ff", "#ffc6ff", "#fdffb6", "#a0c4ff", "#ffadad",
@@ -72,17 +73,11 @@ def compare(gold: list[Example], systems: dict[str, list[Example]], out_dir: str
     files = {"json": out / "report.json", "markdown": out / "report.md", "html": out / "report.html",
              "chart": out / "f1_by_label.png"}
     png = f1_chart(results, labels, files["chart"])
-    _write(files["json"], json.dumps(report, ensure_ascii=False, indent=2) + "\n")
-    _write(files["markdown"], to_markdown(report, results))
-    _write(files["html"], to_html(report, results, png))
+    write_text(files["json"], json.dumps(report, ensure_ascii=False, indent=2) + "\n")
+    write_text(files["markdown"], to_markdown(report, results))
+    write_text(files["html"], to_html(report, results, png))
     report["files"] = {k: str(v) for k, v in files.items()}
     return report
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
 
 
 def headline_table(report: dict):

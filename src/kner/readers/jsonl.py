@@ -8,15 +8,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kner.example import iter_jsonl
-from kner.readers.base import ReadResult, numbered_lines
+from kner.example import numbered_jsonl
+from kner.readers.base import ReadResult
 
 
 def read(path: Path) -> ReadResult:
     res = ReadResult(scheme=None, files=1)
-    # iter_jsonl skips blank lines; pair its records with the line numbers they came from.
-    linenos = [n for n, line in numbered_lines(path) if line.strip()]
-    for lineno, ex in zip(linenos, iter_jsonl(path)):
+    for lineno, ex in numbered_jsonl(path):
         ex.meta.setdefault("doc", f"{path.name}:{ex.id}")
         ex.meta.setdefault("source", f"{path.name}:{lineno}")
         res.examples.append(ex)
