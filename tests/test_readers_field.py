@@ -327,3 +327,14 @@ def test_multiconer_v1_korean_file_as_released(tmp_path):
     assert {ex.meta["domain"] for ex in res.examples} == {"ko"}
     assert [ex.meta["source"] for ex in res.examples] == ["ko_dev.conll:1", "ko_dev.conll:13", "ko_dev.conll:18"]
 
+
+
+def test_ids_repeated_across_the_files_of_a_folder_are_made_unique(tmp_path):
+    # Two files of one folder, each numbering its sentences from the same ids: evaluation pairs by id.
+    sent = "# id {}\tdomain=ko\n김하늘 _ _ B-PER\n갔다 _ _ O\n\n"
+    (tmp_path / "a.conll").write_text(sent.format("s1") + sent.format("s2"), encoding="utf-8")
+    (tmp_path / "b.conll").write_text(sent.format("s1"), encoding="utf-8")
+    res = read_dataset("multiconer", tmp_path)
+    assert [ex.id for ex in res.examples] == ["s1", "s2", "s1-2"]
+    assert [(pr.path, pr.line, pr.reason) for pr in res.problems] == [
+        (str(tmp_path / "b.conll"), 1, "id s1 already used at a.conll:1; this sentence is s1-2")]

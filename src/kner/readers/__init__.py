@@ -121,6 +121,29 @@ def files_of(fmt: str, path: str | Path, skipped: list[Path] | None = None) -> l
     return files
 
 
+def _unique_ids(res: ReadResult, path: Path, seen: dict[str, tuple[Path, str]]) -> None:
+    """Give every repeated id a suffix (``id-2``, ``id-3``, ...) and a ``duplicate-id`` problem row.
+
+    Released files repeat ids (MultiCoNER II files hundreds, files of one folder each numbering from
+    1); evaluation pairs gold and predictions by id, so ids must leave the reader unique.
+    """
+    for ex in res.examples:
+        line = str(ex.meta.get("source", "")).rpartition(":")[2]
+        if ex.id in seen:
+            first, first_line = seen[ex.id]
+            n = 2
+            while f"{ex.id}-{n}" in seen:
+                n += 1
+            new = f"{ex.id}-{n}"
+            where = f"line {first_line}" if first == path else f"{first.name}:{first_line}"
+            res.problems.append(Problem(str(path), int(line) if line.isdigit() else None, new,
+                                        f"id {ex.id} already used at {where}; this sentence is {new}", "duplicate-id"))
+            if ex.meta.get("doc") == ex.id:
+                ex.meta["doc"] = new
+            ex.id = new
+        seen[ex.id] = (path, line)
+
+
 def read_dataset(fmt: str, path: str | Path, **opts) -> ReadResult:
     f = _format(fmt)
     bad = sorted(set(opts) - set(f.options))
@@ -133,9 +156,11 @@ def read_dataset(fmt: str, path: str | Path, **opts) -> ReadResult:
     if passed:
         names = ", ".join(p.name for p in passed[:5]) + (", ..." if len(passed) > 5 else "")
         result.notes[f"files passed over as not data ({names}; name a file to read it anyway)"] += len(passed)
+    seen: dict[str, tuple[Path, str]] = {}   # id -> (file, line) of its first use, across files
     for p in files:
         r = f.read(p, **opts)
         schemes.add(r.scheme)
+        _unique_ids(r, p, seen)
         result.extend(r)
     if len(schemes) > 1:
         raise DataError(f"files of different label schemes in one folder: {', '.join(sorted(map(str, schemes)))}", path)

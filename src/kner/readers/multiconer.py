@@ -19,8 +19,8 @@ MultiCoNER sentences are independent, so each is its own document.
 
 The ``domain=`` value is kept in ``meta["domain"]``. Ids are meant to be unique
 but released files repeat some (MultiCoNER II files hundreds): a repeated id is
-a ``duplicate-id`` problem and gets a suffix (``<uuid>-2``, ``-3``, ...), so ids
-stay unique and the output pairs gold with predictions.
+a ``duplicate-id`` problem and gets a suffix (``<uuid>-2``, ``-3``, ...) in
+``read_dataset`` (as for every format), so the output pairs gold with predictions.
 """
 
 from __future__ import annotations
@@ -80,21 +80,11 @@ def read(path: Path, version: int | str | None = None) -> ReadResult:
         version = 1 if labels and labels <= set(V1) else 2
     allowed = set(V1 if version == 1 else V2)
     res = ReadResult(scheme=f"multiconer_v{version}", files=1)
-    seen: dict[str, int] = {}   # id -> line of its first use
     for k, (lineno, sid, domain, toks) in enumerate(raw, 1):
         for tl, _, t in toks:
             if t.label and t.label not in allowed:
                 raise DataError(f"label {t.label!r} is not a MultiCoNER v{version} label", path, tl)
-        sid = sid or f"{path.name}:{k}"
-        if sid in seen:
-            n, new = 2, f"{sid}-2"
-            while new in seen:
-                n += 1
-                new = f"{sid}-{n}"
-            res.problems.append(Problem(str(path), lineno, new, f"id {sid} already used at line {seen[sid]}; "
-                                        f"this sentence is {new}", "duplicate-id"))
-            sid = new
-        seen[sid] = lineno
+        sid = sid or f"{path.name}:{k}"   # repeated ids are made unique by read_dataset
         if not toks:
             res.problems.append(Problem(str(path), lineno, sid, "sentence without tokens; not converted", "empty-sentence"))
             res.skipped += 1
