@@ -252,13 +252,10 @@ def read_for_scoring(path) -> list[Example]:
     """Canonical JSONL as ``read_jsonl`` reads it, except that a duplicate entity or a span with two
     labels is not an error: scoring has a rule for both (see the module docstring). Every entity's
     offsets and surface text are still checked, with file and line in the error."""
-    from kner.example import iter_jsonl, validate
-    from kner.readers.base import numbered_lines
+    from kner.example import numbered_jsonl, validate
 
-    # iter_jsonl skips blank lines; pair its records with the line numbers they came from.
-    linenos = [n for n, line in numbered_lines(path) if line.strip()]
     out = []
-    for lineno, ex in zip(linenos, iter_jsonl(path, validate_examples=False)):
+    for lineno, ex in numbered_jsonl(path, validate_examples=False):
         for e in ex.entities:  # one at a time: validate() refuses repeated spans, which are legal here
             validate(Example(ex.id, ex.text, [e]), path, lineno)
         out.append(ex)

@@ -257,9 +257,10 @@ def stage_baseline(spacy_cfg: SpacySection, splits: dict, out: Path, seed: int) 
 
 
 def stage_report(rep_cfg: ReportSection, test_path: Path, systems: dict[str, Path], out: Path) -> None:
-    from kner.example import read_jsonl
+    from kner.evaluation import read_for_scoring
     from kner.report import compare
 
-    gold = read_jsonl(test_path)
-    compare(gold, {name: read_jsonl(p) for name, p in systems.items()}, out,
+    # As `kner compare` reads them: a duplicate or two-label prediction is scored, not refused.
+    gold = read_for_scoring(test_path)
+    compare(gold, {name: read_for_scoring(p) for name, p in systems.items()}, out,
             sample=rep_cfg.sample, seed=rep_cfg.seed)
