@@ -1,16 +1,9 @@
 import shutil
-from pathlib import Path
 
 import pytest
 
 from kner import acquire
 from kner.errors import KnerError
-
-
-def test_local_copy_is_verified_against_pinned_digests(shared_datasets):
-    folder = acquire.locate("kmou", shared_datasets)
-    assert folder == shared_datasets / "kmou" / "corpus"
-    assert acquire.verify_folder(acquire.SOURCES["kmou"], folder) == 1284
 
 
 def test_modified_local_copy_is_rejected(tmp_path, datasets_dir):

@@ -140,16 +140,16 @@ def test_spacy_log_lines_print_once(clean_root, capfd):
 
 
 @pytest.mark.slow
-def test_kner_run_into_a_file(tmp_path, shared_datasets):
+def test_kner_run_into_a_file(tmp_path):
     """`kner run cfg > log.txt`: the whole pipeline, small; the log has no colour codes, spaCy's lines
     once, and ends with the scores."""
-    from test_pipeline import TINY
+    from test_pipeline import TINY   # the KMOU fixture as its data
 
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump(TINY, allow_unicode=True), encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "ANSI_COLORS_DISABLED", "WASABI_NO_PRETTY")}
     p = subprocess.run([sys.executable, "-c", "from kner.cli import main; main()", "run", str(cfg),
-                        "-o", str(tmp_path / "run"), "--data-dir", str(shared_datasets)],
+                        "-o", str(tmp_path / "run")],
                        capture_output=True, text=True, env={**env, "TERM": "xterm-256color"})
     assert p.returncode == 0, p.stderr[-2000:]
     assert ESC not in p.stdout and ESC not in p.stderr

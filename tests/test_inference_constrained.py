@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import random
 import re
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,8 +19,6 @@ from kner.inference.vocab import TokenTable
 from kner.modeling import load_tokenizer
 from kner.prompt import parse_tags
 from kner.schemes import load_scheme
-
-TOKENIZERS = Path(__file__).resolve().parents[2] / "shared" / "tokenizers"
 
 
 @pytest.fixture(scope="module")
@@ -107,22 +104,6 @@ def check_token_bytes(tok):
 def test_token_bytes_spell_what_the_tokenizer_decodes(llama):
     ids = check_token_bytes(llama[0])
     assert llama[0].convert_ids_to_tokens(ids)[-3:] == ["<0xEA>", "<0xB2>", "<0x90>"]
-
-
-def test_real_sentencepiece_tokenizers():
-    """The one test of the real tokenizer files (../shared/tokenizers): LLaMA-2 and Mistral."""
-    from kner.modeling import PromptEncoder
-    from kner.prompt import PromptFormat
-
-    found = [n for n in ("llama-2", "mistral-7b-v0.3") if (TOKENIZERS / n).is_dir()]
-    if not found:
-        pytest.skip(f"no real tokenizers at {TOKENIZERS}")
-    for name in found:
-        check_token_bytes(load_tokenizer(str(TOKENIZERS / name)))
-    if "llama-2" in found:
-        # 281 instruction tokens + BOS for the study's spacy19 prompt (the cost quoted in the docs).
-        enc = PromptEncoder(load_tokenizer(str(TOKENIZERS / "llama-2")), PromptFormat(), load_scheme("spacy19"))
-        assert len(enc.prefix_ids) == 282 and enc.prefix_ids[0] == 1
 
 
 def test_byte_level_bpe_table():

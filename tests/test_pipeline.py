@@ -8,10 +8,12 @@ import yaml
 
 from kner.pipeline import run
 
+# The KMOU fixture (15 documents): 80/10/10 by document leaves 13 test sentences, enough for the limits.
+KMOU_FIXTURE = Path(__file__).parent / "fixtures" / "kmou" / "corpus"
 TINY = {
     "name": "tiny",
     "seed": 13,
-    "data": {"dataset": "kmou", "scheme": "spacy19", "map_from": "kmou",
+    "data": {"format": "kmou", "path": str(KMOU_FIXTURE), "scheme": "spacy19", "map_from": "kmou",
              "limit": {"train": 40, "dev": 8, "test": 12}},
     "model": {"from_scratch": {"arch": "llama", "hidden": 32, "layers": 1, "heads": 2, "max_positions": 1024,
                                "tokenizer": {"vocab_size": 600}}},
@@ -35,9 +37,9 @@ def _status(summary: dict) -> dict:
 
 
 @pytest.mark.slow
-def test_run_skips_finished_stages_and_reruns_what_changed(tmp_path, shared_datasets):
+def test_run_skips_finished_stages_and_reruns_what_changed(tmp_path):
     out = tmp_path / "run"
-    first = run(_write(tmp_path, TINY), out, shared_datasets)
+    first = run(_write(tmp_path, TINY), out)
     assert _status(first) == dict.fromkeys(["prepare", "train", "predict", "baseline", "report"], "ran")
     report = json.loads((out / "report" / "report.json").read_text())
     assert set(report["systems"]) == {"llm", "spacy"}
@@ -47,17 +49,17 @@ def test_run_skips_finished_stages_and_reruns_what_changed(tmp_path, shared_data
     for p in preds:  # constrained decoding: every entity is a real span of the input
         assert all(p["text"][e["start"]:e["end"]] == e["text"] for e in p["entities"])
 
-    again = run(_write(tmp_path, TINY), out, shared_datasets)
+    again = run(_write(tmp_path, TINY), out)
     assert set(_status(again).values()) == {"skipped"}
 
     changed = json.loads(json.dumps(TINY))
     changed["report"]["sample"] = 3
-    st = _status(run(_write(tmp_path, changed), out, shared_datasets))
+    st = _status(run(_write(tmp_path, changed), out))
     assert st["train"] == "skipped" and st["baseline"] == "skipped" and st["report"] == "ran"
 
     changed["train"]["lr"] = 2e-3  # new model: predictions follow, the baseline does not
     before = (out / "predict" / "preds.jsonl").read_bytes()
-    st = _status(run(_write(tmp_path, changed), out, shared_datasets))
+    st = _status(run(_write(tmp_path, changed), out))
     assert {k: st[k] for k in ("prepare", "train", "predict", "baseline")} == {
         "prepare": "skipped", "train": "ran", "predict": "ran", "baseline": "skipped"}
     # The report is keyed by the prediction files' contents, not by the model that made them.
@@ -66,11 +68,11 @@ def test_run_skips_finished_stages_and_reruns_what_changed(tmp_path, shared_data
 
 
 @pytest.mark.slow
-def test_interrupted_training_resumes_from_its_checkpoint(tmp_path, shared_datasets):
+def test_interrupted_training_resumes_from_its_checkpoint(tmp_path):
     cfg = json.loads(json.dumps(TINY))
     cfg["baseline"]["spacy"]["enabled"] = False
     out = tmp_path / "run"
-    run(_write(tmp_path, cfg), out, shared_datasets, stop_after="train")
+    run(_write(tmp_path, cfg), out, stop_after="train")
     log = [json.loads(l) for l in (out / "train" / "log.jsonl").read_text().splitlines()]
     losses = {e["step"]: e["loss"] for e in log if e.get("event") == "step"}
     # Simulate a kill after the step-2 checkpoint: the marker says "not done", later checkpoints vanish.
@@ -84,7 +86,7 @@ def test_interrupted_training_resumes_from_its_checkpoint(tmp_path, shared_datas
         if c not in keep:
             import shutil
             shutil.rmtree(c)
-    st = _status(run(_write(tmp_path, cfg), out, shared_datasets, stop_after="train"))
+    st = _status(run(_write(tmp_path, cfg), out, stop_after="train"))
     assert st["train"] == "resumed"
     log2 = [json.loads(l) for l in (out / "train" / "log.jsonl").read_text().splitlines()]
     assert any(e.get("event") == "resume" and e["step"] > 0 for e in log2)

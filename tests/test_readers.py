@@ -219,52 +219,29 @@ def test_reader_labels_match_schemes():
         assert set(mod_labels) == set(load_scheme(scheme).names)
 
 
-# ---- the real corpora ------------------------------------------------------------------------------
+# ---- the KMOU fixture corpus (15 files of the real corpus, byte for byte; full counts: test_real_data.py)
 
 @pytest.fixture(scope="module")
-def kmou(shared_datasets):
-    return read_dataset("kmou", shared_datasets / "kmou" / "corpus")
+def kmou(datasets_dir):
+    return read_dataset("kmou", datasets_dir / "kmou" / "corpus")
 
 
 def test_kmou_corpus_counts(kmou):
-    assert kmou.files == 1284
-    assert len(kmou.examples) == 21578 and kmou.skipped == 0
-    assert sum(len(ex.entities) for ex in kmou.examples) == 72684
-    assert len({ex.meta["doc"] for ex in kmou.examples}) == 1284
-    assert len({ex.id for ex in kmou.examples}) == 21578
-    assert kinds(kmou) == Counter({"bio-mismatch": 602, "whitespace-trimmed": 5})
+    assert kmou.files == 15
+    assert len(kmou.examples) == 206 and kmou.skipped == 0
+    assert sum(len(ex.entities) for ex in kmou.examples) == 622
+    assert len({ex.meta["doc"] for ex in kmou.examples}) == 15
+    assert len({ex.id for ex in kmou.examples}) == 206
+    assert kinds(kmou) == Counter({"bio-mismatch": 3, "whitespace-trimmed": 1})
+    assert [(p.sentence_id, p.line) for p in kmou.problems] == [
+        ("00002_NER:9", 520), ("00006_NER:6", 187), ("00011_NER:8", 368), ("00016_NER:9", 281)]
     labels = Counter(e.label for ex in kmou.examples for e in ex.entities)
-    assert labels["PER"] == 16755 and labels["TIM"] == 435 and set(labels) == set(load_scheme("kmou").names)
+    assert labels["PER"] == 171 and labels["TIM"] == 2 and set(labels) == set(load_scheme("kmou").names)
     for ex in kmou.examples:
         validate(ex)
 
 
-def test_kmou_odd_sentences(kmou):
-    by_id = {ex.id: ex for ex in kmou.examples}
-    ex = by_id["10232_NER:13"]                         # <<2>:NOH>: the entity is "<2>"
-    assert ents(ex)[0] == ("NOH", "<2>", 0)
-    ex = by_id["00105_NER:2"]                          # 영화 <<트럼보:POH>>가
-    assert "<트럼보>" in ex.text and ("POH", "트럼보") in [(e.label, e.text) for e in ex.entities]
-    ex = by_id["00080_NER:1"]                          # an unclosed literal '<'
-    assert ex.text.startswith("최호열 기자 | honeypapa@donga.com <이 기사는 신동아")
-
-
 def test_kmou_mapping_to_spacy19(kmou):
     mapped, rep = map_examples(kmou.examples, Mapping.load("kmou", "spacy19"))
-    assert sum(rep.mapped.values()) == 72684 and not rep.dropped
-    assert rep.mapped[("DUR", "DATE")] == 1440
-
-
-def test_klp2016_counts(shared_datasets):
-    res = read_dataset("klp2016", shared_datasets / "kmou" / "2016klp")
-    assert res.files == 3 and len(res.examples) == 3660 and res.skipped == 0
-    assert sum(len(ex.entities) for ex in res.examples) == 7779
-    assert kinds(res) == Counter({"bio-mismatch": 12})
-
-
-def test_klue_counts(shared_datasets):
-    res = read_dataset("klue", shared_datasets / "klue-ner")
-    assert res.files == 1 and len(res.examples) == 4000 and res.skipped == 0
-    assert sum(len(ex.entities) for ex in res.examples) == 11460
-    assert kinds(res) == Counter({"bio-mismatch": 5, "whitespace-trimmed": 2, "malformed-tag": 1,
-                                  "chars-mismatch": 1, "unparseable": 1})
+    assert sum(rep.mapped.values()) == 622 and not rep.dropped
+    assert rep.mapped[("DUR", "DATE")] == 16 and rep.mapped[("POH", "MISC")] == 80

@@ -16,7 +16,6 @@ import sys
 import threading
 import time
 import urllib.parse
-from pathlib import Path
 
 import pytest
 
@@ -27,9 +26,6 @@ httpx = pytest.importorskip("httpx")
 from kner.errors import KnerError  # noqa: E402
 from kner.example import Entity  # noqa: E402
 from kner.serve import BackgroundServer, ServeSettings, create_app  # noqa: E402
-
-LLAMA2 = Path(__file__).resolve().parents[2] / "shared" / "tokenizers" / "llama-2"
-
 
 def fake_entities(text: str) -> list[Entity]:
     """Every word is an entity: CARDINAL if it is all digits, else PER."""
@@ -270,10 +266,8 @@ def test_demo_page_in_headless_chromium(fake, tmp_path):
 # -- a real (tiny, random) model ------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def model_folder(tmp_path_factory):
-    """What `kner export` writes: kner.json + model/ (16/32-bit weights) + tokenizer/."""
-    if not LLAMA2.is_dir():
-        pytest.skip("LLaMA-2 tokenizer not available")
+def model_folder(tmp_path_factory, llama_dir):
+    """What `kner export` writes: kner.json + model/ (16/32-bit weights) + tokenizer/ (LLaMA-2-style)."""
     import torch
 
     from kner.artifacts import ModelManifest
@@ -281,9 +275,9 @@ def model_folder(tmp_path_factory):
     from kner.schemes import load_scheme
 
     out = tmp_path_factory.mktemp("kner_serve") / "out"
-    tok = load_tokenizer(str(LLAMA2))
+    tok = load_tokenizer(str(llama_dir))
     torch.manual_seed(0)
-    model = build_model_from_config(tiny_config("llama", vocab_size=32000, hidden=32, intermediate=64, layers=1,
+    model = build_model_from_config(tiny_config("llama", vocab_size=len(tok), hidden=32, intermediate=64, layers=1,
                                                 heads=2, kv_heads=1))
     model.save_pretrained(out / "model", safe_serialization=True)
     tok.save_pretrained(out / "tokenizer")

@@ -111,6 +111,9 @@ def train(config: TrainConfig, model=None, tokenizer=None, *, train_examples: li
     # 5. Optimizer, schedule, loss scaling.
     params = [p for p in model.parameters() if p.requires_grad]
     dist.broadcast_params(params)
+    # The same initialisation everywhere, but dropout masks of their own: one seed on every
+    # rank would give each rank's n-th example the same masks (a resume restores these streams).
+    torch.manual_seed(cfg.seed + dist.rank_info().rank)
     optimizer = _make_optimizer(params, cfg, device)
     steps_per_epoch = math.ceil(len(train_tok) / cfg.examples_per_step)
     total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
