@@ -66,7 +66,7 @@ def worker(args) -> None:
     import torch
 
     import train_bench
-    from kner.modeling import load_tokenizer
+    from kner.model.loading import load_tokenizer
     from kner.training import distributed as dist
     from kner.training.config import TrainConfig
     from kner.training.recipe import train

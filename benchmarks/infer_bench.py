@@ -51,10 +51,10 @@ def log(msg: str) -> None:
 
 
 def prepare(args) -> None:
-    from kner.datasets import default_kmou_split
-    from kner.example import write_jsonl
-    from kner.modeling import load_tokenizer
-    from kner.schemes import Mapping, map_examples
+    from corpora import default_kmou_split
+    from kner.data.example import write_jsonl
+    from kner.model.loading import load_tokenizer
+    from kner.data.schemes import Mapping, map_examples
 
     DATA.mkdir(parents=True, exist_ok=True)
     tok = load_tokenizer(args.tokenizer_src)
@@ -72,7 +72,7 @@ def build(args, tok, device, dtype):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from kner.modeling import quantize_4bit_inplace, tiny_config
+    from kner.model.loading import quantize_4bit_inplace, tiny_config
 
     t = time.perf_counter()
     if args.tiny:
@@ -108,9 +108,9 @@ def baseline(model, tok, texts, budgets, device, n_max, seconds):
     """One sentence at a time through ``model.generate``: the study's way."""
     import torch
 
-    from kner.modeling import PromptEncoder
-    from kner.prompt import PromptFormat
-    from kner.schemes import load_scheme
+    from kner.model.loading import PromptEncoder
+    from kner.model.prompt import PromptFormat
+    from kner.data.schemes import load_scheme
 
     enc = PromptEncoder(tok, PromptFormat(), load_scheme("spacy19"))
 
@@ -176,9 +176,9 @@ def load_set(n: int, max_budget: int | None = None, path: str | Path | None = No
     """The LLaMA-2 tokenizer, the first ``n`` sentences of the prepared test set (or of ``path``,
     canonical JSONL), and each one's new-token budget: its gold tag list in tokens + 1 (EOS),
     what a perfect model writes."""
-    from kner.example import read_jsonl
-    from kner.modeling import load_tokenizer
-    from kner.prompt import render_tags
+    from kner.data.example import read_jsonl
+    from kner.model.loading import load_tokenizer
+    from kner.model.prompt import render_tags
 
     tok = load_tokenizer(str(DATA / "tokenizer"))
     exs = read_jsonl(path or DATA / "kmou_test1000.jsonl")[:n]

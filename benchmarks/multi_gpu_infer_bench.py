@@ -62,9 +62,9 @@ def build(args) -> None:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from kner.artifacts import ModelManifest
-    from kner.modeling import LoadSpec, load_tokenizer, tiny_config
-    from kner.schemes import load_scheme
+    from kner.model.artifacts import ModelManifest
+    from kner.model.loading import LoadSpec, load_tokenizer, tiny_config
+    from kner.data.schemes import load_scheme
 
     work = Path(args.work)
     tok = load_tokenizer(str(DATA / "tokenizer"))

@@ -4,7 +4,7 @@
 
 The data is the KMOU corpus converted to canonical JSONL (``kner data convert kmou``);
 the pipeline splits it by document with seed 13, which reproduces the default split.
-Writes the test-split metrics (kner.evaluation) and the predictions under --out.
+Writes the test-split metrics (kner.evaluation.scoring) and the predictions under --out.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from kner.evaluation import evaluate  # noqa: E402
-from kner.example import read_jsonl  # noqa: E402
+from kner.evaluation.scoring import evaluate  # noqa: E402
+from kner.data.example import read_jsonl  # noqa: E402
 from kner.pipeline import run, stage_predict  # noqa: E402
 
 

@@ -24,10 +24,10 @@ from pathlib import Path
 
 from kner.baselines.spacy_ner import DEFAULT_TOKENIZER, REPORT_NAME, predict_spacy_with_report, train_spacy
 from kner.baselines.tokenization import MODES, alignment_report
-from kner.datasets import default_kmou_split
-from kner.evaluation import evaluate
-from kner.example import write_jsonl
-from kner.schemes import Mapping, load_scheme, map_examples
+from corpora import default_kmou_split
+from kner.evaluation.scoring import evaluate
+from kner.data.example import write_jsonl
+from kner.data.schemes import Mapping, load_scheme, map_examples
 
 
 def cpu_model() -> str:

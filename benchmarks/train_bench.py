@@ -41,7 +41,7 @@ def build_model(args, tok, dtype, device):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from kner.modeling import quantize_4bit_inplace, tiny_config
+    from kner.model.loading import quantize_4bit_inplace, tiny_config
 
     t = time.perf_counter()
     if args.tiny:
@@ -62,7 +62,7 @@ def build_model(args, tok, dtype, device):
 
 
 def load_examples(args):
-    from kner.example import read_jsonl
+    from kner.data.example import read_jsonl
 
     return read_jsonl(args.data)[: args.max_examples]
 
@@ -82,9 +82,9 @@ def measure(fn, device):
 def kner_runs(args, model, tok, examples, dtype, device, results, save):
     import torch
 
-    from kner.modeling import PromptEncoder, release_caches
-    from kner.prompt import PromptFormat
-    from kner.schemes import load_scheme
+    from kner.model.loading import PromptEncoder, release_caches
+    from kner.model.prompt import PromptFormat
+    from kner.data.schemes import load_scheme
     from kner.training.batching import as_rows, collate, epoch_steps, tokenize_examples
     from kner.training.config import TrainConfig
     from kner.training.forward import ModelParts, answer_loss_sum
@@ -210,8 +210,8 @@ def baseline_run(args, model, tok, examples, dtype, device, results, save):
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
-    from kner.prompt import PromptFormat
-    from kner.schemes import load_scheme
+    from kner.model.prompt import PromptFormat
+    from kner.data.schemes import load_scheme
 
     fmt, scheme = PromptFormat(), load_scheme("spacy19")
     texts = [fmt.render(e.text, e.entities, scheme) + tok.eos_token for e in examples]
@@ -334,7 +334,7 @@ def main(argv=None):
 
     import torch
 
-    from kner.modeling import load_tokenizer
+    from kner.model.loading import load_tokenizer
 
     results: dict = {"argv": sys.argv[1:], "date": time.strftime("%Y-%m-%d %H:%M:%S")}
     out = Path(args.out)

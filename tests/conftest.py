@@ -1,4 +1,5 @@
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,9 @@ except ImportError:  # pragma: no cover
     pass
 
 REPO = Path(__file__).resolve().parents[1]
+# Benchmark helpers (benchmarks/corpora.py, benchmarks/loadtest.py) are not part of the package; the
+# tests that exercise them import them from there.
+sys.path.insert(0, str(REPO / "benchmarks"))
 SHARED = Path(os.environ.get("KNER_DATA_DIR") or REPO.parent / "shared" / "datasets")
 # Laid out like the shared folder: kmou/corpus/ holds the first 15 files of the KMOU corpus.
 FIXTURE_DATA = REPO / "tests" / "fixtures"

@@ -1,6 +1,6 @@
-"""KLUE-labelled sentences for the metric and report tests, read without ``kner.readers``.
+"""KLUE-labelled sentences for the metric and report tests, read without ``kner.data.readers``.
 
-Independent of ``kner.readers`` on purpose: metric tests must not share a bug with the reader.
+Independent of ``kner.data.readers`` on purpose: metric tests must not share a bug with the reader.
 The sentences are the KMOU fixture's (tests/fixtures/kmou), taken from each sentence's
 ``<span:TAG>`` markup line and relabelled with KLUE's tags, so every clone has them.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from kner.example import Entity, Example
+from kner.data.example import Entity, Example
 
 KLUE = Path(__file__).resolve().parent / "fixtures" / "kmou" / "corpus"
 # KMOU -> KLUE-NER tags; POH (other proper nouns) has no KLUE tag and is left untagged.

@@ -2,7 +2,7 @@ import shutil
 
 import pytest
 
-from kner import acquire
+from kner.data import acquire
 from kner.errors import KnerError
 
 

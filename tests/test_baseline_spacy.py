@@ -25,8 +25,8 @@ from kner.baselines.spacy_ner import (  # noqa: E402
 from kner.baselines.tokenization import alignment_report, make_doc, token_offsets, tokenize  # noqa: E402
 from kner.cli import _register, app  # noqa: E402
 from kner.errors import ConfigError, DataError  # noqa: E402
-from kner.example import Entity, Example, read_jsonl, validate, write_jsonl  # noqa: E402
-from kner.schemes import Mapping  # noqa: E402
+from kner.data.example import Entity, Example, read_jsonl, validate, write_jsonl  # noqa: E402
+from kner.data.schemes import Mapping  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures" / "spacy"
 runner = CliRunner()
@@ -217,8 +217,8 @@ def test_cli_train_rejects_bad_input(tmp_path):
 
 def test_kmou_particles_need_subword_tokens(datasets_dir):
     # The measurement behind the default tokenizer (docs/baseline.md), on a slice of real data
-    # (the fixture's 206 KMOU sentences; kner.datasets would insist on the full corpus).
-    from kner.readers import read_dataset
+    # (the fixture's 206 KMOU sentences; benchmarks/corpora.py would insist on the full corpus).
+    from kner.data.readers import read_dataset
 
     examples = read_dataset("kmou", datasets_dir / "kmou" / "corpus").examples[:400]
     spans = sum(len(ex.entities) for ex in examples)

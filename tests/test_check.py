@@ -1,4 +1,4 @@
-"""`kner data check` / kner.check: every finding kind, exit codes, and `kner run` stopping after prepare."""
+"""`kner data check` / kner.data.check: every finding kind, exit codes, and `kner run` stopping after prepare."""
 
 import json
 import logging
@@ -10,10 +10,10 @@ import yaml
 from typer.testing import CliRunner
 
 import kner.cli.data  # noqa: F401  (registers the commands)
-from kner.check import check_files, check_folder, check_splits
+from kner.data.check import check_files, check_folder, check_splits
 from kner.cli import app
 from kner.errors import ConfigError, DataError
-from kner.example import Entity, Example
+from kner.data.example import Entity, Example
 
 runner = CliRunner()
 NAMES = ["김민준", "이서연", "박지훈", "최수아", "정하늘", "강도윤"]
@@ -161,7 +161,7 @@ def test_empty_text_and_no_entities(tmp_path):
 
 @pytest.fixture(scope="module")
 def char_tokenizer(tmp_path_factory):
-    from kner.scratch import train_tokenizer
+    from kner.model.scratch import train_tokenizer
 
     texts = [e.text for e in (ex(i, "t") for i in range(36))]
     tok = train_tokenizer(texts, kind="char", min_count=1)

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 import kner.cli.data  # noqa: F401  (registers the commands)
 from kner.cli import app
 from kner.errors import KnerError
-from kner.example import read_jsonl
+from kner.data.example import read_jsonl
 
 FIX = Path(__file__).parent / "fixtures" / "readers"
 runner = CliRunner()

@@ -1,4 +1,4 @@
-"""kner.compat: the one adapter over transformers/peft/bitsandbytes internals."""
+"""kner.model.compat: the one adapter over transformers/peft/bitsandbytes internals."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import logging
 
 import torch
 
-from kner import compat
-from kner.modeling import build_model_from_config, tiny_config
+from kner.model import compat
+from kner.model.loading import build_model_from_config, tiny_config
 
 
 def test_cache_argument_follows_the_model_and_the_library():

@@ -12,7 +12,7 @@ import yaml
 from kner.cli import main
 from kner.config import RunConfig, ScratchSection, SpacySection, TokenizerSection, load_run_config
 from kner.errors import ConfigError
-from kner.example import Entity, Example, write_jsonl
+from kner.data.example import Entity, Example, write_jsonl
 from kner.training.config import TrainConfig, looks_like_path
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
@@ -162,7 +162,7 @@ def test_yaml_and_file_errors(workdir):
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_shipped_configs_validate(path):
-    from kner.schemes import Mapping, load_scheme
+    from kner.data.schemes import Mapping, load_scheme
 
     cfg = load_run_config(path)
     scheme = load_scheme(cfg.data.target_scheme())
@@ -176,7 +176,7 @@ def test_shipped_configs_validate(path):
 
 def test_section_defaults_are_the_functions_defaults():
     from kner.baselines.spacy_ner import train_spacy
-    from kner.scratch import build_scratch_model, train_tokenizer
+    from kner.model.scratch import build_scratch_model, train_tokenizer
 
     for section, fn, skip in ((SpacySection, train_spacy, {"train", "dev", "out_dir"}),
                               (ScratchSection, build_scratch_model, {"tokenizer", "extra"}),

@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from kner.cli import LOG_HANDLER, color_allowed, configure_logging
-from kner.evaluation import evaluate
-from kner.example import Entity, Example
+from kner.evaluation.scoring import evaluate
+from kner.data.example import Entity, Example
 
 ESC = "\x1b["
 TEXT = "AAAA BBBB CCCC DDDD"

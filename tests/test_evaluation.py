@@ -12,8 +12,8 @@ import sys
 import pytest
 
 from kner.errors import KnerError
-from kner.evaluation import FN_CAUSES, FP_CAUSES, evaluate
-from kner.example import Entity, Example, write_jsonl
+from kner.evaluation.scoring import FN_CAUSES, FP_CAUSES, evaluate
+from kner.data.example import Entity, Example, write_jsonl
 
 from klue_data import load_klue  # noqa: E402
 

@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from kner.evaluation import evaluate, read_for_scoring
-from kner.example import Entity, Example
+from kner.evaluation.scoring import evaluate, read_for_scoring
+from kner.data.example import Entity, Example
 
 TEXT = "AAAA BBBB CCCC DDDD"
 

@@ -9,12 +9,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from kner.artifacts import ModelManifest
+from kner.model.artifacts import ModelManifest
 from kner.errors import KnerError
-from kner.example import Entity, Example, read_jsonl, write_jsonl
-from kner.modeling import LoadSpec, build_model_from_config, load_tokenizer, save_pretrained_dir, tiny_config
-from kner.prompt import parse_tags
-from kner.schemes import load_scheme
+from kner.data.example import Entity, Example, read_jsonl, write_jsonl
+from kner.model.loading import LoadSpec, build_model_from_config, load_tokenizer, save_pretrained_dir, tiny_config
+from kner.model.prompt import parse_tags
+from kner.data.schemes import load_scheme
 
 from tiny_llama import tiny_llama_dir
 
@@ -26,7 +26,7 @@ def write_qlora_folder(root: Path) -> Path:
     """base/ (tiny LLaMA, fp32), out/ (kner.json + adapter/ + tokenizer/): what `kner train` writes."""
     from peft import LoraConfig
 
-    from kner.compat import get_peft_model
+    from kner.model.compat import get_peft_model
 
     tok = load_tokenizer(str(LLAMA2))
     torch.manual_seed(0)
@@ -85,7 +85,7 @@ def test_predict_jsonl_and_dataset_format(folders, tmp_path, datasets_dir):
     preds = read_jsonl(dst)
     assert [(p.id, p.text, p.meta) for p in preds] == [(g.id, g.text, g.meta) for g in gold]
 
-    from kner.readers import read_dataset
+    from kner.data.readers import read_dataset
 
     kmou_file = sorted((datasets_dir / "kmou" / "corpus").glob("*.txt"))[0]
     n = len(read_dataset("kmou", kmou_file).examples)

@@ -13,12 +13,12 @@ import re
 import pytest
 import torch
 
-from kner.example import Entity
+from kner.data.example import Entity
 from kner.inference.constrained import AFTER, ConstrainedChooser, TagConstraint, TagGrammar, TextContext
 from kner.inference.vocab import TokenTable
-from kner.modeling import load_tokenizer
-from kner.prompt import parse_tags
-from kner.schemes import load_scheme
+from kner.model.loading import load_tokenizer
+from kner.model.prompt import parse_tags
+from kner.data.schemes import load_scheme
 
 
 @pytest.fixture(scope="module")
@@ -226,7 +226,7 @@ def test_escaping_and_special_characters(llama, scheme):
 
 
 def test_random_logits_on_kmou_sentences(llama, scheme, datasets_dir):
-    from kner.readers import read_dataset
+    from kner.data.readers import read_dataset
 
     files = sorted((datasets_dir / "kmou" / "corpus").glob("*.txt"))[:20]
     texts = []

@@ -10,9 +10,9 @@ from kner.inference.chunking import split_document
 from kner.inference.decoding import GreedyChooser, greedy_decode
 from kner.inference.memory import ModelDims, is_oom, plan_batch
 from kner.inference.prefix_cache import PrefixKV
-from kner.modeling import PromptEncoder, build_model_from_config, load_tokenizer, tiny_config
-from kner.prompt import PromptFormat, parse_tags
-from kner.schemes import load_scheme
+from kner.model.loading import PromptEncoder, build_model_from_config, load_tokenizer, tiny_config
+from kner.model.prompt import PromptFormat, parse_tags
+from kner.data.schemes import load_scheme
 
 @pytest.fixture(scope="module")
 def tok(llama_dir):
@@ -105,7 +105,7 @@ def test_prefix_cache_modes_match_full_prompts(tok, arch, kv):
 
 
 def kmou_texts(datasets_dir, n):
-    from kner.readers import read_dataset
+    from kner.data.readers import read_dataset
 
     texts = []
     for f in sorted((datasets_dir / "kmou" / "corpus").glob("*.txt")):

@@ -6,10 +6,10 @@ import pytest
 import torch
 from peft import LoraConfig
 
-from kner.compat import get_peft_model
+from kner.model.compat import get_peft_model
 from kner.inference import Extractor
 from kner.inference.fused import fuse_lora, unfuse_lora
-from kner.modeling import build_model_from_config, quantize_4bit_inplace, tiny_config
+from kner.model.loading import build_model_from_config, quantize_4bit_inplace, tiny_config
 from test_inference_decoding import TEXTS, tag_bias, tok  # noqa: F401  (fixture)
 
 

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from kner.errors import ConfigError, DataError
-from kner.example import Entity, Example, read_jsonl, write_jsonl
+from kner.data.example import Entity, Example, read_jsonl, write_jsonl
 from kner.textio import atomic_write, check_output, input_encoding, numbered_lines, read_text, text_problem
 
 KMOU = Path(__file__).resolve().parent / "fixtures" / "readers" / "kmou"
@@ -212,12 +212,12 @@ def test_stats_split_evaluate_on_cp949_or_a_folder(tmp_path):
 
 @pytest.fixture(scope="module")
 def model_folder(tmp_path_factory):
-    """A tiny random full model with a character tokenizer (kner.scratch), as `kner export` writes it."""
-    from kner.artifacts import ModelManifest
-    from kner.modeling import LoadSpec
-    from kner.prompt import PromptFormat
-    from kner.schemes import load_scheme
-    from kner.scratch import build_scratch_model, prompt_pieces, train_tokenizer
+    """A tiny random full model with a character tokenizer (kner.model.scratch), as `kner export` writes it."""
+    from kner.model.artifacts import ModelManifest
+    from kner.model.loading import LoadSpec
+    from kner.model.prompt import PromptFormat
+    from kner.data.schemes import load_scheme
+    from kner.model.scratch import build_scratch_model, prompt_pieces, train_tokenizer
 
     scheme = load_scheme("spacy19")
     prefix, suffix = PromptFormat().parts(scheme)

@@ -3,9 +3,9 @@
 import pytest
 
 from kner.errors import ConfigError
-from kner.example import Entity
-from kner.prompt import PromptFormat, parse_tags, render_tags
-from kner.schemes import load_scheme
+from kner.data.example import Entity
+from kner.model.prompt import PromptFormat, parse_tags, render_tags
+from kner.data.schemes import load_scheme
 
 SPACY = load_scheme("spacy19")
 

@@ -4,11 +4,11 @@ from pathlib import Path
 import pytest
 
 from kner.errors import ConfigError, DataError
-from kner.example import Entity, Example, validate, write_jsonl
-from kner.readers import FORMATS, native_scheme, read_dataset
-from kner.readers.bio import decode, split_tag
-from kner.readers.markup import MarkupError, parse_markup
-from kner.schemes import Mapping, load_scheme, map_examples
+from kner.data.example import Entity, Example, validate, write_jsonl
+from kner.data.readers import FORMATS, native_scheme, read_dataset
+from kner.data.readers.bio import decode, split_tag
+from kner.data.readers.markup import MarkupError, parse_markup
+from kner.data.schemes import Mapping, load_scheme, map_examples
 
 FIX = Path(__file__).parent / "fixtures" / "readers"
 
@@ -213,7 +213,7 @@ def test_every_native_label_has_a_spacy19_row(scheme):
 
 
 def test_reader_labels_match_schemes():
-    from kner.readers import klp2016, klue, kmou, multiconer, naver
+    from kner.data.readers import klp2016, klue, kmou, multiconer, naver
     for mod_labels, scheme in [(kmou.LABELS, "kmou"), (klp2016.LABELS, "klp2016"), (klue.LABELS, "klue"),
                                (naver.LABELS, "naver"), (multiconer.V1, "multiconer_v1"), (multiconer.V2, "multiconer_v2")]:
         assert set(mod_labels) == set(load_scheme(scheme).names)

@@ -16,10 +16,10 @@ from typer.testing import CliRunner
 import kner.cli.data  # noqa: F401  (registers the commands)
 from kner.cli import app
 from kner.errors import ConfigError, DataError
-from kner.example import Entity, Example, read_jsonl, write_jsonl
-from kner.readers import read_dataset
-from kner.readers.annotation import chars_to_utf16
-from kner.readers.writers import write
+from kner.data.example import Entity, Example, read_jsonl, write_jsonl
+from kner.data.readers import read_dataset
+from kner.data.readers.annotation import chars_to_utf16
+from kner.data.readers.writers import write
 
 runner = CliRunner()
 

@@ -20,9 +20,9 @@ import kner.cli.evaluate  # noqa: F401
 from kner.cli import app
 from kner.cli.predict import read_inputs
 from kner.errors import ConfigError, DataError
-from kner.example import Example, read_jsonl, write_jsonl
-from kner.readers import read_dataset
-from kner.splits import doc_of, split_by_document
+from kner.data.example import Example, read_jsonl, write_jsonl
+from kner.data.readers import read_dataset
+from kner.data.splits import doc_of, split_by_document
 
 runner = CliRunner()
 
@@ -236,7 +236,7 @@ def test_split_ratio_zero_is_an_empty_split_on_purpose():
 
 def test_split_warns_about_a_split_under_one_percent(caplog):
     exs = [Example(str(i), "가") for i in range(1000)]
-    with caplog.at_level(logging.WARNING, logger="kner.splits"):
+    with caplog.at_level(logging.WARNING, logger="kner.data.splits"):
         parts = split_by_document(exs, (0.985, 0.01, 0.005))
     assert len(parts["test"]) == 5
     assert [r.getMessage() for r in caplog.records] == [

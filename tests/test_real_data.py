@@ -14,12 +14,13 @@ from conftest import REPO, SHARED
 if not (SHARED / "kmou" / "corpus").is_dir():
     pytest.skip(f"the full corpora are not at {SHARED} (set KNER_DATA_DIR)", allow_module_level=True)
 
-from kner import acquire, datasets  # noqa: E402
-from kner.example import validate  # noqa: E402
-from kner.modeling import load_tokenizer  # noqa: E402
-from kner.readers import read_dataset  # noqa: E402
-from kner.schemes import Mapping, load_scheme, map_examples  # noqa: E402
-from kner.splits import doc_of  # noqa: E402
+from kner.data import acquire  # noqa: E402
+import corpora as datasets  # noqa: E402  (benchmarks/corpora.py)
+from kner.data.example import validate  # noqa: E402
+from kner.model.loading import load_tokenizer  # noqa: E402
+from kner.data.readers import read_dataset  # noqa: E402
+from kner.data.schemes import Mapping, load_scheme, map_examples  # noqa: E402
+from kner.data.splits import doc_of  # noqa: E402
 from test_inference_constrained import check_token_bytes  # noqa: E402
 from test_readers import ents, kinds  # noqa: E402
 from test_roundtrip import explained, failures  # noqa: E402
@@ -117,8 +118,8 @@ def test_default_kmou_split(shared_datasets):
 
 def test_real_sentencepiece_tokenizers():
     """The one test of the real tokenizer files (../shared/tokenizers): LLaMA-2 and Mistral."""
-    from kner.modeling import PromptEncoder
-    from kner.prompt import PromptFormat
+    from kner.model.loading import PromptEncoder
+    from kner.model.prompt import PromptFormat
 
     found = [n for n in ("llama-2", "mistral-7b-v0.3") if (TOKENIZERS / n).is_dir()]
     if not found:

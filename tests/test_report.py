@@ -16,9 +16,9 @@ from html.parser import HTMLParser
 import pytest
 
 from kner.errors import KnerError
-from kner.evaluation import evaluate
-from kner.example import Entity, Example, validate, write_jsonl
-from kner.report import compare, highlight, markup
+from kner.evaluation.scoring import evaluate
+from kner.data.example import Entity, Example, validate, write_jsonl
+from kner.evaluation.report import compare, highlight, markup
 
 from klue_data import KLUE, load_klue  # noqa: E402
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from kner.example import Entity, Example
-from kner.prompt import parse_tags, render_tags
-from kner.readers import read_dataset
-from kner.schemes import load_scheme
+from kner.data.example import Entity, Example
+from kner.model.prompt import parse_tags, render_tags
+from kner.data.readers import read_dataset
+from kner.data.schemes import load_scheme
 
 FIX = Path(__file__).parent / "fixtures" / "readers"
 

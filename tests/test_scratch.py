@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import pytest
 
-from kner.augment import AugmentConfig, mention_pool, replace_mentions, training_variants
+from kner.data.augment import AugmentConfig, mention_pool, replace_mentions, training_variants
 from kner.errors import ConfigError
-from kner.example import Entity, Example, validate
-from kner.prompt import PromptFormat, render_tags
-from kner.schemes import load_scheme
-from kner.scratch import prompt_pieces, train_tokenizer
+from kner.data.example import Entity, Example, validate
+from kner.model.prompt import PromptFormat, render_tags
+from kner.data.schemes import load_scheme
+from kner.model.scratch import prompt_pieces, train_tokenizer
 
 SCHEME = load_scheme("spacy19")
 TEXTS = [
@@ -42,7 +42,7 @@ def _char_tokenizer(exs):
 
 
 def test_char_tokenizer_spells_entities_as_in_the_text_and_the_instruction_in_few_pieces():
-    from kner.modeling import PromptEncoder
+    from kner.model.loading import PromptEncoder
 
     exs = _examples()
     tok = _char_tokenizer(exs)
@@ -107,9 +107,9 @@ def test_variants_are_deterministic_and_validated():
 def test_tiny_char_model_learns_and_extracts_what_it_learnt(tmp_path):
     """A model that emits the ``<LABEL:`` pieces it was trained on must get them through the
     constrained decoder: with those tokens disallowed it scores about 0 (the first GPU run)."""
-    from kner.evaluation import evaluate
+    from kner.evaluation.scoring import evaluate
     from kner.inference import Extractor
-    from kner.scratch import build_scratch_model
+    from kner.model.scratch import build_scratch_model
     from kner.training.config import TrainConfig
     from kner.training.recipe import train
 
@@ -127,7 +127,7 @@ def test_tiny_char_model_learns_and_extracts_what_it_learnt(tmp_path):
 
 
 def test_epochs_cycle_through_tokenized_copies():
-    from kner.modeling import PromptEncoder
+    from kner.model.loading import PromptEncoder
     from kner.training.batching import tokenize_examples
     from kner.training.config import TrainConfig
     from kner.training.recipe import _augmented_sets

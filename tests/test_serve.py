@@ -24,7 +24,7 @@ pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
 from kner.errors import KnerError  # noqa: E402
-from kner.example import Entity  # noqa: E402
+from kner.data.example import Entity  # noqa: E402
 from kner.serve import BackgroundServer, ServeSettings, create_app  # noqa: E402
 
 def fake_entities(text: str) -> list[Entity]:
@@ -270,9 +270,9 @@ def model_folder(tmp_path_factory, llama_dir):
     """What `kner export` writes: kner.json + model/ (16/32-bit weights) + tokenizer/ (LLaMA-2-style)."""
     import torch
 
-    from kner.artifacts import ModelManifest
-    from kner.modeling import LoadSpec, build_model_from_config, load_tokenizer, tiny_config
-    from kner.schemes import load_scheme
+    from kner.model.artifacts import ModelManifest
+    from kner.model.loading import LoadSpec, build_model_from_config, load_tokenizer, tiny_config
+    from kner.data.schemes import load_scheme
 
     out = tmp_path_factory.mktemp("kner_serve") / "out"
     tok = load_tokenizer(str(llama_dir))
@@ -388,7 +388,7 @@ def test_missing_fastapi_is_a_user_error(monkeypatch):
 
 
 def test_loadtest_reports_batching(fake):
-    from kner.serve.loadtest import run as loadtest
+    from loadtest import run as loadtest
 
     with BackgroundServer(create_app(fake, ServeSettings(max_wait_ms=5))) as srv:
         rep = loadtest(srv.url, [f"문장 {i}" for i in range(20)], clients=4, texts_per_request=2)

@@ -3,10 +3,11 @@ from pathlib import Path
 
 import pytest
 
-from kner import acquire, datasets
+import corpora as datasets  # benchmarks/corpora.py
+from kner.data import acquire
 from kner.errors import ConfigError, KnerError
-from kner.example import Entity, Example
-from kner.splits import doc_of, parse_ratios, split_by_document
+from kner.data.example import Entity, Example
+from kner.data.splits import doc_of, parse_ratios, split_by_document
 
 
 def corpus(n_docs=60, seed=0):

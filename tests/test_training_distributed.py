@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kner.example import write_jsonl
+from kner.data.example import write_jsonl
 from kner.training import distributed as dist
 from kner.training.config import TrainConfig
 

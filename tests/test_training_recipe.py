@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from kner.errors import DataError
-from kner.example import write_jsonl
-from kner.modeling import LoadSpec, build_model_from_config, load_model, tiny_config
+from kner.data.example import write_jsonl
+from kner.model.loading import LoadSpec, build_model_from_config, load_model, tiny_config
 from kner.training.config import TrainConfig
 from kner.training.recipe import train
 from test_training_support import kmou_examples, llama_tokenizer, tiny_model_dir
@@ -57,7 +57,7 @@ def reference_run(base_dir, data, tmp_path_factory):
 
 
 def test_output_folder_holds_what_inference_needs(reference_run):
-    from kner.artifacts import ModelManifest
+    from kner.model.artifacts import ModelManifest
 
     out = reference_run
     m = ModelManifest.load_from(out)
@@ -71,7 +71,7 @@ def test_output_folder_holds_what_inference_needs(reference_run):
     assert metrics["train"]["steps"] == 6 and metrics["dev"]["dev_loss"] > 0
     assert len(_losses(out)) == 6
     # The adapter loads back onto the 4-bit base and changes its output.
-    from kner.compat import load_adapter
+    from kner.model.compat import load_adapter
     base = load_model(m.load)
     model = load_adapter(base, out / "adapter")
     assert any("lora" in n for n, _ in model.named_parameters())
@@ -155,7 +155,7 @@ def test_oom_is_retried_on_split_micro_batches_with_the_same_gradient(base_dir, 
 
 def test_model_object_api_saves_its_base_weights(data, tmp_path):
     """The quickstart path: a tiny model built in Python, quantized in place for QLoRA."""
-    from kner.artifacts import ModelManifest
+    from kner.model.artifacts import ModelManifest
 
     tok = llama_tokenizer()
     model = build_model_from_config(tiny_config("llama", len(tok)), seed=3)

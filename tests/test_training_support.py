@@ -1,6 +1,6 @@
 """Shared helpers for the training tests: KMOU examples, a LLaMA-2-style tokenizer, tiny models.
 
-KMOU sentences come from ``kner.readers``; the minimal markup parser below was the
+KMOU sentences come from ``kner.data.readers``; the minimal markup parser below was the
 stand-in before it existed and is still checked against it.
 """
 
@@ -10,7 +10,7 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
-from kner.example import Entity, Example, validate
+from kner.data.example import Entity, Example, validate
 
 from tiny_llama import KMOU_FIXTURE as KMOU
 from tiny_llama import tiny_llama, tiny_llama_dir
@@ -52,8 +52,8 @@ def kmou_examples(n_files: int = 4) -> tuple[Example, ...]:
     """Sentences of the first ``n_files`` KMOU corpus files (about 14 a file; the fixture has 15), KMOU labels."""
     files = sorted(KMOU.glob("*.txt"))[:n_files]
     try:
-        from kner.readers import read_dataset
-    except ImportError:   # before kner.readers existed; kept as a fallback
+        from kner.data.readers import read_dataset
+    except ImportError:   # before kner.data.readers existed; kept as a fallback
         return tuple(ex for f in files for ex in read_kmou_file(f))
     return tuple(ex for f in files for ex in read_dataset("kmou", f).examples)
 
@@ -80,7 +80,7 @@ def test_kmou_examples_load():
 
 def tiny_model_dir(tmp_path: Path, arch: str = "llama", seed: int = 0, **kw) -> Path:
     """A tiny random model of ``arch`` with the LLaMA-2-style tokenizer, saved like a hub model."""
-    from kner.modeling import build_model_from_config, save_pretrained_dir, tiny_config
+    from kner.model.loading import build_model_from_config, save_pretrained_dir, tiny_config
 
     tok = llama_tokenizer()
     model = build_model_from_config(tiny_config(arch, len(tok), **kw), seed=seed)

@@ -23,9 +23,9 @@ BYTE_ONLY = "겐\n"
 
 
 def _corpus() -> list[str]:
-    from kner.prompt import PromptFormat, render_tags
-    from kner.readers import read_dataset
-    from kner.schemes import load_scheme
+    from kner.model.prompt import PromptFormat, render_tags
+    from kner.data.readers import read_dataset
+    from kner.data.schemes import load_scheme
 
     exs = read_dataset("kmou", KMOU_FIXTURE).examples
     lines = [e.text for e in exs] + [render_tags(e.entities) for e in exs]
@@ -90,6 +90,6 @@ def tiny_llama_dir() -> Path:
 
 @lru_cache(maxsize=None)
 def tiny_llama():
-    from kner.modeling import load_tokenizer
+    from kner.model.loading import load_tokenizer
 
     return load_tokenizer(str(tiny_llama_dir()))

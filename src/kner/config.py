@@ -18,7 +18,7 @@ from typing import Any, Iterator, Literal, Optional
 from pydantic import Field, ValidationError, create_model, field_validator
 
 from kner.errors import ConfigError, KnerError
-from kner.modeling import TINY_ARCHS
+from kner.model.loading import TINY_ARCHS
 from kner.training.config import (Settings, TrainConfig, _as_value_error, check_model_path, config_error,
                                   did_you_mean, line_of, read_yaml)
 
@@ -35,7 +35,7 @@ class SplitSection(Settings):
     @field_validator("ratios")
     @classmethod
     def _ratios(cls, v):
-        from kner.splits import parse_ratios
+        from kner.data.splits import parse_ratios
 
         _as_value_error(parse_ratios, v)
         return v
@@ -50,8 +50,8 @@ class LimitSection(Settings):
 
 
 class DataSection(Settings):
-    dataset: Optional[str] = None           # a dataset kner can fetch (kner.acquire.SOURCES), e.g. kmou
-    format: Optional[str] = None            # reader (kner.readers.FORMATS); default: dataset, else kmou
+    dataset: Optional[str] = None           # a dataset kner can fetch (kner.data.acquire.SOURCES), e.g. kmou
+    format: Optional[str] = None            # reader (kner.data.readers.FORMATS); default: dataset, else kmou
     path: Optional[str] = None              # local file or folder; default: fetch dataset
     reader_options: dict[str, Any] = {}     # options of the reader, e.g. {check_bio: false}
     scheme: Optional[str] = None            # target label scheme; default: the format's own
@@ -67,7 +67,7 @@ class DataSection(Settings):
 
     def mapping(self) -> tuple[str, str] | None:
         """(source, target) schemes when prepare maps labels, else None."""
-        from kner import readers
+        from kner.data import readers
 
         native = self.map_from or readers.native_scheme(self.reader, **self.reader_options)
         scheme = self.scheme or readers.native_scheme(self.reader, **self.reader_options)
@@ -75,13 +75,13 @@ class DataSection(Settings):
 
     def target_scheme(self) -> str:
         """The scheme prepare writes and train learns (one answer for both stages)."""
-        from kner import readers
+        from kner.data import readers
 
         return self.scheme or readers.native_scheme(self.reader, **self.reader_options) or "spacy19"
 
 
 class TokenizerSection(Settings):
-    """kner.scratch.train_tokenizer."""
+    """kner.model.scratch.train_tokenizer."""
 
     kind: Literal["bpe", "char"] = "bpe"
     vocab_size: int = Field(4000, gt=0)
@@ -90,7 +90,7 @@ class TokenizerSection(Settings):
 
 
 class ScratchSection(Settings, extra="allow"):
-    """kner.scratch.build_scratch_model; other keys are settings of the architecture's transformers config."""
+    """kner.model.scratch.build_scratch_model; other keys are settings of the architecture's transformers config."""
 
     arch: Literal[TINY_ARCHS] = "llama"
     hidden: int = Field(128, gt=0)
@@ -197,9 +197,9 @@ class RunConfig(Settings):
             yield ("baseline", "spacy", "config"), f"spaCy config not found: {sp.config}"
 
     def _data_problems(self) -> Iterator[tuple[tuple, str]]:
-        from kner import readers
-        from kner.acquire import SOURCES
-        from kner.schemes import Mapping, load_scheme
+        from kner.data import readers
+        from kner.data.acquire import SOURCES
+        from kner.data.schemes import Mapping, load_scheme
 
         d = self.data
         fmt_key = ("data", "format") if d.format else ("data", "dataset")

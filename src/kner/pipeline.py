@@ -35,7 +35,7 @@ _NOT_INPUTS = {"stage.json", "checkpoints", "tensorboard", "log.jsonl"}
 
 
 def _digest_files(paths: list[Path]) -> list[str]:
-    from kner.acquire import sha256
+    from kner.data.acquire import sha256
 
     # A list in input order, not a dict by file name: two stages' "preds.jsonl" must not collide.
     out = []
@@ -119,7 +119,7 @@ def run(config_path: str | Path, output_dir: str | Path | None = None, data_dir:
     # Stage keys hash the keys the file wrote, not the defaults: kner's version is in every key already.
     prep = r.stage("prepare", {"data": cfg.given("data"), "seed": seed}, [],
                    lambda d, _: stage_prepare(cfg.data, d, data_dir, seed))
-    from kner.check import check_prepared
+    from kner.data.check import check_prepared
     if not dry_run:
         check_prepared(prep, log)  # also when prepare was skipped: a bad split stops every rerun before training
     if stop_after == "prepare":
@@ -161,11 +161,11 @@ def _summary(r: Runner) -> dict:
 
 
 def stage_prepare(data: DataSection, out: Path, data_dir, seed: int) -> None:
-    from kner import readers
-    from kner.acquire import locate
-    from kner.example import write_jsonl
-    from kner.schemes import Mapping, map_examples
-    from kner.splits import split_by_document
+    from kner.data import readers
+    from kner.data.acquire import locate
+    from kner.data.example import write_jsonl
+    from kner.data.schemes import Mapping, map_examples
+    from kner.data.splits import split_by_document
 
     fmt = data.reader
     path = data.path if data.path is not None else locate(data.dataset or fmt, data_dir)
@@ -215,10 +215,10 @@ def stage_train(model_cfg: ModelSection, train_cfg: TrainConfig, data: DataSecti
 
 
 def _scratch_model(scratch: ScratchSection, train_path: Path, scheme_name: str):
-    from kner.example import read_jsonl
-    from kner.prompt import PromptFormat, render_tags
-    from kner.schemes import load_scheme
-    from kner.scratch import build_scratch_model, prompt_pieces, train_tokenizer
+    from kner.data.example import read_jsonl
+    from kner.model.prompt import PromptFormat, render_tags
+    from kner.data.schemes import load_scheme
+    from kner.model.scratch import build_scratch_model, prompt_pieces, train_tokenizer
 
     scheme = load_scheme(scheme_name)
     exs = read_jsonl(train_path)
@@ -233,7 +233,7 @@ def _scratch_model(scratch: ScratchSection, train_path: Path, scheme_name: str):
 
 
 def stage_predict(pred_cfg: PredictSection | dict, model_dir: Path, test_path: Path, out: Path) -> None:
-    from kner.example import read_jsonl, write_jsonl
+    from kner.data.example import read_jsonl, write_jsonl
     from kner.inference import Extractor
 
     if isinstance(pred_cfg, dict):   # benchmarks/scratch_gpu.py passes the YAML section
@@ -249,7 +249,7 @@ def stage_predict(pred_cfg: PredictSection | dict, model_dir: Path, test_path: P
 
 def stage_baseline(spacy_cfg: SpacySection, splits: dict, out: Path, seed: int) -> None:
     from kner.baselines.spacy_ner import predict_spacy, train_spacy
-    from kner.example import read_jsonl, write_jsonl
+    from kner.data.example import read_jsonl, write_jsonl
 
     opts = spacy_cfg.options(seed)
     model = train_spacy(read_jsonl(splits["train"]), read_jsonl(splits["dev"]), out / "model", **opts)
@@ -257,8 +257,8 @@ def stage_baseline(spacy_cfg: SpacySection, splits: dict, out: Path, seed: int) 
 
 
 def stage_report(rep_cfg: ReportSection, test_path: Path, systems: dict[str, Path], out: Path) -> None:
-    from kner.evaluation import read_for_scoring
-    from kner.report import compare
+    from kner.evaluation.scoring import read_for_scoring
+    from kner.evaluation.report import compare
 
     # As `kner compare` reads them: a duplicate or two-label prediction is scored, not refused.
     gold = read_for_scoring(test_path)

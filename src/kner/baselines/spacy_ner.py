@@ -28,8 +28,8 @@ from kner.baselines.tokenization import (
     tokenize,
 )
 from kner.errors import ConfigError, DataError, KnerError
-from kner.example import Entity, Example, strip_span
-from kner.schemes import Mapping, map_examples
+from kner.data.example import Entity, Example, strip_span
+from kner.data.schemes import Mapping, map_examples
 
 register()
 

@@ -35,7 +35,7 @@ def train(
 ) -> None:
     """Train a spaCy NER pipeline with spaCy's own training loop."""
     from kner.baselines.spacy_ner import REPORT_NAME, train_spacy
-    from kner.example import read_jsonl
+    from kner.data.example import read_jsonl
 
     check_output(out, folder=True, what="--out folder")
     train_ex = read_jsonl(train)
@@ -72,7 +72,7 @@ def predict(
 ) -> None:
     """Predict entities with a spaCy pipeline and write them as canonical JSONL."""
     from kner.baselines.spacy_ner import load_mapping, parse_label_map, predict_spacy_with_report
-    from kner.example import read_jsonl, write_jsonl
+    from kner.data.example import read_jsonl, write_jsonl
 
     if map_file and label_map:
         raise ConfigError("give either --map-file or --label-map, not both")

@@ -51,9 +51,9 @@ def convert(
     encoding: Optional[str] = typer.Option(None, "--encoding", help=ENCODING_HELP),
 ) -> None:
     """Read a dataset, report every problem and skipped sentence, write canonical JSONL."""
-    from kner.example import write_jsonl
-    from kner.readers import native_scheme, read_dataset
-    from kner.schemes import Mapping, map_examples
+    from kner.data.example import write_jsonl
+    from kner.data.readers import native_scheme, read_dataset
+    from kner.data.schemes import Mapping, map_examples
 
     if scheme_map and map_file:
         raise ConfigError("use either --scheme-map or --map-file, not both")
@@ -134,9 +134,9 @@ def stats(
     from rich.console import Console
     from rich.table import Table
 
-    from kner.example import read_jsonl
-    from kner.prompt import PromptFormat, render_tags
-    from kner.schemes import load_scheme
+    from kner.data.example import read_jsonl
+    from kner.model.prompt import PromptFormat, render_tags
+    from kner.data.schemes import load_scheme
 
     examples = read_jsonl(file)
     console = Console()
@@ -202,8 +202,8 @@ def split(
     encoding: Optional[str] = typer.Option(None, "--encoding", help=ENCODING_HELP),
 ) -> None:
     """Split by document (no document in two splits), deterministically for a seed."""
-    from kner.example import read_jsonl, write_jsonl
-    from kner.splits import doc_of, parse_ratios, split_by_document
+    from kner.data.example import read_jsonl, write_jsonl
+    from kner.data.splits import doc_of, parse_ratios, split_by_document
 
     r = parse_ratios(ratios)
     check_output(out, folder=True)
@@ -234,13 +234,13 @@ def check(
     from rich.console import Console
     from rich.table import Table
 
-    from kner.check import ERROR, check_files, check_folder
+    from kner.data.check import ERROR, check_files, check_folder
 
     if json_out is not None:
         check_output(json_out, what="--json file")
     tok = None
     if tokenizer is not None:
-        from kner.modeling import load_tokenizer
+        from kner.model.loading import load_tokenizer
         tok = load_tokenizer(str(tokenizer))
     kw = dict(scheme=scheme, max_seq_len=max_seq_len)
     if len(paths) == 1 and "=" not in paths[0] and Path(paths[0]).is_dir():
@@ -306,8 +306,8 @@ def export(
     encoding: Optional[str] = typer.Option(None, "--encoding", help=ENCODING_HELP),
 ) -> None:
     """Write canonical JSONL in an annotation tool's import format; say what the format could not hold."""
-    from kner.example import read_jsonl
-    from kner.readers.writers import write
+    from kner.data.example import read_jsonl
+    from kner.data.readers.writers import write
 
     check_output(out)
     examples = read_jsonl(file)

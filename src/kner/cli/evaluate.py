@@ -26,7 +26,7 @@ def print_result(result, title: str) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from kner.evaluation import FN_CAUSES, FP_CAUSES, pct
+    from kner.evaluation.scoring import FN_CAUSES, FP_CAUSES, pct
 
     console = Console()
     t = Table(title=title, title_justify="left")
@@ -83,8 +83,8 @@ def evaluate(
     encoding: Optional[str] = typer.Option(None, "--encoding", help=ENCODING_HELP),
 ) -> None:
     """Entity-level P/R/F1 per label, micro/macro averages, character metrics and error causes."""
-    from kner.evaluation import evaluate as run_evaluation
-    from kner.evaluation import read_for_scoring
+    from kner.evaluation.scoring import evaluate as run_evaluation
+    from kner.evaluation.scoring import read_for_scoring
     from kner.textio import write_text
 
     out_dir = out if out is not None else pred.parent
@@ -127,9 +127,9 @@ def compare(
     from rich.console import Console
     from rich.markup import escape
 
-    from kner.evaluation import read_for_scoring
-    from kner.report import compare as run_compare
-    from kner.report import print_headline
+    from kner.evaluation.scoring import read_for_scoring
+    from kner.evaluation.report import compare as run_compare
+    from kner.evaluation.report import print_headline
 
     systems = _systems(pred)
     check_output(out, folder=True, what="--out folder")

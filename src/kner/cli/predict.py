@@ -24,9 +24,9 @@ def read_inputs(path: Path, fmt: str = "auto"):
     ``text``: one text per line, every line kept (an empty line gives an empty
     prediction, so output line N is input line N). ``jsonl``: canonical JSONL
     (gold entities, if any, are ignored). Any other name: a dataset format read
-    by :func:`kner.readers.read_dataset`. All are read in the current ``--encoding``.
+    by :func:`kner.data.readers.read_dataset`. All are read in the current ``--encoding``.
     """
-    from kner.example import Example, numbered_jsonl
+    from kner.data.example import Example, numbered_jsonl
     from kner.textio import numbered_lines
 
     if not path.exists():
@@ -41,7 +41,7 @@ def read_inputs(path: Path, fmt: str = "auto"):
     if fmt == "jsonl" and path.is_file():
         rows = list(numbered_jsonl(path, validate_examples=False))
         return [ex for _, ex in rows], None, [f"{path}:{lineno}" for lineno, _ in rows]
-    from kner.readers import read_dataset
+    from kner.data.readers import read_dataset
 
     res = read_dataset(fmt, path)
     note = None
@@ -220,7 +220,7 @@ def predict(
 
     # Before torch touches CUDA: the K/V pool and per-step buffers fragment the default allocator.
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
-    from kner.example import write_jsonl
+    from kner.data.example import write_jsonl
     from kner.inference import Extractor
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
-from kner.example import strip_span
+from kner.data.example import strip_span
 
 _SENT_END = re.compile(r"(?<=[.?!。？！…])[\"'”’)\]]*\s+|\n+")
 _SPACE = re.compile(r"\s+")

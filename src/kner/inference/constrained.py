@@ -1,10 +1,10 @@
 """Constrained decoding: at every step only tokens that keep the output a valid tag list.
 
-The grammar is the one :mod:`kner.prompt` writes and parses::
+The grammar is the one :mod:`kner.model.prompt` writes and parses::
 
     [one leading space or newline] (tag (SEP tag)*)? EOS        tag := "<" LABEL ":" etext ">"
 
-with three extra rules that make :func:`kner.prompt.align` place every entity
+with three extra rules that make :func:`kner.model.prompt.align` place every entity
 exactly where the decoder meant it:
 
 * LABEL is a name of the active scheme (a trie over their UTF-8 bytes);

@@ -16,7 +16,7 @@ from typing import Callable, Protocol, Sequence
 
 import torch
 
-from kner import compat
+from kner.model import compat
 from kner.inference.prefix_cache import (PrefixKV, make_expanded_cache, make_shared_cache,
                                          shared_prefix_attention_active)
 

@@ -35,7 +35,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from kner import compat
+from kner.model import compat
 from kner.errors import KnerError
 from kner.inference.prefix_cache import PrefixKV, shared_prefix_attention_active
 

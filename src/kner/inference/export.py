@@ -66,7 +66,7 @@ def dequantize_4bit_inplace(model, dtype):
     import torch
     from torch import nn
 
-    from kner import compat
+    from kner.model import compat
 
     bnb = compat.bitsandbytes()
     for parent in list(model.modules()):
@@ -122,9 +122,9 @@ def export_merged(out_dir: str | Path, merged_dir: str | Path, *, into: str = "1
     """Merge ``out_dir``'s adapter into 16-bit weights in ``merged_dir``; returns a report (check included)."""
     import torch
 
-    from kner import compat
-    from kner.artifacts import ModelManifest
-    from kner.modeling import PromptEncoder, choose_compute_dtype, load_model, load_tokenizer
+    from kner.model import compat
+    from kner.model.artifacts import ModelManifest
+    from kner.model.loading import PromptEncoder, choose_compute_dtype, load_model, load_tokenizer
 
     if into not in ("16bit", "dequantized"):
         raise ConfigError("--into must be 16bit or dequantized")

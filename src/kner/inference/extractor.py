@@ -12,7 +12,7 @@ Pipeline for a list of texts:
 4. each batch is greedy-decoded (:mod:`kner.inference.decoding`), by default
    under the tag-grammar constraint (:mod:`kner.inference.constrained`), so every
    output parses and every entity is a real span of its text;
-5. outputs are parsed with :func:`kner.prompt.parse_tags` -- the same parser
+5. outputs are parsed with :func:`kner.model.prompt.parse_tags` -- the same parser
    training-time evaluation uses -- and offsets are mapped back to the document.
 """
 
@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from kner.errors import ConfigError, KnerError
-from kner.example import Entity, Example
-from kner.prompt import PromptFormat, parse_tags
-from kner.schemes import Scheme, load_scheme
+from kner.data.example import Entity, Example
+from kner.model.prompt import PromptFormat, parse_tags
+from kner.data.schemes import Scheme, load_scheme
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ class Extractor:
         self.config = replace(config, **opts) if config is not None else ExtractorConfig.from_options(**opts)
         if self.config.prefix_cache not in ("auto", "shared", "expand", "none"):
             raise ConfigError("prefix_cache must be auto, shared, expand or none")
-        from kner.modeling import PromptEncoder
+        from kner.model.loading import PromptEncoder
 
         self.prefix_text, self.suffix_text = self.prompt.parts(self.scheme)
         # Training tokenizes prompts through the same encoder: identical ids, identical prefix.
@@ -174,8 +174,8 @@ class Extractor:
         folder) and ``scheme`` (default ``spacy19``) and ``prompt`` (default
         :class:`PromptFormat`) say how the adapter was trained.
         """
-        from kner.artifacts import MANIFEST, ModelManifest
-        from kner.modeling import LoadSpec, load_model, load_tokenizer
+        from kner.model.artifacts import MANIFEST, ModelManifest
+        from kner.model.loading import LoadSpec, load_model, load_tokenizer
 
         path = Path(path) if not isinstance(path, Path) else path
         adapter_dir: Path | None = Path(adapter) if adapter else None
@@ -212,7 +212,7 @@ class Extractor:
             if torch.cuda.is_available():
                 model = model.to("cuda")
         if adapter_dir is not None:
-            from kner import compat
+            from kner.model import compat
             try:
                 model = compat.load_adapter(model, adapter_dir)
             except (OSError, ValueError) as err:

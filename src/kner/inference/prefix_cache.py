@@ -32,7 +32,7 @@ from contextlib import contextmanager
 
 import torch
 
-from kner import compat
+from kner.model import compat
 
 ATTN_NAME = "kner_shared_prefix"
 _active = threading.local()

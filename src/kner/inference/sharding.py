@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from kner.errors import ConfigError, DataError, KnerError
-from kner.splits import balance
+from kner.data.splits import balance
 from kner.textio import atomic_write, json_line
 
 log = logging.getLogger(__name__)
@@ -570,7 +570,7 @@ def worker_main(shard_dir: Path, tag: str, run_no: int, position: int, flush_eve
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     import torch
 
-    from kner.example import Example
+    from kner.data.example import Example
     from kner.inference import Extractor
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")

@@ -2,7 +2,7 @@
 
 ``create_app(extractor)`` takes anything callable as ``extractor(list_of_texts)``
 returning one list of entities per text (``kner.inference.Extractor``, or a
-stand-in in tests); entities may be :class:`kner.example.Entity` objects or dicts
+stand-in in tests); entities may be :class:`kner.data.example.Entity` objects or dicts
 with ``start``, ``end``, ``label`` (and ``text``).
 
 Endpoints: ``POST /extract`` (JSON), ``GET /health``, ``GET|POST /`` (demo page
@@ -59,7 +59,7 @@ def create_app(extractor: Callable[[list[str]], Sequence], settings: ServeSettin
     if scheme is None:
         scheme = getattr(extractor, "scheme", None)
     if isinstance(scheme, str):
-        from kner.schemes import load_scheme
+        from kner.data.schemes import load_scheme
         scheme = load_scheme(scheme)
     labels = list(scheme.names) if scheme is not None else []
     colors = render.label_colors(labels)

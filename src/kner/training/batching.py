@@ -27,9 +27,9 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from kner.example import Example
-from kner.modeling import PromptEncoder
-from kner.prompt import render_tags
+from kner.data.example import Example
+from kner.model.loading import PromptEncoder
+from kner.model.prompt import render_tags
 
 
 @dataclass(frozen=True)

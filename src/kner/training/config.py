@@ -22,10 +22,10 @@ import typing_extensions
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from kner.augment import AugmentConfig
+from kner.data.augment import AugmentConfig
 from kner.errors import ConfigError
-from kner.modeling import METHODS
-from kner.prompt import PromptFormat
+from kner.model.loading import METHODS
+from kner.model.prompt import PromptFormat
 
 LAYOUTS = ("packed", "prefix_kv", "padded")
 OPTIMIZERS = ("paged_adamw_8bit", "adamw_8bit", "adamw")
@@ -229,7 +229,7 @@ AugmentOptions = options_of(AugmentConfig)
 
 class TrainConfig(Settings):
     # --- data -----------------------------------------------------------------
-    train: Optional[str] = None            # canonical JSONL (kner.example)
+    train: Optional[str] = None            # canonical JSONL (kner.data.example)
     dev: Optional[str] = None              # optional; answer-token loss is reported on it
     scheme: str = "spacy19"                # target label scheme (name or YAML)
     map: Optional[str] = None              # source scheme of the data, mapped with Mapping.load(map, scheme)

@@ -146,7 +146,7 @@ def split_step(examples: list, world_size: int) -> list[list]:
     prefix is the same for all, their number too. A share may be empty when the
     step has fewer examples than ranks.
     """
-    from kner.splits import balance
+    from kner.data.splits import balance
 
     ordered = sorted(examples, key=lambda e: e.index)   # equal lengths: the lower example index first
     return [[ordered[i] for i in part] for part in balance([e.length for e in ordered], world_size)]

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from kner import compat
-from kner.modeling import prefix_cache, run_prefix
+from kner.model import compat
+from kner.model.loading import prefix_cache, run_prefix
 from kner.training.batching import MicroBatch
 
 
@@ -80,7 +80,7 @@ def answer_loss_sum(parts: ModelParts, mb: MicroBatch, keep: list | None = None,
     For ``prefix_kv`` pass the step's ``SharedPrefix``; without one the prefix is run
     here, inside this micro-batch's graph (the reference path, used by tests and for
     evaluation). Prefix caches are appended to ``keep``; the caller must pass them to
-    ``kner.modeling.release_caches`` after the backward pass.
+    ``kner.model.loading.release_caches`` after the backward pass.
     """
     if mb.layout == "prefix_kv":
         kv = prefix.leaves if prefix is not None else run_prefix(parts.decoder, mb.prefix_ids, keep)

@@ -19,9 +19,9 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kner import compat
+from kner.model import compat
 from kner.errors import ConfigError, DataError, KnerError
-from kner.example import Example
+from kner.data.example import Example
 from kner.training import distributed as dist
 from kner.training.config import TrainConfig
 
@@ -30,10 +30,10 @@ log = logging.getLogger("kner.train")
 
 def train(config: TrainConfig, model=None, tokenizer=None, *, train_examples: list[Example] | None = None,
           dev_examples: list[Example] | None = None) -> Path:
-    """Fine-tune per ``config`` and return the output folder (see ``kner.artifacts``).
+    """Fine-tune per ``config`` and return the output folder (see ``kner.model.artifacts``).
 
     ``model``/``tokenizer`` may be given as objects (e.g. a tiny model from
-    ``kner.modeling.build_model_from_config``); a plain model is then quantized in
+    ``kner.model.loading.build_model_from_config``); a plain model is then quantized in
     place for ``qlora`` and its base weights are saved under ``base/`` so the folder
     is self-contained. ``train_examples``/``dev_examples`` replace ``config.train``/``dev``.
 
@@ -52,8 +52,8 @@ def train(config: TrainConfig, model=None, tokenizer=None, *, train_examples: li
     _seed_everything(cfg.seed)   # the same on every rank: the same LoRA initialisation
 
     # 1. Data: read, map to the target scheme, check labels.
-    from kner.prompt import PromptFormat
-    from kner.schemes import load_scheme
+    from kner.model.prompt import PromptFormat
+    from kner.data.schemes import load_scheme
 
     scheme = load_scheme(cfg.scheme)
     prompt_format = PromptFormat.from_dict(cfg.prompt)
@@ -61,7 +61,7 @@ def train(config: TrainConfig, model=None, tokenizer=None, *, train_examples: li
     dev_exs = _load_examples(cfg.dev, dev_examples, cfg, scheme, "dev") if (cfg.dev or dev_examples) else []
 
     # 2. Tokenizer and model.
-    from kner.modeling import LoadSpec, PromptEncoder, choose_compute_dtype, dtype_name, load_model, load_tokenizer
+    from kner.model.loading import LoadSpec, PromptEncoder, choose_compute_dtype, dtype_name, load_model, load_tokenizer
 
     load_spec = LoadSpec(model=cfg.model, quantize_4bit=cfg.method == "qlora", compute_dtype=cfg.compute_dtype,
                          double_quant=cfg.double_quant, quant_type=cfg.quant_type,
@@ -298,7 +298,7 @@ class StepRunner:
 
     def step(self, examples, budget: int, denom: int | None = None) -> StepResult:
         """``denom``: answer tokens of the whole step when ``examples`` is one rank's share of it."""
-        from kner.modeling import release_caches
+        from kner.model.loading import release_caches
         from kner.training.batching import micro_batches
 
         res = StepResult()
@@ -359,7 +359,7 @@ class StepRunner:
     def _try_micro_batch(self, batch, denom: int, prefix=None):
         import torch
 
-        from kner.modeling import release_caches
+        from kner.model.loading import release_caches
         from kner.training.batching import collate
         from kner.training.forward import answer_loss_sum
 
@@ -411,7 +411,7 @@ class StepRunner:
     def eval_loss(self, examples, budget: int) -> tuple[float, int]:
         import torch
 
-        from kner.modeling import release_caches
+        from kner.model.loading import release_caches
         from kner.training.batching import collate, micro_batches
         from kner.training.forward import answer_loss_sum
 
@@ -455,8 +455,8 @@ def _default_device_map():
 
 
 def _load_examples(path, given, cfg: TrainConfig, scheme, what: str) -> list[Example]:
-    from kner.example import read_jsonl
-    from kner.schemes import Mapping, map_examples
+    from kner.data.example import read_jsonl
+    from kner.data.schemes import Mapping, map_examples
 
     if given is not None:
         exs = list(given)
@@ -494,7 +494,7 @@ def _load_examples(path, given, cfg: TrainConfig, scheme, what: str) -> list[Exa
 
 def _adopt_model(model, tokenizer, cfg: TrainConfig, out: Path, dtype) -> Path | None:
     """A model given as an object: save its base weights if no folder holds them, quantize for qlora."""
-    from kner.modeling import quantize_4bit_inplace
+    from kner.model.loading import quantize_4bit_inplace
 
     base_dir = None
     if cfg.method != "full" and not Path(cfg.model).is_dir():
@@ -638,7 +638,7 @@ def _make_scheduler(optimizer, kind: str, warmup: int, total: int):
 
 def _augmented_sets(train_exs, train_tok, encoder, cfg: TrainConfig, separator: str) -> list:
     """The tokenized training sets epochs cycle through (``augment``); ``[train_tok]`` without it."""
-    from kner.augment import AugmentConfig, training_variants
+    from kner.data.augment import AugmentConfig, training_variants
     from kner.training.batching import tokenize_examples
 
     aug = AugmentConfig.from_dict(cfg.augment)
@@ -693,7 +693,7 @@ def _dev_eval(runner: StepRunner, dev_tok, budget: int, step: int, jlog, progres
 
 
 def _metrics(history, pos, plan, budget, cfg, report, dev_losses, dtype, device) -> dict:
-    from kner.modeling import dtype_name
+    from kner.model.loading import dtype_name
     from kner.training.progress import peak_memory_gib
 
     time_s = sum(h["time_s"] for h in history)
@@ -714,7 +714,7 @@ def _metrics(history, pos, plan, budget, cfg, report, dev_losses, dtype, device)
 def _write_output(out: Path, model, tokenizer, cfg, load_spec, scheme, prompt_format, encoder, metrics, base_dir):
     import json
 
-    from kner.artifacts import ModelManifest
+    from kner.model.artifacts import ModelManifest
 
     if cfg.method == "full":
         model.save_pretrained(out / "model", safe_serialization=True)

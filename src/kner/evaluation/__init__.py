@@ -1,0 +1,2 @@
+"""Evaluation stage: strict entity scores, character views, error causes (``scoring``) and the
+side-by-side comparison report (``report``)."""

@@ -1,0 +1,354 @@
+"""Loading base models and tokenizers, shared by training and inference.
+
+One place decides quantization and compute dtype so that a model is loaded the
+same way when it is trained and when it is served.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from kner.model import compat
+from kner.errors import ConfigError, KnerError
+
+log = logging.getLogger(__name__)
+
+METHODS = ("qlora", "lora", "full")
+
+
+def choose_compute_dtype(requested: str = "auto"):
+    """bf16 where the GPU supports it, fp16 (with loss scaling) on T4/V100, fp32 on CPU."""
+    import torch
+
+    if requested != "auto":
+        try:
+            return {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
+                    "float16": torch.float16, "fp32": torch.float32, "float32": torch.float32}[requested]
+        except KeyError:
+            raise ConfigError(f"unknown dtype {requested!r}; use auto, bf16, fp16 or fp32") from None
+    if torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
+    return torch.float32
+
+
+def dtype_name(dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def bnb_config(compute_dtype, double_quant: bool = True, quant_type: str = "nf4"):
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type,
+                              bnb_4bit_use_double_quant=double_quant, bnb_4bit_compute_dtype=compute_dtype,
+                              bnb_4bit_quant_storage=compute_dtype)
+
+
+@dataclass
+class LoadSpec:
+    """How a base model is loaded. Saved in the output folder so inference repeats it."""
+
+    model: str
+    quantize_4bit: bool = True
+    compute_dtype: str = "auto"
+    double_quant: bool = True
+    quant_type: str = "nf4"
+    trust_remote_code: bool = False
+    revision: str | None = None
+    attn_implementation: str | None = "sdpa"
+
+
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, revision: str | None = None):
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, revision=revision)
+    except (OSError, ValueError) as err:
+        raise KnerError(f"cannot load tokenizer {name_or_path!r}: {str(err).splitlines()[0]}") from None
+    if tok.pad_token is None:
+        # LLaMA-2 ships without a pad token; reuse UNK (not EOS, or the model
+        # would be trained never to stop) and fall back to EOS only if needed.
+        tok.pad_token = tok.unk_token or tok.eos_token
+    return tok
+
+
+def load_model(spec: LoadSpec, device_map=None):
+    """Load a causal LM per ``spec``; 4-bit NF4 through bitsandbytes when ``quantize_4bit``."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    dtype = choose_compute_dtype(spec.compute_dtype)
+    kwargs = dict(trust_remote_code=spec.trust_remote_code, revision=spec.revision, use_safetensors=None,
+                  dtype=dtype)
+    if spec.attn_implementation:
+        kwargs["attn_implementation"] = spec.attn_implementation
+    if spec.quantize_4bit:
+        kwargs["quantization_config"] = bnb_config(dtype, spec.double_quant, spec.quant_type)
+        kwargs["device_map"] = device_map or ({"": 0} if torch.cuda.is_available() else {"": "cpu"})
+    elif device_map is not None:
+        kwargs["device_map"] = device_map
+    try:
+        model = AutoModelForCausalLM.from_pretrained(spec.model, **kwargs)
+    except (OSError, ValueError) as err:
+        raise KnerError(f"cannot load model {spec.model!r}: {str(err).splitlines()[0]}") from None
+    return model
+
+
+# Tiny random models of each supported architecture, for tests and the CPU quickstart.
+TINY_ARCHS = ("llama", "mistral", "qwen2", "gemma")
+
+
+def tiny_config(arch: str, vocab_size: int, hidden: int = 64, layers: int = 2, heads: int = 4,
+                kv_heads: int = 2, intermediate: int = 128, max_positions: int = 2048, **extra):
+    from transformers import AutoConfig
+
+    if arch not in TINY_ARCHS:
+        raise ConfigError(f"unknown architecture {arch!r}; choose from {', '.join(TINY_ARCHS)}")
+    kw = dict(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+              num_key_value_heads=kv_heads, intermediate_size=intermediate, max_position_embeddings=max_positions,
+              tie_word_embeddings=False)
+    if arch == "gemma":
+        kw["head_dim"] = hidden // heads
+    kw.update(extra)
+    return AutoConfig.for_model(arch, **kw)
+
+
+def build_model_from_config(config, dtype=None, seed: int = 0):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config)
+    if dtype is not None:
+        model = model.to(dtype)
+    return model
+
+
+def save_pretrained_dir(model, tokenizer, path: str | Path) -> Path:
+    """Save a (tiny) model with its tokenizer so ``LoadSpec(model=path)`` loads it like a hub model."""
+    path = Path(path)
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def quantize_4bit_inplace(model, compute_dtype, double_quant: bool = True, quant_type: str = "nf4",
+                          skip: tuple[str, ...] = ("lm_head",), device=None):
+    """Replace every ``nn.Linear`` (except ``skip``) by a bitsandbytes NF4 ``Linear4bit``, in place.
+
+    For models that exist only as Python objects (tiny from-scratch models, or a 7B
+    architecture with random weights built directly on the GPU for benchmarks), so
+    they go through the same 4-bit kernels as ``load_model(LoadSpec(quantize_4bit=True))``
+    without a save/reload round trip. Quantization happens on ``device`` (default: the
+    weight's own device).
+    """
+    import torch
+    from torch import nn
+
+    bnb = compat.bitsandbytes()
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is not nn.Linear or name in skip:
+                continue
+            dev = torch.device(device) if device is not None else child.weight.device
+            new = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=child.bias is not None,
+                                    compute_dtype=compute_dtype, compress_statistics=double_quant,
+                                    quant_type=quant_type, quant_storage=compute_dtype, device="meta")
+            w = child.weight.data.to(compute_dtype)
+            new.weight = bnb.nn.Params4bit(w, requires_grad=False, compress_statistics=double_quant,
+                                           quant_type=quant_type, quant_storage=compute_dtype, module=new).to(dev)
+            if child.bias is not None:
+                new.bias = nn.Parameter(child.bias.data.to(device=dev, dtype=compute_dtype), requires_grad=False)
+            new.requires_grad_(False)
+            setattr(parent, name, new)
+            del child, w
+    model.is_loaded_in_4bit = True
+    model.config.quantization_config = bnb_config(compute_dtype, double_quant, quant_type).to_dict()
+    return model
+
+
+# ---------------------------------------------------------------------------
+# Prompt token ids shared by training and inference.
+#
+# Training puts the loss on exactly the tokens that inference will generate, and
+# both share the instruction prefix's KV. That only holds if both tokenize the
+# same way, so they go through one encoder.
+
+
+@dataclass
+class EncodedExample:
+    input_ids: list[int]   # prefix + text + suffix [+ answer + EOS]
+    prefix_len: int        # input_ids[:prefix_len] == PromptEncoder.prefix_ids, always
+    prompt_len: int        # input_ids[:prompt_len] is what inference feeds; the rest is the answer (+EOS)
+    natural: bool          # True: ids equal the tokenizer's own tokenization of the whole string
+
+
+class PromptEncoder:
+    """Token ids for ``prefix + text + suffix [+ answer + EOS]`` with exact prompt/answer boundaries.
+
+    Fast tokenizers: the whole string is tokenized once with ``return_offsets_mapping``;
+    the answer starts at the first token whose offset starts at or after the prompt's
+    length. That tokenization is kept ("natural") only if its first tokens are exactly
+    the prefix's own ids, and the prompt part equals the prompt tokenized alone (what
+    inference feeds), so no token straddles a boundary. Otherwise, and always for slow
+    tokenizers, the pieces prefix / text+suffix / answer are tokenized separately and
+    concatenated; ``fallbacks`` counts those examples. Either way ``prefix_len`` and
+    ``prompt_len`` are exact and ``input_ids[prompt_len:]`` is the answer plus EOS.
+    """
+
+    def __init__(self, tokenizer, prompt_format, scheme):
+        self.tokenizer = tokenizer
+        self.prefix, self.suffix = prompt_format.parts(scheme)
+        self.fast = bool(getattr(tokenizer, "is_fast", False))
+        probe_with = tokenizer("a", add_special_tokens=True)["input_ids"]
+        probe = tokenizer("a", add_special_tokens=False)["input_ids"]
+        # Special tokens the tokenizer puts first (BOS); none for Qwen2. A trailing EOS
+        # that some tokenizers add is ignored: we append EOS ourselves, to answers only.
+        k = next((i for i in range(len(probe_with) - len(probe) + 1) if probe_with[i:i + len(probe)] == probe), 0)
+        self.lead_ids: list[int] = list(probe_with[:k])
+        self.prefix_ids: list[int] = self.lead_ids + self._ids(self.prefix)
+        self.eos_id = tokenizer.eos_token_id
+        if self.eos_id is None:
+            raise ConfigError("the tokenizer has no EOS token; set tokenizer.eos_token before training or inference")
+        self.fallbacks = 0
+
+    def _ids(self, s: str) -> list[int]:
+        return list(self.tokenizer(s, add_special_tokens=False)["input_ids"]) if s else []
+
+    def prompt_ids(self, text: str) -> EncodedExample:
+        """What inference feeds the model for ``text`` (no answer)."""
+        return self.prompt_ids_many([text])[0]
+
+    def encode(self, text: str, answer: str) -> EncodedExample:
+        """A training example: prompt, answer and EOS; labels are ``input_ids[prompt_len:]``."""
+        return self.encode_many([(text, answer)])[0]
+
+    def prompt_ids_many(self, texts: list[str]) -> list[EncodedExample]:
+        """``prompt_ids`` of many texts; a fast tokenizer takes them as one batch (parallel in Rust)."""
+        if not texts:
+            return []
+        rests = [text + self.suffix for text in texts]
+        own_prefix = self.prefix_ids[len(self.lead_ids):]
+        # Fast: the whole prompt in one pass, kept where the instruction's tokens come out
+        # unchanged; otherwise (and for slow tokenizers) the prefix ids, then the rest.
+        whole = self._ids_many([self.prefix + r for r in rests]) if self.fast else [None] * len(rests)
+        out: list[EncodedExample] = []
+        for rest, ids in zip(rests, whole):
+            natural = ids is not None and ids[:len(own_prefix)] == own_prefix
+            full = self.lead_ids + ids if natural else self.prefix_ids + self._ids(rest)
+            out.append(EncodedExample(full, len(self.prefix_ids), len(full), natural))
+        return out
+
+    def encode_many(self, items: list[tuple[str, str]]) -> list[EncodedExample]:
+        """``encode`` of many (text, answer) pairs, tokenized in batches."""
+        prompts = self.prompt_ids_many([text for text, _ in items])
+        whole: dict[int, tuple[list[int], list]] = {}
+        natural = [i for i, pr in enumerate(prompts) if pr.natural]   # only a fast tokenizer's can be
+        if natural:
+            strings = [self.prefix + items[i][0] + self.suffix + items[i][1] for i in natural]
+            enc = self.tokenizer(strings, add_special_tokens=False, return_offsets_mapping=True)
+            whole = {i: (list(ids), offs) for i, ids, offs in zip(natural, enc["input_ids"], enc["offset_mapping"])}
+        out: list[EncodedExample] = []
+        for i, (prompt, (text, answer)) in enumerate(zip(prompts, items)):
+            if i in whole:
+                ids, offs = whole[i]
+                cut = len(self.prefix) + len(text) + len(self.suffix)
+                a = next((k for k, (s, _) in enumerate(offs) if s >= cut), len(ids))
+                if all(e <= cut for _, e in offs[:a]) and self.lead_ids + ids[:a] == prompt.input_ids:
+                    full = self.lead_ids + ids + [self.eos_id]
+                    out.append(EncodedExample(full, prompt.prefix_len, prompt.prompt_len, True))
+                    continue
+            self.fallbacks += 1
+            full = prompt.input_ids + self._ids(answer) + [self.eos_id]
+            out.append(EncodedExample(full, prompt.prefix_len, prompt.prompt_len, False))
+        return out
+
+    def _ids_many(self, strings: list[str]) -> list[list[int]]:
+        return [list(ids) for ids in self.tokenizer(strings, add_special_tokens=False)["input_ids"]]
+
+
+# ---------------------------------------------------------------------------
+# Shared-prefix KV: run the instruction prefix once (batch 1), then the per-example
+# tokens of a whole batch against it. Both caches below are safe under gradient
+# checkpointing: replaying a layer in backward neither appends twice nor changes
+# what the forward pass returned.
+
+
+@functools.lru_cache(maxsize=None)
+def _layer_classes():
+    DynamicLayer = compat.dynamic_layer_class()
+
+    class RecordingLayer(DynamicLayer):
+        """Keeps the first key/value states it is given.
+
+        The backward replay of a checkpointed layer calls ``update`` again; those
+        recomputed states must not be stored: they carry the replay's autograd graph,
+        and a cache kept alive by the checkpoint's own references would leak one
+        layer's activations per layer and micro-batch.
+        """
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+                self.keys, self.values = key_states, value_states
+            return key_states, value_states
+
+    class FrozenPrefixLayer(DynamicLayer):
+        """Returns prefix + new states without storing the new ones."""
+
+        def __init__(self, keys, values):
+            super().__init__()
+            self.dtype, self.device = keys.dtype, keys.device
+            self.keys, self.values, self.is_initialized = keys, values, True
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            import torch
+            return torch.cat([self.keys, key_states], dim=-2), torch.cat([self.values, value_states], dim=-2)
+
+    return RecordingLayer, FrozenPrefixLayer
+
+
+def run_prefix(decoder, prefix_ids, keep: list | None = None):
+    """Run ``prefix_ids`` (1-D tensor) through the decoder once; return per-layer (key, value).
+
+    ``decoder`` is the base model (``causal_lm.model``). Gradients flow from whatever
+    uses the returned states back into this single prefix computation. With
+    gradients on, pass a list as ``keep`` and call ``release_caches(keep)`` after the
+    backward pass (see there).
+    """
+    Cache, _ = compat.cache_classes()
+    recording, _ = _layer_classes()
+    cache = Cache(layer_class_to_replicate=recording)
+    decoder(input_ids=prefix_ids[None], use_cache=False, **compat.cache_kwargs(decoder, cache))
+    if keep is not None:
+        keep.append(cache)
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def prefix_cache(prefix_kv, batch_size: int, keep: list | None = None):
+    """A read-only cache presenting the batch-1 prefix states to ``batch_size`` rows (a view, no copy)."""
+    Cache, _ = compat.cache_classes()
+    _, frozen = _layer_classes()
+    cache = Cache(layers=[frozen(k.expand(batch_size, -1, -1, -1), v.expand(batch_size, -1, -1, -1))
+                          for k, v in prefix_kv])
+    if keep is not None:
+        keep.append(cache)
+    return cache
+
+
+def release_caches(caches: list) -> None:
+    """Drop the tensors held by prefix caches once the backward pass is done.
+
+    Under non-reentrant gradient checkpointing the checkpoint keeps the cache (a
+    layer argument) alive, and the cache keeps the checkpoint's graph alive: a
+    reference cycle through autograd nodes that Python's collector cannot see. Left
+    alone it leaks about one layer of prefix activations per layer and micro-batch
+    (measured: 10 GiB within a few steps at 7B). Emptying the caches breaks it.
+    """
+    for cache in caches:
+        for layer in getattr(cache, "layers", []):
+            layer.keys = layer.values = None
+        cache.layers = []
+    caches.clear()
