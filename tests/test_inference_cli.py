@@ -151,8 +151,11 @@ def test_export_merge_measures_the_change(folders, tmp_path):
 
 
 def test_max_memory_units_mean_what_kner_plan_reads():
-    from kner.cli.predict import _gib
+    from kner.errors import ConfigError
+    from kner.model.shape import parse_gib
 
-    assert _gib("15") == 15.0 and _gib("15GiB") == 15.0
-    assert _gib("16GB") == pytest.approx(16e9 / 2**30)       # GB is 10^9 bytes, as for --gpu-memory
-    assert _gib(None) is None
+    assert parse_gib("15") == 15.0 and parse_gib("15GiB") == 15.0
+    assert parse_gib("16GB") == pytest.approx(16e9 / 2**30)       # GB is 10^9 bytes, as for --gpu-memory
+    assert parse_gib(None) is None
+    with pytest.raises(ConfigError, match="--max-memory takes GiB"):
+        parse_gib("1.2.3")

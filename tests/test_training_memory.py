@@ -8,8 +8,9 @@ import pytest
 import yaml
 
 from kner.errors import ConfigError, KnerError
-from kner.training.config import TrainConfig, parse_bytes
-from kner.training.memory import GiB, ModelShape, estimate, load_config, plan_memory
+from kner.model.shape import GiB, ModelShape, parse_bytes
+from kner.training.config import TrainConfig
+from kner.training.memory import estimate, load_config, plan_memory
 from test_training_support import LLAMA_TOK
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 import time
 from pathlib import Path
 from typing import Optional
@@ -12,6 +11,7 @@ import typer
 
 from kner.cli import app
 from kner.errors import ConfigError, DataError
+from kner.model.shape import parse_gib
 from kner.textio import ENCODING_HELP, check_output, reads_text
 
 log = logging.getLogger(__name__)
@@ -77,21 +77,6 @@ def check_inputs(examples, where: list[str]) -> list[tuple[int, str]]:
     if len(failed) > 10:
         typer.echo(f"warning: ... and {len(failed) - 10} more text(s) skipped", err=True)
     return failed
-
-
-def _gib(value: Optional[str]) -> Optional[float]:
-    """--max-memory in GiB: a bare number is GiB; a unit is read as `kner plan --gpu-memory` reads it
-    (GiB = 2^30, GB = 10^9), so the same string means the same memory to every command."""
-    if value is None:
-        return None
-    if re.fullmatch(r"\s*[0-9.]+\s*", value):
-        return float(value)
-    from kner.training.config import parse_bytes
-
-    try:
-        return parse_bytes(value) / 2**30
-    except ConfigError:
-        raise ConfigError(f"--max-memory takes GiB, e.g. 15 or 15GiB (or 16GB), not {value!r}") from None
 
 
 class _Bar:
@@ -237,7 +222,7 @@ def predict(
         from kner.inference.sharding import predict_sharded, resolve_devices
 
         devs = resolve_devices(gpus, devices)
-        opts = dict(constrained=constrain, batch_size=batch_size, max_memory=_gib(max_memory),
+        opts = dict(constrained=constrain, batch_size=batch_size, max_memory=parse_gib(max_memory),
                     max_chunk_tokens=max_chunk_tokens, max_new_tokens=max_new_tokens, prefix_cache=prefix_cache)
         with _Bar(progress, len(examples)) as bar:
             res = predict_sharded(model, examples, output, devices=devs, adapter=str(adapter) if adapter else None,
@@ -248,7 +233,7 @@ def predict(
         _exit_on_failures(failed, len(examples), output)
         return
     ext = Extractor.load(model, adapter=adapter, scheme=scheme, quantize_4bit=quantize, compute_dtype=dtype,
-                         constrained=constrain, batch_size=batch_size, max_memory=_gib(max_memory),
+                         constrained=constrain, batch_size=batch_size, max_memory=parse_gib(max_memory),
                          max_chunk_tokens=max_chunk_tokens, max_new_tokens=max_new_tokens, prefix_cache=prefix_cache)
     with _Bar(progress, len(examples)) as bar:
         preds = ext.predict_examples(examples, progress=bar)

@@ -11,9 +11,7 @@ import typer
 
 from kner.cli import app
 from kner.errors import ConfigError, KnerError
-
-
-from kner.cli.predict import _gib  # noqa: E402  (one parser for --max-memory)
+from kner.model.shape import parse_gib
 
 
 @app.command()
@@ -64,7 +62,7 @@ def serve(
                              max_queue_texts=max_queue_texts, timeout_s=timeout or None)
     if not 0 <= port < 65536:
         raise ConfigError(f"--port must be between 0 and 65535, not {port}")
-    memory = _gib(max_memory)
+    memory = parse_gib(max_memory)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     typer.echo(f"loading {model} ...", err=True)
     ext = Extractor.load(model, adapter=adapter, scheme=scheme, quantize_4bit=quantize, compute_dtype=dtype,

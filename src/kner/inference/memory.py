@@ -16,9 +16,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-log = logging.getLogger(__name__)
+from kner.model.shape import ModelShape, text_config
 
-GiB = 1024 ** 3
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -39,15 +39,8 @@ class ModelDims:
 
     @classmethod
     def from_model(cls, model) -> "ModelDims":
-        """Shapes from the config (read by the training planner's ``ModelShape``), width from the weights."""
-        from kner.training.memory import ModelShape
-
+        """Shapes from the config (the ``ModelShape`` the training planner reads too), width from the weights."""
         shape = ModelShape.from_config(model.config)
-        cfg = model.config
-        try:
-            cfg = cfg.get_text_config(decoder=True)
-        except (AttributeError, TypeError):
-            pass
         dtype_bytes = 2
         try:
             dtype_bytes = model.get_input_embeddings().weight.element_size()
@@ -55,7 +48,7 @@ class ModelDims:
             pass
         return cls(layers=shape.layers, kv_heads=shape.kv_heads, heads=shape.heads, head_dim=shape.head_dim,
                    hidden=shape.hidden, intermediate=shape.intermediate, vocab=shape.vocab,
-                   dtype_bytes=dtype_bytes, max_positions=getattr(cfg, "max_position_embeddings", None))
+                   dtype_bytes=dtype_bytes, max_positions=getattr(text_config(model.config), "max_position_embeddings", None))
 
 
 def usable_memory(device, cap_bytes: int | None = None) -> int | None:

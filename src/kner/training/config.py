@@ -26,6 +26,7 @@ from kner.data.augment import AugmentConfig
 from kner.errors import ConfigError
 from kner.model.loading import METHODS
 from kner.model.prompt import PromptFormat
+from kner.model.shape import parse_bytes
 
 LAYOUTS = ("packed", "prefix_kv", "padded")
 OPTIMIZERS = ("paged_adamw_8bit", "adamw_8bit", "adamw")
@@ -359,20 +360,3 @@ class TrainConfig(Settings):
         """A copy with ``changes`` applied, validated as a whole (keys that were set stay set)."""
         given = {k: getattr(self, k) for k in self.model_fields_set}
         return self.from_dict({**given, **changes}, "")
-
-
-_UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9, "t": 1e12, "tb": 1e12,
-          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
-
-
-def parse_bytes(s: str | int | float) -> int:
-    """'15GiB' -> 16106127360; '15GB' -> 15e9; plain numbers are bytes."""
-    if isinstance(s, (int, float)):
-        return int(s)
-    t = str(s).strip().lower().replace(" ", "")
-    num = t.rstrip("abcdefghijklmnopqrstuvwxyz")
-    unit = t[len(num):]
-    try:
-        return int(float(num) * _UNITS[unit])
-    except (ValueError, KeyError):
-        raise ConfigError(f"cannot read memory size {s!r}; write e.g. 15GiB or 16GB") from None

@@ -35,9 +35,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
-from kner.errors import ConfigError, KnerError
-
-GiB = 2**30
+from kner.errors import KnerError
+from kner.model.shape import GiB, ModelShape, parse_bytes
 
 # Fitted on the GPU benchmark (docs/training.md: LLaMA-2-7B shapes, NF4, LoRA r=16,
 # fp16, no flash attention; peak allocated and reserved at 1024..4096 tokens).
@@ -46,59 +45,6 @@ ACT_PER_INTER = 16.0        # bytes per token per intermediate (MLP) unit
 ALLOCATOR_SLACK = 0.25      # reserved-but-free blocks, as a fraction of the per-token terms
 ALLOCATOR_FIXED = int(0.27 * GiB)
 CUDA_CONTEXT = int(0.45 * GiB)
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    hidden: int
-    layers: int
-    intermediate: int
-    vocab: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    tied: bool
-    model_type: str = "?"
-
-    @classmethod
-    def from_config(cls, config) -> "ModelShape":
-        c = config.get_text_config() if hasattr(config, "get_text_config") else config
-        try:
-            heads = int(c.num_attention_heads)
-            hidden = int(c.hidden_size)
-            return cls(hidden=hidden, layers=int(c.num_hidden_layers), intermediate=int(c.intermediate_size),
-                       vocab=int(c.vocab_size), heads=heads, kv_heads=int(getattr(c, "num_key_value_heads", None) or heads),
-                       head_dim=int(getattr(c, "head_dim", None) or hidden // heads),
-                       tied=bool(getattr(c, "tie_word_embeddings", False)), model_type=str(getattr(c, "model_type", "?")))
-        except (AttributeError, TypeError) as err:
-            raise ConfigError(f"cannot read model shapes from the config ({err}); only decoder-only LMs are supported") from None
-
-    def linear_shapes(self) -> dict[str, tuple[int, int]]:
-        """(in, out) of each linear layer of one decoder layer, by the usual module names."""
-        d, q, kv, i = self.hidden, self.heads * self.head_dim, self.kv_heads * self.head_dim, self.intermediate
-        return {"q_proj": (d, q), "k_proj": (d, kv), "v_proj": (d, kv), "o_proj": (q, d),
-                "gate_proj": (d, i), "up_proj": (d, i), "down_proj": (i, d)}
-
-    @property
-    def linear_params(self) -> int:
-        return self.layers * sum(a * b for a, b in self.linear_shapes().values())
-
-    @property
-    def embedding_params(self) -> int:
-        return self.vocab * self.hidden * (1 if self.tied else 2)
-
-    @property
-    def norm_params(self) -> int:
-        return self.hidden * (2 * self.layers + 1)
-
-    @property
-    def total_params(self) -> int:
-        return self.linear_params + self.embedding_params + self.norm_params
-
-    def lora_params(self, r: int, targets="all-linear") -> int:
-        shapes = self.linear_shapes()
-        names = shapes if targets in ("all-linear", None) else [t for t in targets if t in shapes]
-        return self.layers * sum(r * (shapes[n][0] + shapes[n][1]) for n in names)
 
 
 @dataclass
@@ -255,8 +201,6 @@ def load_config(name_or_path: str, trust_remote_code: bool = False):
 
 def device_capacity(gpu_memory: str | None = None) -> int:
     """Bytes the run may use: ``gpu_memory`` when given, else the GPU's total memory."""
-    from kner.training.config import parse_bytes
-
     if gpu_memory:
         return parse_bytes(gpu_memory)
     import torch
