@@ -108,8 +108,7 @@ def baseline(model, tok, texts, budgets, device, n_max, seconds):
     """One sentence at a time through ``model.generate``: the study's way."""
     import torch
 
-    from kner.model.loading import PromptEncoder
-    from kner.model.prompt import PromptFormat
+    from kner.model.prompt import PromptEncoder, PromptFormat
     from kner.data.schemes import load_scheme
 
     enc = PromptEncoder(tok, PromptFormat(), load_scheme("spacy19"))

@@ -82,8 +82,8 @@ def measure(fn, device):
 def kner_runs(args, model, tok, examples, dtype, device, results, save):
     import torch
 
-    from kner.model.loading import PromptEncoder, release_caches
-    from kner.model.prompt import PromptFormat
+    from kner.model.loading import release_caches
+    from kner.model.prompt import PromptEncoder, PromptFormat
     from kner.data.schemes import load_scheme
     from kner.training.batching import as_rows, collate, epoch_steps, tokenize_examples
     from kner.training.config import TrainConfig

@@ -10,8 +10,8 @@ from kner.inference.chunking import split_document
 from kner.inference.decoding import GreedyChooser, greedy_decode
 from kner.inference.memory import ModelDims, is_oom, plan_batch
 from kner.inference.prefix_cache import PrefixKV
-from kner.model.loading import PromptEncoder, build_model_from_config, load_tokenizer, tiny_config
-from kner.model.prompt import PromptFormat, parse_tags
+from kner.model.loading import build_model_from_config, load_tokenizer, tiny_config
+from kner.model.prompt import PromptEncoder, PromptFormat, parse_tags
 from kner.data.schemes import load_scheme
 
 @pytest.fixture(scope="module")

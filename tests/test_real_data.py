@@ -118,8 +118,7 @@ def test_default_kmou_split(shared_datasets):
 
 def test_real_sentencepiece_tokenizers():
     """The one test of the real tokenizer files (../shared/tokenizers): LLaMA-2 and Mistral."""
-    from kner.model.loading import PromptEncoder
-    from kner.model.prompt import PromptFormat
+    from kner.model.prompt import PromptEncoder, PromptFormat
 
     found = [n for n in ("llama-2", "mistral-7b-v0.3") if (TOKENIZERS / n).is_dir()]
     if not found:

@@ -42,7 +42,7 @@ def _char_tokenizer(exs):
 
 
 def test_char_tokenizer_spells_entities_as_in_the_text_and_the_instruction_in_few_pieces():
-    from kner.model.loading import PromptEncoder
+    from kner.model.prompt import PromptEncoder
 
     exs = _examples()
     tok = _char_tokenizer(exs)
@@ -127,7 +127,7 @@ def test_tiny_char_model_learns_and_extracts_what_it_learnt(tmp_path):
 
 
 def test_epochs_cycle_through_tokenized_copies():
-    from kner.model.loading import PromptEncoder
+    from kner.model.prompt import PromptEncoder
     from kner.training.batching import tokenize_examples
     from kner.training.config import TrainConfig
     from kner.training.recipe import _augmented_sets

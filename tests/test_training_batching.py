@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from kner.model import compat
-from kner.model.loading import PromptEncoder, build_model_from_config, tiny_config
-from kner.model.prompt import PromptFormat, render_tags
+from kner.model.loading import build_model_from_config, tiny_config
+from kner.model.prompt import PromptEncoder, PromptFormat, render_tags
 from kner.data.schemes import load_scheme
 from kner.training.batching import (as_rows, batch_cost, collate, epoch_steps, micro_batches, pack_rows,
                                     row_len, split_in_two, tokenize_examples)

@@ -263,8 +263,7 @@ def _leaks(splits: dict[str, list[Example]], add) -> None:
 def _too_long(splits, tokenizer, scheme_name: str, max_seq_len: int, prompt_format, add) -> None:
     # Training's own rule (kner.training.batching): prompt + answer tags + EOS, encoded by the
     # PromptEncoder that training and inference share.
-    from kner.model.loading import PromptEncoder
-    from kner.model.prompt import PromptFormat
+    from kner.model.prompt import PromptEncoder, PromptFormat
     from kner.data.schemes import load_scheme
     from kner.training.batching import tokenize_examples
 

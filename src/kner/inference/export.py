@@ -124,7 +124,8 @@ def export_merged(out_dir: str | Path, merged_dir: str | Path, *, into: str = "1
 
     from kner.model import compat
     from kner.model.artifacts import ModelManifest
-    from kner.model.loading import PromptEncoder, choose_compute_dtype, load_model, load_tokenizer
+    from kner.model.loading import choose_compute_dtype, load_model, load_tokenizer
+    from kner.model.prompt import PromptEncoder
 
     if into not in ("16bit", "dequantized"):
         raise ConfigError("--into must be 16bit or dequantized")

@@ -143,7 +143,7 @@ class Extractor:
         self.config = replace(config, **opts) if config is not None else ExtractorConfig.from_options(**opts)
         if self.config.prefix_cache not in ("auto", "shared", "expand", "none"):
             raise ConfigError("prefix_cache must be auto, shared, expand or none")
-        from kner.model.loading import PromptEncoder
+        from kner.model.prompt import PromptEncoder
 
         self.prefix_text, self.suffix_text = self.prompt.parts(self.scheme)
         # Training tokenizes prompts through the same encoder: identical ids, identical prefix.

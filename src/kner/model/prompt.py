@@ -1,4 +1,5 @@
-"""The study's instruction format: render prompts and tags, parse tags back to spans.
+"""The study's instruction format: render prompts and tags, parse tags back to spans, and
+``PromptEncoder``, the one tokenization of prompts and answers that training and inference share.
 
 The prompt is ``prefix + text + suffix`` and the answer is the tag list. The
 prefix (instruction with one line per label) is identical for every example,
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 
 from kner.data.example import Entity
 from kner.data.schemes import Scheme
+from kner.errors import ConfigError
 
 DEFAULT_HEADER = "다음 아래 문장에서 개체명을 추출하려 합니다. 개체명은 아래 규칙(spacy를 따름)으로 태깅시켜 주세요."
 DEFAULT_FOOTER = "아래 문장들에서 개체명을 추출하세요."
@@ -231,3 +233,103 @@ def parse_tags(output: str, text: str, scheme: Scheme) -> ParseResult:
             res.entities.append(e)
     res.entities.sort()
     return res
+
+
+# ---------------------------------------------------------------------------
+# Prompt token ids shared by training and inference.
+#
+# Training puts the loss on exactly the tokens that inference will generate, and
+# both share the instruction prefix's KV. That only holds if both tokenize the
+# same way, so they go through one encoder.
+
+
+@dataclass
+class EncodedExample:
+    input_ids: list[int]   # prefix + text + suffix [+ answer + EOS]
+    prefix_len: int        # input_ids[:prefix_len] == PromptEncoder.prefix_ids, always
+    prompt_len: int        # input_ids[:prompt_len] is what inference feeds; the rest is the answer (+EOS)
+    natural: bool          # True: ids equal the tokenizer's own tokenization of the whole string
+
+
+class PromptEncoder:
+    """Token ids for ``prefix + text + suffix [+ answer + EOS]`` with exact prompt/answer boundaries.
+
+    Fast tokenizers: the whole string is tokenized once with ``return_offsets_mapping``;
+    the answer starts at the first token whose offset starts at or after the prompt's
+    length. That tokenization is kept ("natural") only if its first tokens are exactly
+    the prefix's own ids, and the prompt part equals the prompt tokenized alone (what
+    inference feeds), so no token straddles a boundary. Otherwise, and always for slow
+    tokenizers, the pieces prefix / text+suffix / answer are tokenized separately and
+    concatenated; ``fallbacks`` counts those examples. Either way ``prefix_len`` and
+    ``prompt_len`` are exact and ``input_ids[prompt_len:]`` is the answer plus EOS.
+    """
+
+    def __init__(self, tokenizer, prompt_format, scheme):
+        self.tokenizer = tokenizer
+        self.prefix, self.suffix = prompt_format.parts(scheme)
+        self.fast = bool(getattr(tokenizer, "is_fast", False))
+        probe_with = tokenizer("a", add_special_tokens=True)["input_ids"]
+        probe = tokenizer("a", add_special_tokens=False)["input_ids"]
+        # Special tokens the tokenizer puts first (BOS); none for Qwen2. A trailing EOS
+        # that some tokenizers add is ignored: we append EOS ourselves, to answers only.
+        k = next((i for i in range(len(probe_with) - len(probe) + 1) if probe_with[i:i + len(probe)] == probe), 0)
+        self.lead_ids: list[int] = list(probe_with[:k])
+        self.prefix_ids: list[int] = self.lead_ids + self._ids(self.prefix)
+        self.eos_id = tokenizer.eos_token_id
+        if self.eos_id is None:
+            raise ConfigError("the tokenizer has no EOS token; set tokenizer.eos_token before training or inference")
+        self.fallbacks = 0
+
+    def _ids(self, s: str) -> list[int]:
+        return list(self.tokenizer(s, add_special_tokens=False)["input_ids"]) if s else []
+
+    def prompt_ids(self, text: str) -> EncodedExample:
+        """What inference feeds the model for ``text`` (no answer)."""
+        return self.prompt_ids_many([text])[0]
+
+    def encode(self, text: str, answer: str) -> EncodedExample:
+        """A training example: prompt, answer and EOS; labels are ``input_ids[prompt_len:]``."""
+        return self.encode_many([(text, answer)])[0]
+
+    def prompt_ids_many(self, texts: list[str]) -> list[EncodedExample]:
+        """``prompt_ids`` of many texts; a fast tokenizer takes them as one batch (parallel in Rust)."""
+        if not texts:
+            return []
+        rests = [text + self.suffix for text in texts]
+        own_prefix = self.prefix_ids[len(self.lead_ids):]
+        # Fast: the whole prompt in one pass, kept where the instruction's tokens come out
+        # unchanged; otherwise (and for slow tokenizers) the prefix ids, then the rest.
+        whole = self._ids_many([self.prefix + r for r in rests]) if self.fast else [None] * len(rests)
+        out: list[EncodedExample] = []
+        for rest, ids in zip(rests, whole):
+            natural = ids is not None and ids[:len(own_prefix)] == own_prefix
+            full = self.lead_ids + ids if natural else self.prefix_ids + self._ids(rest)
+            out.append(EncodedExample(full, len(self.prefix_ids), len(full), natural))
+        return out
+
+    def encode_many(self, items: list[tuple[str, str]]) -> list[EncodedExample]:
+        """``encode`` of many (text, answer) pairs, tokenized in batches."""
+        prompts = self.prompt_ids_many([text for text, _ in items])
+        whole: dict[int, tuple[list[int], list]] = {}
+        natural = [i for i, pr in enumerate(prompts) if pr.natural]   # only a fast tokenizer's can be
+        if natural:
+            strings = [self.prefix + items[i][0] + self.suffix + items[i][1] for i in natural]
+            enc = self.tokenizer(strings, add_special_tokens=False, return_offsets_mapping=True)
+            whole = {i: (list(ids), offs) for i, ids, offs in zip(natural, enc["input_ids"], enc["offset_mapping"])}
+        out: list[EncodedExample] = []
+        for i, (prompt, (text, answer)) in enumerate(zip(prompts, items)):
+            if i in whole:
+                ids, offs = whole[i]
+                cut = len(self.prefix) + len(text) + len(self.suffix)
+                a = next((k for k, (s, _) in enumerate(offs) if s >= cut), len(ids))
+                if all(e <= cut for _, e in offs[:a]) and self.lead_ids + ids[:a] == prompt.input_ids:
+                    full = self.lead_ids + ids + [self.eos_id]
+                    out.append(EncodedExample(full, prompt.prefix_len, prompt.prompt_len, True))
+                    continue
+            self.fallbacks += 1
+            full = prompt.input_ids + self._ids(answer) + [self.eos_id]
+            out.append(EncodedExample(full, prompt.prefix_len, prompt.prompt_len, False))
+        return out
+
+    def _ids_many(self, strings: list[str]) -> list[list[int]]:
+        return [list(ids) for ids in self.tokenizer(strings, add_special_tokens=False)["input_ids"]]

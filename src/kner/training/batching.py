@@ -28,8 +28,7 @@ import random
 from dataclasses import dataclass
 
 from kner.data.example import Example
-from kner.model.loading import PromptEncoder
-from kner.model.prompt import render_tags
+from kner.model.prompt import PromptEncoder, render_tags
 
 
 @dataclass(frozen=True)

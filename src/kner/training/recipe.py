@@ -61,7 +61,8 @@ def train(config: TrainConfig, model=None, tokenizer=None, *, train_examples: li
     dev_exs = _load_examples(cfg.dev, dev_examples, cfg, scheme, "dev") if (cfg.dev or dev_examples) else []
 
     # 2. Tokenizer and model.
-    from kner.model.loading import LoadSpec, PromptEncoder, choose_compute_dtype, dtype_name, load_model, load_tokenizer
+    from kner.model.loading import LoadSpec, choose_compute_dtype, dtype_name, load_model, load_tokenizer
+    from kner.model.prompt import PromptEncoder
 
     load_spec = LoadSpec(model=cfg.model, quantize_4bit=cfg.method == "qlora", compute_dtype=cfg.compute_dtype,
                          double_quant=cfg.double_quant, quant_type=cfg.quant_type,
