@@ -245,3 +245,16 @@ def test_kmou_mapping_to_spacy19(kmou):
     mapped, rep = map_examples(kmou.examples, Mapping.load("kmou", "spacy19"))
     assert sum(rep.mapped.values()) == 622 and not rep.dropped
     assert rep.mapped[("DUR", "DATE")] == 16 and rep.mapped[("POH", "MISC")] == 80
+
+
+def test_read_marked_notes_say_where_each_disagreement_was_seen():
+    from kner.data.readers.markup import read_marked
+
+    tokens = [(10, "이순신", split_tag("I-PER")), (11, " ", split_tag("O")), (12, "장군", split_tag("B-PER"))]
+    mk = read_marked("<이순신:PER> 장군", {"PER"}, raw="이순신 장굼", tokens=tokens, unit="morphemes")
+    assert mk.text == "이순신 장군" and [(e.label, e.text) for e in mk.entities] == [("PER", "이순신")]
+    assert [(kind, where) for kind, _, where in mk.notes] == [
+        ("raw-mismatch", "raw"), ("i-without-b", 10), ("bio-mismatch", "sentence")]
+    assert "column 6" in mk.notes[0][1] and "BIO PER '장군' [4,6)" in mk.notes[2][1]
+    lemmas = [(1, "지나", split_tag("B-DT")), (2, "ㄴ", split_tag("I-DT"))]
+    assert read_marked("<지난:DT>", {"DT"}, tokens=lemmas, unit="lemmas").notes == []

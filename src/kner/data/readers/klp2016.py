@@ -15,15 +15,13 @@ disagreement is a problem row.
 
 from __future__ import annotations
 
-import unicodedata
-from functools import lru_cache
 from pathlib import Path
 
 from kner.errors import DataError
 from kner.data.example import Example
-from kner.data.readers.base import Problem, ReadResult, build_entities, numbered_lines
-from kner.data.readers.bio import Tag, decode, split_tag
-from kner.data.readers.markup import MarkupError, parse_markup, trim_spans
+from kner.data.readers.base import Problem, ReadResult, numbered_lines
+from kner.data.readers.bio import Tag, split_tag
+from kner.data.readers.markup import MarkupError, read_marked
 
 LABELS = ("PS", "LC", "OG", "DT", "TI")
 
@@ -64,50 +62,12 @@ def read(path: Path, check_bio: bool = True) -> ReadResult:
 
 def _sentence(path: Path, lineno: int, k: int, raw: str, markup: str, morphs, res: ReadResult) -> None:
     sid = f"{path.name}:{k}"
-
-    def problem(kind: str, reason: str, line: int = lineno + 1) -> None:
-        res.problems.append(Problem(str(path), line, sid, reason, kind))
-
+    at = {"sentence": lineno + 1, "raw": lineno, "markup": lineno + 1}
     try:
-        mk = parse_markup(markup, LABELS)
+        mk = read_marked(markup, LABELS, raw=raw, tokens=morphs, unit="lemmas")
     except MarkupError as err:
-        problem("unparseable", f"markup not converted: {err}")
+        res.problems.append(Problem(str(path), at["markup"], sid, f"markup not converted: {err}", "unparseable"))
         res.skipped += 1
         return
-    for kind, msg in mk.notes:
-        problem(kind, msg)
-    spans, notes = trim_spans(mk.text, mk.spans)
-    for kind, msg in notes:
-        problem(kind, msg)
-    if mk.text != raw:
-        problem("raw-mismatch", "markup without tags differs from the raw line (markup kept)", lineno)
-    if morphs is not None:
-        tok_spans, repairs = decode([t for _, _, t in morphs])
-        for idx, msg in repairs:
-            problem("i-without-b", msg, morphs[idx][0])
-        bio = [(lab, "".join(m[1] for m in morphs[a:b])) for a, b, lab in tok_spans]
-        gold = [(lab, mk.text[s:e]) for s, e, lab in spans]
-        if [(lab, _key(x)) for lab, x in bio] != [(lab, _key(x)) for lab, x in gold]:
-            shown = lambda xs: ", ".join(f"{lab} {x!r}" for lab, x in xs) or "none"
-            problem("bio-mismatch", f"BIO column disagrees with markup (markup kept): markup {shown(gold)}; BIO {shown(bio)}")
-    ents, notes = build_entities(mk.text, spans)
-    for kind, msg in notes:
-        problem(kind, msg)
-    res.examples.append(Example(sid, mk.text, ents, {"doc": path.name, "source": f"{path.name}:{lineno}"}))
-
-
-def _key(s: str) -> str:
-    """Comparable form of a surface or of lemmatised morphemes: no spaces, jamo decomposed, finals as initials."""
-    return "".join(_fold(c) for c in unicodedata.normalize("NFKD", "".join(s.split())))
-
-
-@lru_cache(maxsize=None)
-def _fold(c: str) -> str:
-    # '지난' decomposes to ...ᆫ (final), the lemma '지나'+'ㄴ' to ...ᄂ (initial): make them equal.
-    name = unicodedata.name(c, "")
-    if name.startswith("HANGUL JONGSEONG "):
-        try:
-            return unicodedata.lookup(name.replace("JONGSEONG", "CHOSEONG"))
-        except KeyError:
-            return c
-    return c
+    res.problems += mk.problems(path, sid, at)
+    res.examples.append(Example(sid, mk.text, mk.entities, {"doc": path.name, "source": f"{path.name}:{lineno}"}))

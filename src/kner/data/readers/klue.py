@@ -19,9 +19,9 @@ from pathlib import Path
 
 from kner.errors import DataError
 from kner.data.example import Example
-from kner.data.readers.base import Problem, ReadResult, build_entities, describe_spans, numbered_lines
-from kner.data.readers.bio import decode, split_tag
-from kner.data.readers.markup import MarkupError, parse_markup, trim_spans
+from kner.data.readers.base import Problem, ReadResult, numbered_lines
+from kner.data.readers.bio import split_tag
+from kner.data.readers.markup import MarkupError, from_tokens, read_marked
 
 LABELS = ("PS", "LC", "OG", "DT", "TI", "QT")
 _HEAD = re.compile(r"^## (\S+)\t(.*)$")
@@ -57,47 +57,17 @@ def read(path: Path, check_bio: bool = True) -> ReadResult:
 
 
 def _sentence(path: Path, lineno: int, sid: str, markup: str, chars, res: ReadResult) -> None:
-    def problem(kind: str, reason: str, line: int = lineno) -> None:
-        res.problems.append(Problem(str(path), line, sid, reason, kind))
-
+    meta = {"doc": sid, "source": f"{path.name}:{lineno}"}
     try:
-        mk = parse_markup(markup, LABELS)
+        mk = read_marked(markup, LABELS, tokens=chars, unit="chars")
     except MarkupError as err:
         if not chars:
-            problem("unparseable", f"markup not converted: {err}")
+            res.problems.append(Problem(str(path), lineno, sid, f"markup not converted: {err}", "unparseable"))
             res.skipped += 1
             return
         # KLUE's own annotation is the character column; it reads the broken tag as text.
-        problem("unparseable", f"markup unreadable ({err}); used the character lines instead")
-        text = "".join(c for _, c, _ in chars)
-        tok_spans, repairs = decode([t for _, _, t in chars])
-        for idx, msg in repairs:
-            problem("i-without-b", msg, chars[idx][0])
-        _finish(path, lineno, sid, text, tok_spans, problem, res)
-        return
-    text = mk.text
-    for kind, msg in mk.notes:
-        problem(kind, msg)
-    spans, notes = trim_spans(text, mk.spans)
-    for kind, msg in notes:
-        problem(kind, msg)
-    if chars is not None:
-        spelled = "".join(c for _, c, _ in chars)
-        if spelled != text:
-            problem("chars-mismatch", "character lines do not spell the markup text; BIO not checked")
-        else:
-            tok_spans, repairs = decode([t for _, _, t in chars])
-            for idx, msg in repairs:
-                problem("i-without-b", msg, chars[idx][0])
-            bio = set(tok_spans)
-            if bio != set(spans):
-                problem("bio-mismatch", f"BIO lines disagree with markup (markup kept): markup "
-                                        f"{describe_spans(text, set(spans) - bio)}; BIO {describe_spans(text, bio - set(spans))}")
-    _finish(path, lineno, sid, text, spans, problem, res)
-
-
-def _finish(path: Path, lineno: int, sid: str, text: str, spans, problem, res: ReadResult) -> None:
-    ents, notes = build_entities(text, spans)
-    for kind, msg in notes:
-        problem(kind, msg)
-    res.examples.append(Example(sid, text, ents, {"doc": sid, "source": f"{path.name}:{lineno}"}))
+        res.problems.append(Problem(str(path), lineno, sid, f"markup unreadable ({err}); used the character lines instead",
+                                    "unparseable"))
+        mk = from_tokens(chars)
+    res.problems += mk.problems(path, sid, dict.fromkeys(("sentence", "raw", "markup"), lineno))
+    res.examples.append(Example(sid, mk.text, mk.entities, meta))

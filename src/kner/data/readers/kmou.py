@@ -21,10 +21,10 @@ import re
 from pathlib import Path
 
 from kner.errors import DataError
-from kner.data.example import Example, strip_span
-from kner.data.readers.base import Problem, ReadResult, build_entities, describe_spans, numbered_lines
-from kner.data.readers.bio import decode, split_tag
-from kner.data.readers.markup import MarkupError, parse_markup, trim_spans
+from kner.data.example import Example
+from kner.data.readers.base import Problem, ReadResult, numbered_lines
+from kner.data.readers.bio import Tag, split_tag
+from kner.data.readers.markup import MarkupError, read_marked
 
 LABELS = ("PER", "ORG", "LOC", "POH", "DAT", "TIM", "DUR", "MNY", "PNT", "NOH")
 _NUM = re.compile(r"^##\s*(\d+)\s*$")
@@ -51,7 +51,7 @@ def read(path: Path, check_bio: bool = True) -> ReadResult:
                             path, lineno)
         raw, markup = _header(lines[i + 1][1]), _header(lines[i + 2][1])
         j = i + 3
-        morphs: list[tuple[int, str, str]] = []   # (line, surface, tag)
+        morphs: list[tuple[int, str, Tag]] = []   # (line, surface, tag)
         while j < len(lines) and lines[j][1].strip() and not lines[j][1].startswith("##"):
             mlineno, mline = lines[j]
             cols = mline.split("\t")
@@ -59,7 +59,10 @@ def read(path: Path, check_bio: bool = True) -> ReadResult:
                 raise DataError(f"expected 4 tab-separated columns (surface, lemma, POS, BIO), got {len(cols)}",
                                 path, mlineno)
             surface = " " if cols[2] == "_" else cols[0]
-            morphs.append((mlineno, surface, cols[3]))
+            tag = split_tag(cols[3])
+            if check_bio and (tag is None or (tag.label is not None and tag.label not in LABELS)):
+                raise DataError(f"unknown BIO tag {cols[3]!r}", path, mlineno)
+            morphs.append((mlineno, surface, tag))
             j += 1
         _sentence(path, lineno, m.group(1), raw, markup, morphs if check_bio else None, res)
         i = j
@@ -68,59 +71,12 @@ def read(path: Path, check_bio: bool = True) -> ReadResult:
 
 def _sentence(path: Path, lineno: int, num: str, raw: str, markup: str, morphs, res: ReadResult) -> None:
     sid = f"{path.stem}:{num}"
-
-    def problem(kind: str, reason: str, line: int = lineno) -> None:
-        res.problems.append(Problem(str(path), line, sid, reason, kind))
-
+    at = {"sentence": lineno, "raw": lineno + 1, "markup": lineno + 2}
     try:
-        mk = parse_markup(markup, LABELS)
+        mk = read_marked(markup, LABELS, raw=raw, tokens=morphs, unit="morphemes")
     except MarkupError as err:
-        problem("unparseable", f"markup not converted: {err}", lineno + 2)
+        res.problems.append(Problem(str(path), at["markup"], sid, f"markup not converted: {err}", "unparseable"))
         res.skipped += 1
         return
-    text = mk.text
-    for kind, msg in mk.notes:
-        problem(kind, msg, lineno + 2)
-    spans, notes = trim_spans(text, mk.spans)
-    for kind, msg in notes:
-        problem(kind, msg, lineno + 2)
-    if text != raw:
-        k = next((c for c, (a, b) in enumerate(zip(text, raw)) if a != b), min(len(text), len(raw)))
-        problem("raw-mismatch", f"markup without tags differs from the raw line at column {k + 1}: "
-                                f"{text[max(0, k - 10):k + 10]!r} vs {raw[max(0, k - 10):k + 10]!r} (markup kept)", lineno + 1)
-    if morphs is not None:
-        _check_bio(text, spans, morphs, problem, path)
-    ents, notes = build_entities(text, spans)
-    for kind, msg in notes:
-        problem(kind, msg, lineno + 2)
-    res.examples.append(Example(sid, text, ents, {"doc": path.stem, "source": f"{path.name}:{lineno}"}))
-
-
-def _check_bio(text: str, spans, morphs, problem, path: Path) -> None:
-    spelled = "".join(s for _, s, _ in morphs)
-    shift = 0
-    if spelled != text:
-        if spelled.strip() != text.strip():
-            problem("morphemes-mismatch", "morpheme lines do not spell the sentence; BIO not checked")
-            return
-        shift = (len(text) - len(text.lstrip())) - (len(spelled) - len(spelled.lstrip()))
-    tags, offsets, pos = [], [], 0
-    for mlineno, surface, tag in morphs:
-        t = split_tag(tag)
-        if t is None or (t.label is not None and t.label not in LABELS):
-            raise DataError(f"unknown BIO tag {tag!r}", path, mlineno)
-        tags.append(t)
-        offsets.append((pos + shift, pos + shift + len(surface)))
-        pos += len(surface)
-    tok_spans, repairs = decode(tags)
-    for k, msg in repairs:
-        problem("i-without-b", msg, morphs[k][0])
-    bio = set()
-    for a, b, lab in tok_spans:
-        s, e = strip_span(text, offsets[a][0], offsets[b - 1][1])
-        if s < e:
-            bio.add((s, e, lab))
-    gold = set(spans)
-    if bio != gold:
-        problem("bio-mismatch", f"BIO lines disagree with markup (markup kept): markup {describe_spans(text, gold - bio)}; "
-                                f"BIO {describe_spans(text, bio - gold)}")
+    res.problems += mk.problems(path, sid, at)
+    res.examples.append(Example(sid, mk.text, mk.entities, {"doc": path.stem, "source": f"{path.name}:{lineno}"}))
