@@ -34,7 +34,7 @@ _MANIFESTS = resources.files("kner") / "resources" / "datasets"
 @dataclass(frozen=True)
 class Source:
     name: str
-    subdir: str                  # folder under the data root
+    subdir: str  # folder under the data root
     base_url: str
     manifest: str | None = None  # pinned "sha256  filename" lines
     files: tuple[str, ...] = ()  # unpinned files (no published checksums)
@@ -53,15 +53,28 @@ class Source:
 
 
 SOURCES: dict[str, Source] = {
-    "kmou": Source("kmou", "kmou/corpus",
-                   "https://raw.githubusercontent.com/kmounlp/NER/master/" + urllib.parse.quote("말뭉치 - 형태소_개체명") + "/",
-                   manifest="kmou-corpus.sha256", license="non-commercial MIT (kmounlp/NER LICENSE)"),
-    "klp2016": Source("klp2016", "kmou/2016klp", "https://raw.githubusercontent.com/kmounlp/NER/master/2016klp/",
-                      manifest="kmou-2016klp.sha256", license="non-commercial MIT (kmounlp/NER LICENSE)"),
-    "klue": Source("klue", "klue-ner",
-                   "https://raw.githubusercontent.com/KLUE-benchmark/KLUE/main/klue_benchmark/klue-ner-v1.1/",
-                   files=("klue-ner-v1.1_train.tsv", "klue-ner-v1.1_dev.tsv"), license="CC BY-SA 4.0",
-                   accept_local=("klue-ner-v1.1_dev.first4000.tsv",)),
+    "kmou": Source(
+        "kmou",
+        "kmou/corpus",
+        "https://raw.githubusercontent.com/kmounlp/NER/master/" + urllib.parse.quote("말뭉치 - 형태소_개체명") + "/",
+        manifest="kmou-corpus.sha256",
+        license="non-commercial MIT (kmounlp/NER LICENSE)",
+    ),
+    "klp2016": Source(
+        "klp2016",
+        "kmou/2016klp",
+        "https://raw.githubusercontent.com/kmounlp/NER/master/2016klp/",
+        manifest="kmou-2016klp.sha256",
+        license="non-commercial MIT (kmounlp/NER LICENSE)",
+    ),
+    "klue": Source(
+        "klue",
+        "klue-ner",
+        "https://raw.githubusercontent.com/KLUE-benchmark/KLUE/main/klue_benchmark/klue-ner-v1.1/",
+        files=("klue-ner-v1.1_train.tsv", "klue-ner-v1.1_dev.tsv"),
+        license="CC BY-SA 4.0",
+        accept_local=("klue-ner-v1.1_dev.first4000.tsv",),
+    ),
 }
 
 
@@ -94,8 +107,10 @@ def verify_folder(src: Source, folder: Path) -> int:
         if p.is_file():
             got = sha256(p)
             if got != digest:
-                raise KnerError(f"{p}: SHA-256 {got[:12]}… differs from the pinned {digest[:12]}… of the public "
-                                f"{src.name} file; the local copy was modified or is a different release")
+                raise KnerError(
+                    f"{p}: SHA-256 {got[:12]}… differs from the pinned {digest[:12]}… of the public "
+                    f"{src.name} file; the local copy was modified or is a different release"
+                )
             n += 1
     return n
 
@@ -118,8 +133,10 @@ def locate(name: str, data_dir: str | Path | None = None, download: bool = True)
         if folder.is_dir() and any(folder.iterdir()):
             missing = [n for n in src.pinned() if not (folder / n).is_file()]
             if missing:
-                raise KnerError(f"{folder}: {len(missing)} of the {len(src.pinned())} files of {src.name} are missing "
-                                f"(first: {missing[0]}); a partial corpus would change every number")
+                raise KnerError(
+                    f"{folder}: {len(missing)} of the {len(src.pinned())} files of {src.name} are missing "
+                    f"(first: {missing[0]}); a partial corpus would change every number"
+                )
             verify_folder(src, folder)
             return folder
     cached = cache_root() / src.subdir
@@ -150,8 +167,9 @@ def fetch(src: Source, folder: Path, data_dir=None) -> Path:
                     f.write(block)
         except (urllib.error.URLError, TimeoutError, OSError) as err:
             tmp.unlink(missing_ok=True)
-            raise KnerError(f"could not download {url} ({getattr(err, 'reason', err)}). "
-                            + _placement_help(src, data_dir)) from None
+            raise KnerError(
+                f"could not download {url} ({getattr(err, 'reason', err)}). " + _placement_help(src, data_dir)
+            ) from None
         got = sha256(tmp)
         if digest is not None and got != digest:
             tmp.unlink(missing_ok=True)
@@ -181,5 +199,7 @@ def _placement_help(src: Source, data_dir) -> str:
     root = Path(data_dir) if data_dir else Path(os.environ.get("KNER_DATA_DIR") or "DATA_DIR")
     files = list(src.pinned()) or list(src.files)
     sample = ", ".join(files[:3]) + (f", ... ({len(files)} files)" if len(files) > 3 else "")
-    return (f"No local copy of {src.name}: place its files ({sample}) from {src.base_url} in "
-            f"{root / src.subdir} and set KNER_DATA_DIR={root} (or pass --data-dir), or run once with network access.")
+    return (
+        f"No local copy of {src.name}: place its files ({sample}) from {src.base_url} in "
+        f"{root / src.subdir} and set KNER_DATA_DIR={root} (or pass --data-dir), or run once with network access."
+    )

@@ -17,18 +17,18 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from kner.errors import ConfigError
 from kner.data.example import Entity, Example
+from kner.errors import ConfigError
 
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    mention_replace: float = 0.0    # probability that one mention is swapped
-    variants: int = 0               # augmented copies of the training set; epoch e trains on copy e mod (variants+1)
-    keep_original: bool = True      # copy 0 is the unaltered training set
+    mention_replace: float = 0.0  # probability that one mention is swapped
+    variants: int = 0  # augmented copies of the training set; epoch e trains on copy e mod (variants+1)
+    keep_original: bool = True  # copy 0 is the unaltered training set
 
     @classmethod
-    def from_dict(cls, d: dict | None) -> "AugmentConfig":
+    def from_dict(cls, d: dict | None) -> AugmentConfig:
         d = dict(d or {})
         known = {"mention_replace", "variants", "keep_original"}
         unknown = sorted(set(d) - known)
@@ -66,10 +66,10 @@ def replace_mentions(ex: Example, pool: dict[str, list[str]], p: float, rng: ran
     parts: list[str] = []
     new: list[Entity] = []
     cursor = 0
-    shift = 0   # new offset minus old offset so far
+    shift = 0  # new offset minus old offset so far
     changed = False
     for e in ents:
-        parts.append(ex.text[cursor:e.start])
+        parts.append(ex.text[cursor : e.start])
         surface = e.text
         choices = pool.get(e.label)
         if choices and rng.random() < p:

@@ -16,14 +16,19 @@ skip as too long, duplicate ids outside test.
 
 from __future__ import annotations
 
+import logging
 import unicodedata
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from kner.errors import DataError
 from kner.data.example import Example, iter_jsonl, validate
+from kner.data.schemes import load_scheme
 from kner.data.splits import SMALL_SHARE, SPLITS, doc_of
+from kner.errors import DataError
+from kner.model.prompt import PromptEncoder, PromptFormat
+from kner.textio import numbered_lines
+from kner.training.batching import tokenize_examples
 
 ERROR, WARNING = "error", "warning"
 # A split under either bound is "tiny" (a warning; an empty split is an error): 10 sentences
@@ -31,18 +36,19 @@ ERROR, WARNING = "error", "warning"
 # usually a ratio typo (0.01 for 0.1); the share is the one `kner data split` warns at.
 TINY_SENTENCES = 10
 TINY_FRACTION = SMALL_SHARE
-SHOW = 5   # ids quoted per finding
+SHOW = 5  # ids quoted per finding
 
 
 @dataclass(frozen=True)
 class Finding:
-    severity: str          # "error" | "warning"
-    kind: str              # missing, empty, tiny, invalid-entity, duplicate-id, unseen-label, leak,
-                           # overlap, not-nfc, empty-text, no-entities, too-long
+    severity: str  # "error" | "warning"
+    # missing, empty, tiny, invalid-entity, duplicate-id, unseen-label, leak, overlap, not-nfc, empty-text,
+    # no-entities, too-long
+    kind: str
     split: str
-    message: str           # one line, naming the split
+    message: str  # one line, naming the split
     count: int = 1
-    examples: tuple[str, ...] = ()   # ids (or file:line) of the first few cases
+    examples: tuple[str, ...] = ()  # ids (or file:line) of the first few cases
 
     def line(self) -> str:
         eg = f" (e.g. {', '.join(self.examples)})" if self.examples else ""
@@ -55,14 +61,14 @@ class SplitSummary:
     path: str | None
     sentences: int = 0
     documents: int = 0
-    entities: Counter = field(default_factory=Counter)   # per label
+    entities: Counter = field(default_factory=Counter)  # per label
 
 
 @dataclass
 class CheckReport:
     splits: dict[str, SplitSummary] = field(default_factory=dict)
     findings: list[Finding] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)       # checks that could not run, and why
+    notes: list[str] = field(default_factory=list)  # checks that could not run, and why
 
     @property
     def errors(self) -> list[Finding]:
@@ -85,9 +91,16 @@ class CheckReport:
         return {
             "ok": self.ok,
             "verdict": self.verdict(),
-            "splits": {n: {"path": s.path, "sentences": s.sentences, "documents": s.documents,
-                           "entities": sum(s.entities.values()), "labels": dict(s.entities.most_common())}
-                       for n, s in self.splits.items()},
+            "splits": {
+                n: {
+                    "path": s.path,
+                    "sentences": s.sentences,
+                    "documents": s.documents,
+                    "entities": sum(s.entities.values()),
+                    "labels": dict(s.entities.most_common()),
+                }
+                for n, s in self.splits.items()
+            },
             "findings": [{**asdict(f), "examples": list(f.examples)} for f in self.findings],
             "notes": list(self.notes),
         }
@@ -98,12 +111,10 @@ def load_split(path: str | Path, name: str) -> tuple[list[Example], list[Finding
 
     Malformed JSON or a record without ``text`` is still a ``DataError`` (nothing to check).
     """
-    from kner.textio import numbered_lines
-
     path = Path(path)
     if not path.is_file():
         return [], [Finding(ERROR, "missing", name, f"file not found: {path}")]
-    linenos = [n for n, line in numbered_lines(path) if line.strip()]   # iter_jsonl skips blank lines too
+    linenos = [n for n, line in numbered_lines(path) if line.strip()]  # iter_jsonl skips blank lines too
     examples: list[Example] = []
     invalid: list[str] = []
     overlaps: list[str] = []
@@ -116,12 +127,27 @@ def load_split(path: str | Path, name: str) -> tuple[list[Example], list[Finding
         examples.append(ex)
     found = []
     if invalid:
-        found.append(Finding(ERROR, "invalid-entity", name,
-                             f"{len(invalid)} sentence(s) with an invalid entity; first: {invalid[0]}", len(invalid)))
+        found.append(
+            Finding(
+                ERROR,
+                "invalid-entity",
+                name,
+                f"{len(invalid)} sentence(s) with an invalid entity; first: {invalid[0]}",
+                len(invalid),
+            )
+        )
     if overlaps:
-        found.append(Finding(WARNING, "overlap", name,
-                             f"{len(overlaps)} sentence(s) with overlapping entities (the spaCy baseline drops "
-                             f"the later span; the LLM keeps both)", len(overlaps), tuple(overlaps[:SHOW])))
+        found.append(
+            Finding(
+                WARNING,
+                "overlap",
+                name,
+                f"{len(overlaps)} sentence(s) with overlapping entities (the spaCy baseline drops "
+                f"the later span; the LLM keeps both)",
+                len(overlaps),
+                tuple(overlaps[:SHOW]),
+            )
+        )
     return examples, found
 
 
@@ -150,32 +176,59 @@ def check_files(files: dict[str, str | Path], tokenizer=None, **kw) -> CheckRepo
     return report
 
 
-def check_splits(splits: dict[str, list[Example]], tokenizer=None, scheme: str = "spacy19",
-                 max_seq_len: int = 1024, prompt_format=None, paths: dict[str, str] | None = None,
-                 skip_empty: set[str] = frozenset()) -> CheckReport:
+def check_splits(
+    splits: dict[str, list[Example]],
+    tokenizer=None,
+    scheme: str = "spacy19",
+    max_seq_len: int = 1024,
+    prompt_format=None,
+    paths: dict[str, str] | None = None,
+    skip_empty: set[str] = frozenset(),
+) -> CheckReport:
     """Check examples split by name. ``tokenizer`` (a loaded Hugging Face tokenizer) adds the
     ``max_seq_len`` check, with the prompt encoded as training encodes it."""
     rep = CheckReport()
     add = rep.findings.append
     total = sum(len(v) for v in splits.values())
     for name, exs in splits.items():
-        rep.splits[name] = SplitSummary(name, (paths or {}).get(name), len(exs), len({doc_of(e) for e in exs}),
-                                        Counter(e.label for ex in exs for e in ex.entities))
+        rep.splits[name] = SplitSummary(
+            name,
+            (paths or {}).get(name),
+            len(exs),
+            len({doc_of(e) for e in exs}),
+            Counter(e.label for ex in exs for e in ex.entities),
+        )
         n = len(exs)
         if n == 0:
-            if name not in skip_empty:   # a missing file is already an error of its own
+            if name not in skip_empty:  # a missing file is already an error of its own
                 add(Finding(ERROR, "empty", name, "empty split (0 sentences)", 0))
             continue
         if n < TINY_SENTENCES or (len(splits) > 1 and n < TINY_FRACTION * total):
-            add(Finding(WARNING, "tiny", name, f"tiny split: {n} sentence(s), {100 * n / total:.1f}% of {total} "
-                        f"(warned under {TINY_SENTENCES} sentences or {TINY_FRACTION:.0%})", n))
+            add(
+                Finding(
+                    WARNING,
+                    "tiny",
+                    name,
+                    f"tiny split: {n} sentence(s), {100 * n / total:.1f}% of {total} "
+                    f"(warned under {TINY_SENTENCES} sentences or {TINY_FRACTION:.0%})",
+                    n,
+                )
+            )
         if not rep.splits[name].entities:
             add(Finding(WARNING, "no-entities", name, f"no entities in {n} sentence(s)", n))
         _duplicate_ids(name, exs, add)
         blank = [ex.id for ex in exs if not ex.text.strip()]
         if blank:
-            add(Finding(WARNING, "empty-text", name, f"{len(blank)} sentence(s) with empty text", len(blank),
-                        tuple(blank[:SHOW])))
+            add(
+                Finding(
+                    WARNING,
+                    "empty-text",
+                    name,
+                    f"{len(blank)} sentence(s) with empty text",
+                    len(blank),
+                    tuple(blank[:SHOW]),
+                )
+            )
         _not_nfc(name, exs, add)
     _unseen_labels(rep, add)
     _leaks(splits, add)
@@ -192,8 +245,8 @@ def _order(rep: CheckReport) -> None:
 
 def _not_nfc(name: str, exs: list[Example], add) -> None:
     ids: list[str] = []
-    chars: Counter = Counter()   # characters NFC replaces on their own (compatibility ideographs, ...)
-    jamo = 0                     # sentences with conjoining jamo: decomposed Hangul, composed only in sequence
+    chars: Counter = Counter()  # characters NFC replaces on their own (compatibility ideographs, ...)
+    jamo = 0  # sentences with conjoining jamo: decomposed Hangul, composed only in sequence
     for ex in exs:
         if unicodedata.is_normalized("NFC", ex.text):
             continue
@@ -206,10 +259,19 @@ def _not_nfc(name: str, exs: list[Example], add) -> None:
     if jamo:
         what.append(f"{jamo} with decomposed Hangul (jamo), which tokenizes and matches unlike the composed syllables")
     if chars:
-        what.append("characters NFC replaces: "
-                    + ", ".join(f"U+{ord(ch):04X} {ch} x{c}" for ch, c in chars.most_common(3)))
-    add(Finding(WARNING, "not-nfc", name, f"{len(ids)} sentence(s) not in Unicode NFC ({'; '.join(what)})",
-                len(ids), tuple(ids[:SHOW])))
+        what.append(
+            "characters NFC replaces: " + ", ".join(f"U+{ord(ch):04X} {ch} x{c}" for ch, c in chars.most_common(3))
+        )
+    add(
+        Finding(
+            WARNING,
+            "not-nfc",
+            name,
+            f"{len(ids)} sentence(s) not in Unicode NFC ({'; '.join(what)})",
+            len(ids),
+            tuple(ids[:SHOW]),
+        )
+    )
 
 
 def _duplicate_ids(name: str, exs: list[Example], add) -> None:
@@ -218,8 +280,16 @@ def _duplicate_ids(name: str, exs: list[Example], add) -> None:
     if not dup:
         return
     if name == "test":
-        add(Finding(ERROR, "duplicate-id", name, f"{len(dup)} duplicate id(s): evaluation pairs gold and "
-                    "predictions by id, so test ids must be unique", len(dup), tuple(dup[:SHOW])))
+        add(
+            Finding(
+                ERROR,
+                "duplicate-id",
+                name,
+                f"{len(dup)} duplicate id(s): evaluation pairs gold and predictions by id, so test ids must be unique",
+                len(dup),
+                tuple(dup[:SHOW]),
+            )
+        )
     else:
         add(Finding(WARNING, "duplicate-id", name, f"{len(dup)} duplicate id(s)", len(dup), tuple(dup[:SHOW])))
 
@@ -234,8 +304,16 @@ def _unseen_labels(rep: CheckReport, add) -> None:
         unseen = {lab: c for lab, c in s.entities.items() if lab not in seen}
         if name != "train" and unseen:
             labs = ", ".join(f"{lab} ({c})" for lab, c in sorted(unseen.items()))
-            add(Finding(WARNING, "unseen-label", name, f"label(s) not in train: {labs}; "
-                        "a model trained on train cannot predict them", sum(unseen.values()), tuple(sorted(unseen))))
+            add(
+                Finding(
+                    WARNING,
+                    "unseen-label",
+                    name,
+                    f"label(s) not in train: {labs}; a model trained on train cannot predict them",
+                    sum(unseen.values()),
+                    tuple(sorted(unseen)),
+                )
+            )
 
 
 def _text_key(text: str) -> str:
@@ -256,17 +334,22 @@ def _leaks(splits: dict[str, list[Example]], add) -> None:
                 continue
             texts = len({_text_key(ex.text) for ex in shared})
             eg = tuple(f"{ex.id}={first_id[earlier][_text_key(ex.text)]}" for ex in shared[:SHOW])
-            add(Finding(WARNING, "leak", later, f"{len(shared)} sentence(s) ({texts} distinct text(s)) identical to "
-                        f"sentences of {earlier} (leakage: scores on them measure memory)", len(shared), eg))
+            add(
+                Finding(
+                    WARNING,
+                    "leak",
+                    later,
+                    f"{len(shared)} sentence(s) ({texts} distinct text(s)) identical to "
+                    f"sentences of {earlier} (leakage: scores on them measure memory)",
+                    len(shared),
+                    eg,
+                )
+            )
 
 
 def _too_long(splits, tokenizer, scheme_name: str, max_seq_len: int, prompt_format, add) -> None:
     # Training's own rule (kner.training.batching): prompt + answer tags + EOS, encoded by the
     # PromptEncoder that training and inference share.
-    from kner.model.prompt import PromptEncoder, PromptFormat
-    from kner.data.schemes import load_scheme
-    from kner.training.batching import tokenize_examples
-
     fmt = prompt_format or PromptFormat()
     encoder = PromptEncoder(tokenizer, fmt, load_scheme(scheme_name))
     for name, exs in splits.items():
@@ -277,24 +360,32 @@ def _too_long(splits, tokenizer, scheme_name: str, max_seq_len: int, prompt_form
             continue
         every = name == "train" and len(tr.too_long) == len(exs)
         effect = "training skips them" if name in ("train", "dev") else "longer than any training example"
-        add(Finding(ERROR if every else WARNING, "too-long", name,
-                    f"{len(tr.too_long)} of {len(exs)} sentence(s) longer than max_seq_len={max_seq_len} tokens "
-                    f"({scheme_name} prompt + answer + EOS): {effect}", len(tr.too_long),
-                    tuple(tr.too_long[:SHOW])))
+        add(
+            Finding(
+                ERROR if every else WARNING,
+                "too-long",
+                name,
+                f"{len(tr.too_long)} of {len(exs)} sentence(s) longer than max_seq_len={max_seq_len} tokens "
+                f"({scheme_name} prompt + answer + EOS): {effect}",
+                len(tr.too_long),
+                tuple(tr.too_long[:SHOW]),
+            )
+        )
 
 
 def check_prepared(folder: str | Path, logger=None) -> CheckReport:
     """``kner run``'s check of the prepare stage's split: warnings are logged, errors stop the run
     before training with one line naming the split and the problem (the first error; all are logged)."""
-    import logging
-
     logger = logger or logging.getLogger("kner.pipeline")
     report = check_folder(folder)
     for f in report.findings:
         (logger.error if f.severity == ERROR else logger.warning)("data check: %s", f.line())
     if report.errors:
         more = len(report.errors) - 1
-        raise DataError(f"data check failed, {report.errors[0].line()}"
-                        + (f" (and {more} more error{'s' * (more != 1)})" if more else "")
-                        + f"; `kner data check {folder}` lists everything", folder)
+        raise DataError(
+            f"data check failed, {report.errors[0].line()}"
+            + (f" (and {more} more error{'s' * (more != 1)})" if more else "")
+            + f"; `kner data check {folder}` lists everything",
+            folder,
+        )
     return report

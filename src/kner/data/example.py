@@ -8,11 +8,12 @@ Python-slice style: ``text[start:end] == entity.text``.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from kner.errors import DataError
+from kner.textio import atomic_write, json_line, numbered_lines
 
 
 @dataclass(frozen=True, order=True)
@@ -44,7 +45,7 @@ class Example:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict, path: str | Path | None = None, line: int | None = None) -> "Example":
+    def from_dict(cls, d: dict, path: str | Path | None = None, line: int | None = None) -> Example:
         if not isinstance(d, dict):
             raise DataError("expected a JSON object", path, line)
         for key in ("text",):
@@ -62,8 +63,12 @@ class Example:
             if text is None:
                 text = d["text"][start:end]
             ents.append(Entity(start, end, label, str(text)))
-        ex = cls(id=str(d.get("id", line if line is not None else "")), text=d["text"],
-                 entities=sorted(ents), meta=dict(d.get("meta") or {}))
+        ex = cls(
+            id=str(d.get("id", line if line is not None else "")),
+            text=d["text"],
+            entities=sorted(ents),
+            meta=dict(d.get("meta") or {}),
+        )
         return ex
 
 
@@ -77,8 +82,9 @@ def strip_span(text: str, start: int, end: int) -> tuple[int, int]:
     return start, end
 
 
-def validate(example: Example, path: str | Path | None = None, line: int | None = None,
-             allow_overlaps: bool = True) -> list[str]:
+def validate(
+    example: Example, path: str | Path | None = None, line: int | None = None, allow_overlaps: bool = True
+) -> list[str]:
     """Check offsets and surface strings; return warnings (overlaps), raise on errors.
 
     Overlapping (nested) spans are legal in some corpora, so they are reported,
@@ -91,10 +97,12 @@ def validate(example: Example, path: str | Path | None = None, line: int | None 
     for e in example.entities:
         if not (0 <= e.start < e.end <= n):
             raise DataError(f"entity {e.label} [{e.start},{e.end}) is outside the text (length {n})", path, line)
-        if example.text[e.start:e.end] != e.text:
+        if example.text[e.start : e.end] != e.text:
             raise DataError(
-                f"entity text {e.text!r} does not match text[{e.start}:{e.end}] = {example.text[e.start:e.end]!r}",
-                path, line)
+                f"entity text {e.text!r} does not match text[{e.start}:{e.end}] = {example.text[e.start : e.end]!r}",
+                path,
+                line,
+            )
         key = (e.start, e.end, e.label)
         if key in seen:
             raise DataError(f"duplicate entity {e.label} [{e.start},{e.end}) {e.text!r}", path, line)
@@ -105,7 +113,10 @@ def validate(example: Example, path: str | Path | None = None, line: int | None 
     ordered = sorted(example.entities)
     for a, b in zip(ordered, ordered[1:]):
         if b.start < a.end:
-            msg = f"overlapping entities {a.label}:{a.text!r} [{a.start},{a.end}) and {b.label}:{b.text!r} [{b.start},{b.end})"
+            msg = (
+                f"overlapping entities {a.label}:{a.text!r} [{a.start},{a.end}) "
+                f"and {b.label}:{b.text!r} [{b.start},{b.end})"
+            )
             if not allow_overlaps:
                 raise DataError(msg, path, line)
             warnings.append(msg)
@@ -116,8 +127,6 @@ def numbered_jsonl(path: str | Path, validate_examples: bool = True) -> Iterator
     """(line number, example) for canonical JSONL, read through :func:`kner.textio.numbered_lines` (the
     user's encoding, BOM and CRLF tolerated); blank lines are skipped, anything else that is not an
     example is a ``DataError``."""
-    from kner.textio import numbered_lines
-
     for lineno, raw in numbered_lines(path):
         if not raw.strip():
             continue
@@ -143,8 +152,6 @@ def read_jsonl(path: str | Path, validate_examples: bool = True) -> list[Example
 def write_jsonl(path: str | Path, examples: Iterable[Example], what: str = "output") -> int:
     """Canonical JSONL, written atomically (:func:`kner.textio.atomic_write`): an interrupted or failed
     write leaves the old file (or none) and no temporary file."""
-    from kner.textio import atomic_write, json_line
-
     n = 0
     with atomic_write(path, what=what) as f:
         for ex in examples:

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import yaml
 
-from kner.errors import ConfigError, DataError
 from kner.data.example import Entity, Example
+from kner.errors import ConfigError, DataError
 
 _RES = resources.files("kner") / "resources"
 
@@ -56,14 +56,24 @@ class Scheme:
         return label in self.names
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "description": self.description,
-                "labels": [{"name": l.name, "en": l.en, "ko": l.ko, "aliases": list(l.aliases)} for l in self.labels]}
+        return {
+            "name": self.name,
+            "description": self.description,
+            "labels": [{"name": l.name, "en": l.en, "ko": l.ko, "aliases": list(l.aliases)} for l in self.labels],
+        }
 
     @classmethod
-    def from_dict(cls, d: dict, source: str = "<scheme>") -> "Scheme":
+    def from_dict(cls, d: dict, source: str = "<scheme>") -> Scheme:
         try:
-            labels = [Label(str(l["name"]), str(l.get("en", l["name"])), str(l.get("ko", "")),
-                            tuple(str(a) for a in l.get("aliases", []) or [])) for l in d["labels"]]
+            labels = [
+                Label(
+                    str(l["name"]),
+                    str(l.get("en", l["name"])),
+                    str(l.get("ko", "")),
+                    tuple(str(a) for a in l.get("aliases", []) or []),
+                )
+                for l in d["labels"]
+            ]
         except (KeyError, TypeError) as err:
             raise ConfigError(f"{source}: a scheme needs 'labels', each with a 'name' ({err})") from None
         names = [l.name for l in labels]
@@ -89,7 +99,9 @@ def load_scheme(name_or_path: str | Path | Scheme) -> Scheme:
         return Scheme.from_dict(yaml.safe_load(p.read_text(encoding="utf-8")), str(p))
     res = _RES / "schemes" / f"{name_or_path}.yaml"
     if not res.is_file():
-        raise ConfigError(f"unknown label scheme {name_or_path!r}; built-in: {', '.join(builtin_schemes())}, or a .yaml file")
+        raise ConfigError(
+            f"unknown label scheme {name_or_path!r}; built-in: {', '.join(builtin_schemes())}, or a .yaml file"
+        )
     return Scheme.from_dict(yaml.safe_load(res.read_text(encoding="utf-8")), f"{name_or_path}.yaml")
 
 
@@ -101,12 +113,14 @@ class Mapping:
     reasons: dict[str, str]
 
     @classmethod
-    def load(cls, source: str, target: str, path: str | Path | None = None) -> "Mapping":
+    def load(cls, source: str, target: str, path: str | Path | None = None) -> Mapping:
         if path is None:
             res = _RES / "mappings" / f"{source}-to-{target}.tsv"
             if not res.is_file():
                 avail = sorted(p.name[:-4] for p in (_RES / "mappings").iterdir() if p.name.endswith(".tsv"))
-                raise ConfigError(f"no mapping from {source!r} to {target!r}; built-in: {', '.join(avail)}, or pass a TSV file")
+                raise ConfigError(
+                    f"no mapping from {source!r} to {target!r}; built-in: {', '.join(avail)}, or pass a TSV file"
+                )
             text, where = res.read_text(encoding="utf-8"), f"{source}-to-{target}.tsv"
         else:
             text, where = Path(path).read_text(encoding="utf-8"), str(path)
@@ -136,13 +150,16 @@ class Mapping:
 
 @dataclass
 class MapReport:
-    mapped: Counter = field(default_factory=Counter)      # (src, dst) -> count
-    dropped: Counter = field(default_factory=Counter)     # src -> count (mapped to '-' on purpose)
-    fallback: Counter = field(default_factory=Counter)    # src -> count (no row; user fallback used)
+    mapped: Counter = field(default_factory=Counter)  # (src, dst) -> count
+    dropped: Counter = field(default_factory=Counter)  # src -> count (mapped to '-' on purpose)
+    fallback: Counter = field(default_factory=Counter)  # src -> count (no row; user fallback used)
 
 
-def map_examples(examples: list[Example], mapping: Mapping, fallback: str | None = None,
-                 ) -> tuple[list[Example], MapReport]:
+def map_examples(
+    examples: list[Example],
+    mapping: Mapping,
+    fallback: str | None = None,
+) -> tuple[list[Example], MapReport]:
     """Relabel every entity through ``mapping``; unmapped labels raise unless ``fallback`` is given."""
     report = MapReport()
     out = []
@@ -155,8 +172,11 @@ def map_examples(examples: list[Example], mapping: Mapping, fallback: str | None
                 report.fallback[e.label] += 1
                 new = None if fallback == "-" else fallback
             else:
-                raise DataError(f"label {e.label!r} (entity {e.text!r}) has no row in the {mapping.source}->{mapping.target} "
-                                f"mapping; add one or pass a fallback label", ex.meta.get("source") or ex.id)
+                raise DataError(
+                    f"label {e.label!r} (entity {e.text!r}) has no row in the {mapping.source}->{mapping.target} "
+                    f"mapping; add one or pass a fallback label",
+                    ex.meta.get("source") or ex.id,
+                )
             if new is None:
                 report.dropped[e.label] += 1
                 continue

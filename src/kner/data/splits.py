@@ -20,15 +20,15 @@ import heapq
 import logging
 import random
 from collections import defaultdict
-from typing import Sequence
+from collections.abc import Sequence
 
-from kner.errors import ConfigError
 from kner.data.example import Example
+from kner.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "dev", "test")
-SMALL_SHARE = 0.01   # a non-empty split below this share of the sentences is warned about
+SMALL_SHARE = 0.01  # a non-empty split below this share of the sentences is warned about
 
 
 def balance(weights: Sequence[int], n: int, indices: Sequence[int] | None = None) -> list[list[int]]:
@@ -80,7 +80,7 @@ def split_by_document(examples: list[Example], ratios=(0.8, 0.1, 0.1), seed: int
     for d in docs:
         deficits = [ratios[k] * total - counts[k] for k in range(3)]
         k = max(range(3), key=lambda i: (deficits[i], -i))
-        if ratios[k] == 0:   # everything is full; only reachable with rounding at the very end
+        if ratios[k] == 0:  # everything is full; only reachable with rounding at the very end
             k = max(range(3), key=lambda i: ratios[i])
         counts[k] += len(by_doc[d])
         assigned[SPLITS[k]].append(d)
@@ -96,15 +96,30 @@ def _check_sizes(counts: list[int], ratios, total: int, by_doc: dict[str, list[E
     empty = [SPLITS[k] for k in range(3) if ratios[k] > 0 and counts[k] == 0]
     if empty:
         biggest = max(len(v) for v in by_doc.values())
-        why = (f"the {total:,} sentences are in {len(by_doc):,} document(s) (meta.doc), the largest holding "
-               f"{biggest:,}, and no document is split across train/dev/test")
-        hint = ("; if the sentences are independent (NAVER, MultiCoNER, one file of shuffled sentences), give each "
+        why = (
+            f"the {total:,} sentences are in {len(by_doc):,} document(s) (meta.doc), the largest holding "
+            f"{biggest:,}, and no document is split across train/dev/test"
+        )
+        hint = (
+            (
+                "; if the sentences are independent (NAVER, MultiCoNER, one file of shuffled sentences), give each "
                 "its own document: re-convert with `kner data convert` (the naver and multiconer readers do this) "
-                "or remove meta.doc") if len(by_doc) < 3 or biggest > total // 2 else \
-               "; use larger ratios for the empty split(s) or more data"
-        raise ConfigError(f"splitting {', '.join(f'{r:g}' for r in ratios)} would leave {' and '.join(empty)} empty: "
-                          f"{why}{hint}; a ratio of 0 asks for an empty split on purpose")
+                "or remove meta.doc"
+            )
+            if len(by_doc) < 3 or biggest > total // 2
+            else "; use larger ratios for the empty split(s) or more data"
+        )
+        raise ConfigError(
+            f"splitting {', '.join(f'{r:g}' for r in ratios)} would leave {' and '.join(empty)} empty: "
+            f"{why}{hint}; a ratio of 0 asks for an empty split on purpose"
+        )
     for k in range(3):
         if 0 < counts[k] < SMALL_SHARE * total:
-            log.warning("%s gets %d of %d sentences (%.2f%%, under %g%%): scores on it will be noisy",
-                        SPLITS[k], counts[k], total, 100 * counts[k] / total, 100 * SMALL_SHARE)
+            log.warning(
+                "%s gets %d of %d sentences (%.2f%%, under %g%%): scores on it will be noisy",
+                SPLITS[k],
+                counts[k],
+                total,
+                100 * counts[k] / total,
+                100 * SMALL_SHARE,
+            )

@@ -14,14 +14,27 @@ Writers back into those tools: ``kner.data.readers.writers``.
 
 from __future__ import annotations
 
+import fnmatch
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
-from kner.errors import ConfigError, DataError
-from kner.data.readers import conll, jsonl, klp2016, klue, kmou, multiconer, naver
-from kner.data.readers import doccano, hf, labelstudio, prodigy, spacy_docbin
+from kner.data.readers import (
+    conll,
+    doccano,
+    hf,
+    jsonl,
+    klp2016,
+    klue,
+    kmou,
+    labelstudio,
+    multiconer,
+    naver,
+    prodigy,
+    spacy_docbin,
+)
 from kner.data.readers.base import Problem, ReadResult
+from kner.errors import ConfigError, DataError
 
 __all__ = ["FORMATS", "Format", "Problem", "ReadResult", "native_scheme", "read_dataset"]
 
@@ -30,38 +43,99 @@ __all__ = ["FORMATS", "Format", "Problem", "ReadResult", "native_scheme", "read_
 class Format:
     name: str
     read: Callable[..., ReadResult]
-    pattern: str                # files taken from a folder
-    scheme: str | None          # native label scheme (None: labels are whatever the file has)
-    options: tuple[str, ...]    # keyword options the reader accepts
+    pattern: str  # files taken from a folder
+    scheme: str | None  # native label scheme (None: labels are whatever the file has)
+    options: tuple[str, ...]  # keyword options the reader accepts
     description: str
 
 
-FORMATS: dict[str, Format] = {f.name: f for f in (
-    Format("kmou", kmou.read, "*.txt", "kmou", ("check_bio",),
-           "KMOU corpus: '## N', '## raw', '## <markup:TAG>', morpheme BIO lines"),
-    Format("klp2016", klp2016.read, "ner.*", "klp2016", ("check_bio",),
-           "KMOU 2016klp: '; raw', '$<markup:TAG>', eojeol/morpheme B_TAG/I/O lines"),
-    Format("klue", klue.read, "*.tsv", "klue", ("check_bio",),
-           "KLUE-NER TSV: '## id<TAB><markup:TAG>', then char<TAB>BIO lines"),
-    Format("naver", naver.read, "*", "naver", ("trim_particles", "trim_punct"),
-           "NAVER NER 2018: index<TAB>word<TAB>TAG lines, or 'words<TAB>tags' per line (KoBERT-NER)"),
-    Format("multiconer", multiconer.read, "*.conll", "multiconer_v2", ("version",),
-           "MultiCoNER v1/v2 CoNLL: '# id <uuid>', 'token _ _ TAG' (blind test files: 'token _ _')"),
-    Format("conll", conll.read, "*", None, ("level", "space_token"),
-           "generic CoNLL BIO/BIOES, token first and tag last"),
-    Format("jsonl", jsonl.read, "*.jsonl", None, (),
-           "kner canonical JSONL"),
-    Format("doccano", doccano.read, "*.jsonl", None, ("offsets",),
-           "doccano JSONL export: text + label [[start, end, LABEL]] or entities [{start_offset, ...}]"),
-    Format("labelstudio", labelstudio.read, "*.json", None, ("text_key", "predictions", "offsets"),
-           "Label Studio JSON (or JSON-MIN) export: tasks with data.text and annotations[].result[].value"),
-    Format("prodigy", prodigy.read, "*.jsonl", None, (),
-           "Prodigy/spaCy JSONL: text + spans [{start, end, label}], answer accept/reject/ignore"),
-    Format("spacy", spacy_docbin.read, "*.spacy", None, (),
-           "spaCy DocBin (.spacy): doc.text and doc.ents"),
-    Format("hf", hf.read, "", None, ("split", "name", "tokens", "tags", "level"),
-           "Hugging Face datasets (save_to_disk folder or Hub id): tokens + ClassLabel ner_tags"),
-)}
+FORMATS: dict[str, Format] = {
+    f.name: f
+    for f in (
+        Format(
+            "kmou",
+            kmou.read,
+            "*.txt",
+            "kmou",
+            ("check_bio",),
+            "KMOU corpus: '## N', '## raw', '## <markup:TAG>', morpheme BIO lines",
+        ),
+        Format(
+            "klp2016",
+            klp2016.read,
+            "ner.*",
+            "klp2016",
+            ("check_bio",),
+            "KMOU 2016klp: '; raw', '$<markup:TAG>', eojeol/morpheme B_TAG/I/O lines",
+        ),
+        Format(
+            "klue",
+            klue.read,
+            "*.tsv",
+            "klue",
+            ("check_bio",),
+            "KLUE-NER TSV: '## id<TAB><markup:TAG>', then char<TAB>BIO lines",
+        ),
+        Format(
+            "naver",
+            naver.read,
+            "*",
+            "naver",
+            ("trim_particles", "trim_punct"),
+            "NAVER NER 2018: index<TAB>word<TAB>TAG lines, or 'words<TAB>tags' per line (KoBERT-NER)",
+        ),
+        Format(
+            "multiconer",
+            multiconer.read,
+            "*.conll",
+            "multiconer_v2",
+            ("version",),
+            "MultiCoNER v1/v2 CoNLL: '# id <uuid>', 'token _ _ TAG' (blind test files: 'token _ _')",
+        ),
+        Format(
+            "conll",
+            conll.read,
+            "*",
+            None,
+            ("level", "space_token"),
+            "generic CoNLL BIO/BIOES, token first and tag last",
+        ),
+        Format("jsonl", jsonl.read, "*.jsonl", None, (), "kner canonical JSONL"),
+        Format(
+            "doccano",
+            doccano.read,
+            "*.jsonl",
+            None,
+            ("offsets",),
+            "doccano JSONL export: text + label [[start, end, LABEL]] or entities [{start_offset, ...}]",
+        ),
+        Format(
+            "labelstudio",
+            labelstudio.read,
+            "*.json",
+            None,
+            ("text_key", "predictions", "offsets"),
+            "Label Studio JSON (or JSON-MIN) export: tasks with data.text and annotations[].result[].value",
+        ),
+        Format(
+            "prodigy",
+            prodigy.read,
+            "*.jsonl",
+            None,
+            (),
+            "Prodigy/spaCy JSONL: text + spans [{start, end, label}], answer accept/reject/ignore",
+        ),
+        Format("spacy", spacy_docbin.read, "*.spacy", None, (), "spaCy DocBin (.spacy): doc.text and doc.ents"),
+        Format(
+            "hf",
+            hf.read,
+            "",
+            None,
+            ("split", "name", "tokens", "tags", "level"),
+            "Hugging Face datasets (save_to_disk folder or Hub id): tokens + ClassLabel ner_tags",
+        ),
+    )
+}
 
 
 def _format(fmt: str) -> Format:
@@ -80,21 +154,70 @@ def native_scheme(fmt: str, **opts) -> str | None:
 
 # Files a folder read passes over: documentation, code, archives and tool output that sit beside
 # corpora (KoBERT-NER keeps label.txt and cached_* feature files in its data folder).
-_NOT_DATA_NAMES = ("readme*", "license*", "licence*", "copying*", "notice*", "changelog*", "changes*", "authors*",
-                   "citation*", "makefile", "requirements*.txt", "label.txt", "labels.txt", "cached_*", "thumbs.db",
-                   "desktop.ini")
-_NOT_DATA_SUFFIXES = {".md", ".markdown", ".rst", ".html", ".htm", ".pdf", ".doc", ".docx", ".py", ".pyc", ".ipynb",
-                      ".sh", ".bat", ".yml", ".yaml", ".toml", ".cfg", ".ini", ".json", ".zip", ".gz", ".tgz",
-                      ".bz2", ".xz", ".7z", ".tar", ".rar", ".pkl", ".pt", ".bin", ".png", ".jpg", ".gif"}
+_NOT_DATA_NAMES = (
+    "readme*",
+    "license*",
+    "licence*",
+    "copying*",
+    "notice*",
+    "changelog*",
+    "changes*",
+    "authors*",
+    "citation*",
+    "makefile",
+    "requirements*.txt",
+    "label.txt",
+    "labels.txt",
+    "cached_*",
+    "thumbs.db",
+    "desktop.ini",
+)
+_NOT_DATA_SUFFIXES = {
+    ".md",
+    ".markdown",
+    ".rst",
+    ".html",
+    ".htm",
+    ".pdf",
+    ".doc",
+    ".docx",
+    ".py",
+    ".pyc",
+    ".ipynb",
+    ".sh",
+    ".bat",
+    ".yml",
+    ".yaml",
+    ".toml",
+    ".cfg",
+    ".ini",
+    ".json",
+    ".zip",
+    ".gz",
+    ".tgz",
+    ".bz2",
+    ".xz",
+    ".7z",
+    ".tar",
+    ".rar",
+    ".pkl",
+    ".pt",
+    ".bin",
+    ".png",
+    ".jpg",
+    ".gif",
+}
 
 
 def _not_data(p: Path, pattern: str = "") -> bool:
-    import fnmatch
-
     name = p.name.lower()
-    return (name.startswith(".") or (p.suffix.lower() in _NOT_DATA_SUFFIXES
-                                      and not pattern.lower().endswith(p.suffix.lower()))  # labelstudio *.json
-            or any(fnmatch.fnmatch(name, pat) for pat in _NOT_DATA_NAMES))
+    return (
+        name.startswith(".")
+        or (
+            p.suffix.lower() in _NOT_DATA_SUFFIXES and not pattern.lower().endswith(p.suffix.lower())
+        )  # labelstudio *.json
+        or any(fnmatch.fnmatch(name, pat) for pat in _NOT_DATA_NAMES)
+    )
 
 
 def files_of(fmt: str, path: str | Path, skipped: list[Path] | None = None) -> list[Path]:
@@ -136,8 +259,15 @@ def _unique_ids(res: ReadResult, path: Path, seen: dict[str, tuple[Path, str]]) 
                 n += 1
             new = f"{ex.id}-{n}"
             where = f"line {first_line}" if first == path else f"{first.name}:{first_line}"
-            res.problems.append(Problem(str(path), int(line) if line.isdigit() else None, new,
-                                        f"id {ex.id} already used at {where}; this sentence is {new}", "duplicate-id"))
+            res.problems.append(
+                Problem(
+                    str(path),
+                    int(line) if line.isdigit() else None,
+                    new,
+                    f"id {ex.id} already used at {where}; this sentence is {new}",
+                    "duplicate-id",
+                )
+            )
             if ex.meta.get("doc") == ex.id:
                 ex.meta["doc"] = new
             ex.id = new
@@ -148,7 +278,9 @@ def read_dataset(fmt: str, path: str | Path, **opts) -> ReadResult:
     f = _format(fmt)
     bad = sorted(set(opts) - set(f.options))
     if bad:
-        raise ConfigError(f"format {fmt!r} has no option {', '.join(bad)}; its options: {', '.join(f.options) or 'none'}")
+        raise ConfigError(
+            f"format {fmt!r} has no option {', '.join(bad)}; its options: {', '.join(f.options) or 'none'}"
+        )
     result = ReadResult(scheme=f.scheme)
     schemes = set()
     passed: list[Path] = []
@@ -156,7 +288,7 @@ def read_dataset(fmt: str, path: str | Path, **opts) -> ReadResult:
     if passed:
         names = ", ".join(p.name for p in passed[:5]) + (", ..." if len(passed) > 5 else "")
         result.notes[f"files passed over as not data ({names}; name a file to read it anyway)"] += len(passed)
-    seen: dict[str, tuple[Path, str]] = {}   # id -> (file, line) of its first use, across files
+    seen: dict[str, tuple[Path, str]] = {}  # id -> (file, line) of its first use, across files
     for p in files:
         r = f.read(p, **opts)
         schemes.add(r.scheme)

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import bisect
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
-from kner.errors import ConfigError, DataError
 from kner.data.example import strip_span
 from kner.data.readers.base import Problem, ReadResult
+from kner.errors import ConfigError, DataError
 from kner.textio import numbered_lines
 
 OFFSET_UNITS = ("chars", "utf16")
@@ -63,13 +63,14 @@ class SpanChecker:
 
     path: Path
     res: ReadResult
-    offsets: str = "chars"   # unit of the offsets when a span has no text of its own to check against
+    offsets: str = "chars"  # unit of the offsets when a span has no text of its own to check against
 
     def problem(self, line: int | None, sid: str, kind: str, reason: str) -> None:
         self.res.problems.append(Problem(str(self.path), line, sid, reason, kind))
 
-    def spans(self, text: str, raw: list[tuple[object, object, object, object]], line: int | None,
-              sid: str) -> list[tuple[int, int, str]]:
+    def spans(
+        self, text: str, raw: list[tuple[object, object, object, object]], line: int | None, sid: str
+    ) -> list[tuple[int, int, str]]:
         """``raw``: (start, end, label, span text or None) as found in the file."""
         u2c = utf16_to_chars(text) if has_astral(text) else None
         if u2c is not None and self.offsets == "utf16":
@@ -81,20 +82,28 @@ class SpanChecker:
                 self.problem(line, sid, "bad-span", f"{where}: no label ({lab!r}); span left out")
                 continue
             if isinstance(s, bool) or isinstance(e, bool) or not isinstance(s, int) or not isinstance(e, int):
-                self.problem(line, sid, "bad-span", f"{where} {lab}: start/end must be integers, got {s!r}, {e!r}; "
-                                                    "span left out")
+                self.problem(
+                    line, sid, "bad-span", f"{where} {lab}: start/end must be integers, got {s!r}, {e!r}; span left out"
+                )
                 continue
             if stext is not None and not isinstance(stext, str):
                 stext = None
             s, e = self._unit(text, u2c, s, e, stext, line, sid, where, lab)
             if not (0 <= s < e <= len(text)):
-                self.problem(line, sid, "offset-out-of-range",
-                             f"{where} {lab} [{s},{e}) is outside the text (length {len(text)}); span left out")
+                self.problem(
+                    line,
+                    sid,
+                    "offset-out-of-range",
+                    f"{where} {lab} [{s},{e}) is outside the text (length {len(text)}); span left out",
+                )
                 continue
             if stext is not None and text[s:e].strip() != stext.strip():
-                self.problem(line, sid, "span-text-mismatch",
-                             f"{where} {lab} [{s},{e}) is {text[s:e]!r} in the text but {stext!r} in the span; "
-                             "offsets kept")
+                self.problem(
+                    line,
+                    sid,
+                    "span-text-mismatch",
+                    f"{where} {lab} [{s},{e}) is {text[s:e]!r} in the text but {stext!r} in the span; offsets kept",
+                )
             s2, e2 = strip_span(text, s, e)
             if s2 == e2:
                 self.problem(line, sid, "empty-entity", f"{where} {lab} [{s},{e}) is only whitespace; span left out")
@@ -105,8 +114,13 @@ class SpanChecker:
         ordered = sorted(set(out))
         for a, b in zip(ordered, ordered[1:]):
             if b[0] < a[1] and (a[0], a[1]) != (b[0], b[1]):
-                self.problem(line, sid, "overlap", f"{a[2]} {text[a[0]:a[1]]!r} [{a[0]},{a[1]}) overlaps "
-                                                   f"{b[2]} {text[b[0]:b[1]]!r} [{b[0]},{b[1]}); both kept")
+                self.problem(
+                    line,
+                    sid,
+                    "overlap",
+                    f"{a[2]} {text[a[0] : a[1]]!r} [{a[0]},{a[1]}) overlaps "
+                    f"{b[2]} {text[b[0] : b[1]]!r} [{b[0]},{b[1]}); both kept",
+                )
         return out
 
     def _unit(self, text, u2c, s, e, stext, line, sid, where, lab) -> tuple[int, int]:
@@ -119,7 +133,7 @@ class SpanChecker:
         # The span carries its own text: take whichever reading makes it match.
         if 0 <= s < e <= len(text) and text[s:e].strip() == stext.strip():
             return s, e
-        if 0 <= s <= e < len(u2c) and text[u2c[s]:u2c[e]].strip() == stext.strip():
+        if 0 <= s <= e < len(u2c) and text[u2c[s] : u2c[e]].strip() == stext.strip():
             self.res.notes["spans with UTF-16 offsets converted to characters"] += 1
             return u2c[s], u2c[e]
         return s, e

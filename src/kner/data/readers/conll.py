@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kner.errors import ConfigError, DataError
 from kner.data.example import Example, strip_span
 from kner.data.readers.base import Problem, ReadResult, build_entities, numbered_lines
 from kner.data.readers.bio import decode, split_tag
+from kner.errors import ConfigError, DataError
 
 
 def read(path: Path, level: str = "word", space_token: str | None = None) -> ReadResult:

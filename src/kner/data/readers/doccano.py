@@ -61,7 +61,7 @@ def read(path: Path, offsets: str = "utf16") -> ReadResult:
 def _raw_spans(d: dict) -> tuple[list, str | None]:
     keys = [k for k in _SPAN_KEYS if k in d and d[k] is not None]
     if not keys:
-        return [], None   # an example nobody labelled has no span key in some versions
+        return [], None  # an example nobody labelled has no span key in some versions
     if len(keys) > 1 and any(d[k] for k in keys[1:]) and d[keys[0]]:
         return [], f"spans under both {keys[0]!r} and {keys[1]!r}"
     key = next((k for k in keys if d[k]), keys[0])
@@ -75,6 +75,7 @@ def _raw_spans(d: dict) -> tuple[list, str | None]:
         elif isinstance(it, (list, tuple)) and len(it) == 3:
             raw.append((it[0], it[1], it[2], None))
         else:
-            return [], (f"{key}[{i}] is neither [start, end, label] nor "
-                        "{start_offset, end_offset, label}: " + repr(it)[:80])
+            return [], (
+                f"{key}[{i}] is neither [start, end, label] nor {{start_offset, end_offset, label}}: " + repr(it)[:80]
+            )
     return raw, None

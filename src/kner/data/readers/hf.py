@@ -22,10 +22,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from kner.errors import ConfigError, DataError
 from kner.data.example import Example, strip_span
 from kner.data.readers.base import Problem, ReadResult, build_entities
 from kner.data.readers.bio import decode, split_tag
+from kner.errors import ConfigError, DataError
 
 _HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 LEVELS = ("auto", "word", "char")
@@ -34,7 +34,7 @@ LEVELS = ("auto", "word", "char")
 def load(path: Path, split: str | None = None, name: str | None = None):
     """The ``datasets.Dataset`` at ``path`` (folder or Hub id) and the split name it came from."""
     try:
-        import datasets
+        import datasets  # noqa: PLC0415  lazy: datasets takes a second to import; only this format needs it
     except ImportError:  # pragma: no cover - a declared dependency
         raise ConfigError("the hf format needs the datasets library: pip install datasets") from None
     if path.exists():
@@ -46,8 +46,11 @@ def load(path: Path, split: str | None = None, name: str | None = None):
         try:
             ds = datasets.load_dataset(str(path), name)
         except Exception as err:  # network, unknown id, missing config: all are the user's to fix
-            raise DataError(f"no such folder, and loading it from the Hugging Face Hub failed: "
-                            f"{type(err).__name__}: {str(err).splitlines()[0][:200]}", path) from None
+            raise DataError(
+                f"no such folder, and loading it from the Hugging Face Hub failed: "
+                f"{type(err).__name__}: {str(err).splitlines()[0][:200]}",
+                path,
+            ) from None
     else:
         raise DataError("no such folder (nor a Hub id)", path)
     if isinstance(ds, datasets.DatasetDict):
@@ -65,7 +68,7 @@ def load(path: Path, split: str | None = None, name: str | None = None):
 
 
 def _tag_names(ds, column: str, path: Path) -> list[str] | None:
-    from datasets import ClassLabel
+    from datasets import ClassLabel  # noqa: PLC0415  lazy: as in load()
 
     feat = ds.features[column]
     inner = getattr(feat, "feature", None)
@@ -76,15 +79,24 @@ def _tag_names(ds, column: str, path: Path) -> list[str] | None:
     raise DataError(f"column {column!r} is {feat}; expected a sequence of ClassLabel (or string) tags", path)
 
 
-def read(path: Path, split: str | None = None, name: str | None = None, tokens: str = "tokens",
-         tags: str = "ner_tags", level: str = "auto") -> ReadResult:
+def read(
+    path: Path,
+    split: str | None = None,
+    name: str | None = None,
+    tokens: str = "tokens",
+    tags: str = "ner_tags",
+    level: str = "auto",
+) -> ReadResult:
     if level not in LEVELS:
         raise ConfigError(f"level must be one of {', '.join(LEVELS)}, not {level!r}")
     ds, split_name = load(path, split, name)
     for col in (tokens, tags):
         if col not in ds.column_names:
-            raise DataError(f"no column {col!r}; columns: {', '.join(ds.column_names)} "
-                            "(choose others with -O tokens=NAME -O tags=NAME)", path)
+            raise DataError(
+                f"no column {col!r}; columns: {', '.join(ds.column_names)} "
+                "(choose others with -O tokens=NAME -O tags=NAME)",
+                path,
+            )
     names = _tag_names(ds, tags, path)
     idcol = next((c for c in ("id", "guid") if c in ds.column_names), None)
     cols = ds.select_columns([c for c in (tokens, tags, idcol) if c]).to_dict()

@@ -135,18 +135,24 @@ def _results(a: dict) -> list:
 def _latest_min(items: list, res: ReadResult) -> list:
     """JSON-MIN has one object per annotation: of objects with the same task id keep the latest."""
     best: dict = {}
-    for k, line, task in items:
+    for k, _line, task in items:
         if isinstance(task, dict) and not isinstance(task.get("data"), dict) and "id" in task:
             key = str(task["id"])
-            when = (str(task.get("updated_at") or task.get("created_at") or ""),
-                    task.get("annotation_id") if isinstance(task.get("annotation_id"), int) else -1, k)
+            when = (
+                str(task.get("updated_at") or task.get("created_at") or ""),
+                task.get("annotation_id") if isinstance(task.get("annotation_id"), int) else -1,
+                k,
+            )
             if key in best:
                 res.notes["JSON-MIN annotations left out for a later one of the same task"] += 1
             if key not in best or when > best[key][0]:
                 best[key] = (when, k)
     keep = {k for _, k in best.values()}
-    return [it for it in items if not (isinstance(it[2], dict) and not isinstance(it[2].get("data"), dict)
-                                       and "id" in it[2]) or it[0] in keep]
+    return [
+        it
+        for it in items
+        if not (isinstance(it[2], dict) and not isinstance(it[2].get("data"), dict) and "id" in it[2]) or it[0] in keep
+    ]
 
 
 def _min_results(task: dict) -> list:

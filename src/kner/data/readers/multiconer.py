@@ -28,27 +28,56 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from kner.errors import ConfigError, DataError
 from kner.data.example import Example
 from kner.data.readers.base import Problem, ReadResult, build_entities, numbered_lines
 from kner.data.readers.bio import OUTSIDE, decode, split_tag
+from kner.errors import ConfigError, DataError
 
 V1 = ("PER", "LOC", "GRP", "CORP", "PROD", "CW")
-V2 = ("Facility", "OtherLOC", "HumanSettlement", "Station",
-      "VisualWork", "MusicalWork", "WrittenWork", "ArtWork", "Software",
-      "MusicalGRP", "PublicCorp", "PrivateCorp", "AerospaceManufacturer", "SportsGRP", "CarManufacturer", "ORG",
-      "Scientist", "Artist", "Athlete", "Politician", "Cleric", "SportsManager", "OtherPER",
-      "Clothing", "Vehicle", "Food", "Drink", "OtherPROD",
-      "Medication/Vaccine", "MedicalProcedure", "AnatomicalStructure", "Symptom", "Disease")
+V2 = (
+    "Facility",
+    "OtherLOC",
+    "HumanSettlement",
+    "Station",
+    "VisualWork",
+    "MusicalWork",
+    "WrittenWork",
+    "ArtWork",
+    "Software",
+    "MusicalGRP",
+    "PublicCorp",
+    "PrivateCorp",
+    "AerospaceManufacturer",
+    "SportsGRP",
+    "CarManufacturer",
+    "ORG",
+    "Scientist",
+    "Artist",
+    "Athlete",
+    "Politician",
+    "Cleric",
+    "SportsManager",
+    "OtherPER",
+    "Clothing",
+    "Vehicle",
+    "Food",
+    "Drink",
+    "OtherPROD",
+    "Medication/Vaccine",
+    "MedicalProcedure",
+    "AnatomicalStructure",
+    "Symptom",
+    "Disease",
+)
 _ID = re.compile(r"^#\s+id\s+(\S+)(.*)$")
-_COLS = re.compile(r"[ \t]+")   # not str.split(): a token may hold a no-break or ideographic space
+_COLS = re.compile(r"[ \t]+")  # not str.split(): a token may hold a no-break or ideographic space
 
 
 def read(path: Path, version: int | str | None = None) -> ReadResult:
     version = _version(version)
-    raw: list[tuple[int, str | None, str, list]] = []   # (line, id, domain, [(line, token, tag)])
+    raw: list[tuple[int, str | None, str, list]] = []  # (line, id, domain, [(line, token, tag)])
     cur = None
-    width = None   # 4 (token _ _ TAG) or 3 (blind test file: token _ _), from the first token line
+    width = None  # 4 (token _ _ TAG) or 3 (blind test file: token _ _), from the first token line
     for lineno, line in numbered_lines(path):
         if not line.strip():
             cur = None
@@ -65,7 +94,7 @@ def read(path: Path, version: int | str | None = None) -> ReadResult:
         if len(cols) != width:
             want = "'token _ _' (3 columns, a blind test file)" if width == 3 else "'token _ _ TAG' (4 columns)"
             raise DataError(f"expected {want}, got {len(cols)} columns", path, lineno)
-        if cur is None:   # a sentence without an id line
+        if cur is None:  # a sentence without an id line
             cur = (lineno, None, "", [])
             raw.append(cur)
         if width == 3:
@@ -84,9 +113,11 @@ def read(path: Path, version: int | str | None = None) -> ReadResult:
         for tl, _, t in toks:
             if t.label and t.label not in allowed:
                 raise DataError(f"label {t.label!r} is not a MultiCoNER v{version} label", path, tl)
-        sid = sid or f"{path.name}:{k}"   # repeated ids are made unique by read_dataset
+        sid = sid or f"{path.name}:{k}"  # repeated ids are made unique by read_dataset
         if not toks:
-            res.problems.append(Problem(str(path), lineno, sid, "sentence without tokens; not converted", "empty-sentence"))
+            res.problems.append(
+                Problem(str(path), lineno, sid, "sentence without tokens; not converted", "empty-sentence")
+            )
             res.skipped += 1
             continue
         words = [w for _, w, _ in toks]

@@ -41,25 +41,88 @@ With both, punctuation goes first, then particles, then punctuation again
 from __future__ import annotations
 
 import re
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 
-from kner.errors import ConfigError, DataError
 from kner.data.example import Example
 from kner.data.readers.base import Problem, ReadResult, build_entities, numbered_lines
 from kner.data.readers.bio import OUTSIDE, Tag, decode
+from kner.errors import ConfigError, DataError
 
 LABELS = ("PER", "FLD", "AFW", "ORG", "LOC", "CVL", "DAT", "TIM", "NUM", "EVT", "ANM", "PLT", "MAT", "TRM")
 
 # Particles and common particle sequences, as surface forms. Longest match wins.
-PARTICLES = tuple(sorted({
-    "이", "가", "은", "는", "을", "를", "의", "에", "와", "과", "도", "만", "로",
-    "께서", "에서", "에게", "한테", "으로", "로서", "로써", "까지", "부터", "처럼", "보다", "마저", "조차",
-    "이나", "이며", "하고", "이랑", "라는", "라고", "만큼",
-    "에는", "에도", "에의", "로는", "로도", "로의", "과의", "와의", "과는", "와는", "만의", "만은", "만을",
-    "에서는", "에서도", "에서의", "에게는", "에게도", "에게서", "으로는", "으로도", "으로의", "으로서", "으로써",
-    "까지는", "까지도", "부터는", "이라는", "이라고", "에서부터", "으로부터",
-}, key=lambda p: (-len(p), p)))
+PARTICLES = tuple(
+    sorted(
+        {
+            "이",
+            "가",
+            "은",
+            "는",
+            "을",
+            "를",
+            "의",
+            "에",
+            "와",
+            "과",
+            "도",
+            "만",
+            "로",
+            "께서",
+            "에서",
+            "에게",
+            "한테",
+            "으로",
+            "로서",
+            "로써",
+            "까지",
+            "부터",
+            "처럼",
+            "보다",
+            "마저",
+            "조차",
+            "이나",
+            "이며",
+            "하고",
+            "이랑",
+            "라는",
+            "라고",
+            "만큼",
+            "에는",
+            "에도",
+            "에의",
+            "로는",
+            "로도",
+            "로의",
+            "과의",
+            "와의",
+            "과는",
+            "와는",
+            "만의",
+            "만은",
+            "만을",
+            "에서는",
+            "에서도",
+            "에서의",
+            "에게는",
+            "에게도",
+            "에게서",
+            "으로는",
+            "으로도",
+            "으로의",
+            "으로서",
+            "으로써",
+            "까지는",
+            "까지도",
+            "부터는",
+            "이라는",
+            "이라고",
+            "에서부터",
+            "으로부터",
+        },
+        key=lambda p: (-len(p), p),
+    )
+)
 _J_TAGS = ("JKS", "JKC", "JKG", "JKO", "JKB", "JKV", "JKQ", "JX", "JC")
 
 
@@ -67,7 +130,7 @@ def read(path: Path, trim_particles: bool | str = False, trim_punct: bool = Fals
     method = _method(trim_particles)
     res = ReadResult(scheme="naver", files=1)
     layout = None
-    sent: list[tuple[int, str, str]] = []   # (line, word, tag)
+    sent: list[tuple[int, str, str]] = []  # (line, word, tag)
     k = 0
 
     def flush():
@@ -86,8 +149,9 @@ def read(path: Path, trim_particles: bool | str = False, trim_punct: bool = Fals
             layout = _layout(cols, path, lineno)
         if layout == "index":
             if len(cols) != 3:
-                raise DataError(f"expected 3 tab-separated columns (index, word, tag), got {len(cols)}"
-                                + _HINT, path, lineno)
+                raise DataError(
+                    f"expected 3 tab-separated columns (index, word, tag), got {len(cols)}" + _HINT, path, lineno
+                )
             if cols[0].strip() == "1":
                 flush()
             if not cols[1]:
@@ -95,14 +159,19 @@ def read(path: Path, trim_particles: bool | str = False, trim_punct: bool = Fals
             sent.append((lineno, cols[1], cols[2]))
         else:
             if len(cols) != 2:
-                raise DataError(f"expected one sentence per line, 'words<TAB>tags' (2 tab-separated columns), "
-                                f"got {len(cols)}" + _HINT, path, lineno)
+                raise DataError(
+                    f"expected one sentence per line, 'words<TAB>tags' (2 tab-separated columns), "
+                    f"got {len(cols)}" + _HINT,
+                    path,
+                    lineno,
+                )
             words, tags = cols[0].split(), cols[1].split()
             if not words:
                 raise DataError("no words before the tab", path, lineno)
             if len(words) != len(tags):
-                raise DataError(f"{len(words)} words but {len(tags)} tags (one tag per space-separated word)",
-                                path, lineno)
+                raise DataError(
+                    f"{len(words)} words but {len(tags)} tags (one tag per space-separated word)", path, lineno
+                )
             sent = [(lineno, w, t) for w, t in zip(words, tags)]
             flush()
     flush()
@@ -112,8 +181,10 @@ def read(path: Path, trim_particles: bool | str = False, trim_punct: bool = Fals
 
 
 _LAYOUTS = {"index": "'index<TAB>word<TAB>tag' lines", "line": "'words<TAB>tags', one sentence per line"}
-_HINT = ("; NAVER files are either index<TAB>word<TAB>TAG lines with a blank line between sentences, "
-         "or one sentence per line as 'words<TAB>tags' (KoBERT-NER), detected from the first line")
+_HINT = (
+    "; NAVER files are either index<TAB>word<TAB>TAG lines with a blank line between sentences, "
+    "or one sentence per line as 'words<TAB>tags' (KoBERT-NER), detected from the first line"
+)
 
 
 def _layout(cols: list[str], path: Path, lineno: int) -> str:
@@ -149,16 +220,17 @@ def _method(trim: bool | str) -> str | None:
         return None
     if trim in (True, "auto", "yes"):
         try:
-            import kiwipiepy  # noqa: F401
+            import kiwipiepy  # noqa: F401, PLC0415  lazy: whether it is installed decides the default
+
             return "kiwi"
         except ImportError:
             return "list"
     if trim in ("kiwi", "list"):
         if trim == "kiwi":
             try:
-                import kiwipiepy  # noqa: F401
+                import kiwipiepy  # noqa: F401, PLC0415  lazy: as above
             except ImportError:
-                raise ConfigError("trim_particles='kiwi' needs kiwipiepy: pip install 'kner[kiwi]'") from None
+                raise ConfigError("trim_particles='kiwi' needs kiwipiepy: pip install kiwipiepy") from None
         return trim
     raise ConfigError(f"trim_particles must be true/false, 'kiwi' or 'list', not {trim!r}")
 
@@ -169,8 +241,12 @@ def _sentence(path: Path, k: int, sent, method: str | None, punct: bool, res: Re
     for lineno, _, tag in sent:
         t = _tag(tag)
         if t is None:
-            raise DataError(f"unknown tag {tag!r} (NAVER tags: LABEL_B, LABEL_I and - , or LABEL-B, LABEL-I and O, "
-                            f"with LABEL one of {' '.join(LABELS)})", path, lineno)
+            raise DataError(
+                f"unknown tag {tag!r} (NAVER tags: LABEL_B, LABEL_I and - , or LABEL-B, LABEL-I and O, "
+                f"with LABEL one of {' '.join(LABELS)})",
+                path,
+                lineno,
+            )
         tags.append(t)
     words = [w for _, w, _ in sent]
     starts, pos = [], 0
@@ -179,7 +255,7 @@ def _sentence(path: Path, k: int, sent, method: str | None, punct: bool, res: Re
         pos += len(w) + 1
     text = " ".join(words)
     tok_spans, repairs = decode(tags)
-    for idx, _ in repairs:   # decode's message spells tags I-X; say it in the file's own spelling
+    for idx, _ in repairs:  # decode's message spells tags I-X; say it in the file's own spelling
         tag = sent[idx][2].strip()
         before = sent[idx - 1][2].strip() if idx else None
         after = f" after {before!r}" if before not in (None, "-", "O") else ""
@@ -209,10 +285,26 @@ def _sentence(path: Path, k: int, sent, method: str | None, punct: bool, res: Re
 # (4%, C++, C#, AT&T) and the minus sign. Brackets and quotes are handled apart: they go only when
 # their partner is not inside the entity, or when a pair encloses the whole entity ('왕의 남자').
 _EDGE = set(",.;:!?·・…‥~∼-－–—―/\\|、。，．：；！？｜▲△▶▷►◀◁◆◇■□●○◎※★☆♥♡→←↑↓▼▽")
-_PAIRS = {"(": ")", "[": "]", "{": "}", "<": ">", "（": "）", "［": "］", "｛": "｝", "〈": "〉", "《": "》",
-          "「": "」", "『": "』", "【": "】", "〔": "〕", "‘": "’", "“": "”", "＜": "＞"}
+_PAIRS = {
+    "(": ")",
+    "[": "]",
+    "{": "}",
+    "<": ">",
+    "（": "）",
+    "［": "］",
+    "｛": "｝",
+    "〈": "〉",
+    "《": "》",
+    "「": "」",
+    "『": "』",
+    "【": "】",
+    "〔": "〕",
+    "‘": "’",
+    "“": "”",
+    "＜": "＞",
+}
 _CLOSERS = {v: k for k, v in _PAIRS.items()}
-_SAME = set("'\"＇＂`´")   # quotes that open and close alike
+_SAME = set("'\"＇＂`´")  # quotes that open and close alike
 
 
 def _trim_punct(text: str, s: int, e: int, res: ReadResult, path: Path, line: int, sid: str) -> tuple[int, int]:
@@ -221,7 +313,7 @@ def _trim_punct(text: str, s: int, e: int, res: ReadResult, path: Path, line: in
         span = text[s:e]
         a, z = span[0], span[-1]
         if a.isspace() or (a in _EDGE and not (a in "-－" and len(span) > 1 and span[1].isdigit())):
-            s += 1   # a dash before a digit is a minus sign (-5도), elsewhere a dialogue or list dash
+            s += 1  # a dash before a digit is a minus sign (-5도), elsewhere a dialogue or list dash
         elif z.isspace() or z in _EDGE:
             e -= 1
         elif a in _PAIRS and z == _PAIRS[a] and _encloses(span):
@@ -238,9 +330,12 @@ def _trim_punct(text: str, s: int, e: int, res: ReadResult, path: Path, line: in
             e -= 1
         else:
             break
-    if s >= e:   # nothing but punctuation: keep it as tagged
-        res.problems.append(Problem(str(path), line, sid, f"entity {text[s0:e0]!r} is all punctuation; kept as tagged",
-                                    "punct-only-entity"))
+    if s >= e:  # nothing but punctuation: keep it as tagged
+        res.problems.append(
+            Problem(
+                str(path), line, sid, f"entity {text[s0:e0]!r} is all punctuation; kept as tagged", "punct-only-entity"
+            )
+        )
         return s0, e0
     if (s, e) != (s0, e0):
         res.notes["entity-edge punctuation trimmed"] += 1
@@ -271,9 +366,10 @@ def _list_particle_len(word: str) -> int:
     return 0
 
 
-@lru_cache(maxsize=None)
+@cache
 def _kiwi():
-    from kiwipiepy import Kiwi
+    from kiwipiepy import Kiwi  # noqa: PLC0415  lazy: optional (see _method)
+
     return Kiwi()
 
 

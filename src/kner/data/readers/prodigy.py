@@ -58,7 +58,15 @@ def read(path: Path) -> ReadResult:
         for kind, msg in notes:
             checker.problem(lineno, sid, kind, msg)
         doc = meta.get("doc", d.get("doc"))
-        res.examples.append(Example(sid, text, ents, {"doc": str(doc) if doc is not None else (
-            f"{path.name}:{own}" if own is not None else sid),
-                                                      "source": f"{path.name}:{lineno}"}))
+        res.examples.append(
+            Example(
+                sid,
+                text,
+                ents,
+                {
+                    "doc": str(doc) if doc is not None else (f"{path.name}:{own}" if own is not None else sid),
+                    "source": f"{path.name}:{lineno}",
+                },
+            )
+        )
     return res

@@ -13,15 +13,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kner.errors import DataError
 from kner.data.example import Example
 from kner.data.readers.annotation import SpanChecker
 from kner.data.readers.base import ReadResult, build_entities
+from kner.errors import DataError
 
 
 def read(path: Path) -> ReadResult:
-    from spacy.tokens import DocBin
-    from spacy.vocab import Vocab
+    # lazy: spaCy takes seconds to import; only this format needs it
+    from spacy.tokens import DocBin  # noqa: PLC0415
+    from spacy.vocab import Vocab  # noqa: PLC0415
 
     res = ReadResult(scheme=None, files=1)
     checker = SpanChecker(path, res, "chars")
@@ -43,6 +44,9 @@ def read(path: Path) -> ReadResult:
         for kind, msg in notes:
             checker.problem(n, sid, kind, msg)
         doc_id = user.get("doc")
-        res.examples.append(Example(sid, doc.text, ents, {"doc": str(doc_id) if doc_id is not None else sid,
-                                                          "source": f"{path.name}:{n}"}))
+        res.examples.append(
+            Example(
+                sid, doc.text, ents, {"doc": str(doc_id) if doc_id is not None else sid, "source": f"{path.name}:{n}"}
+            )
+        )
     return res

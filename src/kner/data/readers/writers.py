@@ -30,12 +30,12 @@ conll       BIO, one token a line; ``level=char`` (default: exact, spaces
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
-from kner.errors import ConfigError, DataError
 from kner.data.example import Example, strip_span
 from kner.data.readers.annotation import chars_to_utf16, check_offsets_option
+from kner.errors import ConfigError, DataError
 from kner.textio import atomic_write, json_line
 
 
@@ -68,8 +68,9 @@ def write_doccano(examples: list[Example], out: Path, form: str = "label", offse
         if form == "label":
             row["label"] = [list(s) for s in spans]
         else:
-            row["entities"] = [{"id": k + 1, "label": lab, "start_offset": s, "end_offset": e}
-                               for k, (s, e, lab) in enumerate(spans)]
+            row["entities"] = [
+                {"id": k + 1, "label": lab, "start_offset": s, "end_offset": e} for k, (s, e, lab) in enumerate(spans)
+            ]
             row["relations"] = []
         row["doc"] = _doc(ex)
         rows.append(row)
@@ -80,11 +81,20 @@ def write_doccano(examples: list[Example], out: Path, form: str = "label", offse
 def write_labelstudio(examples: list[Example], out: Path, predictions: bool = False) -> Counter:
     tasks = []
     for ex in examples:
-        result = [{"id": f"kner{k}", "from_name": "label", "to_name": "text", "type": "labels",
-                   "value": {"start": e.start, "end": e.end, "text": e.text, "labels": [e.label]}}
-                  for k, e in enumerate(ex.entities)]
-        task = {"data": {"text": ex.text, "id": ex.id, "doc": _doc(ex)},
-                ("predictions" if predictions else "annotations"): [{"result": result}]}
+        result = [
+            {
+                "id": f"kner{k}",
+                "from_name": "label",
+                "to_name": "text",
+                "type": "labels",
+                "value": {"start": e.start, "end": e.end, "text": e.text, "labels": [e.label]},
+            }
+            for k, e in enumerate(ex.entities)
+        ]
+        task = {
+            "data": {"text": ex.text, "id": ex.id, "doc": _doc(ex)},
+            ("predictions" if predictions else "annotations"): [{"result": result}],
+        }
         tasks.append(task)
 
     with atomic_write(out) as f:
@@ -93,14 +103,23 @@ def write_labelstudio(examples: list[Example], out: Path, predictions: bool = Fa
 
 
 def write_prodigy(examples: list[Example], out: Path) -> Counter:
-    _lines(out, ({"text": ex.text,
-                  "spans": [{"start": e.start, "end": e.end, "label": e.label} for e in ex.entities],
-                  "answer": "accept", "meta": {"id": ex.id, "doc": _doc(ex)}} for ex in examples))
+    _lines(
+        out,
+        (
+            {
+                "text": ex.text,
+                "spans": [{"start": e.start, "end": e.end, "label": e.label} for e in ex.entities],
+                "answer": "accept",
+                "meta": {"id": ex.id, "doc": _doc(ex)},
+            }
+            for ex in examples
+        ),
+    )
     return Counter()
 
 
 def write_spacy(examples: list[Example], out: Path) -> Counter:
-    from kner.baselines.spacy_ner import examples_to_docbin
+    from kner.baselines.spacy_ner import examples_to_docbin  # noqa: PLC0415  lazy: imports spaCy (seconds)
 
     db, report = examples_to_docbin(examples, "whitespace", "split")
     _write_bytes(out, db.to_bytes())
@@ -137,8 +156,10 @@ def write_conll(examples: list[Example], out: Path, level: str = "char", space_t
                 raise DataError(f"example {ex.id}: label {lab!r} cannot be a CoNLL tag (it has whitespace)")
         if level == "char":
             if space_token in ex.text:
-                raise DataError(f"example {ex.id}: its text contains the space token {space_token!r}; "
-                                "choose another with -O space_token=CHAR")
+                raise DataError(
+                    f"example {ex.id}: its text contains the space token {space_token!r}; "
+                    "choose another with -O space_token=CHAR"
+                )
             tags = ["O"] * len(ex.text)
             for s, e, lab in spans:
                 tags[s] = f"B-{lab}"
@@ -182,8 +203,13 @@ WRITERS: dict[str, Callable[..., Counter]] = {
     "spacy": write_spacy,
     "conll": write_conll,
 }
-OPTIONS = {"doccano": ("form", "offsets"), "labelstudio": ("predictions",), "prodigy": (),
-           "spacy": (), "conll": ("level", "space_token")}
+OPTIONS = {
+    "doccano": ("form", "offsets"),
+    "labelstudio": ("predictions",),
+    "prodigy": (),
+    "spacy": (),
+    "conll": ("level", "space_token"),
+}
 
 
 def write(fmt: str, examples: list[Example], out: str | Path, **opts) -> Counter:
@@ -191,6 +217,7 @@ def write(fmt: str, examples: list[Example], out: str | Path, **opts) -> Counter
         raise ConfigError(f"cannot export to {fmt!r}; export formats: {', '.join(WRITERS)}")
     bad = sorted(set(opts) - set(OPTIONS[fmt]))
     if bad:
-        raise ConfigError(f"export format {fmt!r} has no option {', '.join(bad)}; "
-                          f"its options: {', '.join(OPTIONS[fmt]) or 'none'}")
+        raise ConfigError(
+            f"export format {fmt!r} has no option {', '.join(bad)}; its options: {', '.join(OPTIONS[fmt]) or 'none'}"
+        )
     return WRITERS[fmt](list(examples), Path(out), **opts)
