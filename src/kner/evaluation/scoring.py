@@ -31,15 +31,20 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from kner.data.example import Example, numbered_jsonl, validate
 from kner.errors import KnerError
-from kner.data.example import Example
 
 Span = tuple[int, int, str]
 
 FP_CAUSES = ("wrong_boundary", "wrong_type", "wrong_boundary_type", "spurious")
 FN_CAUSES = ("wrong_boundary", "wrong_type", "wrong_boundary_type", "missed")
-CAUSE_NAMES = {"wrong_boundary": "wrong boundary", "wrong_type": "wrong type",
-               "wrong_boundary_type": "wrong boundary+type", "spurious": "spurious", "missed": "missed"}
+CAUSE_NAMES = {
+    "wrong_boundary": "wrong boundary",
+    "wrong_type": "wrong type",
+    "wrong_boundary_type": "wrong boundary+type",
+    "spurious": "spurious",
+    "missed": "missed",
+}
 
 
 def _div(num: float, den: float) -> float:
@@ -81,10 +86,17 @@ class LabelScores:
         return _f1(self.precision, self.recall)
 
     def to_dict(self) -> dict:
-        return {"precision": self.precision, "recall": self.recall, "f1": self.f1,
-                "tp": self.tp, "fp": self.fp, "fn": self.fn, "support": self.support,
-                "predicted": self.predicted,
-                "errors": {"fp": dict(self.fp_causes), "fn": dict(self.fn_causes)}}
+        return {
+            "precision": self.precision,
+            "recall": self.recall,
+            "f1": self.f1,
+            "tp": self.tp,
+            "fp": self.fp,
+            "fn": self.fn,
+            "support": self.support,
+            "predicted": self.predicted,
+            "errors": {"fp": dict(self.fp_causes), "fn": dict(self.fn_causes)},
+        }
 
 
 @dataclass
@@ -111,8 +123,16 @@ class EvalResult:
         fp = sum(s.fp for s in self.per_label.values())
         fn = sum(s.fn for s in self.per_label.values())
         p, r = _div(tp, tp + fp), _div(tp, tp + fn)
-        return {"precision": p, "recall": r, "f1": _f1(p, r), "tp": tp, "fp": fp, "fn": fn,
-                "support": tp + fn, "predicted": tp + fp}
+        return {
+            "precision": p,
+            "recall": r,
+            "f1": _f1(p, r),
+            "tp": tp,
+            "fp": fp,
+            "fn": fn,
+            "support": tp + fn,
+            "predicted": tp + fp,
+        }
 
     @property
     def macro_labels(self) -> list[str]:
@@ -125,10 +145,12 @@ class EvalResult:
         n = len(labs)
         if not n:
             return {"precision": 0.0, "recall": 0.0, "f1": 0.0, "labels": []}
-        return {"precision": sum(self.per_label[l].precision for l in labs) / n,
-                "recall": sum(self.per_label[l].recall for l in labs) / n,
-                "f1": sum(self.per_label[l].f1 for l in labs) / n,
-                "labels": labs}
+        return {
+            "precision": sum(self.per_label[l].precision for l in labs) / n,
+            "recall": sum(self.per_label[l].recall for l in labs) / n,
+            "f1": sum(self.per_label[l].f1 for l in labs) / n,
+            "labels": labs,
+        }
 
     @property
     def char_accuracy(self) -> float:
@@ -174,27 +196,38 @@ class EvalResult:
 
     def to_markdown(self, title: str = "Evaluation") -> str:
         mi, ma = self.micro, self.macro
-        lines = [f"# {title}", "",
-                 f"{self.n_sentences} sentences, {mi['support']} gold entities, {mi['predicted']} predicted.", "",
-                 "| metric | value |", "|---|---:|",
-                 f"| micro precision | {pct(mi['precision'])} |",
-                 f"| micro recall | {pct(mi['recall'])} |",
-                 f"| micro F1 | {pct(mi['f1'])} |",
-                 f"| macro precision | {pct(ma['precision'])} |",
-                 f"| macro recall | {pct(ma['recall'])} |",
-                 f"| macro F1 ({len(ma['labels'])} labels) | {pct(ma['f1'])} |",
-                 f"| character accuracy | {pct(self.char_accuracy)} |",
-                 f"| sentence exact match | {pct(self.exact_match)} |",
-                 f"| KLUE character macro F1 | {pct(self.klue_char_macro_f1)} |",
-                 "", "## Per label", "",
-                 "| label | precision | recall | F1 | TP | FP | FN | support |",
-                 "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        lines = [
+            f"# {title}",
+            "",
+            f"{self.n_sentences} sentences, {mi['support']} gold entities, {mi['predicted']} predicted.",
+            "",
+            "| metric | value |",
+            "|---|---:|",
+            f"| micro precision | {pct(mi['precision'])} |",
+            f"| micro recall | {pct(mi['recall'])} |",
+            f"| micro F1 | {pct(mi['f1'])} |",
+            f"| macro precision | {pct(ma['precision'])} |",
+            f"| macro recall | {pct(ma['recall'])} |",
+            f"| macro F1 ({len(ma['labels'])} labels) | {pct(ma['f1'])} |",
+            f"| character accuracy | {pct(self.char_accuracy)} |",
+            f"| sentence exact match | {pct(self.exact_match)} |",
+            f"| KLUE character macro F1 | {pct(self.klue_char_macro_f1)} |",
+            "",
+            "## Per label",
+            "",
+            "| label | precision | recall | F1 | TP | FP | FN | support |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
         for lab in self.labels:
             s = self.per_label[lab]
-            lines.append(f"| {md_escape(lab)} | {pct(s.precision)} | {pct(s.recall)} | {pct(s.f1)} | "
-                         f"{s.tp} | {s.fp} | {s.fn} | {s.support} |")
-        lines.append(f"| **micro** | {pct(mi['precision'])} | {pct(mi['recall'])} | {pct(mi['f1'])} | "
-                     f"{mi['tp']} | {mi['fp']} | {mi['fn']} | {mi['support']} |")
+            lines.append(
+                f"| {md_escape(lab)} | {pct(s.precision)} | {pct(s.recall)} | {pct(s.f1)} | "
+                f"{s.tp} | {s.fp} | {s.fn} | {s.support} |"
+            )
+        lines.append(
+            f"| **micro** | {pct(mi['precision'])} | {pct(mi['recall'])} | {pct(mi['f1'])} | "
+            f"{mi['tp']} | {mi['fp']} | {mi['fn']} | {mi['support']} |"
+        )
         lines.append(f"| **macro** | {pct(ma['precision'])} | {pct(ma['recall'])} | {pct(ma['f1'])} | | | | |")
         lines += ["", "## Errors", "", error_table_markdown(self), ""]
         notes = self.notes()
@@ -209,17 +242,24 @@ class EvalResult:
             ign = self.ignored.get(side) or {}
             if ign:
                 desc = ", ".join(f"{k} {v}" for k, v in sorted(ign.items()))
-                out.append(f"{sum(ign.values())} {side} entities have labels outside the evaluated set and "
-                           f"were ignored ({desc}).")
+                out.append(
+                    f"{sum(ign.values())} {side} entities have labels outside the evaluated set and "
+                    f"were ignored ({desc})."
+                )
             if self.duplicates.get(side):
-                out.append(f"{self.duplicates[side]} duplicate {side} entities (same span and label) were "
-                           f"counted once.")
+                out.append(
+                    f"{self.duplicates[side]} duplicate {side} entities (same span and label) were counted once."
+                )
             if self.multi_label.get(side):
-                out.append(f"{self.multi_label[side]} {side} spans have more than one label; each label is "
-                           f"scored as its own entity.")
+                out.append(
+                    f"{self.multi_label[side]} {side} spans have more than one label; each label is "
+                    f"scored as its own entity."
+                )
             if self.overlaps_resolved.get(side):
-                out.append(f"{self.overlaps_resolved[side]} {side} entities overlap an earlier one and lose the "
-                           f"shared characters in the character-level metrics (the earlier, longer span wins).")
+                out.append(
+                    f"{self.overlaps_resolved[side]} {side} entities overlap an earlier one and lose the "
+                    f"shared characters in the character-level metrics (the earlier, longer span wins)."
+                )
         return out
 
 
@@ -232,28 +272,35 @@ def md_escape(s: str) -> str:
 
 
 def error_table_markdown(result: EvalResult) -> str:
-    head = (["label"] + [f"FP {CAUSE_NAMES[c]}" for c in FP_CAUSES] + [f"FN {CAUSE_NAMES[c]}" for c in FN_CAUSES])
+    head = ["label"] + [f"FP {CAUSE_NAMES[c]}" for c in FP_CAUSES] + [f"FN {CAUSE_NAMES[c]}" for c in FN_CAUSES]
     lines = ["| " + " | ".join(head) + " |", "|---" + "|---:" * (len(head) - 1) + "|"]
     for lab in result.labels:
         s = result.per_label[lab]
         if not (s.fp or s.fn):
             continue
-        lines.append("| " + " | ".join([md_escape(lab)] + [str(s.fp_causes[c]) for c in FP_CAUSES]
-                                        + [str(s.fn_causes[c]) for c in FN_CAUSES]) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                [md_escape(lab)] + [str(s.fp_causes[c]) for c in FP_CAUSES] + [str(s.fn_causes[c]) for c in FN_CAUSES]
+            )
+            + " |"
+        )
     tot = result.error_totals
-    lines.append("| **total** | " + " | ".join([str(tot["fp"][c]) for c in FP_CAUSES]
-                                               + [str(tot["fn"][c]) for c in FN_CAUSES]) + " |")
+    lines.append(
+        "| **total** | "
+        + " | ".join([str(tot["fp"][c]) for c in FP_CAUSES] + [str(tot["fn"][c]) for c in FN_CAUSES])
+        + " |"
+    )
     return "\n".join(lines)
 
 
 # -- reading -----------------------------------------------------------------
 
+
 def read_for_scoring(path) -> list[Example]:
     """Canonical JSONL as ``read_jsonl`` reads it, except that a duplicate entity or a span with two
     labels is not an error: scoring has a rule for both (see the module docstring). Every entity's
     offsets and surface text are still checked, with file and line in the error."""
-    from kner.data.example import numbered_jsonl, validate
-
     out = []
     for lineno, ex in numbered_jsonl(path, validate_examples=False):
         for e in ex.entities:  # one at a time: validate() refuses repeated spans, which are legal here
@@ -263,6 +310,7 @@ def read_for_scoring(path) -> list[Example]:
 
 
 # -- pairing -----------------------------------------------------------------
+
 
 def pair_examples(gold: list[Example], pred: list[Example]) -> list[tuple[Example, Example]]:
     """Pair by ``Example.id`` in gold order; every id must be on both sides, once, with the same text."""
@@ -291,13 +339,15 @@ def pair_examples(gold: list[Example], pred: list[Example]) -> list[tuple[Exampl
     for i, gex in g.items():
         pex = p[i]
         if pex.text != gex.text:
-            raise KnerError(f"id {i!r}: predicted text differs from gold text "
-                            f"(gold {gex.text[:40]!r}, pred {pex.text[:40]!r})")
+            raise KnerError(
+                f"id {i!r}: predicted text differs from gold text (gold {gex.text[:40]!r}, pred {pex.text[:40]!r})"
+            )
         pairs.append((gex, pex))
     return pairs
 
 
 # -- entity matching and error causes ------------------------------------------
+
 
 def _overlaps(a: Span, b: Span) -> bool:
     return a[0] < b[1] and b[0] < a[1]
@@ -316,8 +366,7 @@ def _cause(span: Span, others: set[Span], fallback: str) -> str:
     return fallback
 
 
-def _spans(ex: Example, keep: set[str] | None, side: str, ignored: Counter, dups: Counter,
-           multi: Counter) -> set[Span]:
+def _spans(ex: Example, keep: set[str] | None, side: str, ignored: Counter, dups: Counter, multi: Counter) -> set[Span]:
     out: set[Span] = set()
     for e in ex.entities:
         if keep is not None and e.label not in keep:
@@ -334,6 +383,7 @@ def _spans(ex: Example, keep: set[str] | None, side: str, ignored: Counter, dups
 
 
 # -- character level ------------------------------------------------------------
+
 
 def char_tags(text: str, spans: set[Span] | list[Span]) -> tuple[list[tuple[str, str]], int]:
     """(BIO tag, label) for every character but " ", and how many spans lost characters.
@@ -383,6 +433,7 @@ def klue_tag_f1(gold_tags: Counter, pred_tags: Counter, tp_tags: Counter, tagset
 
 # -- main entry ---------------------------------------------------------------------
 
+
 def evaluate(gold: list[Example], pred: list[Example], labels: list[str] | None = None) -> EvalResult:
     """Score ``pred`` against ``gold``; see the module docstring for every definition.
 
@@ -400,8 +451,13 @@ def evaluate(gold: list[Example], pred: list[Example], labels: list[str] | None 
     multi: Counter = Counter()
     span_pairs = []
     for gex, pex in pairs:
-        span_pairs.append((gex, _spans(gex, keep, "gold", ignored["gold"], dups, multi),
-                           _spans(pex, keep, "pred", ignored["pred"], dups, multi)))
+        span_pairs.append(
+            (
+                gex,
+                _spans(gex, keep, "gold", ignored["gold"], dups, multi),
+                _spans(pex, keep, "pred", ignored["pred"], dups, multi),
+            )
+        )
     if labels is None:
         seen = {s[2] for _, g, p in span_pairs for s in (g | p)}
         labels = sorted(seen)
@@ -439,9 +495,14 @@ def evaluate(gold: list[Example], pred: list[Example], labels: list[str] | None 
     tagset = [f"{bi}-{lab}" for lab in present for bi in ("B", "I")] + ["O"]
     tag_f1 = klue_tag_f1(gold_tags, pred_tags, tp_tags, tagset)
     return EvalResult(
-        labels=labels, per_label=per, n_sentences=len(pairs),
-        char_correct=char_correct, char_total=char_total, exact_matches=exact,
-        klue_char_macro_f1=sum(tag_f1.values()) / len(tag_f1), klue_char_tags=tag_f1,
+        labels=labels,
+        per_label=per,
+        n_sentences=len(pairs),
+        char_correct=char_correct,
+        char_total=char_total,
+        exact_matches=exact,
+        klue_char_macro_f1=sum(tag_f1.values()) / len(tag_f1),
+        klue_char_tags=tag_f1,
         ignored={k: Counter(v) for k, v in ignored.items() if v},
         duplicates={k: v for k, v in dups.items() if v},
         multi_label={k: v for k, v in multi.items() if v},
