@@ -18,18 +18,23 @@ from __future__ import annotations
 
 import codecs
 import contextvars
+import functools
+import json
 import os
 import re
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Iterator, Optional
+from typing import IO
 
 from kner.errors import ConfigError, DataError
 
 DEFAULT_ENCODING = "utf-8"
-ENCODING_HELP = ("Encoding of the input text files (default utf-8), e.g. cp949 or euc-kr for older Korean "
-                 "corpora. A byte-order mark is always dropped.")
+ENCODING_HELP = (
+    "Encoding of the input text files (default utf-8), e.g. cp949 or euc-kr for older Korean "
+    "corpora. A byte-order mark is always dropped."
+)
 
 _encoding: contextvars.ContextVar[str] = contextvars.ContextVar("kner_input_encoding", default=DEFAULT_ENCODING)
 
@@ -42,7 +47,7 @@ def _codec(name: str) -> str:
 
 
 @contextmanager
-def input_encoding(name: Optional[str]) -> Iterator[str]:
+def input_encoding(name: str | None) -> Iterator[str]:
     """Within the block, input files are read in ``name`` (None: keep the current one)."""
     if name is None:
         yield current_encoding()
@@ -58,7 +63,7 @@ def current_encoding() -> str:
     return _encoding.get()
 
 
-def _resolve(encoding: Optional[str]) -> str:
+def _resolve(encoding: str | None) -> str:
     codec = _codec(encoding) if encoding is not None else _encoding.get()
     # utf-8-sig reads files with and without a BOM alike; other codecs get the BOM stripped by hand.
     return "utf-8-sig" if codec == "utf-8" else codec
@@ -75,7 +80,7 @@ def _decode_error(path: Path, codec: str) -> DataError:
         data.decode(codec)
     except UnicodeDecodeError as err:
         line = len(_EOL.findall(data, 0, err.start)) + 1
-        what = f"not {shown} text (bytes {data[err.start:err.start + 2].hex(' ')} at byte {err.start} of the file)"
+        what = f"not {shown} text (bytes {data[err.start : err.start + 2].hex(' ')} at byte {err.start} of the file)"
     else:  # the stream decoder failed where the whole-file decode did not: report without a line
         return DataError(f"not {shown} text", path)
     return DataError(f"{what}; {_hint(data, codec)}", path, line)
@@ -110,7 +115,7 @@ def _reading(path: Path, codec: str) -> Iterator[None]:
         raise DataError("cannot read this file (permission denied)", path) from None
 
 
-def numbered_lines(path: str | Path, encoding: Optional[str] = None) -> Iterator[tuple[int, str]]:
+def numbered_lines(path: str | Path, encoding: str | None = None) -> Iterator[tuple[int, str]]:
     """(1-based line number, line without its end-of-line) for each line of a text file.
 
     ``encoding`` None means the current :func:`input_encoding` (utf-8 unless the user chose one).
@@ -132,7 +137,7 @@ def numbered_lines(path: str | Path, encoding: Optional[str] = None) -> Iterator
     return lines()
 
 
-def read_text(path: str | Path, encoding: Optional[str] = None) -> str:
+def read_text(path: str | Path, encoding: str | None = None) -> str:
     """A whole text file as one string, read as :func:`numbered_lines` reads it (BOM dropped, LF line ends)."""
     path = Path(path)
     codec = _resolve(encoding)
@@ -209,7 +214,6 @@ def reads_text(command):
 
     Put it below the ``@app.command()`` line; the signature is kept, so the command's options are too.
     """
-    import functools
 
     @functools.wraps(command)
     def run(*args, **kwargs):
@@ -219,7 +223,7 @@ def reads_text(command):
     return run
 
 
-def text_problem(text) -> Optional[str]:
+def text_problem(text) -> str | None:
     """Why ``text`` cannot be given to a model (None: it can): not a string, or not valid Unicode.
 
     A lone surrogate (half of a UTF-16 pair, e.g. a JSON ``"\\ud83d"`` cut from an emoji) cannot
@@ -231,16 +235,16 @@ def text_problem(text) -> Optional[str]:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as err:
-        return (f"not valid Unicode: character {err.start + 1} is a lone surrogate U+{ord(text[err.start]):04X} "
-                f"(half of a UTF-16 pair, e.g. an emoji cut in two)")
+        return (
+            f"not valid Unicode: character {err.start + 1} is a lone surrogate U+{ord(text[err.start]):04X} "
+            f"(half of a UTF-16 pair, e.g. an emoji cut in two)"
+        )
     return None
 
 
 def json_line(obj) -> str:
     """One JSON line (no newline) with characters as they are, or as ``\\uXXXX`` escapes when the
     record holds a lone surrogate: the line is then still valid UTF-8 and reads back identical."""
-    import json
-
     line = json.dumps(obj, ensure_ascii=False)
     try:
         line.encode("utf-8")
