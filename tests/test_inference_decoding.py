@@ -1,4 +1,8 @@
-"""Decode loop, prefix cache, batching, OOM fallback and chunking on tiny random models (CPU)."""
+"""Paged engine, shared prefix, OOM fallback and chunking on tiny random models (CPU).
+
+The reference everywhere is the model's own forward over each whole prompt, one row at a
+time, no cache, no padding: what the engine gives must be exactly that.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,10 @@ import torch
 
 from kner.inference import Extractor
 from kner.inference.chunking import split_document
-from kner.inference.decoding import GreedyChooser, greedy_decode
-from kner.inference.memory import ModelDims, is_oom, plan_batch
+from kner.inference.engine import GreedyChooser, PagedEngine, Request
+from kner.inference.memory import ModelDims, plan_engine
 from kner.inference.prefix_cache import PrefixKV
+from kner.model.oom import is_oom
 from kner.model.loading import build_model_from_config, load_tokenizer, tiny_config
 from kner.model.prompt import PromptEncoder, PromptFormat, parse_tags
 from kner.data.schemes import load_scheme
@@ -40,6 +45,30 @@ def tag_bias(extractor, amount=4.0):
 TEXTS = ["오에 겐자부로는 일본 현대문학의 초석을 놓은 작가", "이순신", "서울 <특별시> : 12\\3", "a b"]
 
 
+@torch.inference_mode()
+def full_prompt_greedy(model, prompt: list[int], budget: int, eos: int, vocab: int):
+    """(tokens without EOS, ended by EOS, first-step logits): whole prompt each step, the model's own attention."""
+    ids, gen, first = list(prompt), [], None
+    while len(gen) < budget:
+        logits = model(input_ids=torch.tensor([ids])).logits[0, -1]
+        first = logits[None].clone() if first is None else first
+        t = int(logits[:vocab].argmax())
+        if t == eos:
+            return gen, True, first
+        gen.append(t)
+        ids.append(t)
+    return gen, False, first
+
+
+def engine_tokens(model, prefix, seqs, budgets, eos, pad, vocab, hook=None, **kw):
+    got: dict[int, list[int]] = {}
+    opts = dict(pool_tokens=4096, max_rows=16, block=2, min_admit=1) | kw
+    engine = PagedEngine(model, prefix, eos_ids={eos}, pad_id=pad, logits_hook=hook, **opts)
+    st = engine.run([Request(i, s, b) for i, (s, b) in enumerate(zip(seqs, budgets))], GreedyChooser(vocab),
+                    lambda k, t: got.__setitem__(k, t))
+    return [got[i] for i in range(len(seqs))], st, engine
+
+
 @pytest.mark.parametrize("heads", [1, 2, 4])
 def test_shared_prefix_attention_equals_sdpa(heads):
     """Prefix + own-token attention, MHA and GQA, non-contiguous inputs as the model passes them."""
@@ -68,40 +97,57 @@ def test_shared_prefix_attention_equals_sdpa(heads):
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("arch,kv", [("llama", 2), ("qwen2", 1), ("mistral", 1), ("gemma", 1)])
-def test_prefix_cache_modes_match_full_prompts(tok, arch, kv):
-    torch.manual_seed(1)
-    m = build_model_from_config(tiny_config(arch, vocab_size=len(tok), hidden=32, intermediate=64, heads=2,
-                                            kv_heads=kv, layers=1)).eval()
-    sch = load_scheme("spacy19")
-    enc = PromptEncoder(tok, PromptFormat(), sch)
+def _windowed_config(arch, vocab):
+    """Models whose attention the shared prefix must restrict: windows far shorter than the prompt, soft-capping."""
+    from transformers import AutoConfig
+
+    common = dict(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_attention_heads=2, num_key_value_heads=1,
+                  max_position_embeddings=2048, tie_word_embeddings=False)
+    if arch == "mistral-window":
+        return AutoConfig.for_model("mistral", num_hidden_layers=1, sliding_window=24, **common)
+    return AutoConfig.for_model("gemma2", num_hidden_layers=2, head_dim=16, sliding_window=24,     # layer 0 sliding
+                                attn_logit_softcapping=5.0, final_logit_softcapping=30.0, **common)
+
+
+@pytest.mark.parametrize("arch,kv", [("llama", 2), ("qwen2", 1), ("mistral", 1), ("gemma", 1),
+                                     ("mistral-window", 1), ("gemma2", 1)])
+def test_engine_matches_full_prompts(tok, arch, kv):
+    """Shared prefix + paged own K/V + left-padded prefill = each whole prompt alone: tokens and first logits."""
+    if arch in ("mistral-window", "gemma2"):
+        m = build_model_from_config(_windowed_config(arch, len(tok)), seed=1).eval()
+    else:
+        m = build_model_from_config(tiny_config(arch, vocab_size=len(tok), hidden=32, intermediate=64, heads=2,
+                                                kv_heads=kv, layers=1), seed=1).eval()
+    enc = PromptEncoder(tok, PromptFormat(), load_scheme("spacy19"))
     full = [enc.prompt_ids(t).input_ids for t in TEXTS]
     p = len(enc.prefix_ids)
-    prefix = PrefixKV.encode(m, enc.prefix_ids)
     budgets = [6, 3, 5, 6]
-    got = {}
-    for mode in ("none", "expand", "shared"):
-        seqs = full if mode == "none" else [f[p:] for f in full]
-        first = []
+    ref = [full_prompt_greedy(m, f, b, tok.eos_token_id, len(tok)) for f, b in zip(full, budgets)]
+    first = []
+    got, _, _ = engine_tokens(m, PrefixKV.encode(m, enc.prefix_ids), [f[p:] for f in full], budgets,
+                              tok.eos_token_id, tok.pad_token_id, len(tok),
+                              hook=lambda lg: first.append(lg.clone()) or lg)
+    assert got == [r[0] for r in ref]
+    # Every row used its whole budget or stopped at EOS, which is never part of the output.
+    for toks, (_, ended, _), b in zip(got, ref, budgets):
+        assert (len(toks) == b and not ended) or (len(toks) < b and ended)
+        assert tok.eos_token_id not in toks
+    # The first forward is the prefill of all four rows, in request order.
+    torch.testing.assert_close(first[0], torch.cat([r[2] for r in ref]), atol=1e-4, rtol=1e-4)
+    if arch == "llama":   # one row at a time (no padding at all) gives the same tokens as the batch
+        alone, _, _ = engine_tokens(m, PrefixKV.encode(m, enc.prefix_ids), [f[p:] for f in full], budgets,
+                                    tok.eos_token_id, tok.pad_token_id, len(tok), max_rows=1)
+        assert alone == got
 
-        def hook(logits, first=first):
-            if not first:
-                first.append(logits.clone())
-            return logits
-        res = greedy_decode(m, seqs, budgets, prefix=prefix, mode=mode, chooser=GreedyChooser(len(tok)),
-                            eos_ids={tok.eos_token_id}, pad_id=tok.pad_token_id, logits_hook=hook)
-        got[mode] = (res.tokens, first[0])
-        assert [len(t) for t in res.tokens] == budgets or any(tok.eos_token_id for _ in res.tokens)
-    assert got["shared"][0] == got["none"][0] == got["expand"][0]
-    torch.testing.assert_close(got["shared"][1], got["none"][1], atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(got["expand"][1], got["none"][1], atol=1e-4, rtol=1e-4)
-    if arch != "llama":
-        return
-    # Each row alone (no padding at all) gives the same tokens as inside the batch.
-    for i, f in enumerate(full):
-        alone = greedy_decode(m, [f[p:]], [budgets[i]], prefix=prefix, mode="shared", chooser=GreedyChooser(len(tok)),
-                              eos_ids={tok.eos_token_id}, pad_id=tok.pad_token_id)
-        assert alone.tokens[0] == got["none"][0][i]
+
+def test_engine_without_a_shared_prefix(tok, model):
+    """Prompts sharing no prefix (an empty instruction): whole prompts through the engine, same tokens."""
+    enc = PromptEncoder(tok, PromptFormat(), load_scheme("spacy19"))
+    full = [enc.prompt_ids(t).input_ids for t in TEXTS]
+    ref = [full_prompt_greedy(model, f, 4, tok.eos_token_id, len(tok))[0] for f in full]
+    got, _, _ = engine_tokens(model, PrefixKV.encode(model, enc.prefix_ids).truncated(0), full, [4] * 4,
+                              tok.eos_token_id, tok.pad_token_id, len(tok))
+    assert got == ref
 
 
 def kmou_texts(datasets_dir, n):
@@ -122,7 +168,7 @@ def test_constrained_extraction_on_200_kmou_sentences(tok, model, datasets_dir):
     ex.config.logits_hook = tag_bias(ex)
     preds = ex.predict(texts)
     st = ex.last_stats
-    assert st.texts == 200 and st.unparsed == 0 and st.mode == "shared"
+    assert st.texts == 200 and st.unparsed == 0
     n = 0
     for text, pred in zip(texts, preds):
         assert len(pred.outputs) == 1
@@ -233,14 +279,15 @@ def test_memory_plan_for_llama2_7b():
     dims = ModelDims(layers=32, kv_heads=32, heads=32, head_dim=128, hidden=4096, intermediate=11008, vocab=32000,
                      dtype_bytes=2, max_positions=4096)
     assert dims.kv_bytes_per_token == 512 * 1024          # 0.5 MiB per token in fp16
-    kw = dict(suffix_len=100, new_tokens=130, prefix_len=282, max_batch=1024, largest_weight_elems=4096 * 11008)
-    shared = plan_batch(dims, mode="shared", usable=11 * 2**30, **kw)
-    expand = plan_batch(dims, mode="expand", usable=11 * 2**30, **kw)
-    assert 50 < shared.batch_size < 120 and expand.batch_size < shared.batch_size / 1.8
-    # The planned batch fits: rows x per-row + fixed stays under the budget.
-    assert shared.batch_size * shared.per_row_bytes + shared.fixed_bytes <= 0.8 * 11 * 2**30
-    assert plan_batch(dims, mode="shared", usable=1 * 2**30, **kw).batch_size == 1
-    assert plan_batch(dims, mode="shared", usable=None, **kw).batch_size == 1024
+    kw = dict(prefix_len=282, footprints=[230] * 1000, suffix_max=100, max_rows=256, safety=0.85,
+              largest_weight_elems=4096 * 11008)
+    plan = plan_engine(dims, usable=11 * 2**30, **kw)
+    # Pool + the transient bound's share stay within the budget; most of it is pool.
+    assert 13_000 < plan.pool_tokens < 15_000 and plan.transient_tokens >= 230
+    assert plan.pool_tokens * dims.kv_bytes_per_token <= 0.8 * plan.budget_bytes + dims.kv_bytes_per_token
+    assert plan_engine(dims, usable=2 * 2**30, **kw).pool_tokens < plan.pool_tokens / 4
+    cpu = plan_engine(dims, usable=None, **kw)          # no planning on CPU: every row at its longest
+    assert cpu.pool_tokens == 256 * (230 + 32) + 64 and cpu.budget_bytes is None
     m = ModelDims.from_model(build_model_from_config(tiny_config("qwen2", vocab_size=500, kv_heads=1)))
     assert m.kv_bytes_per_token == 2 * 1 * 16 * 2 * 4     # layers x kv heads x head dim x K/V x fp32
 
@@ -263,10 +310,8 @@ def test_tag_logits_processor_with_generate(tok, model):
     assert parse_tags(table.decode(gen), text, sch).ok
 
 
-def test_paged_engine_matches_static_batches(tok):
-    """Continuous batching (rows joining, leaving, evicted and redone) gives the static batch's tokens."""
-    from kner.inference.engine import PagedEngine, Request
-
+def test_paged_engine_rows_joining_leaving_and_evicted(tok):
+    """Continuous batching (rows joining, leaving, evicted and redone) gives each whole prompt's tokens."""
     torch.manual_seed(2)    # multi-head attention (kv heads = heads), as in LLaMA-2-7B
     model = build_model_from_config(tiny_config("llama", vocab_size=len(tok), hidden=32, intermediate=64, layers=1,
                                                 heads=2, kv_heads=2)).eval()
@@ -278,19 +323,15 @@ def test_paged_engine_matches_static_batches(tok):
     full = [enc.prompt_ids(t).input_ids for t in texts]
     p = len(enc.prefix_ids)
     prefix = PrefixKV.encode(model, enc.prefix_ids)
-    eos = {tok.eos_token_id}
-    ref = greedy_decode(model, full, budgets, prefix=prefix, mode="none", chooser=GreedyChooser(len(tok)),
-                        eos_ids=eos, pad_id=tok.pad_token_id).tokens
+    ref = [full_prompt_greedy(model, f, b, tok.eos_token_id, len(tok))[0] for f, b in zip(full, budgets)]
     longest = max(len(f) - p + b for f, b in zip(full, budgets))
     preempted = 0
     # The last pool size once made two rows evict each other forever; now the oldest row always keeps its room.
     for rows, pool, chunk in [(16, 4096, 4096), (2, 4096, 4096), (3, longest + 2, 4096), (4, longest + 26, 40)]:
-        got: dict[int, list[int]] = {}
-        engine = PagedEngine(model, prefix, pool_tokens=pool, max_rows=rows, eos_ids=eos, pad_id=tok.pad_token_id,
-                             block=2, prefill_chunk_tokens=chunk, min_admit=1)
-        st = engine.run([Request(i, f[p:], b) for i, (f, b) in enumerate(zip(full, budgets))], GreedyChooser(len(tok)),
-                        lambda k, t: got.__setitem__(k, t))
-        assert [got[i] for i in range(len(texts))] == ref, (rows, pool)
+        got, st, engine = engine_tokens(model, prefix, [f[p:] for f in full], budgets, tok.eos_token_id,
+                                        tok.pad_token_id, len(tok), max_rows=rows, pool_tokens=pool,
+                                        prefill_chunk_tokens=chunk)
+        assert got == ref, (rows, pool)
         assert st.peak_rows <= rows and st.new_tokens == sum(len(t) for t in ref)
         assert engine.cache_ref() is None      # the pool is freed on return, without waiting for gc
         preempted += st.preemptions

@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from kner.cli import app
-from kner.errors import ConfigError, DataError
+from kner.errors import DataError
 from kner.model.shape import parse_gib
 from kner.textio import ENCODING_HELP, check_output, reads_text
 
@@ -130,7 +130,7 @@ def print_summary(stats, out: Optional[Path] = None) -> None:
         t.add_row("long texts split", f"{stats.split_texts:,} into {stats.pieces:,} pieces")
     t.add_row("time", f"{stats.seconds:.1f} s")
     t.add_row("speed", f"{stats.texts_per_s:.2f} texts/s, {stats.tokens_per_s:.0f} new tokens/s")
-    t.add_row("batches", f"{stats.batches} (largest {max(stats.batch_sizes, default=0)} rows, prefix cache: {stats.mode})")
+    t.add_row("batches", f"{stats.batches} (largest {max(stats.batch_sizes, default=0)} rows)")
     if stats.oom_retries:
         t.add_row("out-of-memory retries", str(stats.oom_retries))
     if stats.truncated:
@@ -180,7 +180,6 @@ def predict(
     max_memory: Optional[str] = typer.Option(None, help="GPU memory this run may use, e.g. 15GiB (default: all free)."),
     max_chunk_tokens: int = typer.Option(384, help="Split texts longer than this many tokens."),
     max_new_tokens: Optional[int] = typer.Option(None, help="Cap on generated tokens per text (default: from its length)."),
-    prefix_cache: str = typer.Option("auto", help="auto | shared | expand | none (see docs/inference.md)."),
     quantize: Optional[bool] = typer.Option(None, "--quantize/--no-quantize",
                                             help="Override the 4-bit loading recorded in the model folder."),
     dtype: Optional[str] = typer.Option(None, help="Compute dtype override: auto, bf16, fp16, fp32."),
@@ -209,8 +208,6 @@ def predict(
     from kner.inference import Extractor
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    if prefix_cache not in ("auto", "shared", "expand", "none"):
-        raise ConfigError("--prefix-cache must be auto, shared, expand or none")
     check_output(output)          # before any GPU work: a bad -o must not cost a whole run
     examples, note, where = read_inputs(input, fmt)
     if note:
@@ -223,7 +220,7 @@ def predict(
 
         devs = resolve_devices(gpus, devices)
         opts = dict(constrained=constrain, batch_size=batch_size, max_memory=parse_gib(max_memory),
-                    max_chunk_tokens=max_chunk_tokens, max_new_tokens=max_new_tokens, prefix_cache=prefix_cache)
+                    max_chunk_tokens=max_chunk_tokens, max_new_tokens=max_new_tokens)
         with _Bar(progress, len(examples)) as bar:
             res = predict_sharded(model, examples, output, devices=devs, adapter=str(adapter) if adapter else None,
                                   scheme=scheme, quantize_4bit=quantize, compute_dtype=dtype, options=opts,
@@ -234,7 +231,7 @@ def predict(
         return
     ext = Extractor.load(model, adapter=adapter, scheme=scheme, quantize_4bit=quantize, compute_dtype=dtype,
                          constrained=constrain, batch_size=batch_size, max_memory=parse_gib(max_memory),
-                         max_chunk_tokens=max_chunk_tokens, max_new_tokens=max_new_tokens, prefix_cache=prefix_cache)
+                         max_chunk_tokens=max_chunk_tokens, max_new_tokens=max_new_tokens)
     with _Bar(progress, len(examples)) as bar:
         preds = ext.predict_examples(examples, progress=bar)
     write_jsonl(output, preds)

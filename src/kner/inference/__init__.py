@@ -3,6 +3,7 @@
 ``Extractor.load(out_dir)(texts)`` -> entity spans per text. See docs/inference.md.
 """
 
-from kner.inference.extractor import Extractor, ExtractorConfig, Prediction, RunStats
+from kner.inference.extractor import Extractor, ExtractorConfig
+from kner.inference.results import Prediction, RunStats
 
 __all__ = ["Extractor", "ExtractorConfig", "Prediction", "RunStats"]

@@ -29,8 +29,8 @@ from __future__ import annotations
 import math
 import weakref
 from collections import deque
-from dataclasses import dataclass
-from typing import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -59,18 +59,61 @@ class EngineStats:
     pool_tokens: int = 0
 
 
+@dataclass(eq=False)
 class _Row:
-    __slots__ = ("req", "blocks", "flat", "length", "pending", "gen", "order", "bound")
+    req: Request
+    order: int                                  # admission count: the youngest row is evicted first
+    blocks: list[int] = field(default_factory=list)
+    flat: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))   # pool slot of each own token
+    length: int = 0                             # own tokens written to the pool
+    pending: int = -1                           # chosen token not yet fed
+    gen: list[int] = field(default_factory=list)
 
-    def __init__(self, req: Request, order: int):
-        self.req = req
-        self.blocks: list[int] = []
-        self.flat = np.zeros(0, dtype=np.int64)   # pool slot of each own token, in order
-        self.length = 0                            # own tokens written to the pool
-        self.pending = -1                          # chosen token not yet fed
-        self.gen: list[int] = []
-        self.order = order
-        self.bound = len(req.ids) + req.max_new    # own tokens this row can ever hold
+    @property
+    def bound(self) -> int:                     # own tokens this row can ever hold
+        return len(self.req.ids) + self.req.max_new
+
+
+class Chooser(Protocol):
+    """Picks each row's next token from its logits (plain argmax, or the tag grammar)."""
+
+    def choose(self, logits: torch.Tensor, rows: Sequence[int]) -> list[int]: ...
+    def done(self, row: int) -> bool: ...
+    def reset(self, row: int) -> None: ...
+
+
+class GreedyChooser:
+    """Unconstrained argmax over the tokenizer's ids (a model's padded extra rows are never picked)."""
+
+    def __init__(self, vocab_limit: int | None = None):
+        self.vocab_limit = vocab_limit
+
+    def choose(self, logits, rows):
+        if self.vocab_limit is not None and logits.shape[-1] > self.vocab_limit:
+            logits = logits[:, :self.vocab_limit]
+        return logits.argmax(dim=-1).tolist()
+
+    def done(self, row: int) -> bool:
+        return False
+
+    def reset(self, row: int) -> None:
+        pass
+
+
+@dataclass(eq=False)
+class EngineState:
+    """Everything one ``PagedEngine.run`` changes as it goes."""
+
+    cache: object
+    cache_arg: dict
+    chooser: Chooser
+    on_done: Callable[[int, list[int]], None]
+    waiting: deque[Request]
+    free: list[int]                              # free pool blocks (popped from the end)
+    stats: EngineStats
+    active: list[_Row] = field(default_factory=list)
+    admitted: int = 0
+    hold: bool = False                           # after an eviction, admit nothing until a row finishes
 
 
 def _make_cache(prefix: PrefixKV, pool_tokens: int):
@@ -121,6 +164,7 @@ def _make_cache(prefix: PrefixKV, pool_tokens: int):
         def __init__(self):
             self.ops = Ops()
             super().__init__(layers=[PagedLayer(self.ops, k, v) for k, v in prefix.layers])
+            self.positions = None   # (query positions, own-key positions) of the current forward: windows
 
         @property
         def op(self):
@@ -135,6 +179,8 @@ def _make_cache(prefix: PrefixKV, pool_tokens: int):
                 lay.kpool = lay.vpool = None
 
     return PagedCache()
+
+
 
 
 class PagedEngine:
@@ -158,186 +204,191 @@ class PagedEngine:
         self.device = model.get_input_embeddings().weight.device
 
     @torch.inference_mode()
-    def run(self, requests: Sequence[Request], chooser, on_done: Callable[[int, list[int]], None]) -> EngineStats:
+    def run(self, requests: Sequence[Request], chooser: Chooser,
+            on_done: Callable[[int, list[int]], None]) -> EngineStats:
         """Decode every request; ``on_done(key, tokens)`` as each finishes (EOS not included)."""
+        self._check_fits(requests)
+        cache = _make_cache(self.prefix, self.n_blocks * self.block)
+        st = EngineState(cache=cache, cache_arg=compat.cache_kwargs(self.model, cache), chooser=chooser,
+                         on_done=on_done, waiting=deque(requests), free=list(range(self.n_blocks - 1, -1, -1)),
+                         stats=EngineStats(pool_tokens=self.n_blocks * self.block))
+        try:
+            with shared_prefix_attention_active(self.model, cache):
+                while st.waiting or st.active:
+                    while st.waiting and not (st.hold and st.active):   # all that fit (everything, at first)
+                        group = self._admit(st)
+                        if not group:
+                            break
+                        self._prefill(st, group)
+                    if not st.active:
+                        if st.waiting:
+                            raise KnerError("the K/V pool cannot hold a single text; lower --max-chunk-tokens")
+                        break
+                    self._make_room(st)
+                    self._decode_step(st)
+        finally:
+            cache.op = cache.positions = None
+            cache.free()        # the pool is most of the free memory: give it back now, not at the next gc
+            self.cache_ref = weakref.ref(cache)
+        return st.stats
+
+    # -- steps ---------------------------------------------------------------------
+    def _admit(self, st: EngineState) -> list[_Row]:
+        """The next group of waiting texts that fits the pool, the prefill chunk and the transient bound."""
+        group: list[_Row] = []
+        tokens = 0
+        bound = max((r.bound for r in st.active), default=0)
+        while st.waiting and len(st.active) + len(group) < self.max_rows:
+            req = st.waiting[0]
+            need = math.ceil((len(req.ids) + 1) / self.block)
+            if need + len(st.active) + len(group) > len(st.free):      # keep a spare block per row in flight
+                break
+            if group and tokens + len(req.ids) > self.prefill_chunk_tokens:
+                break
+            b = max(bound, len(req.ids) + req.max_new)
+            rows_after = len(st.active) + len(group) + 1
+            if self.transient_tokens is not None and rows_after * b > self.transient_tokens and rows_after > 1:
+                break
+            st.waiting.popleft()
+            row = _Row(req, st.admitted)
+            st.admitted += 1
+            self._grow(st, row, len(req.ids) + 1)
+            group.append(row)
+            tokens += len(req.ids)
+            bound = b
+        # Too small a group to be worth a forward while others are decoding: wait for more room.
+        least = self.min_admit if self.min_admit is not None else max(1, len(st.active) // 5)
+        if group and st.active and len(group) < least and st.waiting:
+            for row in reversed(group):
+                self._release(st, row)
+                st.waiting.appendleft(row.req)
+            return []
+        return group
+
+    def _prefill(self, st: EngineState, group: list[_Row]) -> None:
+        """One forward over the group's prompts (left-padded), writing their K/V; their first tokens."""
+        dev, P = self.device, self.prefix.length
+        n, s = len(group), max(len(r.req.ids) for r in group)
+        ids = torch.full((n, s), self.pad_id, dtype=torch.long)
+        valid = torch.zeros((n, s), dtype=torch.bool)
+        for i, r in enumerate(group):
+            k = len(r.req.ids)
+            ids[i, s - k:] = torch.tensor(r.req.ids, dtype=torch.long)
+            valid[i, s - k:] = True
+        ids, valid = ids.to(dev), valid.to(dev)
+        write = torch.from_numpy(np.concatenate([r.flat[:len(r.req.ids)] for r in group])).to(dev)
+        pos = (P + valid.long().cumsum(1) - 1).clamp_(min=max(P - 1, 0))
+        causal = torch.ones((s, s), dtype=torch.bool, device=dev).tril_()
+        # A pad query sees itself: no empty softmax row even without a prefix (pads are never keys of real tokens).
+        mask = (causal[None, None] & valid[:, None, None, :]) | torch.eye(s, dtype=torch.bool, device=dev)
+        st.cache.op = ("prefill", write, valid)
+        st.cache.positions = (pos, pos)
+        toks = self._next_tokens(st, ids, mask, pos, group)
+        st.stats.prefills += 1
+        st.stats.prefill_tokens += int(valid.sum())
+        for r, t in zip(group, toks):
+            r.length = len(r.req.ids)
+            if self._take(st, r, t):
+                self._retire(st, r)
+            else:
+                st.active.append(r)
+
+    def _make_room(self, st: EngineState) -> None:
+        """A pool slot for every row's next token, oldest rows first; evicts the youngest if the pool is dry."""
+        for row in sorted(st.active, key=lambda r: r.order):
+            if row not in st.active or row.length + 1 <= len(row.blocks) * self.block:
+                continue
+            while not st.free and row in st.active:
+                if len(st.active) == 1:
+                    raise KnerError("the K/V pool cannot hold a single text; lower --max-chunk-tokens")
+                self._evict_youngest(st)
+            if row in st.active:
+                self._grow(st, row, row.length + 1)
+
+    def _decode_step(self, st: EngineState) -> None:
+        """One token for every active row; finished rows retire."""
+        dev, P, rows = self.device, self.prefix.length, st.active
+        n = len(rows)
+        lmax = max(r.length for r in rows) + 1
+        gather = np.zeros((n, lmax), dtype=np.int64)
+        write = np.empty(n, dtype=np.int64)
+        lens = np.empty(n, dtype=np.int64)
+        for i, r in enumerate(rows):
+            gather[i, :r.length + 1] = r.flat[:r.length + 1]
+            write[i] = r.flat[r.length]
+            lens[i] = r.length + 1
+        lens_t = torch.from_numpy(lens).to(dev)
+        keys = torch.arange(lmax, device=dev)
+        mask = (keys[None, :] < lens_t[:, None])[:, None, None, :]
+        pos = (lens_t - 1 + P)[:, None]
+        inp = torch.tensor([r.pending for r in rows], dtype=torch.long).to(dev)[:, None]
+        st.cache.op = ("decode", torch.from_numpy(write).to(dev), torch.from_numpy(gather).to(dev))
+        st.cache.positions = (pos, (keys + P)[None])
+        toks = self._next_tokens(st, inp, mask, pos, rows)
+        st.stats.steps += 1
+        st.stats.row_steps += n
+        st.stats.peak_rows = max(st.stats.peak_rows, n)
+        still = []
+        for r, t in zip(rows, toks):
+            r.length += 1
+            if self._take(st, r, t):
+                self._retire(st, r)
+            else:
+                still.append(r)
+        st.active = still
+
+    # -- helpers -------------------------------------------------------------------
+    def _next_tokens(self, st: EngineState, ids, mask, pos, rows: list[_Row]) -> list[int]:
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1,
+                         **st.cache_arg)
+        logits = out.logits[:, -1]
+        del out
+        if self.logits_hook is not None:
+            logits = self.logits_hook(logits)
+        return st.chooser.choose(logits, [r.req.key for r in rows])
+
+    def _take(self, st: EngineState, row: _Row, tok: int) -> bool:
+        """Record a chosen token; True if the row is done."""
+        if st.chooser.done(row.req.key):
+            return True
+        end = tok in self.eos_ids and not self.ignore_eos
+        if not end:
+            row.gen.append(tok)
+        row.pending = tok
+        return end or len(row.gen) >= row.req.max_new
+
+    def _retire(self, st: EngineState, row: _Row) -> None:
+        st.hold = False
+        self._release(st, row)
+        st.stats.new_tokens += len(row.gen)
+        st.on_done(row.req.key, row.gen)
+
+    def _evict_youngest(self, st: EngineState) -> None:
+        # Always the youngest row, even if it is the one asking for room: then the oldest row
+        # always progresses, and rows cannot keep evicting each other.
+        v = max(st.active, key=lambda r: r.order)
+        st.active.remove(v)
+        self._release(st, v)
+        st.chooser.reset(v.req.key)
+        st.waiting.appendleft(v.req)
+        st.stats.preemptions += 1
+        st.hold = True
+
+    def _grow(self, st: EngineState, row: _Row, n_tokens: int) -> None:
         bs = self.block
-        stats = EngineStats(pool_tokens=self.n_blocks * bs)
+        while len(row.blocks) * bs < n_tokens:
+            b = st.free.pop()
+            row.blocks.append(b)
+            row.flat = np.concatenate([row.flat, b * bs + np.arange(bs, dtype=np.int64)])
+
+    def _release(self, st: EngineState, row: _Row) -> None:
+        st.free.extend(row.blocks)
+        row.blocks = []
+
+    def _check_fits(self, requests: Sequence[Request]) -> None:
+        bs = self.block
         for r in requests:
             if math.ceil((len(r.ids) + r.max_new) / bs) + 1 > self.n_blocks:
                 raise KnerError(f"a text of {len(r.ids)} prompt tokens with a budget of {r.max_new} new tokens does "
                                 f"not fit the K/V pool ({self.n_blocks * bs} tokens); lower --max-chunk-tokens or "
                                 f"--max-new-tokens, or free GPU memory")
-        cache = _make_cache(self.prefix, self.n_blocks * bs)
-        cache_arg = compat.cache_kwargs(self.model, cache)
-        free = list(range(self.n_blocks - 1, -1, -1))
-        waiting: deque[Request] = deque(requests)
-        active: list[_Row] = []
-        counter = 0
-        P = self.prefix.length
-        dev = self.device
-
-        def grow(row: _Row, n_tokens: int) -> None:
-            while len(row.blocks) * bs < n_tokens:
-                b = free.pop()
-                row.blocks.append(b)
-                row.flat = np.concatenate([row.flat, b * bs + np.arange(bs, dtype=np.int64)])
-
-        def release(row: _Row) -> None:
-            free.extend(row.blocks)
-            row.blocks = []
-
-        hold = [False]      # after an eviction, admit nothing until a row finishes (no thrashing)
-
-        def finish(row: _Row) -> None:
-            hold[0] = False
-            release(row)
-            stats.new_tokens += len(row.gen)
-            on_done(row.req.key, row.gen)
-
-        def take(row: _Row, tok: int) -> bool:
-            """Record a chosen token; True if the row is done."""
-            if chooser.done(row.req.key):
-                return True
-            is_eos = tok in self.eos_ids
-            if not (is_eos and not self.ignore_eos):
-                row.gen.append(tok)
-            row.pending = tok
-            return (is_eos and not self.ignore_eos) or len(row.gen) >= row.req.max_new
-
-        def longest(rows) -> int:
-            return max((r.bound for r in rows), default=0)
-
-        def admit() -> list[_Row]:
-            nonlocal counter
-            group: list[_Row] = []
-            tokens = 0
-            bound = longest(active)
-            while waiting and len(active) + len(group) < self.max_rows:
-                req = waiting[0]
-                need = math.ceil((len(req.ids) + 1) / bs)
-                if need + len(active) + len(group) > len(free):      # keep a spare block per row in flight
-                    break
-                if group and tokens + len(req.ids) > self.prefill_chunk_tokens:
-                    break
-                b = max(bound, len(req.ids) + req.max_new)
-                if self.transient_tokens is not None and (len(active) + len(group) + 1) * b > self.transient_tokens \
-                        and (active or group):
-                    break
-                waiting.popleft()
-                row = _Row(req, counter)
-                counter += 1
-                grow(row, len(req.ids) + 1)
-                group.append(row)
-                tokens += len(req.ids)
-                bound = b
-            # Too small a group to be worth a forward while others are decoding: wait for more room.
-            least = self.min_admit if self.min_admit is not None else max(1, len(active) // 5)
-            if group and active and len(group) < least and waiting:
-                for row in reversed(group):
-                    release(row)
-                    waiting.appendleft(row.req)
-                return []
-            return group
-
-        def next_tokens(ids, mask, pos, rows: list[_Row]) -> list[int]:
-            # Prefill and decode differ only in what they feed the model; the step after is the same.
-            out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1,
-                             **cache_arg)
-            logits = out.logits[:, -1]
-            del out
-            if self.logits_hook is not None:
-                logits = self.logits_hook(logits)
-            return chooser.choose(logits, [r.req.key for r in rows])
-
-        def prefill(group: list[_Row]) -> None:
-            n, s = len(group), max(len(r.req.ids) for r in group)
-            ids = torch.full((n, s), self.pad_id, dtype=torch.long)
-            valid = torch.zeros((n, s), dtype=torch.bool)
-            write = []
-            for i, r in enumerate(group):
-                k = len(r.req.ids)
-                ids[i, s - k:] = torch.tensor(r.req.ids, dtype=torch.long)
-                valid[i, s - k:] = True
-                write.append(r.flat[:k])
-            ids, valid = ids.to(dev), valid.to(dev)
-            write_t = torch.from_numpy(np.concatenate(write)).to(dev)
-            pos = (P + valid.long().cumsum(1) - 1).clamp_(min=max(P - 1, 0))
-            mask = torch.ones((s, s), dtype=torch.bool, device=dev).tril_()[None, None] & valid[:, None, None, :]
-            cache.op = ("prefill", write_t, valid)
-            toks = next_tokens(ids, mask, pos, group)
-            stats.prefills += 1
-            stats.prefill_tokens += int(valid.sum())
-            for r, t in zip(group, toks):
-                r.length = len(r.req.ids)
-                if take(r, t):
-                    finish(r)
-                else:
-                    active.append(r)
-
-        def evict_youngest() -> _Row:
-            # Always the youngest row, even if it is the one asking for room: then the oldest row
-            # always progresses, and rows cannot keep evicting each other.
-            v = max(active, key=lambda r: r.order)
-            active.remove(v)
-            release(v)
-            chooser.reset(v.req.key)
-            waiting.appendleft(v.req)
-            stats.preemptions += 1
-            hold[0] = True
-            return v
-
-        try:
-            with shared_prefix_attention_active(self.model, cache):
-                while waiting or active:
-                    # Admit as many groups as fit (all of them at the start).
-                    while waiting and not (hold[0] and active):
-                        group = admit()
-                        if not group:
-                            break
-                        prefill(group)
-                    if not active:
-                        if waiting:
-                            raise KnerError("the K/V pool cannot hold a single text; lower --max-chunk-tokens")
-                        break
-                    # Room for each row's next token; evict the youngest rows if the pool is dry.
-                    for row in sorted(active, key=lambda r: r.order):
-                        if row not in active:
-                            continue
-                        if row.length + 1 > len(row.blocks) * bs:
-                            while not free and row in active:
-                                if len(active) == 1:
-                                    raise KnerError("the K/V pool cannot hold a single text; lower --max-chunk-tokens")
-                                evict_youngest()
-                            if row in active:
-                                grow(row, row.length + 1)
-                    n = len(active)
-                    stats.peak_rows = max(stats.peak_rows, n)
-                    lmax = max(r.length for r in active) + 1
-                    gather = np.zeros((n, lmax), dtype=np.int64)
-                    write = np.empty(n, dtype=np.int64)
-                    lens = np.empty(n, dtype=np.int64)
-                    for i, r in enumerate(active):
-                        gather[i, :r.length + 1] = r.flat[:r.length + 1]
-                        write[i] = r.flat[r.length]
-                        lens[i] = r.length + 1
-                    lens_t = torch.from_numpy(lens).to(dev)
-                    mask = (torch.arange(lmax, device=dev)[None, :] < lens_t[:, None])[:, None, None, :]
-                    pos = (lens_t - 1 + P)[:, None]
-                    inp = torch.tensor([r.pending for r in active], dtype=torch.long).to(dev)[:, None]
-                    cache.op = ("decode", torch.from_numpy(write).to(dev), torch.from_numpy(gather).to(dev))
-                    toks = next_tokens(inp, mask, pos, active)
-                    stats.steps += 1
-                    stats.row_steps += n
-                    still = []
-                    for r, t in zip(active, toks):
-                        r.length += 1
-                        if take(r, t):
-                            finish(r)
-                        else:
-                            still.append(r)
-                    active = still
-        finally:
-            cache.op = None
-            cache.free()        # the pool is most of the free memory: give it back now, not at the next gc
-            self.cache_ref = weakref.ref(cache)
-        return stats

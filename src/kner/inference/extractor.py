@@ -6,12 +6,12 @@ Pipeline for a list of texts:
    pieces that fit the context window (:mod:`kner.inference.chunking`);
 2. every piece's prompt is tokenized; the instruction prefix is the part all
    prompts share, and its K/V is computed once (:mod:`kner.inference.prefix_cache`);
-3. pieces are sorted longest first and cut into batches sized from free GPU
-   memory (:mod:`kner.inference.memory`); a batch that still runs out of memory
-   is halved and retried, and later batches keep the smaller size;
-4. each batch is greedy-decoded (:mod:`kner.inference.decoding`), by default
-   under the tag-grammar constraint (:mod:`kner.inference.constrained`), so every
-   output parses and every entity is a real span of its text;
+3. pieces are greedy-decoded by the paged engine (:mod:`kner.inference.engine`),
+   longest work first, rows joining and leaving as they finish, within a K/V pool
+   sized from free GPU memory (:mod:`kner.inference.memory`), by default under the
+   tag-grammar constraint (:mod:`kner.inference.constrained`), so every output
+   parses and every entity is a real span of its text; a run that still goes out
+   of memory is redone for the unfinished pieces with half the rows and pool;
 5. outputs are parsed with :func:`kner.model.prompt.parse_tags` -- the same parser
    training-time evaluation uses -- and offsets are mapped back to the document.
 """
@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections import Counter
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -30,6 +29,8 @@ from kner.errors import ConfigError, KnerError
 from kner.data.example import Entity, Example
 from kner.model.prompt import PromptFormat, parse_tags
 from kner.data.schemes import Scheme, load_scheme
+from kner.inference.results import Prediction, RunStats
+from kner.model.oom import is_oom
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,6 @@ class ExtractorConfig:
     new_tokens_overhead: int = 16
     max_new_tokens: int | None = None      # hard cap on the budget
     max_chunk_tokens: int = 384            # longer texts are split (and anything not fitting the context)
-    prefix_cache: str = "auto"             # auto | shared | expand | none
     prefill_chunk_tokens: int = 2048
     ignore_eos: bool = False               # benchmarks: always generate the whole budget
     logits_hook: Callable | None = None    # tests: adjust logits before choosing
@@ -60,58 +60,6 @@ class ExtractorConfig:
         if unknown:
             raise ConfigError(f"unknown extractor option(s): {', '.join(sorted(unknown))}")
         return cls(**opts)
-
-
-@dataclass
-class Prediction:
-    entities: list[Entity]
-    outputs: list[str] = field(default_factory=list)    # raw tag text, one per piece
-    truncated: int = 0                                  # pieces whose budget ran out mid-tag
-    problems: list[str] = field(default_factory=list)   # parse problems (unconstrained decoding only)
-    error: str | None = None                            # why the text was not processed (no entities then)
-
-
-@dataclass
-class RunStats:
-    texts: int = 0
-    empty: int = 0
-    failed: int = 0             # texts that could not be processed (Prediction.error), e.g. a lone surrogate
-    pieces: int = 0
-    split_texts: int = 0
-    seconds: float = 0.0
-    new_tokens: int = 0
-    prompt_tokens: int = 0
-    steps: int = 0
-    batches: int = 0
-    batch_sizes: list[int] = field(default_factory=list)
-    oom_retries: int = 0
-    truncated: int = 0
-    unparsed: int = 0
-    labels: Counter = field(default_factory=Counter)
-    mode: str = ""
-    preemptions: int = 0
-    row_steps: int = 0          # rows summed over decode steps (engine): new tokens per step = new_tokens / steps
-    pool_tokens: int = 0
-
-    @property
-    def texts_per_s(self) -> float:
-        return self.texts / self.seconds if self.seconds else 0.0
-
-    @property
-    def tokens_per_s(self) -> float:
-        return self.new_tokens / self.seconds if self.seconds else 0.0
-
-    def to_dict(self) -> dict:
-        return {"texts": self.texts, "empty": self.empty, "failed": self.failed, "pieces": self.pieces,
-                "split_texts": self.split_texts,
-                "seconds": round(self.seconds, 3), "texts_per_s": round(self.texts_per_s, 3),
-                "new_tokens": self.new_tokens, "tokens_per_s": round(self.tokens_per_s, 1),
-                "prompt_tokens": self.prompt_tokens, "steps": self.steps, "batches": self.batches,
-                "max_batch": max(self.batch_sizes, default=0), "oom_retries": self.oom_retries,
-                "truncated": self.truncated, "unparsed": self.unparsed, "labels": dict(self.labels.most_common()),
-                "mode": self.mode, "preemptions": self.preemptions, "pool_tokens": self.pool_tokens,
-                "mean_rows_per_decode_step": (round(self.row_steps / max(1, self.steps - self.batches), 1)
-                                              if self.row_steps else None)}
 
 
 @dataclass
@@ -141,8 +89,6 @@ class Extractor:
         self.scheme = load_scheme(scheme)
         self.prompt = prompt or PromptFormat()
         self.config = replace(config, **opts) if config is not None else ExtractorConfig.from_options(**opts)
-        if self.config.prefix_cache not in ("auto", "shared", "expand", "none"):
-            raise ConfigError("prefix_cache must be auto, shared, expand or none")
         from kner.model.prompt import PromptEncoder
 
         self.prefix_text, self.suffix_text = self.prompt.parts(self.scheme)
@@ -257,23 +203,13 @@ class Extractor:
         stats.failed = len(failed)
         pieces = self._pieces(texts, stats, new_tokens, skip=failed)
         stats.pieces = len(pieces)
-        mode = self._mode()
-        stats.mode = mode
         if pieces:
-            lcp = min(_common_prefix(p.ids, self.prefix_ids) for p in pieces)
-            if lcp == 0:
-                mode = stats.mode = "none"
-            prefix = None
-            if mode != "none":
-                prefix = self._prefix(lcp)
+            prefix = self._prefix(min(_common_prefix(p.ids, self.prefix_ids) for p in pieces))
             # Longest work first: prompt plus new-token budget (which decides how many decode
             # steps a text holds a row). A text with a short prompt but a long answer admitted
             # last would decode alone at the end for hundreds of steps.
             order = sorted(range(len(pieces)), key=lambda i: (-(len(pieces[i].ids) + pieces[i].max_new), i))
-            if mode == "shared":
-                self._run_engine(pieces, order, prefix, stats, progress)
-            else:
-                self._run_static(pieces, order, prefix, mode, stats, progress)
+            self._decode(pieces, order, prefix, stats, progress)
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         preds = self._assemble(texts, pieces, stats)
@@ -284,107 +220,72 @@ class Extractor:
         return preds
 
     # -- internals ------------------------------------------------------------------
-    def _run_static(self, pieces, order, prefix, mode, stats, progress) -> None:
-        """Fixed batches, longest prompts first (prefix cache modes ``expand`` and ``none``)."""
-        from kner.inference.memory import is_oom, release_memory
+    def _decode(self, pieces, order, prefix, stats: RunStats, progress) -> None:
+        """Decode ``pieces`` (in ``order``) with the paged engine; out of memory: redo the unfinished ones
+        with half the rows and half the pool (and keep that size for later calls)."""
+        from kner.inference.memory import release_memory
 
-        done = 0
-        i = 0
-        while i < len(order):
-            bs = self._batch_size(pieces, order, i, len(prefix.ids) if prefix else 0, mode)
-            idx = order[i:i + bs]
-            try:
-                self._run_batch([pieces[j] for j in idx], prefix, mode, stats)
-                failed = False
-            except Exception as err:  # noqa: BLE001 -- only OOM is handled, the rest re-raised
-                if not is_oom(err):
-                    raise
-                if len(idx) == 1:
-                    raise KnerError("out of GPU memory with a single sequence; lower --max-chunk-tokens "
-                                    "or --max-new-tokens, or free GPU memory") from None
-                failed = True
-            if failed:
-                release_memory()
-                self._batch_cap = max(1, len(idx) // 2)
-                stats.oom_retries += 1
-                log.warning("out of GPU memory with %d rows; retrying with %d", len(idx), self._batch_cap)
-                continue
-            i += len(idx)
-            done += len(idx)
-            stats.batches += 1
-            stats.batch_sizes.append(len(idx))
-            if progress is not None:
-                progress(done, len(pieces))
-
-    def _run_engine(self, pieces, order, prefix, stats, progress) -> None:
-        """Continuous batching over a paged K/V pool (prefix cache mode ``shared``)."""
-        from kner.inference.constrained import ConstrainedChooser
-        from kner.inference.decoding import GreedyChooser
-        from kner.inference.engine import PagedEngine, Request
-        from kner.inference.memory import is_oom, release_memory
-
-        cfg = self.config
-        p = len(prefix.ids)
-        remaining = list(order)
-        finished: set[int] = set()
-        last = [0.0]
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        remaining, finished = list(order), set()
         while remaining:
-            plan = self._engine_plan(pieces, remaining, p)
-            if cfg.constrained:
-                chooser = ConstrainedChooser(self.grammar(cfg.ignore_eos), {k: pieces[k].text for k in remaining},
-                                             cycle=cfg.ignore_eos)
-            else:
-                chooser = GreedyChooser(len(self.tokenizer))
-            engine = PagedEngine(self.model, prefix, pool_tokens=plan.pool_tokens, max_rows=plan.max_rows,
-                                 transient_tokens=plan.transient_tokens, eos_ids=self._eos_ids(), pad_id=pad,
-                                 prefill_chunk_tokens=cfg.prefill_chunk_tokens, ignore_eos=cfg.ignore_eos,
-                                 logits_hook=cfg.logits_hook)
-
-            def on_done(k: int, toks: list[int]) -> None:
-                pc = pieces[k]
-                if cfg.constrained:
-                    pc.output, pc.truncated = chooser.output(k)
-                    chooser.release(k)
-                else:
-                    pc.output = self.tokenizer.decode(toks, skip_special_tokens=True)
-                    pc.truncated = len(toks) >= pc.max_new
-                finished.add(k)
-                now = time.perf_counter()
-                if progress is not None and (now - last[0] > 0.25 or len(finished) == len(pieces)):
-                    last[0] = now
-                    progress(len(finished), len(pieces))
-
-            reqs = [Request(k, pieces[k].ids[p:], pieces[k].max_new) for k in remaining]
+            plan = self._engine_plan(pieces, remaining, prefix.length)
             try:
-                st = engine.run(reqs, chooser, on_done)
-                failed = False
+                self._run_engine(pieces, remaining, prefix, plan, stats, finished, progress)
+                break
             except Exception as err:  # noqa: BLE001 -- only OOM is handled, the rest re-raised
                 if not is_oom(err):
                     raise
-                failed = True
-            if failed:
-                del engine
-                release_memory()
-                if plan.max_rows == 1 and self._pool_scale < 1 / 64:
-                    raise KnerError("out of GPU memory with a single sequence; lower --max-chunk-tokens "
-                                    "or --max-new-tokens, or free GPU memory")
-                self._batch_cap = max(1, plan.max_rows // 2)
-                self._pool_scale /= 2
-                stats.oom_retries += 1
-                log.warning("out of GPU memory with up to %d rows; retrying with %d", plan.max_rows, self._batch_cap)
-                remaining = [k for k in remaining if k not in finished]
-                continue
-            stats.new_tokens += st.new_tokens
-            stats.steps += st.steps + st.prefills
-            stats.batches += st.prefills
-            stats.batch_sizes.append(st.peak_rows)
-            stats.preemptions += st.preemptions
-            stats.row_steps += st.row_steps
-            stats.pool_tokens = st.pool_tokens
-            remaining = []
+            release_memory()
+            if plan.max_rows == 1 and self._pool_scale < 1 / 64:
+                raise KnerError("out of GPU memory with a single sequence; lower --max-chunk-tokens "
+                                "or --max-new-tokens, or free GPU memory")
+            self._batch_cap = max(1, plan.max_rows // 2)
+            self._pool_scale /= 2
+            stats.oom_retries += 1
+            log.warning("out of GPU memory with up to %d rows; retrying with %d", plan.max_rows, self._batch_cap)
+            remaining = [k for k in remaining if k not in finished]
         if progress is not None:
             progress(len(finished), len(pieces))
+
+    def _run_engine(self, pieces, keys, prefix, plan, stats: RunStats, finished: set, progress) -> None:
+        from kner.inference.constrained import ConstrainedChooser
+        from kner.inference.engine import GreedyChooser, PagedEngine, Request
+
+        cfg = self.config
+        if cfg.constrained:
+            chooser = ConstrainedChooser(self.grammar(cfg.ignore_eos), {k: pieces[k].text for k in keys},
+                                         cycle=cfg.ignore_eos)
+        else:
+            chooser = GreedyChooser(len(self.tokenizer))
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        engine = PagedEngine(self.model, prefix, pool_tokens=plan.pool_tokens, max_rows=plan.max_rows,
+                             transient_tokens=plan.transient_tokens, eos_ids=self._eos_ids(), pad_id=pad,
+                             prefill_chunk_tokens=cfg.prefill_chunk_tokens, ignore_eos=cfg.ignore_eos,
+                             logits_hook=cfg.logits_hook)
+        last = 0.0
+
+        def on_done(k: int, toks: list[int]) -> None:
+            nonlocal last
+            self._decode_output(pieces[k], k, chooser, toks)
+            finished.add(k)
+            now = time.perf_counter()
+            if progress is not None and (now - last > 0.25 or len(finished) == len(pieces)):
+                last = now
+                progress(len(finished), len(pieces))
+
+        p = prefix.length
+        st = engine.run([Request(k, pieces[k].ids[p:], pieces[k].max_new) for k in keys], chooser, on_done)
+        stats.merge(RunStats(new_tokens=st.new_tokens, steps=st.steps + st.prefills, batches=st.prefills,
+                             batch_sizes=[st.peak_rows], preemptions=st.preemptions, row_steps=st.row_steps,
+                             pool_tokens=st.pool_tokens))
+
+    def _decode_output(self, pc: "_Piece", key: int, chooser, toks: list[int]) -> None:
+        """A finished piece's tag text: the grammar's own bytes when constrained, else the tokenizer's decode."""
+        if self.config.constrained:
+            pc.output, pc.truncated = chooser.output(key)
+            chooser.release(key)
+        else:
+            pc.output = self.tokenizer.decode(toks, skip_special_tokens=True)
+            pc.truncated = len(toks) >= pc.max_new
 
     def _engine_plan(self, pieces, keys, prefix_len):
         from kner.inference.memory import ModelDims, largest_linear_elems, plan_engine, usable_memory
@@ -407,14 +308,6 @@ class Extractor:
                            largest_weight_elems=self._largest)
         plan.pool_tokens = int(plan.pool_tokens * self._pool_scale)
         return plan
-
-    def _mode(self) -> str:
-        from kner.inference.prefix_cache import supports_shared
-
-        m = self.config.prefix_cache
-        if m == "auto":
-            return "shared" if supports_shared(self.model) else "expand"
-        return m
 
     @property
     def table(self):
@@ -495,8 +388,6 @@ class Extractor:
     def _prefix(self, n: int):
         from kner.inference.prefix_cache import PrefixKV
 
-        from kner.inference.memory import is_oom
-
         if self._prefix_kv is None:
             try:
                 self._prefix_kv = PrefixKV.encode(self.model, self.prefix_ids)
@@ -505,58 +396,6 @@ class Extractor:
                     raise KnerError("out of GPU memory encoding the instruction prefix; free GPU memory") from None
                 raise
         return self._prefix_kv.truncated(n)
-
-    def _batch_size(self, pieces, order, i, prefix_len, mode) -> int:
-        from kner.inference.memory import ModelDims, largest_linear_elems, plan_batch, usable_memory
-
-        cfg = self.config
-        remaining = len(order) - i
-        cap = cfg.batch_size or cfg.max_batch_size
-        dev = self.model.get_input_embeddings().weight.device
-        if self._batch_cap is not None:
-            cap = min(cap, self._batch_cap)
-        if cfg.batch_size is None:
-            usable = usable_memory(dev, int(cfg.max_memory * 1024 ** 3) if cfg.max_memory else None)
-            if usable is None:
-                cap = min(cap, cfg.cpu_batch_size)
-            else:
-                if not hasattr(self, "_dims"):
-                    self._dims = ModelDims.from_model(self.model)
-                    self._largest = largest_linear_elems(self.model)
-                first = pieces[order[i]]
-                window = order[i:i + cap]
-                suffix_len = len(first.ids) - (prefix_len if mode != "none" else 0)
-                new = max(pieces[j].max_new for j in window)
-                plan = plan_batch(self._dims, suffix_len=suffix_len, new_tokens=new, prefix_len=prefix_len,
-                                  mode=mode, usable=usable, max_batch=cap, safety=cfg.memory_safety,
-                                  prefill_chunk_tokens=cfg.prefill_chunk_tokens, largest_weight_elems=self._largest)
-                cap = plan.batch_size
-        return max(1, min(cap, remaining))
-
-    def _run_batch(self, batch: list[_Piece], prefix, mode: str, stats: RunStats) -> None:
-        from kner.inference.constrained import ConstrainedChooser
-        from kner.inference.decoding import GreedyChooser, greedy_decode
-
-        cfg = self.config
-        p = len(prefix.ids) if prefix is not None else 0
-        seqs = [pc.ids if mode == "none" else pc.ids[p:] for pc in batch]
-        if cfg.constrained:
-            chooser = ConstrainedChooser(self.grammar(cfg.ignore_eos), [pc.text for pc in batch], cycle=cfg.ignore_eos)
-        else:
-            chooser = GreedyChooser(len(self.tokenizer))
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        res = greedy_decode(self.model, seqs, [pc.max_new for pc in batch], prefix=prefix, mode=mode,
-                            chooser=chooser, eos_ids=self.table.eos_ids if cfg.constrained else self._eos_ids(),
-                            pad_id=pad, ignore_eos=cfg.ignore_eos, logits_hook=cfg.logits_hook,
-                            prefill_chunk_tokens=cfg.prefill_chunk_tokens)
-        stats.new_tokens += res.stats.new_tokens
-        stats.steps += res.stats.steps
-        for k, pc in enumerate(batch):
-            if cfg.constrained:
-                pc.output, pc.truncated = chooser.output(k)
-            else:
-                pc.output = self.tokenizer.decode(res.tokens[k], skip_special_tokens=True)
-                pc.truncated = len(res.tokens[k]) >= pc.max_new
 
     def _eos_ids(self) -> set[int]:
         from kner.inference.vocab import eos_token_ids

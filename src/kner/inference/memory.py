@@ -1,14 +1,12 @@
-"""How many sequences fit in a batch, from free GPU memory and the model's K/V size.
+"""How much of the K/V pool and how many rows fit, from free GPU memory and the model's K/V size.
 
-The K/V cache is what grows with the batch: per token it takes
+The K/V is what grows with the rows: per token it takes
 ``layers x kv_heads x head_dim x 2 (K and V) x dtype bytes`` (LLaMA-2-7B in
-fp16: 32 x 32 x 128 x 2 x 2 = 0.5 MiB). A row needs it for its suffix and all
-the tokens it may generate (and, without the shared prefix cache, for its own
-copy of the prefix too). On top come transient buffers: the row-chunked
-prefill's activations and attention scores, one decode step's scores and
-logits, and the largest dequantized 4-bit weight. The plan keeps a safety
-margin, and :func:`is_oom` lets the caller halve the batch and retry if the
-estimate was still too optimistic.
+fp16: 32 x 32 x 128 x 2 x 2 = 0.5 MiB). On top come transient buffers: a
+prefill chunk's activations and attention scores, one decode step's gathered
+K/V, scores and logits, and the largest dequantized 4-bit weight. The plan
+keeps a safety margin, and :func:`kner.model.oom.is_oom` lets the caller halve
+the rows and pool and retry if the estimate was still too optimistic.
 """
 
 from __future__ import annotations
@@ -81,43 +79,6 @@ def usable_memory(device, cap_bytes: int | None = None) -> int | None:
     return max(0, min([avail, *limits]))
 
 
-@dataclass
-class BatchPlan:
-    batch_size: int
-    per_row_bytes: int
-    fixed_bytes: int
-    budget_bytes: int | None
-
-
-def plan_batch(dims: ModelDims, *, suffix_len: int, new_tokens: int, prefix_len: int, mode: str,
-               usable: int | None, max_batch: int, prefill_chunk_tokens: int = 4096, safety: float = 0.8,
-               largest_weight_elems: int = 0) -> BatchPlan:
-    """Rows per batch so that K/V plus transient buffers stay within ``safety x usable``."""
-    kvt = dims.kv_bytes_per_token
-    own_tokens = suffix_len + new_tokens + (prefix_len if mode != "shared" else 0)
-    kv_tokens_total = prefix_len + suffix_len + new_tokens
-    # Per row: its K/V; one decode step's fp32 scores (+ softmax copy) over all keys; logits row.
-    per_row = (own_tokens * kvt
-               + dims.heads * kv_tokens_total * 4 * 3
-               + dims.vocab * 4 * 3)
-    if mode != "shared":
-        # Unchunked prefill: activations of every prompt token of the row at once.
-        prompt = suffix_len + (prefix_len if mode == "none" else 0)
-        per_row += prompt * (dims.hidden * 6 + dims.intermediate * 3) * dims.dtype_bytes
-        per_row += dims.heads * prompt * (prefix_len + suffix_len) * 4 * 2
-    # Fixed: a row-chunked prefill (shared mode) or nothing; the biggest dequantized weight.
-    chunk = max(prefill_chunk_tokens, suffix_len)
-    fixed = largest_weight_elems * dims.dtype_bytes * 2
-    if mode == "shared":
-        fixed += chunk * (dims.hidden * 6 + dims.intermediate * 3) * dims.dtype_bytes
-        fixed += dims.heads * chunk * (prefix_len + suffix_len) * 4 * 3
-    if usable is None:
-        return BatchPlan(max_batch, per_row, fixed, None)
-    budget = int(usable * safety) - fixed
-    n = max(1, budget // per_row) if budget > 0 else 1
-    return BatchPlan(int(min(n, max_batch)), per_row, fixed, budget)
-
-
 def largest_linear_elems(model) -> int:
     """Elements of the biggest linear weight: bitsandbytes dequantizes one at a time to 16-bit."""
     import torch
@@ -127,15 +88,6 @@ def largest_linear_elems(model) -> int:
         if isinstance(mod, torch.nn.Linear):
             best = max(best, mod.in_features * mod.out_features)
     return best
-
-
-def is_oom(err: BaseException) -> bool:
-    import torch
-
-    oom_type = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
-    if oom_type is not None and isinstance(err, oom_type):
-        return True
-    return isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
 
 
 def release_memory() -> None:

@@ -1,28 +1,20 @@
-"""Encode the shared instruction prefix once and reuse its key/value cache for every batch.
+"""The shared instruction prefix: encoded once, attended to by every row without a copy.
 
 Every prompt is ``prefix + text + suffix`` and the prefix (instruction, one line
-per label: ~280 LLaMA-2 tokens) is the same for all of them. Three ways to use
-that, all giving the same greedy output (tested):
+per label: ~280 LLaMA-2 tokens) is the same for all of them. Its K/V is stored
+once, shape ``(1, kv_heads, P, head_dim)``; the rows' own K/V (suffix and
+generated tokens) live in the engine's paged pool (:mod:`kner.inference.engine`).
+:func:`shared_prefix_attention`, registered with transformers'
+``AttentionInterface`` and switched on only inside the engine's forwards,
+attends to both parts, so the prefix costs no memory per row (LLaMA-2-7B:
+0.5 MiB of K/V per token, 141 MiB per row for a copied prefix). It covers
+grouped-query heads, logit soft-capping and sliding windows (from the
+positions the engine records for each forward), so it is exact for every
+model whose attention is softmax over ``q . k`` (tested against full prompts
+on LLaMA, Qwen2, Mistral, Gemma and Gemma-2 tiny models).
 
-``shared`` (default where supported)
-    The prefix K/V is stored once, shape ``(1, kv_heads, P, head_dim)``; each
-    row's own K/V (suffix + generated tokens) lives in a preallocated buffer.
-    A custom attention function attends to both parts without ever copying the
-    prefix per row, so the prefix costs no memory per sequence and the batch
-    can be ~2x larger (LLaMA-2-7B: 0.5 MiB of K/V per token; the prefix would be
-    141 MiB per row).
-``expand``
-    The prefix K/V is expanded into a ``DynamicCache`` for the batch (one copy
-    per row), then the model's own attention runs. Used for models whose
-    attention the custom function does not cover (sliding windows, soft-capping).
-``none``
-    Full prompts, left-padded; the reference the other two are tested against.
-
-Layout of a batch: ``[prefix][pad..pad][suffix tokens][generated]`` -- the left
-padding sits inside the suffix part, so every row sees the same prefix at
-positions ``0..P-1``; positions of real suffix tokens continue at ``P`` and
-skip the pads; pads are masked out as keys (as queries they only see the
-prefix, so no row of the softmax is empty).
+Rows see the prefix at positions ``0..P-1``; positions of their own tokens
+continue at ``P``.
 """
 
 from __future__ import annotations
@@ -74,86 +66,21 @@ def _input_device(model) -> torch.device:
     return model.get_input_embeddings().weight.device
 
 
-def make_shared_cache(prefix: PrefixKV, batch: int, capacity: int):
-    """A cache holding ``prefix`` once and room for ``capacity`` more tokens per row."""
-    Cache, CacheLayerMixin = compat.cache_classes()
-
-    class SharedPrefixLayer(CacheLayerMixin):
-        is_compileable = False
-        is_sliding = False
-
-        def __init__(self, pk, pv):
-            super().__init__()
-            self.pk, self.pv = pk, pv
-            b, h, _, d = pk.shape
-            self.keys = pk.new_empty((batch, h, capacity, d))
-            self.values = pv.new_empty((batch, h, capacity, d))
-            self.length = 0           # committed suffix tokens
-            self.rows = slice(None)   # rows written by the current forward (row-chunked prefill)
-            self.is_initialized = True
-
-        def lazy_initialization(self, key_states, value_states):
-            pass
-
-        def update(self, key_states, value_states, *args, **kwargs):
-            q = key_states.shape[-2]
-            t = self.length
-            self.keys[self.rows, :, t:t + q] = key_states
-            self.values[self.rows, :, t:t + q] = value_states
-            return self.keys[self.rows, :, :t + q], self.values[self.rows, :, :t + q]
-
-        def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-            return self.pk.shape[-2] + self.length + query_length, 0
-
-        def get_seq_length(self) -> int:
-            return self.pk.shape[-2] + self.length
-
-        def get_max_length(self) -> int:
-            return self.pk.shape[-2] + self.keys.shape[-2]
-
-        def batch_select_indices(self, indices):
-            self.keys = self.keys[indices]
-            self.values = self.values[indices]
-
-    class SharedPrefixCache(Cache):
-        def __init__(self):
-            super().__init__(layers=[SharedPrefixLayer(k, v) for k, v in prefix.layers])
-
-        def set_rows(self, rows: slice) -> None:
-            for lay in self.layers:
-                lay.rows = rows
-
-        def commit(self, n: int) -> None:
-            for lay in self.layers:
-                lay.length += n
-
-        def select_rows(self, indices: torch.Tensor) -> None:
-            for lay in self.layers:
-                lay.batch_select_indices(indices)
-
-    return SharedPrefixCache()
-
-
-def make_expanded_cache(prefix: PrefixKV, batch: int):
-    """A ``DynamicCache`` with the prefix copied into every row."""
-    cache = compat.dynamic_cache()
-    for i, (k, v) in enumerate(prefix.layers):
-        cache.update(k.expand(batch, -1, -1, -1).contiguous(), v.expand(batch, -1, -1, -1).contiguous(), i)
-    return cache
-
-
 def shared_prefix_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
-                            softcap=None, **kwargs):
+                            softcap=None, sliding_window=None, **kwargs):
     """Attention over [shared prefix K/V] + [per-row K/V] without copying the prefix.
 
     ``query``: (B, H, q, D); ``key``/``value``: the rows' own K/V (B, KVH, t, D);
     ``attention_mask``: bool (B, 1, q, t), True where a row's query may see its own key.
-    The prefix is visible to every query. Returns (B, q, H, D) like the built-in functions.
+    The prefix is visible to every query, except outside a layer's ``sliding_window``
+    (transformers passes it per layer; the engine sets ``cache.positions`` =
+    query positions (B, q) and own-key positions (B or 1, t)). Returns (B, q, H, D)
+    like the built-in functions.
     """
     state = getattr(_active, "cache", None)
     if state is None:   # called outside our decode loop: behave like the implementation we replaced
         return _fallback()(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                           softcap=softcap, **kwargs)
+                           softcap=softcap, sliding_window=sliding_window, **kwargs)
     pk, pv = state.layers[module.layer_idx].pk, state.layers[module.layer_idx].pv
     b, h, q, d = query.shape
     kvh = key.shape[1]
@@ -174,6 +101,15 @@ def shared_prefix_attention(module, query, key, value, attention_mask, dropout: 
     if attention_mask is not None:
         m = attention_mask.transpose(0, 1)[:, :, None].expand(1, b, g, q, t).reshape(1, b, g * q, t)
         scores[..., p:].masked_fill_(~m, float("-inf"))
+    positions = getattr(state, "positions", None)
+    if sliding_window is not None and positions is not None:
+        # A key is visible while query position - key position < window (transformers' rule).
+        q_pos, k_pos = positions
+        qp = q_pos[:, None, :].expand(b, g, q).reshape(1, b, g * q, 1)
+        far_prefix = qp - torch.arange(p, device=qp.device) >= sliding_window
+        far_own = qp - k_pos[None, :, None, :] >= sliding_window
+        scores[..., :p].masked_fill_(far_prefix, float("-inf"))
+        scores[..., p:].masked_fill_(far_own, float("-inf"))
     probs = torch.softmax(scores, dim=-1).to(value.dtype)
     out = torch.bmm(probs[..., :p].reshape(kvh, b * g * q, p), pv[0])
     vt = value.transpose(0, 1)
@@ -200,22 +136,6 @@ def _configs(model):
     except (AttributeError, TypeError):
         pass
     return out
-
-
-def supports_shared(model) -> bool:
-    """Whether the custom attention is exact for this model (no sliding windows, no soft-capping)."""
-    for cfg in _configs(model):
-        if getattr(cfg, "use_sliding_window", False) and getattr(cfg, "sliding_window", None):
-            return False
-        if any(t != "full_attention" for t in (getattr(cfg, "layer_types", None) or [])):
-            return False
-        if getattr(cfg, "attn_logit_softcapping", None):
-            return False
-        if getattr(cfg, "model_type", "") in ("mistral", "mixtral") and getattr(cfg, "sliding_window", None):
-            # Windows longer than any prompt we build are harmless; shorter ones are not.
-            if cfg.sliding_window < getattr(cfg, "max_position_embeddings", 0):
-                return False
-    return True
 
 
 @contextmanager
