@@ -17,10 +17,10 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from kner.data.schemes import Scheme
 from kner.errors import KnerError
 from kner.model.loading import LoadSpec
 from kner.model.prompt import PromptFormat
-from kner.data.schemes import Scheme
 
 FORMAT_VERSION = 1
 MANIFEST = "kner.json"
@@ -32,15 +32,23 @@ class ModelManifest:
     method: str
     scheme: Scheme
     prompt: PromptFormat = field(default_factory=PromptFormat)
-    adapter_dir: str | None = "adapter"     # relative to the output folder
-    model_dir: str | None = None            # full weights, relative; overrides load.model when set
+    adapter_dir: str | None = "adapter"  # relative to the output folder
+    model_dir: str | None = None  # full weights, relative; overrides load.model when set
     tokenizer_dir: str = "tokenizer"
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"format_version": FORMAT_VERSION, "load": asdict(self.load), "method": self.method,
-                "scheme": self.scheme.to_dict(), "prompt": self.prompt.to_dict(), "adapter_dir": self.adapter_dir,
-                "model_dir": self.model_dir, "tokenizer_dir": self.tokenizer_dir, "extra": self.extra}
+        return {
+            "format_version": FORMAT_VERSION,
+            "load": asdict(self.load),
+            "method": self.method,
+            "scheme": self.scheme.to_dict(),
+            "prompt": self.prompt.to_dict(),
+            "adapter_dir": self.adapter_dir,
+            "model_dir": self.model_dir,
+            "tokenizer_dir": self.tokenizer_dir,
+            "extra": self.extra,
+        }
 
     def save(self, out_dir: str | Path) -> Path:
         p = Path(out_dir) / MANIFEST
@@ -49,14 +57,22 @@ class ModelManifest:
         return p
 
     @classmethod
-    def load_from(cls, out_dir: str | Path) -> "ModelManifest":
+    def load_from(cls, out_dir: str | Path) -> ModelManifest:
         p = Path(out_dir) / MANIFEST
         if not p.is_file():
-            raise KnerError(f"{out_dir}: not a kner model folder (no {MANIFEST}); pass the output folder of `kner train`")
+            raise KnerError(
+                f"{out_dir}: not a kner model folder (no {MANIFEST}); pass the output folder of `kner train`"
+            )
         d = json.loads(p.read_text(encoding="utf-8"))
         if d.get("format_version") != FORMAT_VERSION:
             raise KnerError(f"{p}: format version {d.get('format_version')} is not supported by this kner")
-        return cls(load=LoadSpec(**d["load"]), method=d["method"], scheme=Scheme.from_dict(d["scheme"], str(p)),
-                   prompt=PromptFormat.from_dict(d.get("prompt")), adapter_dir=d.get("adapter_dir"),
-                   model_dir=d.get("model_dir"), tokenizer_dir=d.get("tokenizer_dir", "tokenizer"),
-                   extra=d.get("extra", {}))
+        return cls(
+            load=LoadSpec(**d["load"]),
+            method=d["method"],
+            scheme=Scheme.from_dict(d["scheme"], str(p)),
+            prompt=PromptFormat.from_dict(d.get("prompt")),
+            adapter_dir=d.get("adapter_dir"),
+            model_dir=d.get("model_dir"),
+            tokenizer_dir=d.get("tokenizer_dir", "tokenizer"),
+            extra=d.get("extra", {}),
+        )

@@ -45,6 +45,10 @@ import logging
 import warnings
 from contextlib import contextmanager
 
+# Imports of torch, transformers, peft and bitsandbytes are lazy, inside each function (PLC0415 is
+# ignored for this file in pyproject.toml): kner.model.loading imports this module, and kner.config
+# imports loading, so checking a run config would otherwise import peft (8 s) and transformers.
+
 # ---------------------------------------------------------------------------
 # bitsandbytes
 
@@ -61,6 +65,7 @@ class _NoCpuKernelsHint(logging.Filter):
         if "pip install kernels" not in record.getMessage():
             return True
         import torch
+
         return torch.cuda.is_available()
 
 
@@ -86,7 +91,7 @@ def _unwrap(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _library_cache_kwarg() -> str:
     """The name transformers' own models take: every one builds its mask through ``create_causal_mask``."""
     from transformers.masking_utils import create_causal_mask
@@ -94,14 +99,14 @@ def _library_cache_kwarg() -> str:
     return "cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cache_kwarg(cls) -> str:
-    params = inspect.signature(cls.forward).parameters   # follows functools.wraps of HF's decorators
+    params = inspect.signature(cls.forward).parameters  # follows functools.wraps of HF's decorators
     if "cache" in params:
         return "cache"
-    if "past_key_values" in params:   # e.g. remote code written for an older transformers
+    if "past_key_values" in params:  # e.g. remote code written for an older transformers
         return "past_key_values"
-    return _library_cache_kwarg()     # a wrapper passing ``**kwargs`` on
+    return _library_cache_kwarg()  # a wrapper passing ``**kwargs`` on
 
 
 def cache_kwargs(model, cache) -> dict:
@@ -184,7 +189,7 @@ def prepare_kbit_model(model, checkpointing: bool, **checkpoint_kwargs):
 
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     if checkpointing:
-        if checkpoint_kwargs.get("use_reentrant", True):   # reentrant checkpoints need inputs that require grad
+        if checkpoint_kwargs.get("use_reentrant", True):  # reentrant checkpoints need inputs that require grad
             model.enable_input_require_grads()
         enable_checkpointing(model, **checkpoint_kwargs)
     return model

@@ -7,15 +7,25 @@ the same training and inference code paths as a 7B model, on hardware where a
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections import Counter
+from collections.abc import Iterable
+
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
 
 from kner.model.loading import build_model_from_config, tiny_config
 
 SPECIAL = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int = 4000, extra_texts: Iterable[str] = (),
-                    kind: str = "bpe", min_count: int = 2, pieces: Iterable[str] = ()):
+def train_tokenizer(
+    texts: Iterable[str],
+    vocab_size: int = 4000,
+    extra_texts: Iterable[str] = (),
+    kind: str = "bpe",
+    min_count: int = 2,
+    pieces: Iterable[str] = (),
+):
     """A tokenizer for a model trained from scratch; every string is encodable.
 
     ``bpe``: byte-level BPE trained on ``texts``; frequent Korean syllables and the
@@ -30,9 +40,6 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 4000, extra_texts: I
     then costs a few dozen tokens instead of ~600 characters, and choosing a label
     is one prediction.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
     if kind == "char":
         return _char_tokenizer(list(texts) + list(extra_texts), min_count, list(pieces))
     if kind != "bpe":
@@ -40,8 +47,12 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 4000, extra_texts: I
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL.values()),
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL.values()),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     corpus = list(texts) + list(extra_texts)
     tok.train_from_iterator(corpus, trainer=trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL)
@@ -50,11 +61,6 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 4000, extra_texts: I
 
 
 def _char_tokenizer(corpus: list[str], min_count: int, pieces: list[str] = ()):
-    from collections import Counter
-
-    from tokenizers import AddedToken, Tokenizer, decoders, models
-    from transformers import PreTrainedTokenizerFast
-
     counts = Counter(ch for text in corpus for ch in text)
     vocab: dict[str, int] = {}
     for piece in list(SPECIAL.values()) + [f"<0x{b:02X}>" for b in range(256)]:
@@ -74,14 +80,33 @@ def _char_tokenizer(corpus: list[str], min_count: int, pieces: list[str] = ()):
     return fast
 
 
-def build_scratch_model(tokenizer, arch: str = "llama", hidden: int = 128, layers: int = 4, heads: int = 4,
-                        kv_heads: int | None = None, intermediate: int | None = None, max_positions: int = 1024,
-                        seed: int = 0, **extra):
+def build_scratch_model(
+    tokenizer,
+    arch: str = "llama",
+    hidden: int = 128,
+    layers: int = 4,
+    heads: int = 4,
+    kv_heads: int | None = None,
+    intermediate: int | None = None,
+    max_positions: int = 1024,
+    seed: int = 0,
+    **extra,
+):
     """``extra``: further config settings of the architecture, e.g. ``attention_dropout``."""
-    cfg = tiny_config(arch, vocab_size=len(tokenizer), hidden=hidden, layers=layers, heads=heads,
-                      kv_heads=kv_heads or heads, intermediate=intermediate or 4 * hidden,
-                      max_positions=max_positions, bos_token_id=tokenizer.bos_token_id,
-                      eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **extra)
+    cfg = tiny_config(
+        arch,
+        vocab_size=len(tokenizer),
+        hidden=hidden,
+        layers=layers,
+        heads=heads,
+        kv_heads=kv_heads or heads,
+        intermediate=intermediate or 4 * hidden,
+        max_positions=max_positions,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **extra,
+    )
     return build_model_from_config(cfg, seed=seed)
 
 
