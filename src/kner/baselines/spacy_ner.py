@@ -9,14 +9,25 @@ pipeline and returns canonical examples whose offsets index the input text.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
 import os
 import platform
 import time
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
+
+import spacy
+import spacy.util
+from spacy.cli.train import train as spacy_train
+from spacy.language import Language
+from spacy.tokens import DocBin
+from spacy.vocab import Vocab
 
 from kner.baselines.tokenization import (
     HANDLINGS,
@@ -27,9 +38,9 @@ from kner.baselines.tokenization import (
     register,
     tokenize,
 )
-from kner.errors import ConfigError, DataError, KnerError
 from kner.data.example import Entity, Example, strip_span
 from kner.data.schemes import Mapping, map_examples
+from kner.errors import ConfigError, DataError, KnerError
 
 register()
 
@@ -37,17 +48,30 @@ DEFAULT_TOKENIZER = "kiwi"
 REPORT_NAME = "kner-spacy.json"
 # Components that never add or change entities: skipped when predicting with
 # a full pipeline such as ko_core_news_lg, which saves most of its time.
-_NOT_FOR_NER = {"tagger", "morphologizer", "parser", "lemmatizer", "trainable_lemmatizer", "senter",
-                "sentencizer", "textcat", "textcat_multilabel", "spancat", "attribute_ruler",
-                "entity_linker", "tok2vec_tagger"}
+_NOT_FOR_NER = {
+    "tagger",
+    "morphologizer",
+    "parser",
+    "lemmatizer",
+    "trainable_lemmatizer",
+    "senter",
+    "sentencizer",
+    "textcat",
+    "textcat_multilabel",
+    "spancat",
+    "attribute_ruler",
+    "entity_linker",
+    "tok2vec_tagger",
+}
 
 
 def default_config_path() -> Path:
     return Path(str(resources.files("kner") / "resources" / "spacy" / "ner.cfg"))
 
 
-def _retag(old: Sequence[tuple[int, int]], tags: Sequence[str] | None,
-           new: Sequence[tuple[int, int]]) -> list[str] | None:
+def _retag(
+    old: Sequence[tuple[int, int]], tags: Sequence[str] | None, new: Sequence[tuple[int, int]]
+) -> list[str] | None:
     # Tokens split at entity boundaries keep the tag of the token they came from.
     if tags is None:
         return None
@@ -59,12 +83,10 @@ def _retag(old: Sequence[tuple[int, int]], tags: Sequence[str] | None,
     return out
 
 
-def examples_to_docbin(examples: Iterable[Example], mode: str, handling: str = "expand",
-                       vocab=None) -> tuple[Any, AlignmentReport]:
+def examples_to_docbin(
+    examples: Iterable[Example], mode: str, handling: str = "expand", vocab=None
+) -> tuple[Any, AlignmentReport]:
     """Gold examples as a spaCy ``DocBin``, with a count of every span that had to be changed."""
-    from spacy.tokens import DocBin
-    from spacy.vocab import Vocab
-
     vocab = vocab if vocab is not None else Vocab()
     report = AlignmentReport(mode, handling)
     db = DocBin(attrs=["ORTH", "TAG", "ENT_IOB", "ENT_TYPE"], store_user_data=False)
@@ -92,10 +114,18 @@ def _check_examples(examples: Sequence[Example], what: str) -> None:
         raise DataError(f"the {what} set has no entities; NER cannot be trained or scored on it")
 
 
-def train_spacy(train: Sequence[Example], dev: Sequence[Example], out_dir: str | Path,
-                tokenizer: str = DEFAULT_TOKENIZER, config: str | Path | None = None,
-                max_steps: int | None = None, seed: int = 0, handling: str = "expand",
-                overrides: dict[str, Any] | None = None, verbose: bool = True) -> Path:
+def train_spacy(
+    train: Sequence[Example],
+    dev: Sequence[Example],
+    out_dir: str | Path,
+    tokenizer: str = DEFAULT_TOKENIZER,
+    config: str | Path | None = None,
+    max_steps: int | None = None,
+    seed: int = 0,
+    handling: str = "expand",
+    overrides: dict[str, Any] | None = None,
+    verbose: bool = True,
+) -> Path:
     """Train spaCy's tok2vec + NER on ``train`` (model selection on ``dev``); return the best pipeline's directory.
 
     ``tokenizer`` is one of ``char``, ``kiwi``, ``whitespace``; ``handling``
@@ -114,9 +144,6 @@ def train_spacy(train: Sequence[Example], dev: Sequence[Example], out_dir: str |
     if not config_path.is_file():
         raise ConfigError(f"spaCy config {config_path} not found")
 
-    import spacy
-    from spacy.cli.train import train as spacy_train
-
     _log_once()
     out = Path(out_dir)
     corpus = out / "corpus"
@@ -132,9 +159,12 @@ def train_spacy(train: Sequence[Example], dev: Sequence[Example], out_dir: str |
         print(f"train: {train_rep.summary()}")
         print(f"dev:   {dev_rep.summary()}")
 
-    ov: dict[str, Any] = {"paths.train": str(corpus / "train.spacy"), "paths.dev": str(corpus / "dev.spacy"),
-                          "nlp.tokenizer": {"@tokenizers": "kner.KoreanTokenizer.v1", "mode": tokenizer},
-                          "system.seed": seed}
+    ov: dict[str, Any] = {
+        "paths.train": str(corpus / "train.spacy"),
+        "paths.dev": str(corpus / "dev.spacy"),
+        "nlp.tokenizer": {"@tokenizers": "kner.KoreanTokenizer.v1", "mode": tokenizer},
+        "system.seed": seed,
+    }
     if max_steps is not None:
         ov["training.max_steps"] = int(max_steps)
     ov.update(overrides or {})
@@ -147,8 +177,6 @@ def train_spacy(train: Sequence[Example], dev: Sequence[Example], out_dir: str |
         if verbose:
             spacy_train(used_config, out, use_gpu=-1)
         else:
-            import contextlib
-            import io
             with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
                 spacy_train(used_config, out, use_gpu=-1)
     except SystemExit as err:  # spaCy's msg.fail() exits; turn it into a user error
@@ -158,15 +186,24 @@ def train_spacy(train: Sequence[Example], dev: Sequence[Example], out_dir: str |
     best = out / "model-best"
     meta = json.loads((best / "meta.json").read_text(encoding="utf-8"))
     report = {
-        "tokenizer": tokenizer, "handling": handling, "seed": seed, "config": str(config_path),
+        "tokenizer": tokenizer,
+        "handling": handling,
+        "seed": seed,
+        "config": str(config_path),
         "overrides": {k: v for k, v in ov.items() if not k.startswith("paths.")},
-        "train_examples": len(train), "dev_examples": len(dev),
+        "train_examples": len(train),
+        "dev_examples": len(dev),
         "alignment": {"train": train_rep.to_dict(), "dev": dev_rep.to_dict()},
-        "prepare_seconds": round(prep_s, 2), "train_seconds": round(train_s, 2),
+        "prepare_seconds": round(prep_s, 2),
+        "train_seconds": round(train_s, 2),
         "dev_scores": meta.get("performance", {}),
         "labels": sorted(meta.get("labels", {}).get("ner", [])),
-        "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-                    "python": platform.python_version(), "spacy": spacy.__version__},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(),
+            "python": platform.python_version(),
+            "spacy": spacy.__version__,
+        },
     }
     (out / REPORT_NAME).write_text(json.dumps(report, ensure_ascii=False, indent=2), encoding="utf-8")
     return best
@@ -176,10 +213,6 @@ def _log_once() -> None:
     """spaCy gives its "spacy" logger a stream handler of its own, and the records also propagate to the
     root logger: when the application has configured root logging (the kner CLI does), every spaCy line
     (training's "Set up nlp object from config", ...) would print twice, once in each format."""
-    import logging
-
-    import spacy.util
-
     own = getattr(spacy.util, "logger_stream_handler", None)
     if own is not None and logging.getLogger().handlers:
         logging.getLogger("spacy").removeHandler(own)
@@ -196,9 +229,6 @@ def resolve_model(model: str | Path) -> str | Path:
 
 def load_pipeline(model: Any):
     """A loaded ``Language`` for a pipeline object, directory, training output directory or package name."""
-    import spacy
-    from spacy.language import Language
-
     if isinstance(model, Language):
         return model
     target = resolve_model(model)
@@ -208,11 +238,14 @@ def load_pipeline(model: Any):
         nlp = spacy.load(target)
     except OSError as err:
         if isinstance(target, str):
-            raise KnerError(f"no spaCy pipeline {target!r}: not a directory and not an installed package "
-                            f"(install it with `python -m spacy download {target}`)") from None
+            raise KnerError(
+                f"no spaCy pipeline {target!r}: not a directory and not an installed package "
+                f"(install it with `python -m spacy download {target}`)"
+            ) from None
         raise KnerError(f"cannot load spaCy pipeline {target}: {err}") from None
-    if "ner" not in nlp.pipe_names and not any(nlp.get_pipe_meta(n).factory in ("ner", "entity_ruler", "span_ruler")
-                                               for n in nlp.pipe_names):
+    if "ner" not in nlp.pipe_names and not any(
+        nlp.get_pipe_meta(n).factory in ("ner", "entity_ruler", "span_ruler") for n in nlp.pipe_names
+    ):
         raise KnerError(f"spaCy pipeline {model} has no entity recognizer (pipes: {', '.join(nlp.pipe_names)})")
     return nlp
 
@@ -232,12 +265,19 @@ def check_mapping_covers(labels: Iterable[str], mapping: Mapping | None, fallbac
         return
     missing = sorted(set(labels) - set(mapping.table))
     if missing:
-        raise ConfigError(f"the pipeline predicts labels {', '.join(missing)} that the mapping does not cover; "
-                          f"add rows for them or give a fallback label ('-' drops them)")
+        raise ConfigError(
+            f"the pipeline predicts labels {', '.join(missing)} that the mapping does not cover; "
+            f"add rows for them or give a fallback label ('-' drops them)"
+        )
 
 
-def predict_spacy_with_report(model: Any, examples: Sequence[Example], mapping: Mapping | None = None,
-                              fallback: str | None = None, batch_size: int = 256) -> tuple[list[Example], dict]:
+def predict_spacy_with_report(
+    model: Any,
+    examples: Sequence[Example],
+    mapping: Mapping | None = None,
+    fallback: str | None = None,
+    batch_size: int = 256,
+) -> tuple[list[Example], dict]:
     """Like :func:`predict_spacy`, and a report: counts per predicted label and what the mapping did."""
     nlp = load_pipeline(model)
     check_mapping_covers(pipeline_labels(nlp), mapping, fallback)
@@ -258,8 +298,11 @@ def predict_spacy_with_report(model: Any, examples: Sequence[Example], mapping: 
                 raw[ent.label_] += 1
             preds.append(Example(ex.id, ex.text, sorted(set(ents)), dict(ex.meta)))
     seconds = time.perf_counter() - t0
-    report: dict[str, Any] = {"examples": len(examples), "seconds": round(seconds, 3),
-                              "predicted": dict(sorted(raw.items()))}
+    report: dict[str, Any] = {
+        "examples": len(examples),
+        "seconds": round(seconds, 3),
+        "predicted": dict(sorted(raw.items())),
+    }
     if mapping is not None:
         preds, mrep = map_examples(preds, mapping, fallback)
         report["mapped"] = {f"{a}->{b}": n for (a, b), n in sorted(mrep.mapped.items())}
@@ -267,12 +310,17 @@ def predict_spacy_with_report(model: Any, examples: Sequence[Example], mapping: 
         report["fallback"] = dict(mrep.fallback)
     for p in preds:
         for e in p.entities:
-            assert p.text[e.start:e.end] == e.text
+            assert p.text[e.start : e.end] == e.text
     return preds, report
 
 
-def predict_spacy(model: Any, examples: Sequence[Example], mapping: Mapping | None = None,
-                  fallback: str | None = None, batch_size: int = 256) -> list[Example]:
+def predict_spacy(
+    model: Any,
+    examples: Sequence[Example],
+    mapping: Mapping | None = None,
+    fallback: str | None = None,
+    batch_size: int = 256,
+) -> list[Example]:
     """Entities predicted by a spaCy pipeline (a ``Language``, directory or package name).
 
     Ids, texts and meta are copied from ``examples`` (their gold entities are

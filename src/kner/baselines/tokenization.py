@@ -20,9 +20,13 @@ loads again with ``spacy.load`` once ``kner.baselines`` has been imported.
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Sequence
+
+from spacy.tokens import Doc
+from spacy.util import registry
 
 from kner.errors import ConfigError
 
@@ -37,10 +41,9 @@ def _get_kiwi():
     global _kiwi
     if _kiwi is None:
         try:
-            from kiwipiepy import Kiwi
+            from kiwipiepy import Kiwi  # noqa: PLC0415  lazy: only the kiwi mode needs it
         except ImportError:
             raise ConfigError("tokenizer 'kiwi' needs kiwipiepy: pip install kiwipiepy") from None
-        import warnings
 
         with warnings.catch_warnings():
             # num_workers=0 means "main thread only" since kiwipiepy 0.21, which is
@@ -124,8 +127,6 @@ def make_doc(vocab, text: str, offsets: Sequence[tuple[int, int]], tags: Sequenc
     (tabs, runs of spaces, leading spaces) becomes whitespace tokens, spaCy's
     own convention.
     """
-    from spacy.tokens import Doc
-
     words: list[str] = []
     spaces: list[bool] = []
     doc_tags: list[str] = []
@@ -178,13 +179,13 @@ class KoreanTokenizer:
     def to_bytes(self, **kwargs) -> bytes:
         return b""
 
-    def from_bytes(self, data: bytes, **kwargs) -> "KoreanTokenizer":
+    def from_bytes(self, data: bytes, **kwargs) -> KoreanTokenizer:
         return self
 
     def to_disk(self, path, **kwargs) -> None:
         return None
 
-    def from_disk(self, path, **kwargs) -> "KoreanTokenizer":
+    def from_disk(self, path, **kwargs) -> KoreanTokenizer:
         return self
 
     def __reduce__(self):
@@ -204,8 +205,6 @@ def create_korean_tokenizer(mode: str = "kiwi"):
 
 def register() -> None:
     """Make ``kner.KoreanTokenizer.v1`` known to spaCy (idempotent)."""
-    from spacy.util import registry
-
     registry.tokenizers.register("kner.KoreanTokenizer.v1", func=create_korean_tokenizer)
 
 
@@ -247,20 +246,35 @@ class AlignmentReport:
         return self.spans - self.dropped_unalignable - self.dropped_overlap
 
     def to_dict(self) -> dict:
-        return {"mode": self.mode, "handling": self.handling, "spans": self.spans, "aligned": self.aligned,
-                "unaligned": self.unaligned, "unaligned_share": round(self.unaligned_share, 5),
-                "expanded": self.expanded, "contracted": self.contracted, "split": self.split,
-                "dropped_unalignable": self.dropped_unalignable, "dropped_overlap": self.dropped_overlap,
-                "kept": self.kept, "unaligned_by_label": dict(self.unaligned_by_label),
-                "dropped_by_label": dict(self.dropped_by_label), "unaligned_examples": self.examples}
+        return {
+            "mode": self.mode,
+            "handling": self.handling,
+            "spans": self.spans,
+            "aligned": self.aligned,
+            "unaligned": self.unaligned,
+            "unaligned_share": round(self.unaligned_share, 5),
+            "expanded": self.expanded,
+            "contracted": self.contracted,
+            "split": self.split,
+            "dropped_unalignable": self.dropped_unalignable,
+            "dropped_overlap": self.dropped_overlap,
+            "kept": self.kept,
+            "unaligned_by_label": dict(self.unaligned_by_label),
+            "dropped_by_label": dict(self.dropped_by_label),
+            "unaligned_examples": self.examples,
+        }
 
     def summary(self) -> str:
-        s = (f"{self.mode} tokens: {self.unaligned}/{self.spans} gold spans "
-             f"({100 * self.unaligned_share:.2f}%) not token-aligned")
+        s = (
+            f"{self.mode} tokens: {self.unaligned}/{self.spans} gold spans "
+            f"({100 * self.unaligned_share:.2f}%) not token-aligned"
+        )
         if self.unaligned:
-            done = {"expand": f"{self.expanded} expanded to whole tokens",
-                    "contract": f"{self.contracted} contracted to whole tokens",
-                    "split": f"{self.split} made aligned by splitting tokens"}[self.handling]
+            done = {
+                "expand": f"{self.expanded} expanded to whole tokens",
+                "contract": f"{self.contracted} contracted to whole tokens",
+                "split": f"{self.split} made aligned by splitting tokens",
+            }[self.handling]
             s += f"; {done}"
         if self.dropped_unalignable:
             s += f"; {self.dropped_unalignable} dropped (no whole token inside)"
@@ -272,8 +286,9 @@ class AlignmentReport:
 HANDLINGS = ("expand", "contract", "split")
 
 
-def fit_spans(text: str, offsets: list[tuple[int, int]], entities, handling: str,
-              report: AlignmentReport) -> tuple[list[tuple[int, int]], list[tuple[int, int, str]]]:
+def fit_spans(
+    text: str, offsets: list[tuple[int, int]], entities, handling: str, report: AlignmentReport
+) -> tuple[list[tuple[int, int]], list[tuple[int, int, str]]]:
     """Fit gold ``entities`` onto tokens; return (possibly split) token offsets and token-aligned spans.
 
     Spans come back as character offsets that start and end on token
