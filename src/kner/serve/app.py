@@ -10,7 +10,7 @@ drawn with displaCy), ``GET|POST /render`` (the displaCy HTML alone).
 """
 
 # No `from __future__ import annotations`: FastAPI resolves the routes' `Request` annotations
-# at definition time, and `Request` is imported inside create_app (fastapi stays optional).
+# at definition time, and `Request` is imported inside the route builders (fastapi stays optional).
 
 import asyncio
 import json
@@ -49,121 +49,69 @@ def entity_dict(e, text: str) -> dict:
 def create_app(extractor: Callable[[list[str]], Sequence], settings: ServeSettings | None = None, *,
                model_name: str = "model", scheme=None):
     """A FastAPI app serving ``extractor``; the batcher starts and stops with the app's lifespan."""
-    from fastapi import FastAPI, Request
-    from fastapi.responses import HTMLResponse, JSONResponse
-    from starlette.concurrency import run_in_threadpool
+    from fastapi import FastAPI
 
-    from kner.serve import render
-
-    settings = settings or ServeSettings()
-    if scheme is None:
-        scheme = getattr(extractor, "scheme", None)
-    if isinstance(scheme, str):
-        from kner.data.schemes import load_scheme
-        scheme = load_scheme(scheme)
-    labels = list(scheme.names) if scheme is not None else []
-    colors = render.label_colors(labels)
-    batcher = Batcher(extractor, max_batch_texts=settings.max_batch_texts, max_wait_ms=settings.max_wait_ms,
-                      max_queue_texts=settings.max_queue_texts)
-    counters = {"requests_served": 0, "texts_served": 0, "requests_rejected": 0, "requests_failed": 0}
-    started = time.time()
+    service = Service(extractor, settings or ServeSettings(), model_name, scheme)
 
     @asynccontextmanager
     async def lifespan(_app):
-        await batcher.start()
+        await service.batcher.start()
         try:
             yield
         finally:
-            await batcher.stop()
+            await service.batcher.stop()
 
     app = FastAPI(title="kner", summary="Korean named-entity extraction", lifespan=lifespan)
-    app.state.batcher = batcher
-    app.state.settings = settings
-    app.state.counters = counters
+    app.state.service = service
+    app.state.batcher = service.batcher
+    app.state.settings = service.settings
+    app.state.counters = service.counters
+    _add_error_handlers(app, service)
+    _add_api_routes(app, service)
+    _add_demo_routes(app, service)
+    return app
 
-    @app.exception_handler(RequestError)
-    async def _request_error(_request, exc: RequestError):
-        counters["requests_failed" if exc.status >= 500 else "requests_rejected"] += 1
-        return JSONResponse(exc.to_dict(), status_code=exc.status)
 
-    @app.exception_handler(Exception)
-    async def _unexpected(_request, exc: Exception):
-        counters["requests_failed"] += 1
-        log.exception("unexpected error")
-        return JSONResponse({"error": f"internal error: {type(exc).__name__}: {exc}"}, status_code=500)
+class Service:
+    """What the routes share: the batcher in front of the extractor, the limits, the counters."""
 
-    async def read_body(request: Request) -> bytes:
+    def __init__(self, extractor, settings: ServeSettings, model_name: str, scheme=None):
+        from kner.serve import render
+
+        if scheme is None:
+            scheme = getattr(extractor, "scheme", None)
+        if isinstance(scheme, str):
+            from kner.data.schemes import load_scheme
+            scheme = load_scheme(scheme)
+        self.settings, self.model_name, self.scheme = settings, model_name, scheme
+        self.labels = list(scheme.names) if scheme is not None else []
+        self.colors = render.label_colors(self.labels)
+        self.batcher = Batcher(extractor, max_batch_texts=settings.max_batch_texts, max_wait_ms=settings.max_wait_ms,
+                               max_queue_texts=settings.max_queue_texts)
+        self.counters = {"requests_served": 0, "texts_served": 0, "requests_rejected": 0, "requests_failed": 0}
+        self.started = time.time()
+
+    def count_error(self, err: RequestError) -> None:
+        self.counters["requests_failed" if err.status >= 500 else "requests_rejected"] += 1
+
+    # -- limits: the body is refused before it is read whole, the texts before they are queued ----------
+
+    async def read_body(self, request) -> bytes:
         # Refuse on the declared size before reading, and count while reading
         # (chunked uploads declare none).
         declared = request.headers.get("content-length", "")
         if declared.isdigit():
-            check_body_size(int(declared), settings)
+            check_body_size(int(declared), self.settings)
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
-            check_body_size(size, settings)
+            check_body_size(size, self.settings)
             chunks.append(chunk)
         return b"".join(chunks)
 
-    async def run(texts: list[str]) -> list[dict]:
-        # A text no tokenizer can take (a lone surrogate, sent as a JSON escape) fails the whole
-        # request with 422 naming it, before it can fail a batch shared with other requests.
-        for i, t in enumerate(texts):
-            why = text_problem(t)
-            if why is not None:
-                raise RequestError(422, f"texts[{i}] cannot be processed: {why}", index=i)
-        # Blank texts have no entities (Extractor skips them too): they never wait in the queue.
-        todo = [i for i, t in enumerate(texts) if t.strip()]
-        found: list[list[dict]] = [[] for _ in texts]
-        if todo:
-            try:
-                out = await asyncio.wait_for(batcher.submit([texts[i] for i in todo]), settings.timeout_s)
-            except QueueFull as err:
-                raise RequestError(503, f"server busy: {err}", limit="max_queue_texts",
-                                   max=settings.max_queue_texts) from None
-            except asyncio.TimeoutError:
-                raise RequestError(504, f"no result within timeout_s ({settings.timeout_s:g} s)",
-                                   limit="timeout_s", max=settings.timeout_s) from None
-            except ExtractionError as err:
-                raise RequestError(500, f"extraction failed: {err}") from None
-            try:
-                for i, ents in zip(todo, out):
-                    found[i] = [entity_dict(e, texts[i]) for e in ents]
-            except (KeyError, TypeError, ValueError, AttributeError) as err:
-                raise RequestError(500, f"extraction failed: the extractor returned malformed entities "
-                                        f"({type(err).__name__}: {err})") from None
-        counters["requests_served"] += 1
-        counters["texts_served"] += len(texts)
-        return [{"text": t, "entities": e} for t, e in zip(texts, found)]
-
-    def parse_json(body: bytes):
-        if not body.strip():
-            raise RequestError(400, 'empty body: send {"texts": ["...", ...]} or {"text": "..."}')
-        try:
-            return json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise RequestError(400, f"the body is not valid JSON: {err}") from None
-
-    @app.post("/extract", openapi_extra={"requestBody": _EXTRACT_BODY})
-    async def extract(request: Request):
-        """Entities of each text: ``{"texts": [...]}`` or ``{"text": "..."}``."""
-        t0 = time.perf_counter()
-        texts = texts_from_payload(parse_json(await read_body(request)), settings)
-        results = await run(texts)
-        return {"results": results, "model": model_name,
-                "elapsed_ms": round((time.perf_counter() - t0) * 1000, 1)}
-
-    @app.get("/health")
-    async def health():
-        return {"status": "ok", "model": model_name,
-                "scheme": getattr(scheme, "name", None), "labels": labels,
-                "queue_depth": batcher.queued_requests, "queued_texts": batcher.queued_texts,
-                "busy": batcher.busy, **counters, "batching": batcher.stats.to_dict(),
-                "limits": settings.to_dict(), "uptime_s": round(time.time() - started, 1)}
-
-    # -- demo page --------------------------------------------------------------------
-    async def form_or_json_text(request: Request) -> str:
-        body = await read_body(request)
+    async def form_or_json_text(self, request) -> str:
+        """The demo page's text: a form field, or ``{"text": ...}`` / ``{"texts": [...]}`` as JSON."""
+        body = await self.read_body(request)
         ctype = request.headers.get("content-type", "")
         if ctype.startswith("application/json"):
             payload = parse_json(body)
@@ -178,24 +126,129 @@ def create_app(extractor: Callable[[list[str]], Sequence], settings: ServeSettin
             raise RequestError(400, f"the form is not UTF-8: {err}") from None
         return form.get("text", [""])[0]
 
-    async def rendered(text: str) -> str:
-        """displaCy HTML for every non-blank line of ``text`` (the page takes one text per line)."""
-        t0 = time.perf_counter()
-        lines = check_texts([ln for ln in text.splitlines() if ln.strip()], settings)
-        results = await run(lines)
-        # The first render imports spaCy (about 2 s): keep it off the event loop.
-        return await run_in_threadpool(render.results_html, results, colors, (time.perf_counter() - t0) * 1000)
+    # -- extraction -------------------------------------------------------------------------------------
 
-    async def page_response(text: str) -> HTMLResponse:
+    async def extract(self, texts: list[str]) -> list[dict]:
+        """``{"text", "entities"}`` per text, through the batcher; every failure is a RequestError."""
+        # A text no tokenizer can take (a lone surrogate, sent as a JSON escape) fails the whole
+        # request with 422 naming it, before it can fail a batch shared with other requests.
+        for i, t in enumerate(texts):
+            why = text_problem(t)
+            if why is not None:
+                raise RequestError(422, f"texts[{i}] cannot be processed: {why}", index=i)
+        # Blank texts have no entities (Extractor skips them too): they never wait in the queue.
+        todo = [i for i, t in enumerate(texts) if t.strip()]
+        found: list[list[dict]] = [[] for _ in texts]
+        if todo:
+            out = await self._submit([texts[i] for i in todo])
+            try:
+                for i, ents in zip(todo, out):
+                    found[i] = [entity_dict(e, texts[i]) for e in ents]
+            except (KeyError, TypeError, ValueError, AttributeError) as err:
+                raise RequestError(500, f"extraction failed: the extractor returned malformed entities "
+                                        f"({type(err).__name__}: {err})") from None
+        self.counters["requests_served"] += 1
+        self.counters["texts_served"] += len(texts)
+        return [{"text": t, "entities": e} for t, e in zip(texts, found)]
+
+    async def _submit(self, texts: list[str]):
+        settings = self.settings
+        try:
+            return await asyncio.wait_for(self.batcher.submit(texts), settings.timeout_s)
+        except QueueFull as err:
+            raise RequestError(503, f"server busy: {err}", limit="max_queue_texts",
+                               max=settings.max_queue_texts) from None
+        except asyncio.TimeoutError:
+            raise RequestError(504, f"no result within timeout_s ({settings.timeout_s:g} s)",
+                               limit="timeout_s", max=settings.timeout_s) from None
+        except ExtractionError as err:
+            raise RequestError(500, f"extraction failed: {err}") from None
+
+    def health(self) -> dict:
+        b = self.batcher
+        return {"status": "ok", "model": self.model_name,
+                "scheme": getattr(self.scheme, "name", None), "labels": self.labels,
+                "queue_depth": b.queued_requests, "queued_texts": b.queued_texts,
+                "busy": b.busy, **self.counters, "batching": b.stats.to_dict(),
+                "limits": self.settings.to_dict(), "uptime_s": round(time.time() - self.started, 1)}
+
+    # -- demo page --------------------------------------------------------------------------------------
+
+    async def rendered(self, text: str) -> str:
+        """displaCy HTML for every non-blank line of ``text`` (the page takes one text per line)."""
+        from starlette.concurrency import run_in_threadpool
+
+        from kner.serve import render
+
+        t0 = time.perf_counter()
+        lines = check_texts([ln for ln in text.splitlines() if ln.strip()], self.settings)
+        results = await self.extract(lines)
+        # The first render imports spaCy (about 2 s): keep it off the event loop.
+        return await run_in_threadpool(render.results_html, results, self.colors, (time.perf_counter() - t0) * 1000)
+
+    async def page(self, text: str) -> tuple[str, int]:
+        """The demo page (HTML, status) with ``text`` filled in and, if not blank, its entities."""
+        from kner.serve import render
+
         body, status = "", 200
         if text.strip():
             try:
-                body = await rendered(text)
+                body = await self.rendered(text)
             except RequestError as err:
-                counters["requests_failed" if err.status >= 500 else "requests_rejected"] += 1
+                self.count_error(err)
                 body, status = render.error_html(err.message), err.status
-        return HTMLResponse(render.page(model_name, labels, settings.max_texts, settings.max_text_chars,
-                                        text, body), status_code=status)
+        s = self.settings
+        return render.page(self.model_name, self.labels, s.max_texts, s.max_text_chars, text, body), status
+
+
+def parse_json(body: bytes):
+    if not body.strip():
+        raise RequestError(400, 'empty body: send {"texts": ["...", ...]} or {"text": "..."}')
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise RequestError(400, f"the body is not valid JSON: {err}") from None
+
+
+def _add_error_handlers(app, service: Service) -> None:
+    from fastapi.responses import JSONResponse
+
+    @app.exception_handler(RequestError)
+    async def _request_error(_request, exc: RequestError):
+        service.count_error(exc)
+        return JSONResponse(exc.to_dict(), status_code=exc.status)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request, exc: Exception):
+        service.counters["requests_failed"] += 1
+        log.exception("unexpected error")
+        return JSONResponse({"error": f"internal error: {type(exc).__name__}: {exc}"}, status_code=500)
+
+
+def _add_api_routes(app, service: Service) -> None:
+    from fastapi import Request
+
+    @app.post("/extract", openapi_extra={"requestBody": _EXTRACT_BODY})
+    async def extract(request: Request):
+        """Entities of each text: ``{"texts": [...]}`` or ``{"text": "..."}``."""
+        t0 = time.perf_counter()
+        texts = texts_from_payload(parse_json(await service.read_body(request)), service.settings)
+        results = await service.extract(texts)
+        return {"results": results, "model": service.model_name,
+                "elapsed_ms": round((time.perf_counter() - t0) * 1000, 1)}
+
+    @app.get("/health")
+    async def health():
+        return service.health()
+
+
+def _add_demo_routes(app, service: Service) -> None:
+    from fastapi import Request
+    from fastapi.responses import HTMLResponse
+
+    async def page_response(text: str) -> HTMLResponse:
+        html, status = await service.page(text)
+        return HTMLResponse(html, status_code=status)
 
     @app.get("/", response_class=HTMLResponse)
     async def demo(text: str = ""):
@@ -204,15 +257,13 @@ def create_app(extractor: Callable[[list[str]], Sequence], settings: ServeSettin
 
     @app.post("/", response_class=HTMLResponse)
     async def demo_form(request: Request):
-        return await page_response(await form_or_json_text(request))
+        return await page_response(await service.form_or_json_text(request))
 
     @app.get("/render", response_class=HTMLResponse)
     async def render_get(text: str = ""):
         """displaCy HTML of the entities in ``text`` (one text per line)."""
-        return HTMLResponse(await rendered(text))
+        return HTMLResponse(await service.rendered(text))
 
     @app.post("/render", response_class=HTMLResponse)
     async def render_post(request: Request):
-        return HTMLResponse(await rendered(await form_or_json_text(request)))
-
-    return app
+        return HTMLResponse(await service.rendered(await service.form_or_json_text(request)))
