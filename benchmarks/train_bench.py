@@ -88,7 +88,8 @@ def kner_runs(args, model, tok, examples, dtype, device, results, save):
     from kner.training.batching import as_rows, collate, epoch_steps, tokenize_examples
     from kner.training.config import TrainConfig
     from kner.training.forward import ModelParts, answer_loss_sum
-    from kner.training.memory import ModelShape, estimate
+    from kner.model.shape import ModelShape
+    from kner.training.memory import estimate
     from kner.errors import KnerError
     from kner.training.recipe import StepRunner, _make_optimizer, _prepare_for_training
 
