@@ -8,16 +8,26 @@ terminal: not when output is redirected, nor with ``NO_COLOR`` set or
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
 
 import typer
+from rich.logging import RichHandler
 
 from kner.errors import KnerError
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-                  help="Korean NER with instruction-tuned LLMs: data, QLoRA training, extraction, evaluation.")
+# Imports inside functions are deliberate in kner.cli (PLC0415 is off for it in pyproject.toml): each
+# command module imports the stage it runs, and through it torch, transformers, peft or spaCy (seconds
+# each), inside the command body, so `kner --help` and a command's --help stay fast.
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="Korean NER with instruction-tuned LLMs: data, QLoRA training, extraction, evaluation.",
+)
 data_app = typer.Typer(no_args_is_help=True, help="Convert, inspect and split datasets.")
 app.add_typer(data_app, name="data")
 baseline_app = typer.Typer(no_args_is_help=True, help="Conventional NER baselines.")
@@ -25,9 +35,7 @@ app.add_typer(baseline_app, name="baseline")
 
 
 def _register() -> None:
-    # Imported for their side effect of adding commands; each module imports heavy
-    # libraries (torch, spacy) inside its command bodies so `kner --help` stays fast.
-    import importlib
+    # Imported for their side effect of adding commands.
     for name in ("data", "evaluate", "train", "predict", "baseline", "run", "serve"):
         try:
             importlib.import_module(f"kner.cli.{name}")
@@ -64,7 +72,6 @@ def configure_logging(level: int = logging.INFO) -> logging.Handler:
     for h in [h for h in root.handlers if h.get_name() == LOG_HANDLER]:
         root.removeHandler(h)
     if color_allowed():
-        from rich.logging import RichHandler
         handler: logging.Handler = RichHandler(show_path=False)
         handler.setFormatter(logging.Formatter("%(message)s"))
     else:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -12,8 +11,9 @@ from kner.cli import baseline_app
 from kner.errors import ConfigError
 from kner.textio import ENCODING_HELP, check_output, reads_text
 
-spacy_app = typer.Typer(no_args_is_help=True,
-                        help="spaCy tok2vec + NER: train on canonical JSONL, predict with it or any spaCy pipeline.")
+spacy_app = typer.Typer(
+    no_args_is_help=True, help="spaCy tok2vec + NER: train on canonical JSONL, predict with it or any spaCy pipeline."
+)
 baseline_app.add_typer(spacy_app, name="spacy")
 
 
@@ -23,15 +23,16 @@ def train(
     train: Path = typer.Option(..., "--train", help="Training data, canonical JSONL."),
     dev: Path = typer.Option(..., "--dev", help="Dev data (model selection), canonical JSONL."),
     out: Path = typer.Option(..., "--out", help="Output directory (model-best/, model-last/, kner-spacy.json)."),
-    config: Optional[Path] = typer.Option(None, "--config", help="spaCy training config; default: kner's ner.cfg."),
+    config: Path | None = typer.Option(None, "--config", help="spaCy training config; default: kner's ner.cfg."),
     tokenizer: str = typer.Option("kiwi", "--tokenizer", help="char, kiwi (morphemes) or whitespace."),
-    handling: str = typer.Option("expand", "--unaligned",
-                                 help="Gold spans not on token boundaries: expand, contract or split (counted)."),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after this many updates."),
-    max_epochs: Optional[int] = typer.Option(None, "--max-epochs", help="Stop after this many epochs."),
+    handling: str = typer.Option(
+        "expand", "--unaligned", help="Gold spans not on token boundaries: expand, contract or split (counted)."
+    ),
+    max_steps: int | None = typer.Option(None, "--max-steps", help="Stop after this many updates."),
+    max_epochs: int | None = typer.Option(None, "--max-epochs", help="Stop after this many epochs."),
     seed: int = typer.Option(0, "--seed"),
     quiet: bool = typer.Option(False, "--quiet", help="Hide spaCy's training table."),
-    encoding: Optional[str] = typer.Option(None, "--encoding", help=ENCODING_HELP),
+    encoding: str | None = typer.Option(None, "--encoding", help=ENCODING_HELP),
 ) -> None:
     """Train a spaCy NER pipeline with spaCy's own training loop."""
     from kner.baselines.spacy_ner import REPORT_NAME, train_spacy
@@ -47,13 +48,26 @@ def train(
         overrides["training.max_epochs"] = max_epochs
     if max_steps is not None and max_steps < 1:
         raise ConfigError("--max-steps must be at least 1")
-    best = train_spacy(train_ex, dev_ex, out, tokenizer=tokenizer, config=config, max_steps=max_steps,
-                       seed=seed, handling=handling, overrides=overrides, verbose=not quiet)
+    best = train_spacy(
+        train_ex,
+        dev_ex,
+        out,
+        tokenizer=tokenizer,
+        config=config,
+        max_steps=max_steps,
+        seed=seed,
+        handling=handling,
+        overrides=overrides,
+        verbose=not quiet,
+    )
     report = json.loads((out / REPORT_NAME).read_text(encoding="utf-8"))
     scores = report.get("dev_scores", {})
     f = scores.get("ents_f")
-    typer.echo(f"best pipeline: {best}  (dev ents_f {f:.4f} on spaCy's tokens; "
-               f"training {report['train_seconds']:.0f} s)" if f is not None else f"best pipeline: {best}")
+    typer.echo(
+        f"best pipeline: {best}  (dev ents_f {f:.4f} on spaCy's tokens; training {report['train_seconds']:.0f} s)"
+        if f is not None
+        else f"best pipeline: {best}"
+    )
 
 
 @spacy_app.command("predict")
@@ -62,13 +76,15 @@ def predict(
     model: str = typer.Option(..., "--model", help="Training output dir, pipeline dir or installed package name."),
     input: Path = typer.Option(..., "--input", help="Canonical JSONL; gold entities, if any, are ignored."),
     output: Path = typer.Option(..., "--output", help="Predictions, canonical JSONL."),
-    map_file: Optional[str] = typer.Option(None, "--map-file",
-                                           help="Label mapping TSV, or a built-in name such as klue-to-spacy19."),
-    label_map: Optional[str] = typer.Option(None, "--label-map", help="Inline mapping, e.g. PS=PER,LC=LOC,QT=-"),
-    fallback: Optional[str] = typer.Option(None, "--fallback",
-                                           help="Target for labels the mapping lacks ('-' drops them); default: error."),
+    map_file: str | None = typer.Option(
+        None, "--map-file", help="Label mapping TSV, or a built-in name such as klue-to-spacy19."
+    ),
+    label_map: str | None = typer.Option(None, "--label-map", help="Inline mapping, e.g. PS=PER,LC=LOC,QT=-"),
+    fallback: str | None = typer.Option(
+        None, "--fallback", help="Target for labels the mapping lacks ('-' drops them); default: error."
+    ),
     batch_size: int = typer.Option(256, "--batch-size"),
-    encoding: Optional[str] = typer.Option(None, "--encoding", help=ENCODING_HELP),
+    encoding: str | None = typer.Option(None, "--encoding", help=ENCODING_HELP),
 ) -> None:
     """Predict entities with a spaCy pipeline and write them as canonical JSONL."""
     from kner.baselines.spacy_ner import load_mapping, parse_label_map, predict_spacy_with_report

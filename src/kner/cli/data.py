@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -13,7 +12,7 @@ from kner.errors import ConfigError, DataError, KnerError
 from kner.textio import ENCODING_HELP, check_output, reads_text
 
 
-def _parse_options(items: Optional[list[str]]) -> dict:
+def _parse_options(items: list[str] | None) -> dict:
     opts: dict = {}
     for item in items or []:
         key, sep, value = item.partition("=")
@@ -31,24 +30,34 @@ def _parse_options(items: Optional[list[str]]) -> dict:
 @data_app.command("convert")
 @reads_text
 def convert(
-    fmt: str = typer.Argument(..., metavar="FORMAT",
-                              help="kmou, klp2016, klue, naver, multiconer, conll, jsonl; annotation tools: "
-                                   "doccano, labelstudio, prodigy, spacy (DocBin), hf (datasets folder or Hub id)."),
+    fmt: str = typer.Argument(
+        ...,
+        metavar="FORMAT",
+        help="kmou, klp2016, klue, naver, multiconer, conll, jsonl; annotation tools: "
+        "doccano, labelstudio, prodigy, spacy (DocBin), hf (datasets folder or Hub id).",
+    ),
     path: Path = typer.Argument(..., help="A file, or a folder (all its files of that format, sorted by name)."),
     out: Path = typer.Option(..., "-o", "--out", help="Output: canonical JSONL."),
-    scheme_map: Optional[str] = typer.Option(None, "--scheme-map",
-                                             help="Relabel into this scheme with the built-in mapping (e.g. spacy19)."),
-    map_file: Optional[Path] = typer.Option(None, "--map-file", help="Relabel with this TSV (source<TAB>target<TAB>reason)."),
-    fallback: Optional[str] = typer.Option(None, "--fallback",
-                                           help="Target for labels with no mapping row ('-' drops them); default: error."),
-    trim_particles: bool = typer.Option(False, "--trim-particles",
-                                        help="NAVER: strip trailing particles (조사) from entity ends."),
-    trim_punct: bool = typer.Option(False, "--trim-punct",
-                                    help="NAVER: strip punctuation at entity edges (quotes, commas, unpaired brackets)."),
-    problems: Optional[Path] = typer.Option(None, "--problems", help="Write every problem found to this TSV."),
-    option: Optional[list[str]] = typer.Option(None, "--option", "-O",
-                                               help="Reader option KEY=VALUE, e.g. version=1 (multiconer), level=char (conll)."),
-    encoding: Optional[str] = typer.Option(None, "--encoding", help=ENCODING_HELP),
+    scheme_map: str | None = typer.Option(
+        None, "--scheme-map", help="Relabel into this scheme with the built-in mapping (e.g. spacy19)."
+    ),
+    map_file: Path | None = typer.Option(
+        None, "--map-file", help="Relabel with this TSV (source<TAB>target<TAB>reason)."
+    ),
+    fallback: str | None = typer.Option(
+        None, "--fallback", help="Target for labels with no mapping row ('-' drops them); default: error."
+    ),
+    trim_particles: bool = typer.Option(
+        False, "--trim-particles", help="NAVER: strip trailing particles (조사) from entity ends."
+    ),
+    trim_punct: bool = typer.Option(
+        False, "--trim-punct", help="NAVER: strip punctuation at entity edges (quotes, commas, unpaired brackets)."
+    ),
+    problems: Path | None = typer.Option(None, "--problems", help="Write every problem found to this TSV."),
+    option: list[str] | None = typer.Option(
+        None, "--option", "-O", help="Reader option KEY=VALUE, e.g. version=1 (multiconer), level=char (conll)."
+    ),
+    encoding: str | None = typer.Option(None, "--encoding", help=ENCODING_HELP),
 ) -> None:
     """Read a dataset, report every problem and skipped sentence, write canonical JSONL."""
     from kner.data.example import write_jsonl
@@ -74,8 +83,10 @@ def convert(
     res = read_dataset(fmt, path, **opts)
     examples = res.examples
     n_ents = sum(len(e.entities) for e in examples)
-    typer.echo(f"read {len(examples)} sentences, {n_ents} entities from {res.files} file(s) "
-               f"(scheme {res.scheme or 'as in the file'}); {len(res.problems)} problems, {res.skipped} skipped")
+    typer.echo(
+        f"read {len(examples)} sentences, {n_ents} entities from {res.files} file(s) "
+        f"(scheme {res.scheme or 'as in the file'}); {len(res.problems)} problems, {res.skipped} skipped"
+    )
     for kind, c in sorted(res.problem_counts().items(), key=lambda kv: -kv[1]):
         typer.echo(f"  {kind}: {c}")
     for note, c in sorted(res.notes.items()):
@@ -94,8 +105,10 @@ def convert(
             raise ConfigError(f"format {fmt!r} has no fixed label scheme; relabel with --map-file")
         mapping = Mapping.load(source or "input", scheme_map or map_file.stem, map_file)
         examples, rep = map_examples(examples, mapping, fallback)
-        typer.echo(f"mapped {sum(rep.mapped.values())} entities to {mapping.target}, dropped {sum(rep.dropped.values())}"
-                   + (f", fallback {sum(rep.fallback.values())}" if rep.fallback else ""))
+        typer.echo(
+            f"mapped {sum(rep.mapped.values())} entities to {mapping.target}, dropped {sum(rep.dropped.values())}"
+            + (f", fallback {sum(rep.fallback.values())}" if rep.fallback else "")
+        )
         for (a, b), c in sorted(rep.mapped.items()):
             typer.echo(f"  {a} -> {b}: {c}")
         for a, c in sorted(rep.dropped.items()):
@@ -103,9 +116,13 @@ def convert(
         for a, c in sorted(rep.fallback.items()):
             typer.echo(f"  {a} -> {fallback} (fallback): {c}")
     if not res.examples:
-        raise DataError(f"no sentences read from {res.files} file(s)"
-                        + (f" ({res.skipped} skipped, see above)" if res.skipped else
-                           f"; is it empty, or not in the {fmt} format?"), path)
+        raise DataError(
+            f"no sentences read from {res.files} file(s)"
+            + (
+                f" ({res.skipped} skipped, see above)" if res.skipped else f"; is it empty, or not in the {fmt} format?"
+            ),
+            path,
+        )
     n = write_jsonl(out, examples)
     typer.echo(f"wrote {n} examples to {out}")
 
@@ -125,18 +142,19 @@ def _summary(values: list[int]) -> tuple[str, str, str, str]:
 @reads_text
 def stats(
     file: Path = typer.Argument(..., help="Canonical JSONL."),
-    tokenizer: Optional[Path] = typer.Option(None, "--tokenizer",
-                                             help="A Hugging Face tokenizer folder: also count tokens per sentence and prompt."),
+    tokenizer: Path | None = typer.Option(
+        None, "--tokenizer", help="A Hugging Face tokenizer folder: also count tokens per sentence and prompt."
+    ),
     scheme: str = typer.Option("spacy19", "--scheme", help="Scheme whose labels the rendered prompt lists."),
-    encoding: Optional[str] = typer.Option(None, "--encoding", help=ENCODING_HELP),
+    encoding: str | None = typer.Option(None, "--encoding", help=ENCODING_HELP),
 ) -> None:
     """Sentences, characters and entities per label; with --tokenizer, token lengths of texts and prompts."""
     from rich.console import Console
     from rich.table import Table
 
     from kner.data.example import read_jsonl
-    from kner.model.prompt import PromptFormat, render_tags
     from kner.data.schemes import load_scheme
+    from kner.model.prompt import PromptFormat, render_tags
 
     examples = read_jsonl(file)
     console = Console()
@@ -165,6 +183,7 @@ def stats(
         return
     try:
         from transformers import AutoTokenizer
+
         tok = AutoTokenizer.from_pretrained(str(tokenizer))
     except (OSError, ValueError) as err:
         raise KnerError(f"cannot load a tokenizer from {tokenizer}: {str(err).splitlines()[0]}") from None
@@ -178,11 +197,13 @@ def stats(
     def lengths(batch: list[str], special: bool) -> list[int]:
         out: list[int] = []
         for i in range(0, len(batch), 1024):
-            out += [len(ids) for ids in tok(batch[i:i + 1024], add_special_tokens=special)["input_ids"]]
+            out += [len(ids) for ids in tok(batch[i : i + 1024], add_special_tokens=special)["input_ids"]]
         return out
 
-    tt = Table(title=f"tokens ({tokenizer.name}; prompt = {scheme} instruction + text + answer, with special tokens)",
-               title_justify="left")
+    tt = Table(
+        title=f"tokens ({tokenizer.name}; prompt = {scheme} instruction + text + answer, with special tokens)",
+        title_justify="left",
+    )
     for c in ("", "mean", "p50", "p95", "max"):
         tt.add_column(c, justify="right" if c else "left")
     tt.add_row("sentence text", *_summary(lengths(texts, False)))
@@ -199,7 +220,7 @@ def split(
     out: Path = typer.Option(..., "-o", "--out", help="Folder for train.jsonl, dev.jsonl, test.jsonl."),
     ratios: str = typer.Option("0.8,0.1,0.1", "--ratios", help="train,dev,test fractions of the sentences."),
     seed: int = typer.Option(13, "--seed"),
-    encoding: Optional[str] = typer.Option(None, "--encoding", help=ENCODING_HELP),
+    encoding: str | None = typer.Option(None, "--encoding", help=ENCODING_HELP),
 ) -> None:
     """Split by document (no document in two splits), deterministically for a seed."""
     from kner.data.example import read_jsonl, write_jsonl
@@ -211,22 +232,28 @@ def split(
     parts = split_by_document(examples, r, seed)
     for name, exs in parts.items():
         n = write_jsonl(Path(out) / f"{name}.jsonl", exs)
-        typer.echo(f"{name}: {len({doc_of(e) for e in exs})} documents, {n} sentences, "
-                   f"{sum(len(e.entities) for e in exs)} entities -> {Path(out) / (name + '.jsonl')}")
+        typer.echo(
+            f"{name}: {len({doc_of(e) for e in exs})} documents, {n} sentences, "
+            f"{sum(len(e.entities) for e in exs)} entities -> {Path(out) / (name + '.jsonl')}"
+        )
 
 
 @data_app.command("check")
 @reads_text
 def check(
-    paths: list[str] = typer.Argument(..., metavar="FOLDER | FILE... | NAME=FILE...",
-                                      help="A split folder (its train.jsonl, dev.jsonl, test.jsonl), or JSONL files, "
-                                           "each a split named by its stem or by NAME=; 'train' is the reference."),
-    tokenizer: Optional[Path] = typer.Option(None, "--tokenizer",
-                                             help="A Hugging Face tokenizer folder: also find examples over --max-seq-len."),
+    paths: list[str] = typer.Argument(
+        ...,
+        metavar="FOLDER | FILE... | NAME=FILE...",
+        help="A split folder (its train.jsonl, dev.jsonl, test.jsonl), or JSONL files, "
+        "each a split named by its stem or by NAME=; 'train' is the reference.",
+    ),
+    tokenizer: Path | None = typer.Option(
+        None, "--tokenizer", help="A Hugging Face tokenizer folder: also find examples over --max-seq-len."
+    ),
     max_seq_len: int = typer.Option(1024, "--max-seq-len", help="Token limit of training (train.max_seq_len)."),
     scheme: str = typer.Option("spacy19", "--scheme", help="Scheme whose labels the prompt lists."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the findings to this JSON file."),
-    encoding: Optional[str] = typer.Option(None, "--encoding", help=ENCODING_HELP),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the findings to this JSON file."),
+    encoding: str | None = typer.Option(None, "--encoding", help=ENCODING_HELP),
 ) -> None:
     """Per split: sentences, entities per label, and problems (errors exit 1, warnings alone 0)."""
     import json
@@ -241,6 +268,7 @@ def check(
     tok = None
     if tokenizer is not None:
         from kner.model.loading import load_tokenizer
+
         tok = load_tokenizer(str(tokenizer))
     kw = dict(scheme=scheme, max_seq_len=max_seq_len)
     if len(paths) == 1 and "=" not in paths[0] and Path(paths[0]).is_dir():
@@ -252,7 +280,7 @@ def check(
             name, p = (name, p) if sep else (Path(item).stem, item)
             if Path(p).is_dir():
                 raise ConfigError(f"{p} is a folder: give one split folder alone, or JSONL files")
-            if not Path(p).exists():   # a named file; a folder's missing split file is a finding instead
+            if not Path(p).exists():  # a named file; a folder's missing split file is a finding instead
                 raise DataError("file not found", p)
             if name in files:
                 raise ConfigError(f"two files for split {name!r}: {files[name]} and {p} (name them NAME=FILE)")
@@ -266,8 +294,14 @@ def check(
         t.add_column(c, justify="left" if c == "split" else "right")
     for n, s in report.splits.items():
         fs = per_split[n]
-        t.add_row(n, str(s.sentences), str(s.documents), str(sum(s.entities.values())),
-                  str(sum(f.severity == ERROR for f in fs)), str(sum(f.severity != ERROR for f in fs)))
+        t.add_row(
+            n,
+            str(s.sentences),
+            str(s.documents),
+            str(sum(s.entities.values())),
+            str(sum(f.severity == ERROR for f in fs)),
+            str(sum(f.severity != ERROR for f in fs)),
+        )
     console.print(t)
     labels = Counter()
     for s in report.splits.values():
@@ -287,6 +321,7 @@ def check(
         console.print(f"note    {note}", highlight=False, soft_wrap=True)
     if json_out is not None:
         from kner.textio import write_text
+
         write_text(json_out, json.dumps(report.to_dict(), ensure_ascii=False, indent=2) + "\n", what="--json file")
     console.print(("[bold red]" if report.errors else "[bold green]") + report.verdict() + "[/]", highlight=False)
     if report.errors:
@@ -299,11 +334,14 @@ def export(
     fmt: str = typer.Argument(..., metavar="FORMAT", help="doccano, labelstudio, prodigy, spacy (DocBin) or conll."),
     file: Path = typer.Argument(..., help="Canonical JSONL (e.g. predictions after correction, or convert output)."),
     out: Path = typer.Option(..., "-o", "--out", help="Output file in FORMAT."),
-    option: Optional[list[str]] = typer.Option(
-        None, "--option", "-O",
+    option: list[str] | None = typer.Option(
+        None,
+        "--option",
+        "-O",
         help="Writer option KEY=VALUE: form=entities, offsets=chars (doccano); predictions=true (labelstudio); "
-             "level=word, space_token=_ (conll)."),
-    encoding: Optional[str] = typer.Option(None, "--encoding", help=ENCODING_HELP),
+        "level=word, space_token=_ (conll).",
+    ),
+    encoding: str | None = typer.Option(None, "--encoding", help=ENCODING_HELP),
 ) -> None:
     """Write canonical JSONL in an annotation tool's import format; say what the format could not hold."""
     from kner.data.example import read_jsonl

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -13,7 +12,7 @@ from kner.errors import KnerError
 from kner.textio import ENCODING_HELP, check_output, reads_text
 
 
-def _labels(values: Optional[list[str]]) -> Optional[list[str]]:
+def _labels(values: list[str] | None) -> list[str] | None:
     # Accept both `--labels PS --labels LC` and `--labels PS,LC`.
     if not values:
         return None
@@ -38,21 +37,48 @@ def print_result(result, title: str) -> None:
         t.add_row(lab, pct(s.precision), pct(s.recall), pct(s.f1), str(s.tp), str(s.fp), str(s.fn), str(s.support))
     mi, ma = result.micro, result.macro
     t.add_section()
-    t.add_row("micro", pct(mi["precision"]), pct(mi["recall"]), pct(mi["f1"]), str(mi["tp"]), str(mi["fp"]),
-              str(mi["fn"]), str(mi["support"]), style="bold")
-    t.add_row(f"macro ({len(ma['labels'])})", pct(ma["precision"]), pct(ma["recall"]), pct(ma["f1"]),
-              "", "", "", "", style="bold")
+    t.add_row(
+        "micro",
+        pct(mi["precision"]),
+        pct(mi["recall"]),
+        pct(mi["f1"]),
+        str(mi["tp"]),
+        str(mi["fp"]),
+        str(mi["fn"]),
+        str(mi["support"]),
+        style="bold",
+    )
+    t.add_row(
+        f"macro ({len(ma['labels'])})",
+        pct(ma["precision"]),
+        pct(ma["recall"]),
+        pct(ma["f1"]),
+        "",
+        "",
+        "",
+        "",
+        style="bold",
+    )
     console.print(t)
     o = Table(title=f"Character and sentence level ({result.n_sentences} sentences)", title_justify="left")
     for c in ("character accuracy", "sentence exact match", "KLUE character macro F1"):
         o.add_column(c, justify="right")
     o.add_row(pct(result.char_accuracy), pct(result.exact_match), pct(result.klue_char_macro_f1))
     console.print(o)
-    short = {"wrong_boundary": "bound", "wrong_type": "type", "wrong_boundary_type": "b+t",
-             "spurious": "spur", "missed": "miss"}
-    e = Table(title="Error causes: each FP and each FN has one", title_justify="left",
-              caption="bound = wrong boundary, type = wrong type, b+t = wrong boundary and type, "
-                      "spur = spurious, miss = missed", caption_justify="left")
+    short = {
+        "wrong_boundary": "bound",
+        "wrong_type": "type",
+        "wrong_boundary_type": "b+t",
+        "spurious": "spur",
+        "missed": "miss",
+    }
+    e = Table(
+        title="Error causes: each FP and each FN has one",
+        title_justify="left",
+        caption="bound = wrong boundary, type = wrong type, b+t = wrong boundary and type, "
+        "spur = spurious, miss = missed",
+        caption_justify="left",
+    )
     e.add_column("label")
     for c in FP_CAUSES:
         e.add_column(f"FP {short[c]}", justify="right")
@@ -64,8 +90,7 @@ def print_result(result, title: str) -> None:
             e.add_row(lab, *[str(s.fp_causes[c]) for c in FP_CAUSES], *[str(s.fn_causes[c]) for c in FN_CAUSES])
     tot = result.error_totals
     e.add_section()
-    e.add_row("total", *[str(tot["fp"][c]) for c in FP_CAUSES], *[str(tot["fn"][c]) for c in FN_CAUSES],
-              style="bold")
+    e.add_row("total", *[str(tot["fp"][c]) for c in FP_CAUSES], *[str(tot["fn"][c]) for c in FN_CAUSES], style="bold")
     console.print(e)
     for note in result.notes():
         console.print(f"[yellow]note:[/yellow] {escape(note)}")
@@ -76,11 +101,15 @@ def print_result(result, title: str) -> None:
 def evaluate(
     gold: Path = typer.Option(..., "--gold", help="Gold examples (JSONL)."),
     pred: Path = typer.Option(..., "--pred", help="Predicted examples (JSONL), paired with gold by id."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Directory for metrics.json and metrics.md "
-                                       "(default: the prediction file's directory)."),
-    labels: Optional[list[str]] = typer.Option(None, "--labels", help="Labels to evaluate, in display order "
-                                               "(repeat or comma-separate); others are ignored and counted."),
-    encoding: Optional[str] = typer.Option(None, "--encoding", help=ENCODING_HELP),
+    out: Path | None = typer.Option(
+        None, "--out", help="Directory for metrics.json and metrics.md (default: the prediction file's directory)."
+    ),
+    labels: list[str] | None = typer.Option(
+        None,
+        "--labels",
+        help="Labels to evaluate, in display order (repeat or comma-separate); others are ignored and counted.",
+    ),
+    encoding: str | None = typer.Option(None, "--encoding", help=ENCODING_HELP),
 ) -> None:
     """Entity-level P/R/F1 per label, micro/macro averages, character metrics and error causes."""
     from kner.evaluation.scoring import evaluate as run_evaluation
@@ -119,23 +148,30 @@ def compare(
     out: Path = typer.Option(..., "--out", help="Directory for report.{md,json,html} and f1_by_label.png."),
     sample: int = typer.Option(20, "--sample", help="Disagreement sentences to show."),
     seed: int = typer.Option(0, "--seed", help="Seed for drawing the disagreement sample."),
-    labels: Optional[list[str]] = typer.Option(None, "--labels", help="Labels to evaluate, in display order."),
+    labels: list[str] | None = typer.Option(None, "--labels", help="Labels to evaluate, in display order."),
     title: str = typer.Option("NER comparison", "--title", help="Report title."),
-    encoding: Optional[str] = typer.Option(None, "--encoding", help=ENCODING_HELP),
+    encoding: str | None = typer.Option(None, "--encoding", help=ENCODING_HELP),
 ) -> None:
     """Compare systems side by side: per-label scores, averages, error causes and disagreements."""
     from rich.console import Console
     from rich.markup import escape
 
-    from kner.evaluation.scoring import read_for_scoring
     from kner.evaluation.report import compare as run_compare
     from kner.evaluation.report import print_headline
+    from kner.evaluation.scoring import read_for_scoring
 
     systems = _systems(pred)
     check_output(out, folder=True, what="--out folder")
     gold_ex = read_for_scoring(gold)
-    report = run_compare(gold_ex, {n: read_for_scoring(p) for n, p in systems.items()}, out,
-                         sample=sample, seed=seed, labels=_labels(labels), title=title)
+    report = run_compare(
+        gold_ex,
+        {n: read_for_scoring(p) for n, p in systems.items()},
+        out,
+        sample=sample,
+        seed=seed,
+        labels=_labels(labels),
+        title=title,
+    )
     console = Console()
     print_headline(report, console)
     for name, r in report["systems"].items():
