@@ -7,14 +7,17 @@ merge path as GPUs, with a tiny 4-bit model and a random adapter.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from kner.errors import ConfigError, DataError, KnerError
-from kner.inference.sharding import (MANIFEST_NAME, TEST_EXIT_ENV, _differences, balance, model_fingerprint,
-                                    resolve_devices, scan_shards)
+from kner.inference import sharding
+from kner.inference.devices import resolve_devices
+from kner.inference.shard_files import MANIFEST_NAME, differences, model_fingerprint, scan_shards
+from kner.data.splits import balance
 from test_inference_cli import LLAMA2, run, write_qlora_folder
 
 TEXTS = ["이순신은 조선 중기의 무신이다.", "", "삼성전자는 9일 서울 서초구 본사에서 주주총회를 열었다.",
@@ -77,9 +80,10 @@ def test_crashed_shard_resumes_without_recomputing_and_a_changed_input_is_refuse
     shards = tmp_path / "preds.jsonl.shards"
     args = ["predict", "-m", folders / "out", "-i", folders / "in.txt", "-o", out, *OPTS]
 
-    monkeypatch.setenv(TEST_EXIT_ENV, "1:4")      # worker 1 dies after its first 4 results, mid-line
+    crashing = [sys.executable, str(Path(__file__).with_name("crashing_shard_worker.py")), "1:4"]
+    monkeypatch.setattr(sharding, "WORKER_COMMAND", crashing)   # worker 1 dies after its first 4 results, mid-line
     res = run(args + ["--devices", "cpu,cpu"])
-    monkeypatch.delenv(TEST_EXIT_ENV)
+    monkeypatch.undo()
     msg = str(res.exception)
     assert isinstance(res.exception, KnerError) and res.exit_code != 0, res.output
     assert "shard 1" in msg and "exited with code 3" in msg and "rerun" in msg and "after writing 4 of" in msg
@@ -163,7 +167,7 @@ def test_settings_differences_name_what_changed(tmp_path):
     (model / "adapter").mkdir(parents=True)
     (model / "adapter" / "adapter_model.safetensors").write_bytes(b"1234")
     old = {"settings": {"options": {"max_new_tokens": 10}, "fingerprint": model_fingerprint(str(model), None)}}
-    assert _differences(old, old) == []
+    assert differences(old, old) == []
     (model / "adapter" / "adapter_model.safetensors").write_bytes(b"12345")      # retrained in place
     new = {"settings": {"options": {"max_new_tokens": 12}, "fingerprint": model_fingerprint(str(model), None)}}
-    assert _differences(old, new) == ["model files changed", "settings.options.max_new_tokens: 10 -> 12"]
+    assert differences(old, new) == ["model files changed", "settings.options.max_new_tokens: 10 -> 12"]

@@ -216,7 +216,8 @@ def predict(
         raise DataError("no texts to predict: the input is empty", input)
     failed = check_inputs(examples, where)
     if gpus is not None or devices is not None:
-        from kner.inference.sharding import predict_sharded, resolve_devices
+        from kner.inference.devices import resolve_devices
+        from kner.inference.sharding import predict_sharded
 
         devs = resolve_devices(gpus, devices)
         opts = dict(constrained=constrain, batch_size=batch_size, max_memory=parse_gib(max_memory),
