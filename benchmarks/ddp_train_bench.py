@@ -153,7 +153,7 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--max-examples", type=int, default=1000)
-    ap.add_argument("--layout", default="packed")
+    ap.add_argument("--layout", default="packed", choices=["packed", "padded"])
     ap.add_argument("--batch-tokens", type=int, default=0, help="0: the memory plan's budget")
     ap.add_argument("--child-timeout", type=int, default=210, help="seconds per run (two runs)")
     ap.add_argument("--work", default="/tmp/kner_ddp_bench", help="output folders of the runs")

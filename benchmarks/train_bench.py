@@ -82,20 +82,21 @@ def measure(fn, device):
 def kner_runs(args, model, tok, examples, dtype, device, results, save):
     import torch
 
-    from kner.model.loading import release_caches
-    from kner.model.prompt import PromptEncoder, PromptFormat
     from kner.data.schemes import load_scheme
-    from kner.training.batching import as_rows, collate, epoch_steps, tokenize_examples
+    from kner.errors import KnerError
+    from kner.model.oom import is_oom
+    from kner.model.prompt import PromptEncoder, PromptFormat
+    from kner.model.shape import ModelShape
+    from kner.training.batching import Batching, as_rows, collate, epoch_steps, tokenize_examples
     from kner.training.config import TrainConfig
     from kner.training.forward import ModelParts, answer_loss_sum
-    from kner.model.shape import ModelShape
     from kner.training.memory import estimate
-    from kner.errors import KnerError
-    from kner.training.recipe import StepRunner, _make_optimizer, _prepare_for_training
+    from kner.training.setup import make_optimizer, prepare_for_training
+    from kner.training.step import StepModel, StepRunner
 
     cfg = TrainConfig(model="bench", optimizer="paged_adamw_8bit" if device.type == "cuda" else "adamw",
                       lr=1e-4, examples_per_step=args.examples_per_step)
-    model = _prepare_for_training(model, cfg, dtype)
+    model = prepare_for_training(model, cfg, dtype)
     scheme = load_scheme("spacy19")
     enc = PromptEncoder(tok, PromptFormat(), scheme)
     toks, rep = tokenize_examples(examples, enc, 2048)
@@ -117,7 +118,7 @@ def kner_runs(args, model, tok, examples, dtype, device, results, save):
     check = [toks[i] for i in steps[0][:8]]
     losses = {}
     with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-        for layout in ("padded", "packed", "prefix_kv"):
+        for layout in ("padded", "packed"):
             mb = collate(as_rows(check, layout), layout, tok.pad_token_id, "sdpa").to(device)
             losses[layout] = float(answer_loss_sum(parts, mb)) / mb.n_answer
     model.train()
@@ -130,11 +131,9 @@ def kner_runs(args, model, tok, examples, dtype, device, results, save):
             try:
                 mb = collate(as_rows([toks[i] for i in steps[0][:n]], args.debug_layout), args.debug_layout,
                              tok.pad_token_id, "sdpa").to(device)
-                caches: list = []
                 with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-                    loss = answer_loss_sum(parts, mb, caches)
+                    loss = answer_loss_sum(parts, mb)
                 torch.autograd.grad(loss, params)
-                release_caches(caches)
                 log(f"debug {args.debug_layout} n={n}: ok, peak alloc {torch.cuda.max_memory_allocated() / GiB:.2f} GiB")
             except Exception:
                 log(traceback.format_exc()[-3000:])
@@ -151,14 +150,15 @@ def kner_runs(args, model, tok, examples, dtype, device, results, save):
         layout, budget, rows = extra.split(":")
         configs.append((layout, int(budget), int(rows)))
     for layout, budget, row_tokens in configs:
-        optimizer = _make_optimizer(params, cfg, device)
+        optimizer = make_optimizer(params, cfg, device)
         scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-        runner = StepRunner(parts, params, scaler, dtype, device, layout, tok.pad_token_id, "sdpa", row_tokens)
+        runner = StepRunner(StepModel(parts, params, dtype, device, scaler),
+                            Batching(budget, layout, row_tokens, tok.pad_token_id, "sdpa"))
         if device.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
         est = estimate(shape, budget, method="qlora", compute_bytes=dtype.itemsize, layout=layout,
-                       prefix_len=P, answer_fraction=answer_fraction, on_gpu=device.type == "cuda",
+                       answer_fraction=answer_fraction, on_gpu=device.type == "cuda",
                        row_tokens=row_tokens)
         rec = {"layout": layout, "budget": budget, "row_tokens": row_tokens, "plan_allocator_gib": est.allocator_peak / GiB,
                "plan_device_gib": est.device_total / GiB, "plan_components": est.components}
@@ -169,7 +169,7 @@ def kner_runs(args, model, tok, examples, dtype, device, results, save):
                 box = {}
 
                 def one():
-                    box["r"] = runner.step(step, budget)
+                    box["r"] = runner.step(step)
                     runner.finish_step(optimizer, _NoSched(), 1.0)
                 dt = measure(one, device)
                 r = box["r"]
@@ -186,7 +186,9 @@ def kner_runs(args, model, tok, examples, dtype, device, results, save):
                         "tokens_per_s": n_tok / total, "computed_per_s": n_comp / total,
                         "computed_over_useful": n_comp / n_tok, "micro_batches_per_step": n_mb / len(times),
                         "oom_splits": n_split, "losses": ls})
-        except (torch.OutOfMemoryError, KnerError) as err:
+        except (RuntimeError, KnerError) as err:
+            if not (isinstance(err, KnerError) or is_oom(err)):
+                raise
             rec.update({"ok": False, "error": str(err)[:600]})
         if device.type == "cuda":
             rec["peak_reserved_gib"] = torch.cuda.max_memory_reserved() / GiB
@@ -211,8 +213,9 @@ def baseline_run(args, model, tok, examples, dtype, device, results, save):
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
-    from kner.model.prompt import PromptFormat
     from kner.data.schemes import load_scheme
+    from kner.model.oom import is_oom
+    from kner.model.prompt import PromptFormat
 
     fmt, scheme = PromptFormat(), load_scheme("spacy19")
     texts = [fmt.render(e.text, e.entities, scheme) + tok.eos_token for e in examples]
@@ -269,7 +272,9 @@ def baseline_run(args, model, tok, examples, dtype, device, results, save):
         rec.update({"ok": True, "step_s": total / len(timed), "examples_per_s": per_step * len(timed) / total,
                     "tokens_per_s": toks / total,
                     "losses": [h["loss"] for h in trainer.state.log_history if "loss" in h]})
-    except torch.OutOfMemoryError as err:
+    except RuntimeError as err:
+        if not is_oom(err):
+            raise
         rec.update({"ok": False, "error": str(err).splitlines()[0]})
     if device.type == "cuda":
         rec["peak_reserved_gib"] = torch.cuda.max_memory_reserved() / GiB
@@ -317,7 +322,7 @@ def main(argv=None):
     ap.add_argument("--out", default="train_bench.json")
     ap.add_argument("--tiny", action="store_true", help="tiny random llama on CPU (smoke test of this script)")
     ap.add_argument("--budgets", type=int, nargs="+", default=[512, 1024, 2048, 4096])
-    ap.add_argument("--layouts", nargs="+", default=["packed", "prefix_kv", "padded"])
+    ap.add_argument("--layouts", nargs="+", default=["packed", "padded"], choices=["packed", "padded"])
     ap.add_argument("--examples-per-step", type=int, default=32)
     ap.add_argument("--row-tokens", type=int, default=0, help="packed: longest row (0: the budget)")
     ap.add_argument("--also", nargs="*", default=[], help="extra runs as layout:budget:row_tokens")

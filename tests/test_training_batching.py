@@ -1,4 +1,4 @@
-"""Answer-only labels, steps, token-budget micro-batches and the three layouts."""
+"""Answer-only labels, steps, token-budget micro-batches and the two layouts."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ from kner.model import compat
 from kner.model.loading import build_model_from_config, tiny_config
 from kner.model.prompt import PromptEncoder, PromptFormat, render_tags
 from kner.data.schemes import load_scheme
-from kner.training.batching import (as_rows, batch_cost, collate, epoch_steps, micro_batches, pack_rows,
-                                    row_len, split_in_two, tokenize_examples)
+from kner.training.batching import (Batching, as_rows, batch_cost, collate, epoch_steps, micro_batches,
+                                    pack_rows, row_len, split_in_two, tokenize_examples)
 from kner.training.forward import ModelParts, answer_loss_sum
+from kner.training.step import StepModel, StepRunner
 from test_training_support import kmou_examples, llama_tokenizer
 
 SCHEME = load_scheme("kmou")
@@ -131,7 +132,7 @@ def test_epoch_steps_cover_every_example_once():
         assert steps != epoch_steps(lengths, 8, seed=3, epoch=1, group_by_length=group)
 
 
-@pytest.mark.parametrize("layout", ["packed", "prefix_kv", "padded"])
+@pytest.mark.parametrize("layout", ["packed", "padded"])
 def test_micro_batches_respect_the_budget(tokenized, layout):
     step = tokenized[:24]
     budget = max(batch_cost([[e]], layout) for e in step) + 300
@@ -183,7 +184,7 @@ def test_packed_row_isolates_examples(tokenized):
 
 @pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "gemma"])
 def test_layouts_give_the_reference_loss_and_gradient(short, arch):
-    """packed / prefix_kv / padded == one full forward per example with HF's own labels loss."""
+    """packed / padded == one full forward per example with HF's own labels loss."""
     tok = llama_tokenizer()
     batch = short[:3]
     model = build_model_from_config(tiny_config(arch, len(tok), layers=2), seed=1)
@@ -201,20 +202,23 @@ def test_layouts_give_the_reference_loss_and_gradient(short, arch):
         labels[0, : e.prompt_len] = -100
         ref = ref + model(input_ids=ids, labels=labels).loss * e.n_answer
     ref_grads = torch.autograd.grad(ref, params)
-    for layout in ("packed", "prefix_kv", "padded"):
-        caches: list = []
+    for layout in ("packed", "padded"):
         rows = [batch[:2], batch[2:]] if layout == "packed" else as_rows(batch, layout)
-        loss = answer_loss_sum(parts, collate(rows, layout, tok.pad_token_id), caches)
+        loss = answer_loss_sum(parts, collate(rows, layout, tok.pad_token_id))
         grads = torch.autograd.grad(loss, params)
         assert float(loss.detach()) == pytest.approx(float(ref.detach()), rel=1e-5), layout
         for g, r in zip(grads, ref_grads):
             assert torch.allclose(g, r, rtol=1e-3, atol=1e-5), layout
 
 
-def test_no_memory_is_kept_between_micro_batches(short):
-    """The prefix caches must not keep checkpointed graphs alive (it leaked GBs at 7B)."""
-    from kner.training.recipe import StepRunner
+def _runner(model, params, layout: str, budget: int) -> StepRunner:
+    cpu = StepModel(ModelParts.of(model), params, torch.float32, torch.device("cpu"),
+                    torch.amp.GradScaler("cpu", enabled=False))
+    return StepRunner(cpu, Batching(budget, layout))
 
+
+def test_no_memory_is_kept_between_steps(short):
+    """A step keeps nothing alive once its gradient is added (a cache kept by checkpointing leaked GBs at 7B)."""
     model = build_model_from_config(tiny_config("llama", len(llama_tokenizer())), seed=0)
     model.train()
     compat.enable_checkpointing(model, use_reentrant=False)
@@ -224,43 +228,18 @@ def test_no_memory_is_kept_between_micro_batches(short):
         gc.collect()
         return sum(o.numel() for o in gc.get_objects() if torch.is_tensor(o))
 
-    for layout in ("prefix_kv", "packed"):
-        runner = StepRunner(ModelParts.of(model), params, torch.amp.GradScaler("cpu", enabled=False), torch.float32,
-                            torch.device("cpu"), layout, 0, "sdpa")
-        runner.step(short[:3], 2048)
+    for layout in ("packed", "padded"):
+        runner = _runner(model, params, layout, 2048)
+        runner.step(short[:3])
         model.zero_grad(set_to_none=True)
         before = live()
-        runner.step(short[:3], 2048)
+        runner.step(short[:3])
         model.zero_grad(set_to_none=True)
         assert live() == before, layout
 
 
-def test_prefix_kv_rows_see_the_prefix_and_their_own_example_only(tokenized):
-    batch = tokenized[:3]
-    mb = collate([batch, tokenized[3:5]], "prefix_kv", pad_id=0)
-    P = batch[0].prefix_len
-    T = mb.input_ids.shape[1]
-    mask = mb.attention_mask[0, 0]
-    assert mask.shape == (T, P + T) and (P + T) % 16 == 0          # keys: the prefix, then the row
-    assert mb.n_computed == row_len(batch, "prefix_kv") + row_len(tokenized[3:5], "prefix_kv")
-    start = 0
-    for e in batch:
-        span = slice(start, start + e.suffix_len)
-        assert mb.position_ids[0, span].tolist() == list(range(P, e.length))
-        assert mask[span, :P].all()
-        own = mask[span, P + start:P + start + e.suffix_len]
-        assert torch.equal(own, torch.ones_like(own).tril_())          # causal within the example
-        assert mask[span, P:].sum() == own.sum()                        # and nothing else of the row
-        start += e.suffix_len
-    expect = [t for e in batch + tokenized[3:5] for t in e.input_ids[e.prompt_len:]]
-    assert mb.input_ids[mb.pred_rows, mb.pred_cols + 1].tolist() == expect
-
-
 def test_a_step_gives_the_same_gradient_in_every_layout(short):
-    """prefix_kv runs the prefix once per step and pushes its gradient back at the end:
-    the step's loss and gradient must equal packed's and padded's, however the step is cut."""
-    from kner.training.recipe import StepRunner
-
+    """The step's loss and gradient depend neither on the layout nor on how the step is cut."""
     model = build_model_from_config(tiny_config("llama", len(llama_tokenizer()), layers=2), seed=2)
     model.train()
     compat.enable_checkpointing(model, use_reentrant=False)
@@ -268,15 +247,44 @@ def test_a_step_gives_the_same_gradient_in_every_layout(short):
         mod.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
     results = {}
-    for layout, budget in (("padded", 4096), ("packed", 4096), ("prefix_kv", 4096), ("prefix_kv", 80)):
-        runner = StepRunner(ModelParts.of(model), params, torch.amp.GradScaler("cpu", enabled=False), torch.float32,
-                            torch.device("cpu"), layout, 0, "sdpa")
-        res = runner.step(short[:4], max(budget, max(batch_cost([[e]], layout) for e in short[:4])))
+    for layout, budget in (("padded", 4096), ("packed", 4096), ("packed", 80)):
+        runner = _runner(model, params, layout, max(budget, max(batch_cost([[e]], layout) for e in short[:4])))
+        res = runner.step(short[:4])
         results[(layout, budget)] = (res.loss, res.micro_batches, [p.grad.clone() for p in params])
         model.zero_grad(set_to_none=True)
     ref_loss, _, ref_grads = results[("padded", 4096)]
-    assert results[("prefix_kv", 80)][1] > 1                              # several micro-batches, one prefix
+    assert results[("packed", 80)][1] > 1                                 # one micro-batch per example
     for key, (loss, _, grads) in results.items():
         assert loss == pytest.approx(ref_loss, rel=1e-5), key
         for g, r in zip(grads, ref_grads):
             assert torch.allclose(g, r, rtol=1e-3, atol=1e-6), key
+
+
+def test_a_runtime_error_saying_out_of_memory_is_split_and_retried(short):
+    """Some kernels report OOM as a plain RuntimeError (kner.model.oom.is_oom): same split, same gradient.
+    Any other RuntimeError is a bug and propagates."""
+    model = build_model_from_config(tiny_config("llama", len(llama_tokenizer()), layers=2), seed=2)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    runner = _runner(model, params, "packed", 4096)
+    ref = runner.step(short[:4])
+    ref_grads = [p.grad.clone() for p in params]
+    model.zero_grad(set_to_none=True)
+    state = {"raise": "CUDA error: out of memory"}
+
+    def hook(mod, args):
+        if state["raise"]:
+            msg, state["raise"] = state["raise"], None
+            raise RuntimeError(msg)
+    handle = model.model.layers[0].register_forward_pre_hook(hook)
+    res = runner.step(short[:4])
+    assert (ref.micro_batches, res.oom_splits, res.micro_batches, res.examples) == (1, 1, 2, 4)
+    assert "CUDA error: out of memory" in res.split_notes[0]
+    assert res.loss == pytest.approx(ref.loss, rel=1e-6)
+    for p, r in zip(params, ref_grads):
+        assert torch.allclose(p.grad, r, rtol=1e-4, atol=1e-6)
+    model.zero_grad(set_to_none=True)
+    state["raise"] = "mat1 and mat2 shapes cannot be multiplied"
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        runner.step(short[:4])
+    handle.remove()

@@ -51,7 +51,7 @@ MEASURED = {("packed", 1024, 1024): 5.574, ("packed", 2048, 2048): 6.572, ("pack
 
 @pytest.mark.parametrize("layout,tokens,rows", sorted(MEASURED))
 def test_plan_is_within_10_percent_of_the_measured_peak(llama7b, layout, tokens, rows):
-    e = estimate(llama7b, tokens, layout=layout, prefix_len=282, answer_fraction=0.259, row_tokens=rows)
+    e = estimate(llama7b, tokens, layout=layout, answer_fraction=0.259, row_tokens=rows)
     assert e.allocator_peak / GiB == pytest.approx(MEASURED[(layout, tokens, rows)], rel=0.10)
 
 
@@ -112,6 +112,13 @@ def test_config_rejects_bad_settings(tmp_path, bad):
     p.write_text(yaml.safe_dump(bad))
     with pytest.raises(ConfigError):
         TrainConfig.load(p).validate()
+
+
+def test_a_config_asking_for_prefix_kv_says_it_was_removed(tmp_path):
+    p = tmp_path / "train.yaml"
+    p.write_text("model: m\nlayout: prefix_kv\n")
+    with pytest.raises(ConfigError, match=r"train\.yaml:2: layout: prefix_kv was removed .*; use packed$"):
+        TrainConfig.load(p)
 
 
 def test_config_target_modules_from_a_flag():

@@ -34,7 +34,7 @@ def train(
     lora_dropout: Optional[float] = typer.Option(None, help="LoRA dropout (default 0.05)."),
     target_modules: Optional[str] = typer.Option(None, help="'all-linear' (default) or comma-separated names."),
     compute_dtype: Optional[str] = typer.Option(None, "--dtype", help="auto (default) | bf16 | fp16 | fp32."),
-    layout: Optional[str] = typer.Option(None, help="packed (default) | prefix_kv | padded."),
+    layout: Optional[str] = typer.Option(None, help="packed (default) | padded."),
     batch_tokens: Optional[int] = typer.Option(None, help="Micro-batch token budget (default: from the memory plan)."),
     gpu_memory: Optional[str] = typer.Option(None, help="GPU memory to plan for and cap at, e.g. 15GiB."),
     max_seq_len: Optional[int] = typer.Option(None, help="Skip (and report) longer examples (default 1024)."),
@@ -72,11 +72,10 @@ def plan(
     seq_len: int = typer.Option(1024, help="Longest example in tokens (prefix included): the budget must hold it."),
     budget: Optional[int] = typer.Option(None, help="Check this micro-batch token budget instead of choosing one."),
     max_budget: int = typer.Option(8192, help="Largest budget to consider."),
-    layout: str = typer.Option("packed", help="packed | prefix_kv | padded."),
+    layout: str = typer.Option("packed", help="packed | padded."),
     lora_r: int = typer.Option(16),
     dtype: str = typer.Option("fp16", help="Compute dtype: fp16 (T4/V100) or bf16 (2 bytes), fp32 (4)."),
     optimizer: str = typer.Option("paged_adamw_8bit"),
-    prefix_len: int = typer.Option(282, help="Instruction prefix tokens (282 for LLaMA-2 with spacy19)."),
     row_tokens: int = typer.Option(2560, help="packed: longest row, as kner train's row_tokens (0: the budget)."),
     json_out: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
 ):
@@ -84,8 +83,10 @@ def plan(
     import json
 
     from kner.errors import ConfigError
+    from kner.training.config import TrainConfig
     from kner.training.memory import ModelShape, device_capacity, format_plan, load_config, plan_memory
 
+    TrainConfig.from_dict({"layout": layout, "method": method, "optimizer": optimizer})   # the same checks as train
     widths = {"fp16": 2, "float16": 2, "bf16": 2, "bfloat16": 2, "fp32": 4, "float32": 4}
     if dtype not in widths:
         raise ConfigError(f"unknown dtype {dtype!r}; use fp16, bf16 or fp32")
@@ -93,7 +94,7 @@ def plan(
     cap = device_capacity(gpu_memory)
     p = plan_memory(shape, cap, budget=budget, min_tokens=seq_len, max_budget=max(max_budget, seq_len),
                     method=method, compute_bytes=widths[dtype], lora_r=lora_r, optimizer=optimizer, layout=layout,
-                    prefix_len=prefix_len, row_tokens=max(row_tokens, seq_len) if row_tokens else None)
+                    row_tokens=max(row_tokens, seq_len) if row_tokens else None)
     typer.echo(json.dumps(p.to_dict(), indent=2) if json_out else format_plan(p))
 
 

@@ -6,7 +6,6 @@ same way when it is trained and when it is served.
 
 from __future__ import annotations
 
-import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,88 +166,3 @@ def quantize_4bit_inplace(model, compute_dtype, double_quant: bool = True, quant
     model.is_loaded_in_4bit = True
     model.config.quantization_config = bnb_config(compute_dtype, double_quant, quant_type).to_dict()
     return model
-
-
-# ---------------------------------------------------------------------------
-# Shared-prefix KV: run the instruction prefix once (batch 1), then the per-example
-# tokens of a whole batch against it. Both caches below are safe under gradient
-# checkpointing: replaying a layer in backward neither appends twice nor changes
-# what the forward pass returned.
-
-
-@functools.lru_cache(maxsize=None)
-def _layer_classes():
-    DynamicLayer = compat.dynamic_layer_class()
-
-    class RecordingLayer(DynamicLayer):
-        """Keeps the first key/value states it is given.
-
-        The backward replay of a checkpointed layer calls ``update`` again; those
-        recomputed states must not be stored: they carry the replay's autograd graph,
-        and a cache kept alive by the checkpoint's own references would leak one
-        layer's activations per layer and micro-batch.
-        """
-
-        def update(self, key_states, value_states, *args, **kwargs):
-            if not self.is_initialized:
-                self.lazy_initialization(key_states, value_states)
-                self.keys, self.values = key_states, value_states
-            return key_states, value_states
-
-    class FrozenPrefixLayer(DynamicLayer):
-        """Returns prefix + new states without storing the new ones."""
-
-        def __init__(self, keys, values):
-            super().__init__()
-            self.dtype, self.device = keys.dtype, keys.device
-            self.keys, self.values, self.is_initialized = keys, values, True
-
-        def update(self, key_states, value_states, *args, **kwargs):
-            import torch
-            return torch.cat([self.keys, key_states], dim=-2), torch.cat([self.values, value_states], dim=-2)
-
-    return RecordingLayer, FrozenPrefixLayer
-
-
-def run_prefix(decoder, prefix_ids, keep: list | None = None):
-    """Run ``prefix_ids`` (1-D tensor) through the decoder once; return per-layer (key, value).
-
-    ``decoder`` is the base model (``causal_lm.model``). Gradients flow from whatever
-    uses the returned states back into this single prefix computation. With
-    gradients on, pass a list as ``keep`` and call ``release_caches(keep)`` after the
-    backward pass (see there).
-    """
-    Cache, _ = compat.cache_classes()
-    recording, _ = _layer_classes()
-    cache = Cache(layer_class_to_replicate=recording)
-    decoder(input_ids=prefix_ids[None], use_cache=False, **compat.cache_kwargs(decoder, cache))
-    if keep is not None:
-        keep.append(cache)
-    return [(layer.keys, layer.values) for layer in cache.layers]
-
-
-def prefix_cache(prefix_kv, batch_size: int, keep: list | None = None):
-    """A read-only cache presenting the batch-1 prefix states to ``batch_size`` rows (a view, no copy)."""
-    Cache, _ = compat.cache_classes()
-    _, frozen = _layer_classes()
-    cache = Cache(layers=[frozen(k.expand(batch_size, -1, -1, -1), v.expand(batch_size, -1, -1, -1))
-                          for k, v in prefix_kv])
-    if keep is not None:
-        keep.append(cache)
-    return cache
-
-
-def release_caches(caches: list) -> None:
-    """Drop the tensors held by prefix caches once the backward pass is done.
-
-    Under non-reentrant gradient checkpointing the checkpoint keeps the cache (a
-    layer argument) alive, and the cache keeps the checkpoint's graph alive: a
-    reference cycle through autograd nodes that Python's collector cannot see. Left
-    alone it leaks about one layer of prefix activations per layer and micro-batch
-    (measured: 10 GiB within a few steps at 7B). Emptying the caches breaks it.
-    """
-    for cache in caches:
-        for layer in getattr(cache, "layers", []):
-            layer.keys = layer.values = None
-        cache.layers = []
-    caches.clear()

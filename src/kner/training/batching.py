@@ -9,17 +9,13 @@ Three ideas keep tokens from being wasted:
 * **Token budgets.** A step is cut into micro-batches whose *computed* tokens
   (padding included) stay within the budget the memory plan allows.
 * **Shared prefix.** The instruction prefix is identical for every example, so it
-  is computed once per row, micro-batch or step, not once per example:
+  is computed once per row, not once per example:
 
   - ``packed``: one row ``[prefix, ex1, ex2, ...]``; a block mask lets each example
     see the prefix and itself only, and positions restart after the prefix, so
     every example is computed exactly as inference sees it. No padding.
-  - ``prefix_kv``: the prefix runs once per optimizer step (``kner.training.forward.
-    SharedPrefix``); rows ``[ex1, ex2, ...]`` hold only the examples' own tokens and
-    attend to the prefix's keys/values plus their own block. Same view as inference,
-    same gradient (the prefix's gradient is pushed back once at the end of the step).
   - ``padded``: every row is a whole example (prefix included), padded right. The
-    reference the other two are measured against.
+    reference ``packed`` is measured against.
 """
 
 from __future__ import annotations
@@ -79,7 +75,7 @@ def epoch_steps(lengths: list[int], examples_per_step: int, seed: int, epoch: in
     """The optimizer steps of one epoch as lists of example indices; every example exactly once.
 
     ``group_by_length`` sorts windows of 16 steps by length before cutting them, so a
-    step holds similar lengths (less padding for ``padded``/``prefix_kv``); the order of
+    step holds similar lengths (less padding for ``padded``); the order of
     the steps is shuffled again so long and short steps alternate.
     """
     rng = random.Random(seed * 1_000_003 + epoch)
@@ -105,9 +101,9 @@ def _flat(rows: list[Row]) -> list[TokenizedExample]:
     return [e for r in rows for e in r]
 
 
-def row_len(row: Row, layout: str = "packed") -> int:
-    """Tokens of a packed row: the prefix once (``packed``; not for ``prefix_kv``), then each example's own tokens."""
-    return (row[0].prefix_len if layout == "packed" else 0) + sum(e.suffix_len for e in row)
+def row_len(row: Row) -> int:
+    """Tokens of a packed row: the prefix once, then each example's own tokens."""
+    return row[0].prefix_len + sum(e.suffix_len for e in row)
 
 
 def batch_cost(rows: list[Row], layout: str) -> int:
@@ -115,12 +111,12 @@ def batch_cost(rows: list[Row], layout: str) -> int:
     exs = _flat(rows)
     if not exs:
         return 0
-    if layout in ("packed", "prefix_kv"):
-        return len(rows) * max(row_len(r, layout) for r in rows)
+    if layout == "packed":
+        return len(rows) * max(row_len(r) for r in rows)
     return len(exs) * max(e.length for e in exs)
 
 
-def pack_rows(examples: list[TokenizedExample], cap: int, with_prefix: bool = True) -> list[Row]:
+def pack_rows(examples: list[TokenizedExample], cap: int) -> list[Row]:
     """Fewest rows of at most ``cap`` tokens, balanced (longest example first onto the emptiest row).
 
     Balanced rather than first-fit: first-fit leaves one short remainder row, which
@@ -129,7 +125,7 @@ def pack_rows(examples: list[TokenizedExample], cap: int, with_prefix: bool = Tr
     """
     if not examples:
         return []
-    P = examples[0].prefix_len if with_prefix else 0
+    P = examples[0].prefix_len
     order = sorted(examples, key=lambda e: (-e.suffix_len, e.index))
     total = sum(e.suffix_len for e in order)
     k = max(1, -(-total // max(1, cap - P)))
@@ -155,10 +151,10 @@ def micro_batches(step: list[TokenizedExample], budget: int, layout: str, row_to
     still gets its own micro-batch; the caller checks the budget against the longest
     example before training.
     """
-    if layout in ("packed", "prefix_kv"):
-        rows = pack_rows(step, min(row_tokens or budget, budget), with_prefix=layout == "packed")
-        rows.sort(key=lambda r: (-row_len(r, layout), min(e.index for e in r)))
-        n = max(1, -(-sum(row_len(r, layout) for r in rows) // budget))
+    if layout == "packed":
+        rows = pack_rows(step, min(row_tokens or budget, budget))
+        rows.sort(key=lambda r: (-row_len(r), min(e.index for e in r)))
+        n = max(1, -(-sum(row_len(r) for r in rows) // budget))
         while True:   # balance rows over the fewest micro-batches that fit
             mbs: list[list[Row]] = [[] for _ in range(n)]
             for row in rows:
@@ -197,7 +193,24 @@ def split_in_two(rows: list[Row]) -> tuple[list[Row], list[Row]]:
 
 def as_rows(examples: list[TokenizedExample], layout: str) -> list[Row]:
     """All ``examples`` as one micro-batch: one packed row, or one row per example."""
-    return [list(examples)] if layout in ("packed", "prefix_kv") else [[e] for e in examples]
+    return [list(examples)] if layout == "packed" else [[e] for e in examples]
+
+
+@dataclass(frozen=True)
+class Batching:
+    """How the examples of a step become micro-batches: fixed for a run once the budget is decided."""
+
+    budget: int                     # computed tokens a micro-batch may hold (kner.training.setup.token_budget)
+    layout: str = "packed"
+    row_tokens: int | None = None   # packed: longest row, at least the longest example; None: the budget
+    pad_id: int = 0
+    attn_implementation: str | None = "sdpa"   # "eager" gets an additive float mask
+
+    def micro_batches(self, examples: list[TokenizedExample]) -> list[list[Row]]:
+        return micro_batches(examples, self.budget, self.layout, self.row_tokens)
+
+    def collate(self, rows: list[Row], mask_dtype=None) -> "MicroBatch":
+        return collate(rows, self.layout, self.pad_id, self.attn_implementation, mask_dtype)
 
 
 @dataclass
@@ -205,10 +218,9 @@ class MicroBatch:
     """Tensors for one forward pass plus where the answer tokens are."""
 
     layout: str
-    input_ids: object               # [rows, cols] (per-example tokens only for prefix_kv)
+    input_ids: object               # [rows, cols]
     position_ids: object | None
-    attention_mask: object | None   # 2-D padding mask, 4-D block mask (packed, prefix_kv), or None
-    prefix_ids: object | None       # [P] for prefix_kv
+    attention_mask: object | None   # 2-D padding mask (padded) or 4-D block mask (packed)
     pred_rows: object               # hidden state (row, col) that predicts each target
     pred_cols: object
     targets: object
@@ -221,7 +233,7 @@ class MicroBatch:
         def mv(t):
             return t.to(device, non_blocking=True) if t is not None else None
         return MicroBatch(self.layout, mv(self.input_ids), mv(self.position_ids), mv(self.attention_mask),
-                          mv(self.prefix_ids), mv(self.pred_rows), mv(self.pred_cols), mv(self.targets),
+                          mv(self.pred_rows), mv(self.pred_cols), mv(self.targets),
                           self.n_examples, self.n_tokens, self.n_computed, self.n_answer)
 
 
@@ -241,47 +253,40 @@ def collate(rows: list[Row], layout: str, pad_id: int, attn_implementation: str 
     cols: list[int] = []
     targets: list[int] = []
 
-    if layout in ("packed", "prefix_kv"):
-        # packed rows start with the prefix; prefix_kv rows hold only the examples and
-        # attend to the prefix's K/V in front of them (key length P + T). The key length is
-        # padded to a multiple of 16 (the memory-efficient SDPA kernel wants the mask's last
-        # dimension aligned; unaligned, torch falls back to the slow math kernel). A pad
-        # attends to the prefix and itself only, so no softmax row is empty and no real
-        # token sees a pad.
-        own = P if layout == "packed" else 0
-        longest = max(row_len(r, layout) for r in rows)
-        T = -(-(P - own + longest) // 16) * 16 - (P - own)
+    if layout == "packed":
+        # The row length is padded to a multiple of 16 (the memory-efficient SDPA kernel
+        # wants the mask's last dimension aligned; unaligned, torch falls back to the slow
+        # math kernel). A pad attends to the prefix and itself only, so no softmax row is
+        # empty and no real token sees a pad.
+        T = -(-max(row_len(r) for r in rows) // 16) * 16
         ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
         pos = torch.zeros(len(rows), T, dtype=torch.long)
-        seg = torch.empty(len(rows), P + T - own, dtype=torch.long)   # segment of every key; 0 = the prefix
+        seg = torch.empty(len(rows), T, dtype=torch.long)   # segment of every column; 0 = the prefix
         seg[:, :P] = 0
         for r, row in enumerate(rows):
-            if own:
-                ids[r, :P] = torch.tensor(batch[0].input_ids[:P])
-                pos[r, :P] = torch.arange(P)
-            start = own                       # column of the next example in this row
+            ids[r, :P] = torch.tensor(batch[0].input_ids[:P])
+            pos[r, :P] = torch.arange(P)
+            start = P                         # column of the next example in this row
             for k, e in enumerate(row, 1):
                 n = e.suffix_len
                 ids[r, start:start + n] = torch.tensor(e.input_ids[P:])
                 pos[r, start:start + n] = torch.arange(P, e.length)
-                seg[r, P - own + start:P - own + start + n] = k
+                seg[r, start:start + n] = k
                 for j in range(e.prompt_len, e.length):
                     rows_idx.append(r)
                     cols.append(start + (j - P) - 1)   # the token before target j, same segment since j > P
                     targets.append(e.input_ids[j])
                 start += n
-            seg[r, P - own + start:] = -torch.arange(1, T - start + 1)
-        q_seg = seg[:, P - own:]                        # the queries are the row's own columns
-        causal = torch.ones(T, P + T - own, dtype=torch.bool).tril_(P - own)[None]
-        allowed = causal & ((q_seg[:, :, None] == seg[:, None, :]) | (seg[:, None, :] == 0))
+            seg[r, start:] = -torch.arange(1, T - start + 1)
+        causal = torch.ones(T, T, dtype=torch.bool).tril_()[None]
+        allowed = causal & ((seg[:, :, None] == seg[:, None, :]) | (seg[:, None, :] == 0))
         if attn_implementation == "eager":
             dtype = mask_dtype or torch.float32
             mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
         else:
             mask = allowed
-        computed = sum(row_len(r, layout) for r in rows)
-        prefix_ids = torch.tensor(batch[0].input_ids[:P]) if layout == "prefix_kv" else None
-        return MicroBatch(layout, ids, pos, mask[:, None], prefix_ids, torch.tensor(rows_idx), torch.tensor(cols),
+        computed = sum(row_len(r) for r in rows)
+        return MicroBatch(layout, ids, pos, mask[:, None], torch.tensor(rows_idx), torch.tensor(cols),
                           torch.tensor(targets), len(batch), n_tokens, computed, n_answer)
 
     if layout == "padded":
@@ -295,7 +300,7 @@ def collate(rows: list[Row], layout: str, pad_id: int, attn_implementation: str 
                 rows_idx.append(i)
                 cols.append(j - 1)
                 targets.append(e.input_ids[j])
-        return MicroBatch(layout, ids, None, mask, None, torch.tensor(rows_idx), torch.tensor(cols),
+        return MicroBatch(layout, ids, None, mask, torch.tensor(rows_idx), torch.tensor(cols),
                           torch.tensor(targets), len(batch), n_tokens, len(batch) * S, n_answer)
 
     raise ValueError(f"unknown layout {layout!r}")

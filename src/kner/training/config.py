@@ -28,7 +28,7 @@ from kner.model.loading import METHODS
 from kner.model.prompt import PromptFormat
 from kner.model.shape import parse_bytes
 
-LAYOUTS = ("packed", "prefix_kv", "padded")
+LAYOUTS = ("packed", "padded")
 OPTIMIZERS = ("paged_adamw_8bit", "adamw_8bit", "adamw")
 SCHEDULERS = ("cosine", "linear", "constant")
 
@@ -278,7 +278,7 @@ class TrainConfig(Settings):
                                            # 2560 was the fastest measured (docs/training.md): one long row pays
                                            # attention over masked pairs, short rows repeat the prefix
     gpu_memory: Optional[str] = None       # e.g. "15GiB"; default: the GPU's total memory
-    group_by_length: Optional[bool] = None  # None: on for padded, off for the packed layouts
+    group_by_length: Optional[bool] = None  # None: on for padded, off for packed
 
     # --- output -------------------------------------------------------------------
     output: str = "runs/kner"
@@ -294,6 +294,14 @@ class TrainConfig(Settings):
     def _modules(cls, v):
         if isinstance(v, str) and v != "all-linear":
             return [m.strip() for m in v.split(",") if m.strip()]
+        return v
+
+    @field_validator("layout", mode="before")
+    @classmethod
+    def _removed_layout(cls, v):
+        if v == "prefix_kv":
+            raise ValueError("prefix_kv was removed (it ran slower than packed and needed up to 1.6x its "
+                             "planned memory); use packed")
         return v
 
     @field_validator("gpu_memory", mode="before")

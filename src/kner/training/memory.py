@@ -17,9 +17,7 @@ Terms (all in bytes):
   counted in the device total, not in the allocator's peak.
 * ``activations``: per computed token, the checkpointed input of every layer,
   plus one layer's recomputed activations and their gradients during backward.
-* ``attention``: layout extras; the packed block mask (tokens^2), or for
-  prefix_kv the step's prefix (K/V of all layers, their gradient, its checkpointed
-  activations), one layer's concatenated K/V and the block mask.
+* ``attention``: the packed layout's block mask (tokens x row length).
 * ``logits``: only answer positions reach the LM head (fp16 logits, fp32 copy,
   fp32 gradient).
 * ``dequant``: bitsandbytes dequantizes the largest weight matrix to the compute
@@ -32,7 +30,6 @@ Terms (all in bytes):
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 
 from kner.errors import KnerError
@@ -65,7 +62,7 @@ class Estimate:
 
 def estimate(shape: ModelShape, tokens: int, *, method: str = "qlora", compute_bytes: int = 2, lora_r: int = 16,
              target_modules="all-linear", optimizer: str = "paged_adamw_8bit", layout: str = "packed",
-             prefix_len: int = 282, answer_fraction: float = 0.2, double_quant: bool = True,
+             answer_fraction: float = 0.2, double_quant: bool = True,
              gradient_checkpointing: bool = True, on_gpu: bool = True, row_tokens: int | None = None) -> Estimate:
     """Peak memory of one micro-batch of ``tokens`` computed tokens."""
     d, L, I, V = shape.hidden, shape.layers, shape.intermediate, shape.vocab
@@ -93,21 +90,9 @@ def estimate(shape: ModelShape, tokens: int, *, method: str = "qlora", compute_b
     else:
         act = tokens * L * per_layer
     c["activations"] = int(act)
-    kv_dim = shape.kv_heads * shape.head_dim
     if layout == "packed":
         row = min(tokens, row_tokens or tokens)
         c["attention"] = tokens * row * 3             # per row: bool mask + its additive float form inside SDPA
-    elif layout == "prefix_kv":
-        # ``tokens`` are the rows' own tokens; the prefix runs once per step. Kept all
-        # step: the prefix's K/V (compute dtype) and their fp32 accumulated gradient, and
-        # its checkpointed layer inputs. Per layer in flight: the rows' keys/values
-        # concatenated behind the prefix (and their gradients), and the block mask.
-        row = min(tokens, row_tokens or tokens)
-        rows = max(1, math.ceil(tokens / max(1, row)))
-        c["attention"] = int(L * 2 * prefix_len * kv_dim * (compute_bytes + 4)
-                             + prefix_len * (L * d * compute_bytes + per_layer)
-                             + 2 * 2 * (rows * prefix_len + tokens) * kv_dim * compute_bytes
-                             + tokens * (row + prefix_len) * 3)
     else:
         c["attention"] = 0
     answer_tokens = int(tokens * answer_fraction)
