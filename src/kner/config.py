@@ -86,7 +86,7 @@ class DataSection(Settings):
     def mapping(self) -> tuple[str, str] | None:
         """(source, target) schemes when prepare maps labels, else None."""
         native = self.map_from or readers.native_scheme(self.reader, **self.reader_options)
-        scheme = self.scheme or readers.native_scheme(self.reader, **self.reader_options)
+        scheme = self.target_scheme()
         return (native, scheme) if native is not None and scheme != native else None
 
     def target_scheme(self) -> str:
@@ -106,7 +106,7 @@ class TokenizerSection(Settings):
 class ScratchSection(Settings, extra="allow"):
     """kner.model.scratch.build_scratch_model; other keys are settings of the architecture's transformers config."""
 
-    arch: Literal[TINY_ARCHS] = "llama"
+    arch: Literal[TINY_ARCHS] = "llama"  # type: ignore[valid-type]  # pydantic reads the tuple's names
     hidden: int = Field(128, gt=0)
     layers: int = Field(4, gt=0)
     heads: int = Field(4, gt=0)
@@ -127,10 +127,10 @@ class ModelSection(Settings):
     from_scratch: ScratchSection | None = None  # a tiny model built from this config instead of base
 
 
-def _predict_section():
+def _predict_section() -> type[Settings]:
     """``name`` plus Extractor.load's options: ExtractorConfig's fields, so a new option is a key at once."""
     hints = typing.get_type_hints(ExtractorConfig)
-    opts = {
+    opts: dict[str, Any] = {
         f.name: (hints[f.name], f.default) for f in dataclasses.fields(ExtractorConfig) if f.name != "logits_hook"
     }  # a Python callable (tests)
     return create_model(
@@ -183,7 +183,7 @@ class RunConfig(Settings):
     data: DataSection = DataSection()
     model: ModelSection = ModelSection()
     train: TrainConfig = TrainConfig()
-    predict: PredictSection = PredictSection()
+    predict: PredictSection = PredictSection()  # type: ignore[valid-type]  # a model made by _predict_section
     baseline: BaselineSection = BaselineSection()
     report: ReportSection = ReportSection()
 
@@ -251,9 +251,9 @@ class RunConfig(Settings):
             return
         if d.map_file and not Path(d.map_file).is_file():
             yield ("data", "map_file"), f"mapping file not found: {d.map_file}"
-        elif d.mapping():
+        elif (pair := d.mapping()) is not None:
             try:
-                Mapping.load(*d.mapping(), d.map_file)
+                Mapping.load(*pair, d.map_file)
             except KnerError as err:
                 yield ("data", "map_file" if d.map_file else "map_from"), str(err)
 
@@ -261,8 +261,9 @@ class RunConfig(Settings):
         from transformers import AutoConfig  # noqa: PLC0415  lazy: transformers takes a second to import
 
         scratch = self.model.from_scratch
+        assert scratch is not None  # called for a from_scratch model only
         known = AutoConfig.for_model(scratch.arch).to_dict()
-        for k in scratch.model_extra:
+        for k in scratch.model_extra or {}:
             if k not in known:
                 yield (
                     ("model", "from_scratch", k),

@@ -23,10 +23,10 @@ import json
 import os
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
+from typing import IO, Any, ParamSpec, TypeVar, cast
 
 from kner.errors import ConfigError, DataError
 
@@ -35,6 +35,9 @@ ENCODING_HELP = (
     "Encoding of the input text files (default utf-8), e.g. cp949 or euc-kr for older Korean "
     "corpora. A byte-order mark is always dropped."
 )
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 _encoding: contextvars.ContextVar[str] = contextvars.ContextVar("kner_input_encoding", default=DEFAULT_ENCODING)
 
@@ -209,21 +212,21 @@ def write_text(path: str | Path, text: str, what: str = "output") -> None:
         f.write(text)
 
 
-def reads_text(command):
+def reads_text(command: Callable[P, T]) -> Callable[P, T]:
     """Decorator for a CLI command with an ``encoding`` parameter: its body reads input files in it.
 
     Put it below the ``@app.command()`` line; the signature is kept, so the command's options are too.
     """
 
     @functools.wraps(command)
-    def run(*args, **kwargs):
-        with input_encoding(kwargs.get("encoding")):
+    def run(*args: P.args, **kwargs: P.kwargs) -> T:
+        with input_encoding(cast("str | None", kwargs.get("encoding"))):
             return command(*args, **kwargs)
 
     return run
 
 
-def text_problem(text) -> str | None:
+def text_problem(text: object) -> str | None:
     """Why ``text`` cannot be given to a model (None: it can): not a string, or not valid Unicode.
 
     A lone surrogate (half of a UTF-16 pair, e.g. a JSON ``"\\ud83d"`` cut from an emoji) cannot
@@ -242,7 +245,7 @@ def text_problem(text) -> str | None:
     return None
 
 
-def json_line(obj) -> str:
+def json_line(obj: Any) -> str:
     """One JSON line (no newline) with characters as they are, or as ``\\uXXXX`` escapes when the
     record holds a lone surrogate: the line is then still valid UTF-8 and reads back identical."""
     line = json.dumps(obj, ensure_ascii=False)

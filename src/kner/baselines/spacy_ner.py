@@ -309,8 +309,8 @@ def predict_spacy_with_report(
         report["dropped"] = dict(mrep.dropped)
         report["fallback"] = dict(mrep.fallback)
     for p in preds:
-        for e in p.entities:
-            assert p.text[e.start : e.end] == e.text
+        for x in p.entities:
+            assert p.text[x.start : x.end] == x.text
     return preds, report
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
+from typing import cast
 
 import typer
 
@@ -103,7 +104,8 @@ def convert(
         source = res.scheme or native_scheme(fmt, **opts)
         if source is None and not map_file:
             raise ConfigError(f"format {fmt!r} has no fixed label scheme; relabel with --map-file")
-        mapping = Mapping.load(source or "input", scheme_map or map_file.stem, map_file)
+        target = scheme_map if scheme_map else cast(Path, map_file).stem  # one of the two is given
+        mapping = Mapping.load(source or "input", target, map_file)
         examples, rep = map_examples(examples, mapping, fallback)
         typer.echo(
             f"mapped {sum(rep.mapped.values())} entities to {mapping.target}, dropped {sum(rep.dropped.values())}"
@@ -204,8 +206,8 @@ def stats(
         title=f"tokens ({tokenizer.name}; prompt = {scheme} instruction + text + answer, with special tokens)",
         title_justify="left",
     )
-    for c in ("", "mean", "p50", "p95", "max"):
-        tt.add_column(c, justify="right" if c else "left")
+    for col in ("", "mean", "p50", "p95", "max"):
+        tt.add_column(col, justify="right" if col else "left")
     tt.add_row("sentence text", *_summary(lengths(texts, False)))
     tt.add_row("answer (tags)", *_summary(lengths(answers, False)))
     tt.add_row("prompt without answer", *_summary(lengths(prompts, True)))
@@ -274,7 +276,7 @@ def check(
     if len(paths) == 1 and "=" not in paths[0] and Path(paths[0]).is_dir():
         report = check_folder(paths[0], tok, **kw)
     else:
-        files: dict[str, Path] = {}
+        files: dict[str, str | Path] = {}
         for item in paths:
             name, sep, p = item.partition("=")
             name, p = (name, p) if sep else (Path(item).stem, item)
@@ -303,7 +305,7 @@ def check(
             str(sum(f.severity != ERROR for f in fs)),
         )
     console.print(t)
-    labels = Counter()
+    labels: Counter[str] = Counter()
     for s in report.splits.values():
         labels.update(s.entities)
     if labels:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import unicodedata
 from collections import Counter
+from collections.abc import Set
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -183,7 +184,7 @@ def check_splits(
     max_seq_len: int = 1024,
     prompt_format=None,
     paths: dict[str, str] | None = None,
-    skip_empty: set[str] = frozenset(),
+    skip_empty: Set[str] = frozenset(),
 ) -> CheckReport:
     """Check examples split by name. ``tokenizer`` (a loaded Hugging Face tokenizer) adds the
     ``max_seq_len`` check, with the prompt encoded as training encodes it."""

@@ -11,6 +11,7 @@ import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from kner.errors import DataError
 from kner.textio import atomic_write, json_line, numbered_lines
@@ -23,7 +24,7 @@ class Entity:
     label: str
     text: str
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"start": self.start, "end": self.end, "label": self.label, "text": self.text}
 
     @property
@@ -36,16 +37,16 @@ class Example:
     id: str
     text: str
     entities: list[Entity] = field(default_factory=list)
-    meta: dict = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
 
-    def to_dict(self) -> dict:
-        d = {"id": self.id, "text": self.text, "entities": [e.to_dict() for e in self.entities]}
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"id": self.id, "text": self.text, "entities": [e.to_dict() for e in self.entities]}
         if self.meta:
             d["meta"] = self.meta
         return d
 
     @classmethod
-    def from_dict(cls, d: dict, path: str | Path | None = None, line: int | None = None) -> Example:
+    def from_dict(cls, d: dict[str, Any], path: str | Path | None = None, line: int | None = None) -> Example:
         if not isinstance(d, dict):
             raise DataError("expected a JSON object", path, line)
         for key in ("text",):

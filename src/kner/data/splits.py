@@ -50,7 +50,7 @@ def balance(weights: Sequence[int], n: int, indices: Sequence[int] | None = None
     return [sorted(p) for p in parts]
 
 
-def parse_ratios(text: str | tuple | list) -> tuple[float, float, float]:
+def parse_ratios(text: str | Sequence[float]) -> tuple[float, float, float]:
     if isinstance(text, str):
         try:
             vals = tuple(float(x) for x in text.split(","))
@@ -60,15 +60,17 @@ def parse_ratios(text: str | tuple | list) -> tuple[float, float, float]:
         vals = tuple(float(x) for x in text)
     if len(vals) != 3 or any(v < 0 for v in vals) or abs(sum(vals) - 1.0) > 1e-6:
         raise ConfigError(f"ratios must be three non-negative numbers summing to 1 (train,dev,test), not {text!r}")
-    return vals  # type: ignore[return-value]
+    return vals[0], vals[1], vals[2]
 
 
 def doc_of(ex: Example) -> str:
     return str(ex.meta.get("doc") or ex.id)
 
 
-def split_by_document(examples: list[Example], ratios=(0.8, 0.1, 0.1), seed: int = 13) -> dict[str, list[Example]]:
-    ratios = parse_ratios(ratios)
+def split_by_document(
+    examples: list[Example], ratios: str | Sequence[float] = (0.8, 0.1, 0.1), seed: int = 13
+) -> dict[str, list[Example]]:
+    shares = parse_ratios(ratios)
     by_doc: dict[str, list[Example]] = defaultdict(list)
     for ex in examples:
         by_doc[doc_of(ex)].append(ex)
@@ -78,18 +80,20 @@ def split_by_document(examples: list[Example], ratios=(0.8, 0.1, 0.1), seed: int
     counts = [0, 0, 0]
     assigned: dict[str, list[str]] = {s: [] for s in SPLITS}
     for d in docs:
-        deficits = [ratios[k] * total - counts[k] for k in range(3)]
+        deficits = [shares[k] * total - counts[k] for k in range(3)]
         k = max(range(3), key=lambda i: (deficits[i], -i))
-        if ratios[k] == 0:  # everything is full; only reachable with rounding at the very end
-            k = max(range(3), key=lambda i: ratios[i])
+        if shares[k] == 0:  # everything is full; only reachable with rounding at the very end
+            k = max(range(3), key=lambda i: shares[i])
         counts[k] += len(by_doc[d])
         assigned[SPLITS[k]].append(d)
-    _check_sizes(counts, ratios, total, by_doc)
+    _check_sizes(counts, shares, total, by_doc)
     # Within a split: documents by name, sentences in input order.
     return {s: [ex for d in sorted(assigned[s]) for ex in by_doc[d]] for s in SPLITS}
 
 
-def _check_sizes(counts: list[int], ratios, total: int, by_doc: dict[str, list[Example]]) -> None:
+def _check_sizes(
+    counts: list[int], ratios: tuple[float, float, float], total: int, by_doc: dict[str, list[Example]]
+) -> None:
     """Refuse an empty split the ratios did not ask for; warn about one under ``SMALL_SHARE``."""
     if total == 0:
         raise ConfigError("no sentences to split")

@@ -13,6 +13,7 @@ import html
 import json
 import random
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from rich import box
 from rich.console import Console
@@ -34,6 +35,9 @@ from kner.evaluation.scoring import (
     pct,
 )
 from kner.textio import write_text
+
+if TYPE_CHECKING:
+    from matplotlib.typing import RcKeyType
 
 # Pastel backgrounds that keep black Hangul readable; assigned by label order.
 PALETTE = [
@@ -240,7 +244,7 @@ def f1_chart(results: dict[str, EvalResult], labels: list[str], path: Path) -> b
 
     groups = labels + ["micro", "macro"]
     names = list(results)
-    rc = {"axes.unicode_minus": False}
+    rc: dict[RcKeyType, Any] = {"axes.unicode_minus": False}
     font = _hangul_font()
     if font:
         rc["font.family"] = [font, "DejaVu Sans"]

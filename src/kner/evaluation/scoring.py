@@ -30,6 +30,8 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from kner.data.example import Example, numbered_jsonl, validate
 from kner.errors import KnerError
@@ -85,7 +87,7 @@ class LabelScores:
     def f1(self) -> float:
         return _f1(self.precision, self.recall)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "precision": self.precision,
             "recall": self.recall,
@@ -118,7 +120,7 @@ class EvalResult:
 
     # -- averages ----------------------------------------------------------
     @property
-    def micro(self) -> dict:
+    def micro(self) -> dict[str, Any]:
         tp = sum(s.tp for s in self.per_label.values())
         fp = sum(s.fp for s in self.per_label.values())
         fn = sum(s.fn for s in self.per_label.values())
@@ -140,7 +142,7 @@ class EvalResult:
         return [lab for lab in self.labels if self.per_label[lab].support or self.per_label[lab].predicted]
 
     @property
-    def macro(self) -> dict:
+    def macro(self) -> dict[str, Any]:
         labs = self.macro_labels
         n = len(labs)
         if not n:
@@ -161,7 +163,7 @@ class EvalResult:
         return _div(self.exact_matches, self.n_sentences)
 
     @property
-    def error_totals(self) -> dict:
+    def error_totals(self) -> dict[str, Any]:
         fp = dict.fromkeys(FP_CAUSES, 0)
         fn = dict.fromkeys(FN_CAUSES, 0)
         for s in self.per_label.values():
@@ -172,7 +174,7 @@ class EvalResult:
         return {"fp": fp, "fn": fn}
 
     # -- output ------------------------------------------------------------
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "n_sentences": self.n_sentences,
             "labels": list(self.labels),
@@ -297,7 +299,7 @@ def error_table_markdown(result: EvalResult) -> str:
 # -- reading -----------------------------------------------------------------
 
 
-def read_for_scoring(path) -> list[Example]:
+def read_for_scoring(path: str | Path) -> list[Example]:
     """Canonical JSONL as ``read_jsonl`` reads it, except that a duplicate entity or a span with two
     labels is not an error: scoring has a rule for both (see the module docstring). Every entity's
     offsets and surface text are still checked, with file and line in the error."""
@@ -366,7 +368,9 @@ def _cause(span: Span, others: set[Span], fallback: str) -> str:
     return fallback
 
 
-def _spans(ex: Example, keep: set[str] | None, side: str, ignored: Counter, dups: Counter, multi: Counter) -> set[Span]:
+def _spans(
+    ex: Example, keep: set[str] | None, side: str, ignored: Counter[str], dups: Counter[str], multi: Counter[str]
+) -> set[Span]:
     out: set[Span] = set()
     for e in ex.entities:
         if keep is not None and e.label not in keep:
@@ -422,7 +426,9 @@ def char_tags(text: str, spans: set[Span] | list[Span]) -> tuple[list[tuple[str,
     return out, hidden
 
 
-def klue_tag_f1(gold_tags: Counter, pred_tags: Counter, tp_tags: Counter, tagset: list[str]) -> dict[str, float]:
+def klue_tag_f1(
+    gold_tags: Counter[str], pred_tags: Counter[str], tp_tags: Counter[str], tagset: list[str]
+) -> dict[str, float]:
     """Per-tag F1 as sklearn ``f1_score(..., zero_division=1)``: 2TP / (gold + pred), 1 when both are 0."""
     out = {}
     for t in tagset:
@@ -446,9 +452,9 @@ def evaluate(gold: list[Example], pred: list[Example], labels: list[str] | None 
     if labels is not None:
         labels = list(dict.fromkeys(labels))
         keep = set(labels)
-    ignored = {"gold": Counter(), "pred": Counter()}
-    dups: Counter = Counter()
-    multi: Counter = Counter()
+    ignored: dict[str, Counter[str]] = {"gold": Counter(), "pred": Counter()}
+    dups: Counter[str] = Counter()
+    multi: Counter[str] = Counter()
     span_pairs = []
     for gex, pex in pairs:
         span_pairs.append(
@@ -464,8 +470,10 @@ def evaluate(gold: list[Example], pred: list[Example], labels: list[str] | None 
     per = {lab: LabelScores(lab) for lab in labels}
 
     char_correct = char_total = exact = 0
-    overlaps = Counter()
-    gold_tags, pred_tags, tp_tags = Counter(), Counter(), Counter()
+    overlaps: Counter[str] = Counter()
+    gold_tags: Counter[str] = Counter()
+    pred_tags: Counter[str] = Counter()
+    tp_tags: Counter[str] = Counter()
     for gex, g, p in span_pairs:
         for s in g & p:
             per[s[2]].tp += 1

@@ -44,6 +44,7 @@ import inspect
 import logging
 import warnings
 from contextlib import contextmanager
+from typing import Any
 
 # Imports of torch, transformers, peft and bitsandbytes are lazy, inside each function (PLC0415 is
 # ignored for this file in pyproject.toml): kner.model.loading imports this module, and kner.config
@@ -100,7 +101,7 @@ def _library_cache_kwarg() -> str:
 
 
 @functools.cache
-def _cache_kwarg(cls) -> str:
+def _cache_kwarg(cls: Any) -> str:  # a model class
     params = inspect.signature(cls.forward).parameters  # follows functools.wraps of HF's decorators
     if "cache" in params:
         return "cache"
@@ -112,7 +113,8 @@ def _cache_kwarg(cls) -> str:
 def cache_kwargs(model, cache) -> dict:
     """``{name: cache}`` for ``model(...)``: ``cache`` where the model takes it (5.24 does), else
     ``past_key_values``."""
-    return {_cache_kwarg(type(_unwrap(model))): cache}
+    model_cls: type = type(_unwrap(model))
+    return {_cache_kwarg(model_cls): cache}
 
 
 # ---------------------------------------------------------------------------

@@ -56,11 +56,11 @@ def train_tokenizer(
     corpus = list(texts) + list(extra_texts)
     tok.train_from_iterator(corpus, trainer=trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL)
-    fast.add_bos_token = False
+    fast.add_bos_token = False  # type: ignore[misc]  # it has a setter; the stubs say read-only
     return fast
 
 
-def _char_tokenizer(corpus: list[str], min_count: int, pieces: list[str] = ()):
+def _char_tokenizer(corpus: list[str], min_count: int, pieces: Iterable[str] = ()) -> PreTrainedTokenizerFast:
     counts = Counter(ch for text in corpus for ch in text)
     vocab: dict[str, int] = {}
     for piece in list(SPECIAL.values()) + [f"<0x{b:02X}>" for b in range(256)]:
@@ -76,7 +76,7 @@ def _char_tokenizer(corpus: list[str], min_count: int, pieces: list[str] = ()):
     uniq = sorted(dict.fromkeys(p for p in pieces if len(p) > 1), key=len, reverse=True)
     tok.add_tokens([AddedToken(p, normalized=False, special=False) for p in uniq])
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL)
-    fast.add_bos_token = False
+    fast.add_bos_token = False  # type: ignore[misc]  # it has a setter; the stubs say read-only
     return fast
 
 

@@ -232,7 +232,8 @@ def files_of(fmt: str, path: str | Path, skipped: list[Path] | None = None) -> l
         return [path]
     if not path.exists():
         raise DataError("no such file or folder", path)
-    files, passed = [], []
+    files: list[Path] = []
+    passed: list[Path] = []
     for p in sorted(path.glob(f.pattern)):
         if p.is_file():
             (passed if _not_data(p, f.pattern) else files).append(p)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import bisect
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,7 +69,7 @@ class SpanChecker:
         self.res.problems.append(Problem(str(self.path), line, sid, reason, kind))
 
     def spans(
-        self, text: str, raw: list[tuple[object, object, object, object]], line: int | None, sid: str
+        self, text: str, raw: Sequence[tuple[object, object, object, object]], line: int | None, sid: str
     ) -> list[tuple[int, int, str]]:
         """``raw``: (start, end, label, span text or None) as found in the file."""
         u2c = utf16_to_chars(text) if has_astral(text) else None

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from kner.data.example import Example
 from kner.data.readers.base import Problem, ReadResult, build_entities, numbered_lines
-from kner.data.readers.bio import OUTSIDE, decode, split_tag
+from kner.data.readers.bio import OUTSIDE, Tag, decode, split_tag
 from kner.errors import ConfigError, DataError
 
 V1 = ("PER", "LOC", "GRP", "CORP", "PROD", "CW")
@@ -76,7 +76,7 @@ _COLS = re.compile(r"[ \t]+")  # not str.split(): a token may hold a no-break or
 def read(path: Path, version: int | str | None = None) -> ReadResult:
     version = _version(version)
     raw: list[tuple[int, str | None, str, list]] = []  # (line, id, domain, [(line, token, tag)])
-    cur = None
+    cur: tuple[int, str | None, str, list] | None = None
     width = None  # 4 (token _ _ TAG) or 3 (blind test file: token _ _), from the first token line
     for lineno, line in numbered_lines(path):
         if not line.strip():
@@ -97,6 +97,7 @@ def read(path: Path, version: int | str | None = None) -> ReadResult:
         if cur is None:  # a sentence without an id line
             cur = (lineno, None, "", [])
             raw.append(cur)
+        tag: Tag | None
         if width == 3:
             tag = OUTSIDE
         else:

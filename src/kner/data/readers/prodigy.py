@@ -14,6 +14,7 @@ document is ``meta.doc`` (or ``doc``), else the example's own.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from kner.data.example import Example
 from kner.data.readers.annotation import SpanChecker, jsonl_records
@@ -24,7 +25,7 @@ def read(path: Path) -> ReadResult:
     res = ReadResult(scheme=None, files=1)
     checker = SpanChecker(path, res, "chars")
     for lineno, d in jsonl_records(path):
-        meta = d.get("meta") if isinstance(d, dict) and isinstance(d.get("meta"), dict) else {}
+        meta: dict[str, Any] = d["meta"] if isinstance(d, dict) and isinstance(d.get("meta"), dict) else {}
         own = meta.get("id", d.get("id")) if isinstance(d, dict) else None
         sid = str(own) if own is not None else f"{path.name}:{lineno}"
 
