@@ -125,3 +125,19 @@ def test_config_target_modules_from_a_flag():
     cfg = TrainConfig(target_modules="q_proj, v_proj").validate()
     assert cfg.target_modules == ["q_proj", "v_proj"]
     assert TrainConfig().validate().target_modules == "all-linear"
+
+
+def test_the_token_budget_is_decided_in_one_place():
+    from types import SimpleNamespace
+
+    from kner.training.setup import token_budget
+
+    cfg, plan = TrainConfig(), SimpleNamespace(budget=4096)
+    assert token_budget(cfg, plan, 700, on_gpu=True) == 4096
+    assert token_budget(cfg, plan, 700, on_gpu=False) == 1024          # CPU: short rows
+    assert token_budget(cfg, plan, 1500, on_gpu=False) == 1500         # never below the longest example
+    assert token_budget(cfg, None, 700, on_gpu=True) == 8192           # no plan: max_batch_tokens
+    assert token_budget(cfg, plan, 700, on_gpu=True, checkpoint_budget=2048) == 2048   # resume: the same cut
+    assert token_budget(TrainConfig(batch_tokens=3000), plan, 700, on_gpu=True, checkpoint_budget=2048) == 3000
+    with pytest.raises(ConfigError, match=r"batch_tokens=600 is smaller than the longest example \(700 tokens"):
+        token_budget(TrainConfig(batch_tokens=600), None, 700, on_gpu=True)

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from kner.data.example import Example
+from kner.data.schemes import load_scheme
 from kner.errors import ConfigError, DataError, KnerError
 from kner.model import compat
 from kner.model.loading import choose_compute_dtype, dtype_name
@@ -81,6 +82,8 @@ class TrainData:
 
 
 class TrainingRecipe:
+    """One run: ``setup`` builds the components, ``train`` runs the loop, ``save`` writes the output folder."""
+
     def __init__(self, config: TrainConfig):
         self.cfg = config.validate()
         dist.init()
@@ -96,8 +99,6 @@ class TrainingRecipe:
               dev_examples: list[Example] | None = None) -> None:
         cfg = self.cfg
         # 1. Data: read, map to the target scheme, check labels (before any model is loaded).
-        from kner.data.schemes import load_scheme
-
         self.scheme = load_scheme(cfg.scheme)
         self.prompt_format = PromptFormat.from_dict(cfg.prompt)
         train_exs = _load_examples(cfg.train, train_examples, cfg, self.scheme, "train")
