@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from kner.errors import KnerError
 from kner.data.example import Example
+from kner.errors import KnerError
 
 _REPO = Path(__file__).resolve().parents[1]
 DEFAULT_RATIOS = (0.8, 0.1, 0.1)
@@ -29,9 +29,11 @@ def data_dir() -> Path:
     for p in (Path.cwd().parent / "shared" / "datasets", _REPO.parent / "shared" / "datasets"):
         if p.is_dir():
             return p
-    raise KnerError("no dataset folder found: set KNER_DATA_DIR to a folder holding kmou/corpus/*.txt "
-                    "(the KMOU corpus, 1,284 files), kmou/2016klp/ner.{train,dev,test} and "
-                    "klue-ner/klue-ner-v1.1_dev.tsv, or place that folder at ../shared/datasets")
+    raise KnerError(
+        "no dataset folder found: set KNER_DATA_DIR to a folder holding kmou/corpus/*.txt "
+        "(the KMOU corpus, 1,284 files), kmou/2016klp/ner.{train,dev,test} and "
+        "klue-ner/klue-ner-v1.1_dev.tsv, or place that folder at ../shared/datasets"
+    )
 
 
 def kmou_examples(root: str | Path | None = None) -> list[Example]:

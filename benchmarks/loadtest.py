@@ -25,8 +25,9 @@ def _get(url: str) -> dict:
 
 
 def _post(url: str, payload: dict, timeout: float) -> tuple[int, dict]:
-    req = urllib.request.Request(url, data=json.dumps(payload, ensure_ascii=False).encode("utf-8"),
-                                 headers={"content-type": "application/json"})
+    req = urllib.request.Request(
+        url, data=json.dumps(payload, ensure_ascii=False).encode("utf-8"), headers={"content-type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.status, json.loads(r.read())
@@ -37,7 +38,7 @@ def _post(url: str, payload: dict, timeout: float) -> tuple[int, dict]:
 def run(url: str, texts: list[str], clients: int = 16, texts_per_request: int = 1, timeout: float = 600) -> dict:
     url = url.rstrip("/")
     before = _get(url + "/health")["batching"]
-    requests = [texts[i:i + texts_per_request] for i in range(0, len(texts), texts_per_request)]
+    requests = [texts[i : i + texts_per_request] for i in range(0, len(texts), texts_per_request)]
     lock = threading.Lock()
     next_req = [0]
     latencies: list[float] = []
@@ -70,13 +71,24 @@ def run(url: str, texts: list[str], clients: int = 16, texts_per_request: int = 
     after = _get(url + "/health")["batching"]
     calls = after["extractor_calls"] - before["extractor_calls"]
     lat = sorted(latencies)
-    return {"texts": len(texts), "requests": len(requests), "clients": clients, "seconds": round(wall, 2),
-            "texts_per_s": round(len(texts) / wall, 2), "statuses": statuses, "entities": entities[0],
-            "latency_ms": {"p50": round(1000 * statistics.median(lat), 1),
-                           "p95": round(1000 * lat[min(len(lat) - 1, int(0.95 * len(lat)))], 1),
-                           "max": round(1000 * lat[-1], 1)} if lat else None,
-            "extractor_calls": calls,
-            "texts_per_call": round((after["texts"] - before["texts"]) / calls, 2) if calls else None}
+    return {
+        "texts": len(texts),
+        "requests": len(requests),
+        "clients": clients,
+        "seconds": round(wall, 2),
+        "texts_per_s": round(len(texts) / wall, 2),
+        "statuses": statuses,
+        "entities": entities[0],
+        "latency_ms": {
+            "p50": round(1000 * statistics.median(lat), 1),
+            "p95": round(1000 * lat[min(len(lat) - 1, int(0.95 * len(lat)))], 1),
+            "max": round(1000 * lat[-1], 1),
+        }
+        if lat
+        else None,
+        "extractor_calls": calls,
+        "texts_per_call": round((after["texts"] - before["texts"]) / calls, 2) if calls else None,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -90,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     with open(args.input, encoding="utf-8") as f:
         texts = [ln.rstrip("\r\n") for ln in f if ln.strip()]
     if args.limit:
-        texts = texts[:args.limit]
+        texts = texts[: args.limit]
     if not texts:
         sys.exit(f"{args.input}: no texts")
     print(json.dumps(run(args.url, texts, args.clients, args.texts_per_request), ensure_ascii=False, indent=2))

@@ -62,9 +62,9 @@ def build(args) -> None:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from kner.data.schemes import load_scheme
     from kner.model.artifacts import ModelManifest
     from kner.model.loading import LoadSpec, load_tokenizer, tiny_config
-    from kner.data.schemes import load_scheme
 
     work = Path(args.work)
     tok = load_tokenizer(str(DATA / "tokenizer"))
@@ -81,17 +81,30 @@ def build(args) -> None:
     tok.save_pretrained(work / "base")
     t_save = time.perf_counter() - t - t_init
     torch.manual_seed(1)
-    lora = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear",
-                                            init_lora_weights=False))
+    lora = get_peft_model(
+        model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", init_lora_weights=False)
+    )
     lora.save_pretrained(work / "out" / "adapter")
     tok.save_pretrained(work / "out" / "tokenizer")
-    ModelManifest(load=LoadSpec(model=str(work / "base"), quantize_4bit=True, compute_dtype=dname), method="qlora",
-                  scheme=load_scheme("spacy19"), extra={"benchmark": "random weights", "tiny": args.tiny}).save(
-        work / "out")
+    ModelManifest(
+        load=LoadSpec(model=str(work / "base"), quantize_4bit=True, compute_dtype=dname),
+        method="qlora",
+        scheme=load_scheme("spacy19"),
+        extra={"benchmark": "random weights", "tiny": args.tiny},
+    ).save(work / "out")
     size = sum(f.stat().st_size for f in (work / "base").glob("*.safetensors"))
-    print(json.dumps({"init_seconds": round(t_init, 2), "save_seconds": round(t_save, 2),
-                      "base_gib": round(size / 2 ** 30, 2), "parameters": sum(p.numel() for p in model.parameters()),
-                      "build_seconds": round(time.perf_counter() - t, 2)}), flush=True)
+    print(
+        json.dumps(
+            {
+                "init_seconds": round(t_init, 2),
+                "save_seconds": round(t_save, 2),
+                "base_gib": round(size / 2**30, 2),
+                "parameters": sum(p.numel() for p in model.parameters()),
+                "build_seconds": round(time.perf_counter() - t, 2),
+            }
+        ),
+        flush=True,
+    )
 
 
 def ensure_model(args) -> dict:
@@ -127,33 +140,69 @@ def one_run(args, examples, budgets, devices, name) -> dict:
 
     log(f"{name}: {len(devices)} worker(s) on {devices}")
     t = time.perf_counter()
-    res = predict_sharded(str(Path(args.work) / "out"), examples, out, devices=devices,
-                          options={"ignore_eos": True}, new_tokens=budgets, restart=True, keep_shards=False,
-                          source=str(DATA / "kmou_test1000.jsonl"), progress=progress,
-                          flush_every=args.flush_every)
+    res = predict_sharded(
+        str(Path(args.work) / "out"),
+        examples,
+        out,
+        devices=devices,
+        options={"ignore_eos": True},
+        new_tokens=budgets,
+        restart=True,
+        keep_shards=False,
+        source=str(DATA / "kmou_test1000.jsonl"),
+        progress=progress,
+        flush_every=args.flush_every,
+    )
     wall = time.perf_counter() - t
     st = res.stats
     gen = st.seconds
     workers = []
     for w in res.workers:
-        workers.append({k: w.get(k) for k in ("tag", "device", "cuda_visible_devices", "texts", "load_seconds",
-                                                "peak_allocated_gib", "chunks")}
-                       | {"generation_seconds": round(w["gen_end"] - w["gen_start"], 3),
-                          "new_tokens": w["stats"]["new_tokens"], "max_batch": max(w["stats"]["batch_sizes"] or [0]),
-                          "oom_retries": w["stats"]["oom_retries"], "preemptions": w["stats"].get("preemptions")})
-    return {"devices": devices, "sentences": res.total, "wall_seconds": round(wall, 2),
-            "load_seconds_slowest": round(res.load_seconds, 2), "generation_seconds": round(gen, 2),
-            "new_tokens": st.new_tokens, "sentences_per_s": round(res.total / gen, 2),
-            "tokens_per_s": round(st.new_tokens / gen, 1), "sentences_per_s_wall": round(res.total / wall, 2),
-            "tokens_per_s_wall": round(st.new_tokens / wall, 1), "oom_retries": st.oom_retries,
-            "flush_every": args.flush_every, "workers": workers, "output": str(out)}
+        workers.append(
+            {
+                k: w.get(k)
+                for k in (
+                    "tag",
+                    "device",
+                    "cuda_visible_devices",
+                    "texts",
+                    "load_seconds",
+                    "peak_allocated_gib",
+                    "chunks",
+                )
+            }
+            | {
+                "generation_seconds": round(w["gen_end"] - w["gen_start"], 3),
+                "new_tokens": w["stats"]["new_tokens"],
+                "max_batch": max(w["stats"]["batch_sizes"] or [0]),
+                "oom_retries": w["stats"]["oom_retries"],
+                "preemptions": w["stats"].get("preemptions"),
+            }
+        )
+    return {
+        "devices": devices,
+        "sentences": res.total,
+        "wall_seconds": round(wall, 2),
+        "load_seconds_slowest": round(res.load_seconds, 2),
+        "generation_seconds": round(gen, 2),
+        "new_tokens": st.new_tokens,
+        "sentences_per_s": round(res.total / gen, 2),
+        "tokens_per_s": round(st.new_tokens / gen, 1),
+        "sentences_per_s_wall": round(res.total / wall, 2),
+        "tokens_per_s_wall": round(st.new_tokens / wall, 1),
+        "oom_retries": st.oom_retries,
+        "flush_every": args.flush_every,
+        "workers": workers,
+        "output": str(out),
+    }
 
 
 def gpu_names() -> list[str]:
     # nvidia-smi, not torch: this process must not create a CUDA context (memory on GPU 0) next to a worker.
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
-                             text=True, timeout=30)
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=30
+        )
         return [l.strip() for l in out.stdout.splitlines() if l.strip()]
     except (OSError, subprocess.SubprocessError):
         return []
@@ -165,8 +214,11 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/kner_multi_gpu_bench", help="model folder and outputs (~13 GiB)")
     ap.add_argument("--tiny", action="store_true", help="tiny model, CPU workers (smoke test of this script)")
     ap.add_argument("--n", type=int, default=1000)
-    ap.add_argument("--data", help="canonical JSONL to take the first --n sentences from (default: the 1,000-sentence "
-                                   "test set); a larger input spreads one long answer's decode time over more work")
+    ap.add_argument(
+        "--data",
+        help="canonical JSONL to take the first --n sentences from (default: the 1,000-sentence "
+        "test set); a larger input spreads one long answer's decode time over more work",
+    )
     ap.add_argument("--flush-every", type=int, default=512)
     ap.add_argument("--stop-after", type=float, default=300.0, help="skip the 2-worker run after this many seconds")
     ap.add_argument("--build", action="store_true", help=argparse.SUPPRESS)
@@ -177,21 +229,29 @@ def main() -> None:
         # Tiny models gain nothing from intra-op threads, and CPU workers must not fight over shared cores.
         os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+    import peft
     import torch
     import transformers
-    import peft
 
     from infer_bench import budget_summary, load_set, results_writer
 
     n_gpus = torch.cuda.device_count()
-    res = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__,
-           "transformers": transformers.__version__, "peft": peft.__version__, "tiny": args.tiny,
-           "gpus_visible": n_gpus,
-           "gpu_names": gpu_names(),
-           "env": {k: os.environ.get(k) for k in ("NCCL_NVLS_ENABLE", "TORCH_SYMM_MEM_DISABLE_MULTICAST",
-                                                  "PYTHONPATH", "CUDA_VISIBLE_DEVICES")}}
+    res = {
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "tiny": args.tiny,
+        "gpus_visible": n_gpus,
+        "gpu_names": gpu_names(),
+        "env": {
+            k: os.environ.get(k)
+            for k in ("NCCL_NVLS_ENABLE", "TORCH_SYMM_MEM_DISABLE_MULTICAST", "PYTHONPATH", "CUDA_VISIBLE_DEVICES")
+        },
+    }
     try:
         import bitsandbytes
+
         res["bitsandbytes"] = bitsandbytes.__version__
     except ImportError:
         res["bitsandbytes"] = None
@@ -217,11 +277,16 @@ def main() -> None:
         lb = Path(b["output"]).read_text(encoding="utf-8").splitlines()
         same = sum(x == y for x, y in zip(la, lb))
         ids_in_order = [json.loads(l)["id"] for l in lb] == [e.id for e in exs]
-        save("summary", {
-            "speedup_generation": round(b["sentences_per_s"] / a["sentences_per_s"], 2),
-            "speedup_wall": round(b["sentences_per_s_wall"] / a["sentences_per_s_wall"], 2),
-            "same_new_tokens": a["new_tokens"] == b["new_tokens"],
-            "identical_output_lines": f"{same}/{len(la)}", "merged_in_input_order": ids_in_order})
+        save(
+            "summary",
+            {
+                "speedup_generation": round(b["sentences_per_s"] / a["sentences_per_s"], 2),
+                "speedup_wall": round(b["sentences_per_s_wall"] / a["sentences_per_s_wall"], 2),
+                "same_new_tokens": a["new_tokens"] == b["new_tokens"],
+                "identical_output_lines": f"{same}/{len(la)}",
+                "merged_in_input_order": ids_in_order,
+            },
+        )
     log("done")
 
 

@@ -20,8 +20,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from kner.evaluation.scoring import evaluate  # noqa: E402
 from kner.data.example import read_jsonl  # noqa: E402
+from kner.evaluation.scoring import evaluate  # noqa: E402
 from kner.pipeline import run, stage_predict  # noqa: E402
 
 
@@ -35,10 +35,18 @@ def main() -> None:
     ap.add_argument("--limit-test", type=int)
     ap.add_argument("--epochs", type=int)
     ap.add_argument("--save-every", type=int, help="checkpoint interval (steps); a killed run resumes from the last")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a config setting, dotted key, YAML value (e.g. train.lr=3e-4)")
-    ap.add_argument("--dev-eval", action="store_true",
-                    help="also predict and score the dev split (choose settings on dev, report test)")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config setting, dotted key, YAML value (e.g. train.lr=3e-4)",
+    )
+    ap.add_argument(
+        "--dev-eval",
+        action="store_true",
+        help="also predict and score the dev split (choose settings on dev, report test)",
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     cfg = yaml.safe_load(Path(args.config).read_text(encoding="utf-8"))
@@ -56,7 +64,7 @@ def main() -> None:
         for k in path:
             node = node.setdefault(k, {})
         parsed = yaml.safe_load(value)
-        if isinstance(parsed, str):   # YAML 1.1 reads 1e-3 as a string
+        if isinstance(parsed, str):  # YAML 1.1 reads 1e-3 as a string
             try:
                 parsed = float(parsed)
             except ValueError:
@@ -73,11 +81,15 @@ def main() -> None:
     pred = read_jsonl(run_dir / "predict" / "preds.jsonl")
     res = evaluate(gold, pred)
     train_metrics = json.loads((run_dir / "train" / "metrics.json").read_text())
-    result = {"elapsed_s": round(time.time() - t0, 1), "stages": summary["stages"],
-              "train": train_metrics.get("train"), "dev": train_metrics.get("dev"),
-              "predict": json.loads((run_dir / "predict" / "predict.json").read_text()),
-              "metrics": res.to_dict()}
-    if args.dev_eval:   # the pipeline's predict stage, on the dev split
+    result = {
+        "elapsed_s": round(time.time() - t0, 1),
+        "stages": summary["stages"],
+        "train": train_metrics.get("train"),
+        "dev": train_metrics.get("dev"),
+        "predict": json.loads((run_dir / "predict" / "predict.json").read_text()),
+        "metrics": res.to_dict(),
+    }
+    if args.dev_eval:  # the pipeline's predict stage, on the dev split
         dev_dir = run_dir / "predict-dev"
         dev_dir.mkdir(exist_ok=True)
         stage_predict(cfg.get("predict") or {}, run_dir / "train", run_dir / "prepare" / "dev.jsonl", dev_dir)
@@ -85,6 +97,7 @@ def main() -> None:
         result["dev_metrics"] = evaluate(read_jsonl(run_dir / "prepare" / "dev.jsonl"), dev_pred).to_dict()
         print("dev micro F1", result["dev_metrics"].get("micro"))
     import torch
+
     if torch.cuda.is_available():
         result["gpu"] = torch.cuda.get_device_name(0)
         result["peak_allocated_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)

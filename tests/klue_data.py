@@ -14,15 +14,24 @@ from kner.data.example import Entity, Example
 
 KLUE = Path(__file__).resolve().parent / "fixtures" / "kmou" / "corpus"
 # KMOU -> KLUE-NER tags; POH (other proper nouns) has no KLUE tag and is left untagged.
-TO_KLUE = {"PER": "PS", "LOC": "LC", "ORG": "OG", "DAT": "DT", "TIM": "TI", "DUR": "QT", "MNY": "QT",
-           "PNT": "QT", "NOH": "QT"}
+TO_KLUE = {
+    "PER": "PS",
+    "LOC": "LC",
+    "ORG": "OG",
+    "DAT": "DT",
+    "TIM": "TI",
+    "DUR": "QT",
+    "MNY": "QT",
+    "PNT": "QT",
+    "NOH": "QT",
+}
 _TAG = re.compile(r"<([^<>]+?):([A-Z]{2,3})>")
 
 
 def _parse(markup: str) -> tuple[str, list[tuple[int, int, str]]]:
     text, spans, pos = "", [], 0
     for m in _TAG.finditer(markup):
-        text += markup[pos:m.start()]
+        text += markup[pos : m.start()]
         spans.append((len(text), len(text) + len(m.group(1)), m.group(2)))
         text += m.group(1)
         pos = m.end()

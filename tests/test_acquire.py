@@ -9,7 +9,7 @@ from kner.errors import KnerError
 def test_modified_local_copy_is_rejected(tmp_path, datasets_dir):
     dst = tmp_path / "kmou" / "corpus"
     dst.mkdir(parents=True)
-    src = datasets_dir / "kmou" / "corpus" / "00002_NER.txt"   # the fixture keeps it byte for byte
+    src = datasets_dir / "kmou" / "corpus" / "00002_NER.txt"  # the fixture keeps it byte for byte
     shutil.copy(src, dst / src.name)
     with pytest.raises(KnerError, match="1283 of the 1284 files of kmou are missing"):
         acquire.locate("kmou", tmp_path)

@@ -24,15 +24,22 @@ from kner.baselines.spacy_ner import (  # noqa: E402
 )
 from kner.baselines.tokenization import alignment_report, make_doc, token_offsets, tokenize  # noqa: E402
 from kner.cli import _register, app  # noqa: E402
-from kner.errors import ConfigError, DataError  # noqa: E402
 from kner.data.example import Entity, Example, read_jsonl, validate, write_jsonl  # noqa: E402
 from kner.data.schemes import Mapping  # noqa: E402
+from kner.errors import ConfigError, DataError  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures" / "spacy"
 runner = CliRunner()
 _register()
 
-TEXTS = ["이순신은 조선의 장군이다.", "  김철수는\t한국은행에  다닌다", "서울-부산간 도로 2024년", "", "   ", "ABC 123 !?"]
+TEXTS = [
+    "이순신은 조선의 장군이다.",
+    "  김철수는\t한국은행에  다닌다",
+    "서울-부산간 도로 2024년",
+    "",
+    "   ",
+    "ABC 123 !?",
+]
 
 
 @pytest.mark.parametrize("mode", ["char", "kiwi", "whitespace"])
@@ -103,8 +110,12 @@ def test_label_map_parsing():
 NAMES = ["이순신", "김철수", "박영희", "최민준", "정서연", "강하늘", "윤도현", "장보고", "홍길동", "신사임당"]
 PLACES = ["서울", "부산", "대구", "광주", "제주도", "인천", "울산", "전주"]
 ORGS = ["삼성전자", "한국은행", "서울대학교", "현대자동차", "국회", "대한항공"]
-TEMPLATES = ["{PS}은 {LC}에 있는 {OG}에서 일한다.", "어제 {LC}에서 {PS}가 {OG} 사람들을 만났다.",
-             "{OG} 대표 {PS}는 {LC}로 떠났다.", "{PS} 씨가 {LC} 시장에서 {OG} 제품을 샀다."]
+TEMPLATES = [
+    "{PS}은 {LC}에 있는 {OG}에서 일한다.",
+    "어제 {LC}에서 {PS}가 {OG} 사람들을 만났다.",
+    "{OG} 대표 {PS}는 {LC}로 떠났다.",
+    "{PS} 씨가 {LC} 시장에서 {OG} 제품을 샀다.",
+]
 
 
 def synthetic(n: int, seed: int) -> list[Example]:
@@ -120,7 +131,7 @@ def synthetic(n: int, seed: int) -> list[Example]:
                 text += tpl[pos:]
                 break
             text += tpl[pos:j]
-            label = tpl[j + 1:j + 3]
+            label = tpl[j + 1 : j + 3]
             ents.append(Entity(len(text), len(text) + len(fill[label]), label, fill[label]))
             text += fill[label]
             pos = j + 4
@@ -133,8 +144,16 @@ def synthetic(n: int, seed: int) -> list[Example]:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("spacy-kiwi")
-    best = train_spacy(synthetic(200, 1), synthetic(40, 2), out, tokenizer="kiwi", max_steps=60, seed=0,
-                       overrides={"training.eval_frequency": 20}, verbose=False)
+    best = train_spacy(
+        synthetic(200, 1),
+        synthetic(40, 2),
+        out,
+        tokenizer="kiwi",
+        max_steps=60,
+        seed=0,
+        overrides={"training.eval_frequency": 20},
+        verbose=False,
+    )
     return out, best
 
 
@@ -146,7 +165,7 @@ def test_train_writes_pipeline_and_report(trained):
     assert report["tokenizer"] == "kiwi" and report["labels"] == ["LC", "OG", "PS"]
     assert report["alignment"]["train"]["spans"] == 600
     cfg = (best / "config.cfg").read_text(encoding="utf-8")
-    assert 'kner.KoreanTokenizer.v1' in cfg and 'mode = "kiwi"' in cfg
+    assert "kner.KoreanTokenizer.v1" in cfg and 'mode = "kiwi"' in cfg
 
 
 @pytest.mark.slow
@@ -176,8 +195,22 @@ def test_cli_predict_in_fresh_process(trained, tmp_path):
     inp, pred = tmp_path / "in.jsonl", tmp_path / "pred.jsonl"
     test = synthetic(20, 4)
     write_jsonl(inp, test)
-    cmd = [sys.executable, "-c", "from kner.cli import main; main()", "baseline", "spacy", "predict",
-           "--model", str(out), "--input", str(inp), "--output", str(pred), "--map-file", "klue-to-spacy19"]
+    cmd = [
+        sys.executable,
+        "-c",
+        "from kner.cli import main; main()",
+        "baseline",
+        "spacy",
+        "predict",
+        "--model",
+        str(out),
+        "--input",
+        str(inp),
+        "--output",
+        str(pred),
+        "--map-file",
+        "klue-to-spacy19",
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     preds = read_jsonl(pred)  # validates text[start:end] == entity.text
@@ -191,14 +224,35 @@ def test_cli_predict_errors(trained, tmp_path):
     out, _ = trained
     inp = tmp_path / "in.jsonl"
     write_jsonl(inp, synthetic(3, 5))
-    base = ["baseline", "spacy", "predict", "--model", str(out), "--input", str(inp), "--output",
-            str(tmp_path / "p.jsonl")]
+    base = [
+        "baseline",
+        "spacy",
+        "predict",
+        "--model",
+        str(out),
+        "--input",
+        str(inp),
+        "--output",
+        str(tmp_path / "p.jsonl"),
+    ]
     res = runner.invoke(app, base + ["--label-map", "PS=PER"])
     assert res.exit_code != 0 and "does not cover" in str(res.exception)
     res = runner.invoke(app, base + ["--label-map", "PS=PER", "--fallback", "MISC"])
     assert res.exit_code == 0, res.output
-    res = runner.invoke(app, ["baseline", "spacy", "predict", "--model", str(tmp_path / "nope"), "--input",
-                              str(inp), "--output", str(tmp_path / "p.jsonl")])
+    res = runner.invoke(
+        app,
+        [
+            "baseline",
+            "spacy",
+            "predict",
+            "--model",
+            str(tmp_path / "nope"),
+            "--input",
+            str(inp),
+            "--output",
+            str(tmp_path / "p.jsonl"),
+        ],
+    )
     assert res.exit_code != 0 and "no spaCy pipeline" in str(res.exception)
 
 
@@ -207,11 +261,26 @@ def test_cli_train_rejects_bad_input(tmp_path):
     write_jsonl(good, synthetic(5, 6))
     empty = tmp_path / "e.jsonl"
     write_jsonl(empty, [Example("a", "텍스트", [])])
-    res = runner.invoke(app, ["baseline", "spacy", "train", "--train", str(good), "--dev", str(good),
-                              "--out", str(tmp_path / "o"), "--tokenizer", "mecab"])
+    res = runner.invoke(
+        app,
+        [
+            "baseline",
+            "spacy",
+            "train",
+            "--train",
+            str(good),
+            "--dev",
+            str(good),
+            "--out",
+            str(tmp_path / "o"),
+            "--tokenizer",
+            "mecab",
+        ],
+    )
     assert isinstance(res.exception, ConfigError) and "mecab" in str(res.exception)
-    res = runner.invoke(app, ["baseline", "spacy", "train", "--train", str(empty), "--dev", str(good),
-                              "--out", str(tmp_path / "o")])
+    res = runner.invoke(
+        app, ["baseline", "spacy", "train", "--train", str(empty), "--dev", str(good), "--out", str(tmp_path / "o")]
+    )
     assert isinstance(res.exception, DataError) and "no entities" in str(res.exception)
 
 

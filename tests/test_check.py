@@ -10,10 +10,10 @@ import yaml
 from typer.testing import CliRunner
 
 import kner.cli.data  # noqa: F401  (registers the commands)
-from kner.data.check import check_files, check_folder, check_splits
 from kner.cli import app
-from kner.errors import ConfigError, DataError
+from kner.data.check import check_files, check_folder, check_splits
 from kner.data.example import Entity, Example
+from kner.errors import ConfigError, DataError
 
 runner = CliRunner()
 NAMES = ["김민준", "이서연", "박지훈", "최수아", "정하늘", "강도윤"]
@@ -25,8 +25,12 @@ def ex(i: int, prefix: str = "s", doc: str | None = None, label2: str = "LOC") -
     name, place = NAMES[i % 6], PLACES[(i // 6) % 6]
     text = f"{name} 씨는 {prefix}{i}번째 날 {place}에 도착했다."
     s = text.index(place)
-    return Example(f"{prefix}:{i}", text, [Entity(0, len(name), "PER", name), Entity(s, s + len(place), label2, place)],
-                   {"doc": doc or f"{prefix}-doc{i // 5}"})
+    return Example(
+        f"{prefix}:{i}",
+        text,
+        [Entity(0, len(name), "PER", name), Entity(s, s + len(place), label2, place)],
+        {"doc": doc or f"{prefix}-doc{i // 5}"},
+    )
 
 
 def rows(examples) -> list[dict]:
@@ -36,14 +40,18 @@ def rows(examples) -> list[dict]:
 def write(folder: Path, **splits) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for name, recs in splits.items():
-        (folder / f"{name}.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs),
-                                              encoding="utf-8")
+        (folder / f"{name}.jsonl").write_text(
+            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs), encoding="utf-8"
+        )
     return folder
 
 
 def clean(tmp_path: Path, **override) -> Path:
-    splits = {"train": rows(ex(i, "t") for i in range(80)), "dev": rows(ex(i, "d") for i in range(12)),
-              "test": rows(ex(i, "e") for i in range(12))}
+    splits = {
+        "train": rows(ex(i, "t") for i in range(80)),
+        "dev": rows(ex(i, "d") for i in range(12)),
+        "test": rows(ex(i, "e") for i in range(12)),
+    }
     splits.update(override)
     return write(tmp_path / "split", **splits)
 
@@ -92,8 +100,8 @@ def test_tiny_split_is_a_warning_and_exits_0(tmp_path):
 
 def test_invalid_entity_is_an_error_with_file_and_line(tmp_path):
     bad = rows(ex(i, "t") for i in range(80))
-    bad[4]["entities"][0]["text"] = "홍길동"        # does not match text[0:3]
-    bad[6]["entities"][1]["end"] = 999              # outside the text
+    bad[4]["entities"][0]["text"] = "홍길동"  # does not match text[0:3]
+    bad[6]["entities"][1]["end"] = 999  # outside the text
     folder = clean(tmp_path, train=bad)
     rep = check_folder(folder)
     f = rep.errors[0]
@@ -141,10 +149,10 @@ def test_identical_texts_across_splits_are_leakage(tmp_path):
 
 def test_non_nfc_text_names_what_nfc_changes(tmp_path):
     test = rows(ex(i, "e") for i in range(12))
-    test[2]["text"] = unicodedata.normalize("NFD", test[2]["text"])   # offsets shift: no entities
+    test[2]["text"] = unicodedata.normalize("NFD", test[2]["text"])  # offsets shift: no entities
     test[2]["entities"] = []
     dev = rows(ex(i, "d") for i in range(12))
-    dev[0]["text"] += " \uf981"   # CJK compatibility ideograph 女, as in KMOU
+    dev[0]["text"] += " \uf981"  # CJK compatibility ideograph 女, as in KMOU
     rep = check_folder(clean(tmp_path, dev=dev, test=test))
     msgs = {f.split: f.message for f in rep.findings if f.kind == "not-nfc"}
     assert "U+F981" in msgs["dev"] and "jamo" not in msgs["dev"]
@@ -173,11 +181,13 @@ def char_tokenizer(tmp_path_factory):
 def test_too_long_examples_use_training_encoding(tmp_path, char_tokenizer):
     tok, folder = char_tokenizer
     train = [ex(i, "t") for i in range(80)]
-    train[3].text += " 가" * 1200   # one character per token: far over 1,024 tokens with the prompt
+    train[3].text += " 가" * 1200  # one character per token: far over 1,024 tokens with the prompt
     rep = check_splits({"train": train, "test": [ex(i, "e") for i in range(12)]}, tok)
     assert kinds(rep) == {("train", "too-long"): "warning"}
-    assert rep.warnings[0].examples == ("t:3",) and "1 of 80 sentence(s) longer than max_seq_len=1024" \
-        in rep.warnings[0].message
+    assert (
+        rep.warnings[0].examples == ("t:3",)
+        and "1 of 80 sentence(s) longer than max_seq_len=1024" in rep.warnings[0].message
+    )
     # Every training example too long: training would have nothing to learn from.
     rep = check_splits({"train": train[:5], "test": [ex(i, "e") for i in range(12)]}, tok, max_seq_len=16)
     assert kinds(rep)[("train", "too-long")] == "error" and kinds(rep)[("test", "too-long")] == "warning"
@@ -211,10 +221,14 @@ def test_named_files_and_json_output(tmp_path):
 
 def _config(tmp_path: Path, ratios) -> Path:
     data = tmp_path / "all.jsonl"
-    data.write_text("".join(json.dumps(ex(i, "x").to_dict(), ensure_ascii=False) + "\n" for i in range(60)),
-                    encoding="utf-8")
-    cfg = {"name": "check", "data": {"format": "jsonl", "path": str(data), "split": {"ratios": ratios}},
-           "model": {"base": "no/such-model"}}   # never reached: the run stops before training
+    data.write_text(
+        "".join(json.dumps(ex(i, "x").to_dict(), ensure_ascii=False) + "\n" for i in range(60)), encoding="utf-8"
+    )
+    cfg = {
+        "name": "check",
+        "data": {"format": "jsonl", "path": str(data), "split": {"ratios": ratios}},
+        "model": {"base": "no/such-model"},
+    }  # never reached: the run stops before training
     p = tmp_path / "cfg.yaml"
     p.write_text(yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
     return p

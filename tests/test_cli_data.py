@@ -8,8 +8,8 @@ from typer.testing import CliRunner
 
 import kner.cli.data  # noqa: F401  (registers the commands)
 from kner.cli import app
-from kner.errors import KnerError
 from kner.data.example import read_jsonl
+from kner.errors import KnerError
 
 FIX = Path(__file__).parent / "fixtures" / "readers"
 runner = CliRunner()
@@ -48,8 +48,9 @@ def test_convert_with_map_file_needs_every_label_or_a_fallback(tmp_path):
     tsv.write_text("PS\tPER\nOG\tORG\n", encoding="utf-8")
     r = invoke("convert", "klue", FIX / "klue_sample.tsv", "-o", tmp_path / "a.jsonl", "--map-file", tsv)
     assert r.exit_code != 0 and isinstance(r.exception, KnerError) and "QT" in str(r.exception)
-    r = invoke("convert", "klue", FIX / "klue_sample.tsv", "-o", tmp_path / "a.jsonl", "--map-file", tsv,
-               "--fallback", "MISC")
+    r = invoke(
+        "convert", "klue", FIX / "klue_sample.tsv", "-o", tmp_path / "a.jsonl", "--map-file", tsv, "--fallback", "MISC"
+    )
     assert r.exit_code == 0, r.output
     assert "fallback 3" in r.output
     labels = [e.label for ex in read_jsonl(tmp_path / "a.jsonl") for e in ex.entities]
@@ -57,8 +58,17 @@ def test_convert_with_map_file_needs_every_label_or_a_fallback(tmp_path):
 
 
 def test_convert_reader_options(tmp_path):
-    r = invoke("convert", "conll", FIX / "conll_char.txt", "-o", tmp_path / "c.jsonl", "-O", "level=char",
-               "-O", "space_token=_")
+    r = invoke(
+        "convert",
+        "conll",
+        FIX / "conll_char.txt",
+        "-o",
+        tmp_path / "c.jsonl",
+        "-O",
+        "level=char",
+        "-O",
+        "space_token=_",
+    )
     assert r.exit_code == 0, r.output
     assert read_jsonl(tmp_path / "c.jsonl")[0].text == "이순신 장군"
 
@@ -81,8 +91,11 @@ def test_stats_with_tokenizer(tmp_path, llama_dir):
 
 def test_split_writes_three_files(tmp_path):
     src = tmp_path / "all.jsonl"
-    lines = [json.dumps({"id": f"{d}-{s}", "text": "서울", "entities": [], "meta": {"doc": f"doc{d}"}})
-             for d in range(20) for s in range(5)]
+    lines = [
+        json.dumps({"id": f"{d}-{s}", "text": "서울", "entities": [], "meta": {"doc": f"doc{d}"}})
+        for d in range(20)
+        for s in range(5)
+    ]
     src.write_text("\n".join(lines) + "\n", encoding="utf-8")
     r = invoke("split", src, "-o", tmp_path / "out", "--ratios", "0.6,0.2,0.2", "--seed", "3")
     assert r.exit_code == 0, r.output
@@ -93,15 +106,22 @@ def test_split_writes_three_files(tmp_path):
     assert "train: 12 documents, 60 sentences" in r.output
 
 
-@pytest.mark.parametrize("args, message", [
-    (["convert", "kmou", "/nonexistent/kmou", "-o", "x.jsonl"], "no such file or folder"),
-    (["convert", "tsv", ".", "-o", "x.jsonl"], "unknown data format"),
-    (["split", "missing.jsonl", "-o", "out", "--ratios", "0.5,0.5"], "ratios"),
-    (["convert", "kmou", str(FIX / "kmou"), "-o", "x.jsonl", "--trim-particles"], "naver format only"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["convert", "kmou", "/nonexistent/kmou", "-o", "x.jsonl"], "no such file or folder"),
+        (["convert", "tsv", ".", "-o", "x.jsonl"], "unknown data format"),
+        (["split", "missing.jsonl", "-o", "out", "--ratios", "0.5,0.5"], "ratios"),
+        (["convert", "kmou", str(FIX / "kmou"), "-o", "x.jsonl", "--trim-particles"], "naver format only"),
+    ],
+)
 def test_bad_input_exits_2_with_one_line(tmp_path, args, message):
-    p = subprocess.run([sys.executable, "-c", "from kner.cli import main; main()", "data", *args],
-                       capture_output=True, text=True, cwd=tmp_path)
+    p = subprocess.run(
+        [sys.executable, "-c", "from kner.cli import main; main()", "data", *args],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert p.returncode == 2
     assert "Traceback" not in p.stderr
     err = p.stderr.strip().splitlines()

@@ -21,11 +21,11 @@ def test_cache_argument_follows_the_model_and_the_library():
     kw = compat.cache_kwargs(model, cache)
     assert list(kw) == [lib] and kw[lib] is cache, transformers.__version__
 
-    class Wrapper(torch.nn.Module):          # forwards **kwargs: the library's name
+    class Wrapper(torch.nn.Module):  # forwards **kwargs: the library's name
         def forward(self, input_ids=None, **kw):
             return model(input_ids=input_ids, **kw)
 
-    class OldRemoteCode(torch.nn.Module):    # written for an older transformers
+    class OldRemoteCode(torch.nn.Module):  # written for an older transformers
         def forward(self, input_ids=None, past_key_values=None):
             return None
 
@@ -38,7 +38,10 @@ def test_cache_argument_follows_the_model_and_the_library():
 
 def test_bitsandbytes_kernels_hint_is_dropped_only_without_cuda(monkeypatch, caplog):
     log = logging.getLogger("bitsandbytes.backends.cpu.ops")
-    hint = "Failed to load CPU gemm_4bit_forward from kernels-community: x. Please make sure you already `pip install kernels`"
+    hint = (
+        "Failed to load CPU gemm_4bit_forward from kernels-community: x. "
+        "Please make sure you already `pip install kernels`"
+    )
     with caplog.at_level(logging.WARNING, logger=log.name):
         monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
         log.warning(hint)

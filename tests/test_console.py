@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from kner.cli import LOG_HANDLER, color_allowed, configure_logging
-from kner.evaluation.scoring import evaluate
 from kner.data.example import Entity, Example
+from kner.evaluation.scoring import evaluate
 
 ESC = "\x1b["
 TEXT = "AAAA BBBB CCCC DDDD"
@@ -30,15 +30,26 @@ def ex(*spans: tuple[int, int, str], id: str = "s1") -> Example:
 def run_dir(tmp_path: Path) -> dict:
     """A finished run's summary, with a report.json holding real evaluation results for two systems."""
     gold = [ex((0, 4, "PS"), (5, 9, "LC"), (10, 14, "OG"))]
-    systems = {"llm": evaluate(gold, [ex((0, 4, "PS"), (5, 9, "LC"), (15, 19, "OG"))]),
-               "spacy [char]": evaluate(gold, [ex((0, 4, "PS"))])}
+    systems = {
+        "llm": evaluate(gold, [ex((0, 4, "PS"), (5, 9, "LC"), (15, 19, "OG"))]),
+        "spacy [char]": evaluate(gold, [ex((0, 4, "PS"))]),
+    }
     rep = tmp_path / "report"
     rep.mkdir()
-    report = {"title": "NER comparison", "n_sentences": 1, "n_gold_entities": 3, "labels": ["LC", "OG", "PS"],
-              "systems": {n: r.to_dict() for n, r in systems.items()}, "disagreements": {"total": 1, "shown": 1}}
+    report = {
+        "title": "NER comparison",
+        "n_sentences": 1,
+        "n_gold_entities": 3,
+        "labels": ["LC", "OG", "PS"],
+        "systems": {n: r.to_dict() for n, r in systems.items()},
+        "disagreements": {"total": 1, "shown": 1},
+    }
     (rep / "report.json").write_text(json.dumps(report), encoding="utf-8")
-    return {"output_dir": str(tmp_path), "report": str(rep),
-            "stages": [{"stage": "prepare", "status": "skipped"}, {"stage": "report", "status": "ran", "seconds": 0.4}]}
+    return {
+        "output_dir": str(tmp_path),
+        "report": str(rep),
+        "stages": [{"stage": "prepare", "status": "skipped"}, {"stage": "report", "status": "ran", "seconds": 0.4}],
+    }
 
 
 def test_run_ends_with_the_headline_scores_and_no_colour_codes(run_dir, capsys):
@@ -91,8 +102,10 @@ class _Tty(io.StringIO):
         return True
 
 
-@pytest.mark.parametrize("env, tty, want", [
-    ({}, True, True), ({}, False, False), ({"NO_COLOR": "1"}, True, False), ({"TERM": "dumb"}, True, False)])
+@pytest.mark.parametrize(
+    "env, tty, want",
+    [({}, True, True), ({}, False, False), ({"NO_COLOR": "1"}, True, False), ({"TERM": "dumb"}, True, False)],
+)
 def test_colour_only_on_a_terminal_without_no_color(monkeypatch, env, tty, want):
     monkeypatch.delenv("NO_COLOR", raising=False)
     monkeypatch.setenv("TERM", "xterm-256color")
@@ -143,18 +156,21 @@ def test_spacy_log_lines_print_once(clean_root, capfd):
 def test_kner_run_into_a_file(tmp_path):
     """`kner run cfg > log.txt`: the whole pipeline, small; the log has no colour codes, spaCy's lines
     once, and ends with the scores."""
-    from test_pipeline import TINY   # the KMOU fixture as its data
+    from test_pipeline import TINY  # the KMOU fixture as its data
 
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump(TINY, allow_unicode=True), encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "ANSI_COLORS_DISABLED", "WASABI_NO_PRETTY")}
-    p = subprocess.run([sys.executable, "-c", "from kner.cli import main; main()", "run", str(cfg),
-                        "-o", str(tmp_path / "run")],
-                       capture_output=True, text=True, env={**env, "TERM": "xterm-256color"})
+    p = subprocess.run(
+        [sys.executable, "-c", "from kner.cli import main; main()", "run", str(cfg), "-o", str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        env={**env, "TERM": "xterm-256color"},
+    )
     assert p.returncode == 0, p.stderr[-2000:]
     assert ESC not in p.stdout and ESC not in p.stderr
     assert (p.stdout + p.stderr).count("Set up nlp object from config") == 1
     report = json.loads((tmp_path / "run" / "report" / "report.json").read_text(encoding="utf-8"))
     llm_f1 = f"{100 * report['systems']['llm']['micro']['f1']:.2f}"
-    tail = p.stdout[p.stdout.index("stage report"):]
+    tail = p.stdout[p.stdout.index("stage report") :]
     assert "micro" in tail and llm_f1 in tail and "report.html" in tail.splitlines()[-1]

@@ -11,16 +11,15 @@ import sys
 
 import pytest
 
+from klue_data import load_klue  # noqa: E402
+from kner.data.example import Entity, Example, write_jsonl
 from kner.errors import KnerError
 from kner.evaluation.scoring import FN_CAUSES, FP_CAUSES, evaluate
-from kner.data.example import Entity, Example, write_jsonl
-
-from klue_data import load_klue  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def klue() -> list[Example]:
-    return load_klue(300)   # all 206 of the fixture's
+    return load_klue(300)  # all 206 of the fixture's
 
 
 def ex(text: str, *spans: tuple[int, int, str], id: str = "s1") -> Example:
@@ -92,8 +91,9 @@ def test_entity_scores_match_seqeval(klue, seed, strict):
     kw = {"mode": "strict", "scheme": IOB2} if strict else {}
 
     def seq(avg):
-        return tuple(fn(y_true, y_pred, average=avg, zero_division=0, **kw)
-                     for fn in (precision_score, recall_score, f1_score))
+        return tuple(
+            fn(y_true, y_pred, average=avg, zero_division=0, **kw) for fn in (precision_score, recall_score, f1_score)
+        )
 
     p, r, f = seq(None)
     # seqeval orders labels alphabetically over gold and predicted types.
@@ -150,11 +150,16 @@ TEXT = "AAAA BBBB CCCC DDDD EEEE FFFF"
 
 def test_error_breakdown_by_hand():
     gold = [ex(TEXT, (0, 4, "PER"), (5, 9, "ORG"), (10, 14, "LOC"), (15, 19, "PER"), (20, 24, "DAT"))]
-    pred = [ex(TEXT, (0, 4, "PER"),        # correct
-               (5, 9, "LOC"),              # same span, other label: wrong type on both sides
-               (10, 12, "LOC"),            # same label, overlapping: wrong boundary on both sides
-               (15, 17, "ORG"),            # overlapping, other label: wrong boundary+type
-               (25, 29, "ORG"))]           # overlaps no gold: spurious; gold DAT overlaps no pred: missed
+    pred = [
+        ex(
+            TEXT,
+            (0, 4, "PER"),  # correct
+            (5, 9, "LOC"),  # same span, other label: wrong type on both sides
+            (10, 12, "LOC"),  # same label, overlapping: wrong boundary on both sides
+            (15, 17, "ORG"),  # overlapping, other label: wrong boundary+type
+            (25, 29, "ORG"),
+        )
+    ]  # overlaps no gold: spurious; gold DAT overlaps no pred: missed
     r = evaluate(gold, pred)
     per = r.per_label
     assert r.labels == ["DAT", "LOC", "ORG", "PER"]
@@ -165,8 +170,10 @@ def test_error_breakdown_by_hand():
     assert per["LOC"].fp_causes == {"wrong_boundary": 1, "wrong_type": 1, "wrong_boundary_type": 0, "spurious": 0}
     assert per["LOC"].fn_causes["wrong_boundary"] == 1
     assert per["DAT"].fn_causes["missed"] == 1
-    assert r.error_totals == {"fp": {"wrong_boundary": 1, "wrong_type": 1, "wrong_boundary_type": 1, "spurious": 1},
-                              "fn": {"wrong_boundary": 1, "wrong_type": 1, "wrong_boundary_type": 1, "missed": 1}}
+    assert r.error_totals == {
+        "fp": {"wrong_boundary": 1, "wrong_type": 1, "wrong_boundary_type": 1, "spurious": 1},
+        "fn": {"wrong_boundary": 1, "wrong_type": 1, "wrong_boundary_type": 1, "missed": 1},
+    }
     assert r.micro["precision"] == pytest.approx(1 / 5) and r.micro["recall"] == pytest.approx(1 / 5)
     # macro over the 4 labels: PER P=1 R=.5; ORG P=0 R=0; LOC 0; DAT P=0 (no preds) R=0
     assert r.macro["precision"] == pytest.approx(1 / 4)
@@ -218,8 +225,16 @@ def test_adjacent_spans_of_one_label_stay_two_entities():
 def test_empty_prediction_scores_zero_not_nan():
     gold = [ex(TEXT, (0, 4, "PER"))]
     r = evaluate(gold, [ex(TEXT)])
-    assert r.micro == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "tp": 0, "fp": 0, "fn": 1,
-                       "support": 1, "predicted": 0}
+    assert r.micro == {
+        "precision": 0.0,
+        "recall": 0.0,
+        "f1": 0.0,
+        "tp": 0,
+        "fp": 0,
+        "fn": 1,
+        "support": 1,
+        "predicted": 0,
+    }
     r = evaluate([ex(TEXT)], [ex(TEXT)])
     assert r.labels == [] and r.macro["f1"] == 0.0 and r.exact_match == 1.0
 
@@ -242,12 +257,15 @@ def test_duplicate_predictions_count_once_and_are_reported():
     assert r.micro["precision"] == 1.0 and r.duplicates == {"pred": 1}
 
 
-@pytest.mark.parametrize("pred, message", [
-    ([ex(TEXT, id="s1")], "1 gold ids have no prediction (first: 's2')"),
-    ([ex(TEXT, id="s1"), ex(TEXT, id="s2"), ex(TEXT, id="s3")], "1 predicted ids are not in gold (first: 's3')"),
-    ([ex(TEXT, id="s1"), ex(TEXT + "!", id="s2")], "id 's2': predicted text differs from gold text"),
-    ([ex(TEXT, id="s1"), ex(TEXT, id="s1")], "predictions has duplicate id 's1'"),
-])
+@pytest.mark.parametrize(
+    "pred, message",
+    [
+        ([ex(TEXT, id="s1")], "1 gold ids have no prediction (first: 's2')"),
+        ([ex(TEXT, id="s1"), ex(TEXT, id="s2"), ex(TEXT, id="s3")], "1 predicted ids are not in gold (first: 's3')"),
+        ([ex(TEXT, id="s1"), ex(TEXT + "!", id="s2")], "id 's2': predicted text differs from gold text"),
+        ([ex(TEXT, id="s1"), ex(TEXT, id="s1")], "predictions has duplicate id 's1'"),
+    ],
+)
 def test_pairing_errors_name_the_problem(pred, message):
     gold = [ex(TEXT, id="s1"), ex(TEXT, id="s2")]
     with pytest.raises(KnerError) as err:
@@ -275,9 +293,14 @@ def test_outputs_are_json_and_markdown(klue):
 
 # -- command line -------------------------------------------------------------------
 
+
 def run_kner(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", "from kner.cli import main; main()", *args],
-                          capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
+    return subprocess.run(
+        [sys.executable, "-c", "from kner.cli import main; main()", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
 
 
 def test_cli_evaluate_writes_metrics(tmp_path, klue):
@@ -292,8 +315,19 @@ def test_cli_evaluate_writes_metrics(tmp_path, klue):
     assert "micro" in p.stdout and "KLUE" in p.stdout and "wrong boundary" in p.stdout
 
     out = tmp_path / "custom"
-    p = run_kner("evaluate", "--gold", str(tmp_path / "gold.jsonl"), "--pred", str(tmp_path / "run" / "pred.jsonl"),
-                 "--out", str(out), "--labels", "PS,LC", "--labels", "OG")
+    p = run_kner(
+        "evaluate",
+        "--gold",
+        str(tmp_path / "gold.jsonl"),
+        "--pred",
+        str(tmp_path / "run" / "pred.jsonl"),
+        "--out",
+        str(out),
+        "--labels",
+        "PS,LC",
+        "--labels",
+        "OG",
+    )
     assert p.returncode == 0, p.stderr
     assert json.loads((out / "metrics.json").read_text())["labels"] == ["PS", "LC", "OG"]
 

@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from kner.evaluation.scoring import evaluate, read_for_scoring
 from kner.data.example import Entity, Example
+from kner.evaluation.scoring import evaluate, read_for_scoring
 
 TEXT = "AAAA BBBB CCCC DDDD"
 
@@ -23,9 +23,15 @@ def ex(text: str, *spans: tuple[int, int, str], id: str = "s1") -> Example:
 def scores(r) -> dict:
     """Every score of a result (not the label list or per-label rows of absent labels)."""
     d = r.to_dict()
-    return {"micro": d["micro"], "macro": d["macro"], "char_accuracy": d["char_accuracy"],
-            "exact_match": d["exact_match"], "klue": d["klue_char_macro_f1"], "tags": d["klue_char_tag_f1"],
-            "per_label": {lab: d["per_label"][lab] for lab in d["macro"]["labels"]}}
+    return {
+        "micro": d["micro"],
+        "macro": d["macro"],
+        "char_accuracy": d["char_accuracy"],
+        "exact_match": d["exact_match"],
+        "klue": d["klue_char_macro_f1"],
+        "tags": d["klue_char_tag_f1"],
+        "per_label": {lab: d["per_label"][lab] for lab in d["macro"]["labels"]},
+    }
 
 
 def write(path, rows: list[dict]) -> None:
@@ -33,8 +39,12 @@ def write(path, rows: list[dict]) -> None:
 
 
 def run_kner(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", "from kner.cli import main; main()", *args],
-                          capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
+    return subprocess.run(
+        [sys.executable, "-c", "from kner.cli import main; main()", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
 
 
 # -- labels that occur nowhere ---------------------------------------------------------
@@ -76,6 +86,7 @@ def test_cli_labels_with_an_absent_label_leave_metrics_identical(tmp_path):
 
 # -- whitespace: KLUE drops " " and nothing else ---------------------------------------
 
+
 @pytest.mark.parametrize("ws", ["\u3000", "\t", "\u00a0"])
 def test_only_the_ascii_space_is_dropped_from_the_character_view(ws):
     text = f"A{ws}B C"  # the entity A<ws>B holds a non-space whitespace character
@@ -109,6 +120,7 @@ def test_klue_char_f1_with_mixed_whitespace_matches_sklearn():
 
 
 # -- duplicates and two labels on one span -----------------------------------------------
+
 
 def test_duplicate_gold_and_predicted_entities_count_once_and_are_reported():
     gold = [ex(TEXT, (0, 4, "PS"), (0, 4, "PS"), (5, 9, "LC"))]
@@ -144,18 +156,37 @@ def test_a_gold_span_with_two_labels_is_two_gold_entities():
 
 
 def _rows_with_duplicates() -> tuple[list[dict], list[dict]]:
-    gold = [{"id": "a", "text": TEXT, "entities": [{"start": 0, "end": 4, "label": "PS"},
-                                                   {"start": 0, "end": 4, "label": "PS"},
-                                                   {"start": 5, "end": 9, "label": "LC"},
-                                                   {"start": 5, "end": 9, "label": "OG"}]},
-            {"id": "b", "text": "서울 시청 앞", "entities": [{"start": 0, "end": 5, "label": "LC"}]}]
-    pred = [{"id": "a", "text": TEXT, "entities": [{"start": 0, "end": 4, "label": "PS"},
-                                                   {"start": 0, "end": 4, "label": "PS"},
-                                                   {"start": 5, "end": 9, "label": "LC"},
-                                                   {"start": 10, "end": 14, "label": "OG"},
-                                                   {"start": 10, "end": 14, "label": "LC"}]},
-            {"id": "b", "text": "서울 시청 앞", "entities": [{"start": 0, "end": 5, "label": "LC"},
-                                                          {"start": 0, "end": 5, "label": "LC"}]}]
+    gold = [
+        {
+            "id": "a",
+            "text": TEXT,
+            "entities": [
+                {"start": 0, "end": 4, "label": "PS"},
+                {"start": 0, "end": 4, "label": "PS"},
+                {"start": 5, "end": 9, "label": "LC"},
+                {"start": 5, "end": 9, "label": "OG"},
+            ],
+        },
+        {"id": "b", "text": "서울 시청 앞", "entities": [{"start": 0, "end": 5, "label": "LC"}]},
+    ]
+    pred = [
+        {
+            "id": "a",
+            "text": TEXT,
+            "entities": [
+                {"start": 0, "end": 4, "label": "PS"},
+                {"start": 0, "end": 4, "label": "PS"},
+                {"start": 5, "end": 9, "label": "LC"},
+                {"start": 10, "end": 14, "label": "OG"},
+                {"start": 10, "end": 14, "label": "LC"},
+            ],
+        },
+        {
+            "id": "b",
+            "text": "서울 시청 앞",
+            "entities": [{"start": 0, "end": 5, "label": "LC"}, {"start": 0, "end": 5, "label": "LC"}],
+        },
+    ]
     return gold, pred
 
 
@@ -179,8 +210,17 @@ def test_cli_compare_scores_duplicates_and_two_label_spans(tmp_path):
     gold, pred = _rows_with_duplicates()
     write(tmp_path / "gold.jsonl", gold)
     write(tmp_path / "pred.jsonl", pred)
-    p = run_kner("compare", "--gold", str(tmp_path / "gold.jsonl"), "--pred", f"llm={tmp_path / 'pred.jsonl'}",
-                 "--out", str(tmp_path / "r"), "--sample", "2")
+    p = run_kner(
+        "compare",
+        "--gold",
+        str(tmp_path / "gold.jsonl"),
+        "--pred",
+        f"llm={tmp_path / 'pred.jsonl'}",
+        "--out",
+        str(tmp_path / "r"),
+        "--sample",
+        "2",
+    )
     assert p.returncode == 0, p.stderr
     rep = json.loads((tmp_path / "r" / "report.json").read_text(encoding="utf-8"))
     assert rep["n_gold_entities"] == 4  # the duplicate gold PS counts once, as it is scored
@@ -192,8 +232,9 @@ def test_cli_still_refuses_bad_offsets_with_file_and_line(tmp_path):
     gold, pred = _rows_with_duplicates()
     pred[1]["entities"].append({"start": 3, "end": 40, "label": "LC"})
     write(tmp_path / "gold.jsonl", gold)
-    (tmp_path / "pred.jsonl").write_text("\n" + "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in pred),
-                                         encoding="utf-8")
+    (tmp_path / "pred.jsonl").write_text(
+        "\n" + "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in pred), encoding="utf-8"
+    )
     p = run_kner("evaluate", "--gold", str(tmp_path / "gold.jsonl"), "--pred", str(tmp_path / "pred.jsonl"))
     assert p.returncode == 2
     line = p.stderr.strip()

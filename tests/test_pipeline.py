@@ -13,13 +13,36 @@ KMOU_FIXTURE = Path(__file__).parent / "fixtures" / "kmou" / "corpus"
 TINY = {
     "name": "tiny",
     "seed": 13,
-    "data": {"format": "kmou", "path": str(KMOU_FIXTURE), "scheme": "spacy19", "map_from": "kmou",
-             "limit": {"train": 40, "dev": 8, "test": 12}},
-    "model": {"from_scratch": {"arch": "llama", "hidden": 32, "layers": 1, "heads": 2, "max_positions": 1024,
-                               "tokenizer": {"vocab_size": 600}}},
-    "train": {"method": "full", "compute_dtype": "fp32", "epochs": 1, "examples_per_step": 8, "lr": 1e-3,
-              "batch_tokens": 4096, "gradient_checkpointing": False, "optimizer": "adamw", "save_every": 2,
-              "progress": False, "tensorboard": False},
+    "data": {
+        "format": "kmou",
+        "path": str(KMOU_FIXTURE),
+        "scheme": "spacy19",
+        "map_from": "kmou",
+        "limit": {"train": 40, "dev": 8, "test": 12},
+    },
+    "model": {
+        "from_scratch": {
+            "arch": "llama",
+            "hidden": 32,
+            "layers": 1,
+            "heads": 2,
+            "max_positions": 1024,
+            "tokenizer": {"vocab_size": 600},
+        }
+    },
+    "train": {
+        "method": "full",
+        "compute_dtype": "fp32",
+        "epochs": 1,
+        "examples_per_step": 8,
+        "lr": 1e-3,
+        "batch_tokens": 4096,
+        "gradient_checkpointing": False,
+        "optimizer": "adamw",
+        "save_every": 2,
+        "progress": False,
+        "tensorboard": False,
+    },
     "predict": {"constrained": True},
     "baseline": {"spacy": {"enabled": True, "tokenizer": "char", "max_steps": 10}},
     "report": {"sample": 5},
@@ -47,7 +70,7 @@ def test_run_skips_finished_stages_and_reruns_what_changed(tmp_path):
     gold = [json.loads(l) for l in (out / "prepare" / "test.jsonl").read_text().splitlines()]
     assert [p["id"] for p in preds] == [g["id"] for g in gold] and len(gold) == 12
     for p in preds:  # constrained decoding: every entity is a real span of the input
-        assert all(p["text"][e["start"]:e["end"]] == e["text"] for e in p["entities"])
+        assert all(p["text"][e["start"] : e["end"]] == e["text"] for e in p["entities"])
 
     again = run(_write(tmp_path, TINY), out)
     assert set(_status(again).values()) == {"skipped"}
@@ -61,7 +84,11 @@ def test_run_skips_finished_stages_and_reruns_what_changed(tmp_path):
     before = (out / "predict" / "preds.jsonl").read_bytes()
     st = _status(run(_write(tmp_path, changed), out))
     assert {k: st[k] for k in ("prepare", "train", "predict", "baseline")} == {
-        "prepare": "skipped", "train": "ran", "predict": "ran", "baseline": "skipped"}
+        "prepare": "skipped",
+        "train": "ran",
+        "predict": "ran",
+        "baseline": "skipped",
+    }
     # The report is keyed by the prediction files' contents, not by the model that made them.
     same = (out / "predict" / "preds.jsonl").read_bytes() == before
     assert st["report"] == ("skipped" if same else "ran")
@@ -85,6 +112,7 @@ def test_interrupted_training_resumes_from_its_checkpoint(tmp_path):
     for c in ckpts:
         if c not in keep:
             import shutil
+
             shutil.rmtree(c)
     st = _status(run(_write(tmp_path, cfg), out, stop_after="train"))
     assert st["train"] == "resumed"

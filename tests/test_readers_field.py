@@ -19,10 +19,10 @@ import kner.cli.data  # noqa: F401  (registers the commands)
 import kner.cli.evaluate  # noqa: F401
 from kner.cli import app
 from kner.cli.predict import read_inputs
-from kner.errors import ConfigError, DataError
 from kner.data.example import Example, read_jsonl, write_jsonl
 from kner.data.readers import read_dataset
 from kner.data.splits import doc_of, split_by_document
+from kner.errors import ConfigError, DataError
 
 runner = CliRunner()
 
@@ -78,8 +78,12 @@ def invoke(*args):
 
 
 def kner(*args, cwd=None):
-    return subprocess.run([sys.executable, "-c", "from kner.cli import main; main()", *map(str, args)],
-                          capture_output=True, text=True, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-c", "from kner.cli import main; main()", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+    )
 
 
 # ---- NAVER -----------------------------------------------------------------------------------------
@@ -87,8 +91,10 @@ def kner(*args, cwd=None):
 
 def test_naver_three_layouts_give_the_same_examples(tmp_path):
     sents = naver_sentences()
-    got = {lay: read_dataset("naver", write_naver(tmp_path / f"{lay}.txt", sents, lay))
-           for lay in ("index", "underscore", "dash")}
+    got = {
+        lay: read_dataset("naver", write_naver(tmp_path / f"{lay}.txt", sents, lay))
+        for lay in ("index", "underscore", "dash")
+    }
     ref = spans(got["index"])
     assert len(ref) == 1000 and sum(len(e) for _, e in ref) > 1000
     for lay, res in got.items():
@@ -115,15 +121,21 @@ def test_naver_one_file_converts_and_splits_into_three_non_empty_parts(tmp_path)
 
 
 def test_naver_messages_use_the_files_own_tag_spelling(tmp_path):
-    sents = [[("그는", "-"), ("한빛", "ORG_I"), ("전자에", "ORG_I"), ("갔다", "-")],
-             [("김하늘", "PER_B"), ("새솔", "ORG_I")]]
-    for lay, i_tag, b_tag in (("index", "ORG_I", "ORG_B"), ("underscore", "ORG_I", "ORG_B"),
-                              ("dash", "ORG-I", "ORG-B")):
+    sents = [
+        [("그는", "-"), ("한빛", "ORG_I"), ("전자에", "ORG_I"), ("갔다", "-")],
+        [("김하늘", "PER_B"), ("새솔", "ORG_I")],
+    ]
+    for lay, i_tag, b_tag in (
+        ("index", "ORG_I", "ORG_B"),
+        ("underscore", "ORG_I", "ORG_B"),
+        ("dash", "ORG-I", "ORG-B"),
+    ):
         res = read_dataset("naver", write_naver(tmp_path / f"{lay}.txt", sents, lay))
         reasons = [p.reason for p in res.problems]
-        assert reasons == [f"{i_tag!r} without {b_tag!r}; started a new ORG entity",
-                           f"{i_tag!r} after {b_tag.replace('ORG', 'PER')!r} without {b_tag!r}; "
-                           f"started a new ORG entity"], lay
+        assert reasons == [
+            f"{i_tag!r} without {b_tag!r}; started a new ORG entity",
+            f"{i_tag!r} after {b_tag.replace('ORG', 'PER')!r} without {b_tag!r}; started a new ORG entity",
+        ], lay
         assert not any("I-ORG" in r or "B-ORG" in r for r in reasons)
         assert [p.kind for p in res.problems] == ["i-without-b"] * 2
     assert [p.line for p in read_dataset("naver", tmp_path / "index.txt").problems] == [2, 7]
@@ -140,7 +152,7 @@ def test_naver_line_layout_errors_name_the_line(tmp_path):
     with pytest.raises(DataError, match="unknown tag 'PLACE-B'") as err:
         read_dataset("naver", p)
     assert err.value.line == 2
-    p.write_text("김하늘 갔다\tPER-B O\n1\t부산\tLOC_B\n", encoding="utf-8")   # layouts mixed in one file
+    p.write_text("김하늘 갔다\tPER-B O\n1\t부산\tLOC_B\n", encoding="utf-8")  # layouts mixed in one file
     with pytest.raises(DataError, match="2 tab-separated columns") as err:
         read_dataset("naver", p)
     assert err.value.line == 2
@@ -151,22 +163,32 @@ def test_naver_line_layout_errors_name_the_line(tmp_path):
 
 def test_naver_trim_punct(tmp_path):
     p = tmp_path / "n.tsv"
-    p.write_text("\n".join([
-        "▲김하늘 박도윤, 오늘 출발\tPER_B PER_I - -",
-        "'새솔 이야기' 상영 (주)한빛전자 에\tAFW_B AFW_I - ORG_B -",
-        "‘믹스트존’이 아니라 [누리재단 -5명 4%\tCVL_B - ORG_B NUM_B NUM_B",
-        "C++ 「부산」 , 끝\tTRM_B LOC_B NUM_B -",
-    ]) + "\n", encoding="utf-8")
+    p.write_text(
+        "\n".join(
+            [
+                "▲김하늘 박도윤, 오늘 출발\tPER_B PER_I - -",
+                "'새솔 이야기' 상영 (주)한빛전자 에\tAFW_B AFW_I - ORG_B -",
+                "‘믹스트존’이 아니라 [누리재단 -5명 4%\tCVL_B - ORG_B NUM_B NUM_B",
+                "C++ 「부산」 , 끝\tTRM_B LOC_B NUM_B -",
+            ]
+        )
+        + "\n",
+        encoding="utf-8",
+    )
     plain = read_dataset("naver", p)
     assert [e.text for ex in plain.examples for e in ex.entities][:2] == ["▲김하늘 박도윤,", "'새솔 이야기'"]
     res = read_dataset("naver", p, trim_punct=True, trim_particles="list")
     assert [[e.text for e in ex.entities] for ex in res.examples] == [
-        ["김하늘 박도윤"], ["새솔 이야기", "(주)한빛전자"], ["믹스트존", "누리재단", "-5명", "4%"], ["C++", "부산", ","]]
+        ["김하늘 박도윤"],
+        ["새솔 이야기", "(주)한빛전자"],
+        ["믹스트존", "누리재단", "-5명", "4%"],
+        ["C++", "부산", ","],
+    ]
     assert res.notes["entity-edge punctuation trimmed"] == 5
     assert [(p.kind, p.line) for p in res.problems] == [("punct-only-entity", 4)]
     for ex in res.examples:
         for e in ex.entities:
-            assert ex.text[e.start:e.end] == e.text
+            assert ex.text[e.start : e.end] == e.text
 
 
 def test_convert_trim_punct_flag(tmp_path):
@@ -187,7 +209,7 @@ def test_folder_read_passes_over_files_that_are_not_data(tmp_path):
     write_naver(d / "test.tsv", naver_sentences(5, seed=8), "dash")
     (d / "README.md").write_text("# NAVER NER\n\nsplit from train_data\n", encoding="utf-8")
     (d / "LICENSE").write_text("licence text\n", encoding="utf-8")
-    (d / "label.txt").write_text("O\nPER-B\nPER-I\n", encoding="utf-8")   # KoBERT-NER's label list
+    (d / "label.txt").write_text("O\nPER-B\nPER-I\n", encoding="utf-8")  # KoBERT-NER's label list
     (d / "prepare.py").write_text("print('hi')\n", encoding="utf-8")
     (d / ".DS_Store").write_bytes(b"\x00\x01")
     res = read_dataset("naver", d)
@@ -197,9 +219,11 @@ def test_folder_read_passes_over_files_that_are_not_data(tmp_path):
     assert "README.md" in note[0] and "label.txt" in note[0]
     r = invoke("data", "convert", "naver", d, "-o", tmp_path / "n.jsonl")
     assert r.exit_code == 0, r.output
-    assert "files passed over as not data (.DS_Store, LICENSE, README.md, label.txt, prepare.py; " \
-           "name a file to read it anyway): 5" in r.output
-    assert len(read_dataset("naver", d / "train.tsv").examples) == 20   # a file named directly is read
+    assert (
+        "files passed over as not data (.DS_Store, LICENSE, README.md, label.txt, prepare.py; "
+        "name a file to read it anyway): 5" in r.output
+    )
+    assert len(read_dataset("naver", d / "train.tsv").examples) == 20  # a file named directly is read
     empty = tmp_path / "docs"
     empty.mkdir()
     (empty / "README.md").write_text("x\n", encoding="utf-8")
@@ -240,7 +264,8 @@ def test_split_warns_about_a_split_under_one_percent(caplog):
         parts = split_by_document(exs, (0.985, 0.01, 0.005))
     assert len(parts["test"]) == 5
     assert [r.getMessage() for r in caplog.records] == [
-        "test gets 5 of 1000 sentences (0.50%, under 1%): scores on it will be noisy"]
+        "test gets 5 of 1000 sentences (0.50%, under 1%): scores on it will be noisy"
+    ]
 
 
 def test_split_warning_reaches_the_cli(tmp_path):
@@ -271,10 +296,11 @@ def test_multiconer_blind_test_file_reads_as_texts(tmp_path):
     res = read_dataset("multiconer", p)
     assert [(ex.id, ex.text, ex.entities) for ex in res.examples] == [
         ("0a0b0c0d-1111-4000-8000-000000000001", "김하늘 부산에서 .", []),
-        ("0a0b0c0d-1111-4000-8000-000000000002", "( 새솔 )", [])]
+        ("0a0b0c0d-1111-4000-8000-000000000002", "( 새솔 )", []),
+    ]
     assert not res.problems and "domain" not in res.examples[0].meta
     assert res.notes["sentences from a blind test file (no tags; read as texts without entities)"] == 2
-    exs, note = read_inputs(p, "multiconer")[:2]   # what `kner predict -f multiconer` reads
+    exs, note = read_inputs(p, "multiconer")[:2]  # what `kner predict -f multiconer` reads
     assert [e.text for e in exs] == ["김하늘 부산에서 .", "( 새솔 )"] and note is None
     r = invoke("data", "convert", "multiconer", p, "-o", tmp_path / "t.jsonl")
     assert r.exit_code == 0, r.output
@@ -294,8 +320,10 @@ def test_multiconer_duplicate_ids_are_reported_and_made_unique(tmp_path):
     assert [ex.id for ex in res.examples] == ["aa", "bb", "aa-2", "aa-3", "aa-2-2", "cc"]
     assert [ex.meta["doc"] for ex in res.examples] == [ex.id for ex in res.examples]
     dups = [(pr.line, pr.sentence_id, pr.reason) for pr in res.problems]
-    assert dups[:2] == [(9, "aa-2", "id aa already used at line 1; this sentence is aa-2"),
-                        (13, "aa-3", "id aa already used at line 1; this sentence is aa-3")]
+    assert dups[:2] == [
+        (9, "aa-2", "id aa already used at line 1; this sentence is aa-2"),
+        (13, "aa-3", "id aa already used at line 1; this sentence is aa-3"),
+    ]
     assert len(dups) == 3 and {pr.kind for pr in res.problems} == {"duplicate-id"}
     assert res.examples[0].meta["domain"] == "train"
     out = tmp_path / "dup.jsonl"
@@ -310,23 +338,27 @@ def test_multiconer_duplicate_ids_are_reported_and_made_unique(tmp_path):
 def test_multiconer_v1_korean_file_as_released(tmp_path):
     # The shape of KO-Korean/ko_train.conll (SemEval 2022): header with domain=ko, punctuation tokens
     # (including '#' and '_' as tokens), sentences ending with or without blank lines, CRLF line ends.
-    text = ("# id 11111111-aaaa-4000-8000-000000000001\tdomain=ko\n"
-            "# _ _ O\n1 _ _ O\n_ _ _ O\n김하늘 _ _ B-PER\n( _ _ O\n새솔 _ _ B-CORP\n전자 _ _ I-CORP\n) _ _ O\n"
-            ". _ _ O\n\n\n"
-            "# id 11111111-aaaa-4000-8000-000000000002\tdomain=ko\n"
-            "부산\u00a0광역시 _ _ B-LOC\n\" _ _ O\n누리 _ _ B-CW\n\" _ _ O\n"
-            "# id 11111111-aaaa-4000-8000-000000000003\tdomain=ko\n"
-            "끝 _ _ O\n")
+    text = (
+        "# id 11111111-aaaa-4000-8000-000000000001\tdomain=ko\n"
+        "# _ _ O\n1 _ _ O\n_ _ _ O\n김하늘 _ _ B-PER\n( _ _ O\n새솔 _ _ B-CORP\n전자 _ _ I-CORP\n) _ _ O\n"
+        ". _ _ O\n\n\n"
+        "# id 11111111-aaaa-4000-8000-000000000002\tdomain=ko\n"
+        '부산\u00a0광역시 _ _ B-LOC\n" _ _ O\n누리 _ _ B-CW\n" _ _ O\n'
+        "# id 11111111-aaaa-4000-8000-000000000003\tdomain=ko\n"
+        "끝 _ _ O\n"
+    )
     p = tmp_path / "ko_dev.conll"
     p.write_bytes(text.replace("\n", "\r\n").encode("utf-8"))
     res = read_dataset("multiconer", p)
     assert res.scheme == "multiconer_v1" and not res.problems and res.skipped == 0
-    assert [ex.text for ex in res.examples] == ["# 1 _ 김하늘 ( 새솔 전자 ) .", "부산\u00a0광역시 \" 누리 \"", "끝"]
+    assert [ex.text for ex in res.examples] == ["# 1 _ 김하늘 ( 새솔 전자 ) .", '부산\u00a0광역시 " 누리 "', "끝"]
     assert [[(e.label, e.text) for e in ex.entities] for ex in res.examples] == [
-        [("PER", "김하늘"), ("CORP", "새솔 전자")], [("LOC", "부산\u00a0광역시"), ("CW", "누리")], []]
+        [("PER", "김하늘"), ("CORP", "새솔 전자")],
+        [("LOC", "부산\u00a0광역시"), ("CW", "누리")],
+        [],
+    ]
     assert {ex.meta["domain"] for ex in res.examples} == {"ko"}
     assert [ex.meta["source"] for ex in res.examples] == ["ko_dev.conll:1", "ko_dev.conll:13", "ko_dev.conll:18"]
-
 
 
 def test_ids_repeated_across_the_files_of_a_folder_are_made_unique(tmp_path):
@@ -337,4 +369,5 @@ def test_ids_repeated_across_the_files_of_a_folder_are_made_unique(tmp_path):
     res = read_dataset("multiconer", tmp_path)
     assert [ex.id for ex in res.examples] == ["s1", "s2", "s1-2"]
     assert [(pr.path, pr.line, pr.reason) for pr in res.problems] == [
-        (str(tmp_path / "b.conll"), 1, "id s1 already used at a.conll:1; this sentence is s1-2")]
+        (str(tmp_path / "b.conll"), 1, "id s1 already used at a.conll:1; this sentence is s1-2")
+    ]

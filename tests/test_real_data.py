@@ -14,13 +14,13 @@ from conftest import REPO, SHARED
 if not (SHARED / "kmou" / "corpus").is_dir():
     pytest.skip(f"the full corpora are not at {SHARED} (set KNER_DATA_DIR)", allow_module_level=True)
 
-from kner.data import acquire  # noqa: E402
 import corpora as datasets  # noqa: E402  (benchmarks/corpora.py)
+from kner.data import acquire  # noqa: E402
 from kner.data.example import validate  # noqa: E402
-from kner.model.loading import load_tokenizer  # noqa: E402
 from kner.data.readers import read_dataset  # noqa: E402
 from kner.data.schemes import Mapping, load_scheme, map_examples  # noqa: E402
 from kner.data.splits import doc_of  # noqa: E402
+from kner.model.loading import load_tokenizer  # noqa: E402
 from test_inference_constrained import check_token_bytes  # noqa: E402
 from test_readers import ents, kinds  # noqa: E402
 from test_roundtrip import explained, failures  # noqa: E402
@@ -30,11 +30,14 @@ TOKENIZERS = REPO.parent / "shared" / "tokenizers"
 
 def report(name, examples, bad):
     n = len(examples)
-    print(f"\n{name}: {n - len(bad)}/{n} sentences round-trip exactly ({100 * (n - len(bad)) / n:.3f}%); "
-          f"{len(bad)} exceptions, all an entity surface that occurs untagged earlier in the sentence")
+    print(
+        f"\n{name}: {n - len(bad)}/{n} sentences round-trip exactly ({100 * (n - len(bad)) / n:.3f}%); "
+        f"{len(bad)} exceptions, all an entity surface that occurs untagged earlier in the sentence"
+    )
 
 
 # ---- KMOU corpus, 2016klp, KLUE dev: what the readers make of them ---------------------------------
+
 
 @pytest.fixture(scope="module")
 def kmou(shared_datasets):
@@ -56,11 +59,11 @@ def test_kmou_corpus_counts(kmou):
 
 def test_kmou_odd_sentences(kmou):
     by_id = {ex.id: ex for ex in kmou.examples}
-    ex = by_id["10232_NER:13"]                         # <<2>:NOH>: the entity is "<2>"
+    ex = by_id["10232_NER:13"]  # <<2>:NOH>: the entity is "<2>"
     assert ents(ex)[0] == ("NOH", "<2>", 0)
-    ex = by_id["00105_NER:2"]                          # 영화 <<트럼보:POH>>가
+    ex = by_id["00105_NER:2"]  # 영화 <<트럼보:POH>>가
     assert "<트럼보>" in ex.text and ("POH", "트럼보") in [(e.label, e.text) for e in ex.entities]
-    ex = by_id["00080_NER:1"]                          # an unclosed literal '<'
+    ex = by_id["00080_NER:1"]  # an unclosed literal '<'
     assert ex.text.startswith("최호열 기자 | honeypapa@donga.com <이 기사는 신동아")
 
 
@@ -81,15 +84,18 @@ def test_klue_counts(shared_datasets):
     res = read_dataset("klue", shared_datasets / "klue-ner")
     assert res.files == 1 and len(res.examples) == 4000 and res.skipped == 0
     assert sum(len(ex.entities) for ex in res.examples) == 11460
-    assert kinds(res) == Counter({"bio-mismatch": 5, "whitespace-trimmed": 2, "malformed-tag": 1,
-                                  "chars-mismatch": 1, "unparseable": 1})
+    assert kinds(res) == Counter(
+        {"bio-mismatch": 5, "whitespace-trimmed": 2, "malformed-tag": 1, "chars-mismatch": 1, "unparseable": 1}
+    )
 
 
 def test_real_corpora_round_trip(shared_datasets):
     """Every exception explained, their number pinned (docs/data.md)."""
-    for name, fmt, folder, n_bad in [("KMOU corpus", "kmou", "kmou/corpus", 71),
-                                     ("KLUE dev (first 4,000)", "klue", "klue-ner", 9),
-                                     ("KMOU 2016klp", "klp2016", "kmou/2016klp", 38)]:
+    for name, fmt, folder, n_bad in [
+        ("KMOU corpus", "kmou", "kmou/corpus", 71),
+        ("KLUE dev (first 4,000)", "klue", "klue-ner", 9),
+        ("KMOU 2016klp", "klp2016", "kmou/2016klp", 38),
+    ]:
         res = read_dataset(fmt, shared_datasets / folder)
         bad = failures(res.examples, fmt)
         report(name, res.examples, bad)
@@ -98,6 +104,7 @@ def test_real_corpora_round_trip(shared_datasets):
 
 
 # ---- the local copy and the default split --------------------------------------------------------
+
 
 def test_local_copy_is_verified_against_pinned_digests(shared_datasets):
     folder = acquire.locate("kmou", shared_datasets)
@@ -110,11 +117,12 @@ def test_default_kmou_split(shared_datasets):
     got = {k: (len({doc_of(e) for e in v}), len(v), sum(len(e.entities) for e in v)) for k, v in parts.items()}
     # The numbers in docs/data.md: every benchmark uses this split.
     assert got == {"train": (1030, 17262, 58459), "dev": (127, 2157, 6951), "test": (127, 2159, 7274)}
-    parts["train"][0].entities.clear()   # callers get their own copies
+    parts["train"][0].entities.clear()  # callers get their own copies
     assert datasets.default_kmou_split(shared_datasets)["train"][0].entities
 
 
 # ---- the real tokenizer files ----------------------------------------------------------------------
+
 
 def test_real_sentencepiece_tokenizers():
     """The one test of the real tokenizer files (../shared/tokenizers): LLaMA-2 and Mistral."""

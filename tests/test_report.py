@@ -15,12 +15,11 @@ from html.parser import HTMLParser
 
 import pytest
 
-from kner.errors import KnerError
-from kner.evaluation.scoring import evaluate
-from kner.data.example import Entity, Example, validate, write_jsonl
-from kner.evaluation.report import compare, highlight, markup
-
 from klue_data import KLUE, load_klue  # noqa: E402
+from kner.data.example import Entity, Example, validate, write_jsonl
+from kner.errors import KnerError
+from kner.evaluation.report import compare, highlight, markup
+from kner.evaluation.scoring import evaluate
 
 
 def noisy(examples: list[Example], seed: int, p: float = 0.3) -> list[Example]:
@@ -122,8 +121,10 @@ def test_disagreement_sample_is_seeded_and_only_disagreements(klue, tmp_path):
     assert r["disagreements"]["total"] == 0 and "No sentence" in (tmp_path / "4" / "report.md").read_text()
     # One system: sentences where it differs from gold.
     r = compare(klue, {"a": same}, tmp_path / "5", sample=1000)
-    wrong = sum({(e.start, e.end, e.label) for e in g.entities} != {(e.start, e.end, e.label) for e in p.entities}
-                for g, p in zip(klue, same))
+    wrong = sum(
+        {(e.start, e.end, e.label) for e in g.entities} != {(e.start, e.end, e.label) for e in p.entities}
+        for g, p in zip(klue, same)
+    )
     assert r["disagreements"]["total"] == r["disagreements"]["shown"] == wrong
 
 
@@ -138,8 +139,10 @@ def test_user_text_is_escaped(tmp_path):
 
 def test_highlight_keeps_text_and_marks_wrong_spans():
     text = "서울대학교 병원"
-    ents = [{"start": 0, "end": 5, "label": "OG", "text": "서울대학교"},
-            {"start": 0, "end": 2, "label": "LC", "text": "서울"}]
+    ents = [
+        {"start": 0, "end": 5, "label": "OG", "text": "서울대학교"},
+        {"start": 0, "end": 2, "label": "LC", "text": "서울"},
+    ]
     h = highlight(text, ents, {"OG": "#fff", "LC": "#eee"}, gold={(0, 5, "OG")})
     visible = re.sub(r"<sup[^>]*>.*?</sup>", "", h)
     assert re.sub(r"<[^>]+>", "", visible) == text
@@ -158,9 +161,22 @@ def test_cli_compare(tmp_path, klue):
     write_jsonl(tmp_path / "gold.jsonl", klue[:30])
     write_jsonl(tmp_path / "a.jsonl", noisy(klue[:30], 1))
     write_jsonl(tmp_path / "b.jsonl", noisy(klue[:30], 2))
-    cmd = [sys.executable, "-c", "from kner.cli import main; main()", "compare", "--gold", str(tmp_path / "gold.jsonl"),
-           "--pred", f"llm={tmp_path / 'a.jsonl'}", "--pred", str(tmp_path / "b.jsonl"), "--out", str(tmp_path / "r"),
-           "--sample", "3"]
+    cmd = [
+        sys.executable,
+        "-c",
+        "from kner.cli import main; main()",
+        "compare",
+        "--gold",
+        str(tmp_path / "gold.jsonl"),
+        "--pred",
+        f"llm={tmp_path / 'a.jsonl'}",
+        "--pred",
+        str(tmp_path / "b.jsonl"),
+        "--out",
+        str(tmp_path / "r"),
+        "--sample",
+        "3",
+    ]
     p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
     assert p.returncode == 0, p.stderr
     rep = json.loads((tmp_path / "r" / "report.json").read_text(encoding="utf-8"))
@@ -179,10 +195,26 @@ def test_html_renders_in_headless_chromium(report_dir, tmp_path):
     out, _, _ = report_dir
     shot = tmp_path / "shot.png"
     profile = tempfile.mkdtemp(dir=tmp_path)
-    p = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                        f"--user-data-dir={profile}", f"--screenshot={shot}", "--window-size=1280,2000",
-                        (out / "report.html").as_uri()], capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [
+            "chromium",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={profile}",
+            f"--screenshot={shot}",
+            "--window-size=1280,2000",
+            (out / "report.html").as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert shot.exists(), p.stderr[-2000:]
     with Image.open(shot) as im:
         rgb = im.convert("RGB")

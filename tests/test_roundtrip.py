@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from kner.data.example import Entity, Example
-from kner.model.prompt import parse_tags, render_tags
 from kner.data.readers import read_dataset
 from kner.data.schemes import load_scheme
+from kner.model.prompt import parse_tags, render_tags
 
 FIX = Path(__file__).parent / "fixtures" / "readers"
 
@@ -31,6 +31,7 @@ def failures(examples, scheme):
 
 def explained(ex: Example, got: list[Entity]) -> bool:
     """Same (label, surface) pairs, each placed at or before its gold occurrence: ambiguity, not a bug."""
+
     def groups(ents):
         out: dict = {}
         for e in ents:
@@ -48,16 +49,24 @@ def explained(ex: Example, got: list[Entity]) -> bool:
     return moved
 
 
-@pytest.mark.parametrize("fmt, path", [("kmou", "kmou"), ("klue", "klue_sample.tsv"), ("klp2016", "klp2016/ner.sample"),
-                                       ("naver", "naver_sample.txt"), ("multiconer", "multiconer_v2.conll"),
-                                       ("kmou", "../kmou/corpus")])   # 15 KMOU files, 206 sentences
+@pytest.mark.parametrize(
+    "fmt, path",
+    [
+        ("kmou", "kmou"),
+        ("klue", "klue_sample.tsv"),
+        ("klp2016", "klp2016/ner.sample"),
+        ("naver", "naver_sample.txt"),
+        ("multiconer", "multiconer_v2.conll"),
+        ("kmou", "../kmou/corpus"),
+    ],
+)  # 15 KMOU files, 206 sentences
 def test_fixtures_round_trip(fmt, path):
     res = read_dataset(fmt, FIX / path)
     assert failures(res.examples, res.scheme) == []
 
 
 def test_ambiguous_surface_is_the_only_failure_mode():
-    text = "이 사건 뒤 이 씨는"   # the first '이' is a determiner, the second a surname
+    text = "이 사건 뒤 이 씨는"  # the first '이' is a determiner, the second a surname
     ex = Example("x", text, [Entity(7, 8, "PER", "이")])
     [(_, got)] = failures([ex], "kmou")
     assert got == [Entity(0, 1, "PER", "이")] and explained(ex, got)

@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 
 from kner.data.augment import AugmentConfig, mention_pool, replace_mentions, training_variants
-from kner.errors import ConfigError
 from kner.data.example import Entity, Example, validate
-from kner.model.prompt import PromptFormat, render_tags
 from kner.data.schemes import load_scheme
+from kner.errors import ConfigError
+from kner.model.prompt import PromptFormat, render_tags
 from kner.model.scratch import prompt_pieces, train_tokenizer
 
 SCHEME = load_scheme("spacy19")
@@ -37,8 +37,13 @@ def _examples() -> list[Example]:
 
 def _char_tokenizer(exs):
     prefix, suffix = PromptFormat().parts(SCHEME)
-    return train_tokenizer([e.text for e in exs], extra_texts=[prefix + suffix] + [render_tags(e.entities) for e in exs],
-                           kind="char", min_count=1, pieces=prompt_pieces(prefix, suffix, SCHEME.names))
+    return train_tokenizer(
+        [e.text for e in exs],
+        extra_texts=[prefix + suffix] + [render_tags(e.entities) for e in exs],
+        kind="char",
+        min_count=1,
+        pieces=prompt_pieces(prefix, suffix, SCHEME.names),
+    )
 
 
 def test_char_tokenizer_spells_entities_as_in_the_text_and_the_instruction_in_few_pieces():
@@ -50,11 +55,11 @@ def test_char_tokenizer_spells_entities_as_in_the_text_and_the_instruction_in_fe
     prefix, _ = PromptFormat().parts(SCHEME)
     assert len(enc.prefix_ids) <= prefix.count("\n") + 2 < len(prefix) // 10
     e = enc.encode(exs[0].text, render_tags(exs[0].entities))
-    answer = tok.convert_ids_to_tokens(e.input_ids[e.prompt_len:])
+    answer = tok.convert_ids_to_tokens(e.input_ids[e.prompt_len :])
     assert answer[:5] == ["<PER:", "이", "순", "신", ">"]
     text_ids = tok("이순신은", add_special_tokens=False)["input_ids"]
-    assert e.input_ids[e.prompt_len + 1:e.prompt_len + 4] == text_ids[:3]
-    assert tok.decode(e.input_ids[e.prompt_len:-1]) == render_tags(exs[0].entities)
+    assert e.input_ids[e.prompt_len + 1 : e.prompt_len + 4] == text_ids[:3]
+    assert tok.decode(e.input_ids[e.prompt_len : -1]) == render_tags(exs[0].entities)
 
 
 def test_token_table_allows_non_special_added_tokens_only():
@@ -81,12 +86,12 @@ def test_mention_replacement_keeps_offsets_labels_and_context():
         validate(new)
         assert [e.label for e in new.entities] == [e.label for e in old.entities]
         for ent in new.entities:
-            assert new.text[ent.start:ent.end] == ent.text
+            assert new.text[ent.start : ent.end] == ent.text
             assert ent.text in pool[ent.label]
         # What lies between the mentions is untouched.
-        gaps = lambda ex: [ex.text[a.end:b.start] for a, b in zip(ex.entities, ex.entities[1:])]  # noqa: E731
+        gaps = lambda ex: [ex.text[a.end : b.start] for a, b in zip(ex.entities, ex.entities[1:])]  # noqa: E731
         assert gaps(new) == gaps(old)
-        assert new.text.endswith(old.text[old.entities[-1].end:])
+        assert new.text.endswith(old.text[old.entities[-1].end :])
     assert replace_mentions(exs[0], pool, 0.0, rng) is exs[0]
 
 
@@ -116,10 +121,23 @@ def test_tiny_char_model_learns_and_extracts_what_it_learnt(tmp_path):
     exs = _examples()
     tok = _char_tokenizer(exs)
     model = build_scratch_model(tok, hidden=64, layers=2, heads=2, max_positions=512, seed=0)
-    cfg = TrainConfig(model="scratch", method="full", scheme="spacy19", output=str(tmp_path / "out"),
-                      examples_per_step=6, max_steps=150, lr=3e-3, warmup_steps=10, optimizer="adamw",
-                      batch_tokens=4096, save_every=0, progress=False, tensorboard=False, seed=1,
-                      augment={"mention_replace": 0.5, "variants": 2})
+    cfg = TrainConfig(
+        model="scratch",
+        method="full",
+        scheme="spacy19",
+        output=str(tmp_path / "out"),
+        examples_per_step=6,
+        max_steps=150,
+        lr=3e-3,
+        warmup_steps=10,
+        optimizer="adamw",
+        batch_tokens=4096,
+        save_every=0,
+        progress=False,
+        tensorboard=False,
+        seed=1,
+        augment={"mention_replace": 0.5, "variants": 2},
+    )
     out = train(cfg, model=model, tokenizer=tok, train_examples=exs)
     ext = Extractor.load(out, max_new_tokens=64)
     res = evaluate(exs, ext.predict_examples(exs))
@@ -143,5 +161,5 @@ def test_epochs_cycle_through_tokenized_copies():
     assert sets[1] != sets[2] and [e.input_ids for e in sets[1]] != [e.input_ids for e in base]
     # Every copy keeps the prompt/answer boundary: the answer decodes to well-formed tags.
     for e in sets[1]:
-        assert tok.decode(e.input_ids[e.prompt_len:-1]).startswith("<")
+        assert tok.decode(e.input_ids[e.prompt_len : -1]).startswith("<")
     assert _augmented_sets(exs, base, enc, TrainConfig(), " ") == [base]

@@ -5,9 +5,9 @@ import pytest
 
 import corpora as datasets  # benchmarks/corpora.py
 from kner.data import acquire
-from kner.errors import ConfigError, KnerError
 from kner.data.example import Entity, Example
 from kner.data.splits import doc_of, parse_ratios, split_by_document
+from kner.errors import ConfigError, KnerError
 
 
 def corpus(n_docs=60, seed=0):
@@ -27,7 +27,7 @@ def test_no_document_in_two_splits_and_sizes_follow_ratios():
     assert sum(len(p) for p in parts.values()) == len(exs)
     n = len(exs)
     for name, r in zip(("train", "dev", "test"), (0.8, 0.1, 0.1)):
-        assert abs(len(parts[name]) - r * n) <= 30   # at most one document off its target
+        assert abs(len(parts[name]) - r * n) <= 30  # at most one document off its target
 
 
 def test_deterministic_and_independent_of_input_order():
@@ -62,7 +62,7 @@ def test_default_kmou_split_on_the_fixture(datasets_dir, monkeypatch):
     parts = datasets.default_kmou_split(datasets_dir)
     got = {k: (len({doc_of(e) for e in v}), len(v), sum(len(e.entities) for e in v)) for k, v in parts.items()}
     assert got == {"train": (12, 164, 514), "dev": (2, 29, 61), "test": (1, 13, 47)}
-    parts["train"][0].entities.clear()   # callers get their own copies
+    parts["train"][0].entities.clear()  # callers get their own copies
     assert datasets.default_kmou_split(datasets_dir)["train"][0].entities
 
 
@@ -78,5 +78,5 @@ def test_data_dir_lookup(tmp_path, monkeypatch, datasets_dir):
     with pytest.raises(KnerError, match="kmou/corpus"):
         datasets.data_dir()
     (tmp_path / "shared" / "datasets").mkdir(parents=True)
-    monkeypatch.chdir(tmp_path / "shared")   # cwd/../shared/datasets
+    monkeypatch.chdir(tmp_path / "shared")  # cwd/../shared/datasets
     assert datasets.data_dir() == tmp_path / "shared" / "datasets"
