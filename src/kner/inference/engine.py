@@ -16,7 +16,11 @@ from the start. Here instead:
   nothing new is admitted until some row finishes; the oldest row always keeps
   its room, so the run always progresses;
 * the instruction prefix is shared by all rows (attention in
-  :mod:`kner.inference.prefix_cache`), never copied into the pool.
+  :mod:`kner.inference.prefix_cache`, which also applies sliding windows and
+  soft-capping, so this one engine serves every model), never copied into the pool.
+
+``PagedEngine.run`` is admit + prefill, make room, decode step, retire, over an
+:class:`EngineState`; each step is a method.
 
 Each decode step writes every row's new K/V at its own position and gathers the
 rows' K/V into a padded ``(rows, kv_heads, longest, head_dim)`` view for the
