@@ -2,10 +2,10 @@
 
 import pytest
 
-from kner.errors import ConfigError
 from kner.data.example import Entity
-from kner.model.prompt import PromptFormat, parse_tags, render_tags
 from kner.data.schemes import load_scheme
+from kner.errors import ConfigError
+from kner.model.prompt import PromptFormat, parse_tags, render_tags
 
 SPACY = load_scheme("spacy19")
 
@@ -14,13 +14,40 @@ def test_default_prompt_is_the_studys_template():
     p = PromptFormat().prompt("이순신은 조선의 장군이다.", SPACY)
     lines = p.split("\n")
     assert lines[0] == "### Instruction:"
-    assert lines[1] == "다음 아래 문장에서 개체명을 추출하려 합니다. 개체명은 아래 규칙(spacy를 따름)으로 태깅시켜 주세요."
+    assert (
+        lines[1] == "다음 아래 문장에서 개체명을 추출하려 합니다. 개체명은 아래 규칙(spacy를 따름)으로 태깅시켜 주세요."
+    )
     assert lines[2:21] == [f"- {l.name}: {l.en}" for l in SPACY.labels] and lines[2] == "- PER: Person"
-    assert lines[21:] == ["아래 문장들에서 개체명을 추출하세요.", "", "### Text:", "이순신은 조선의 장군이다.", "",
-                          "### Tags:", ""]
-    assert [l.name for l in SPACY.labels] == ["PER", "ORG", "GPE", "LOC", "FAC", "QUANTITY", "ORDINAL", "CARDINAL",
-                                              "DATE", "TIME", "MONEY", "PERCENT", "PRODUCT", "EVENT", "WORK_OF_ART",
-                                              "LANGUAGE", "LAW", "NORP", "MISC"]
+    assert lines[21:] == [
+        "아래 문장들에서 개체명을 추출하세요.",
+        "",
+        "### Text:",
+        "이순신은 조선의 장군이다.",
+        "",
+        "### Tags:",
+        "",
+    ]
+    assert [l.name for l in SPACY.labels] == [
+        "PER",
+        "ORG",
+        "GPE",
+        "LOC",
+        "FAC",
+        "QUANTITY",
+        "ORDINAL",
+        "CARDINAL",
+        "DATE",
+        "TIME",
+        "MONEY",
+        "PERCENT",
+        "PRODUCT",
+        "EVENT",
+        "WORK_OF_ART",
+        "LANGUAGE",
+        "LAW",
+        "NORP",
+        "MISC",
+    ]
 
 
 def test_prefix_is_shared_and_scheme_specific():

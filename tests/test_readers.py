@@ -3,12 +3,12 @@ from pathlib import Path
 
 import pytest
 
-from kner.errors import ConfigError, DataError
 from kner.data.example import Entity, Example, validate, write_jsonl
 from kner.data.readers import FORMATS, native_scheme, read_dataset
 from kner.data.readers.bio import decode, split_tag
 from kner.data.readers.markup import MarkupError, parse_markup
 from kner.data.schemes import Mapping, load_scheme, map_examples
+from kner.errors import ConfigError, DataError
 
 FIX = Path(__file__).parent / "fixtures" / "readers"
 
@@ -23,17 +23,21 @@ def kinds(res) -> Counter:
 
 # ---- markup and BIO building blocks --------------------------------------------------------------
 
-@pytest.mark.parametrize("markup, text, spans", [
-    ("<<2>:NOH> 문제", "<2> 문제", [("<2>", "NOH")]),                      # entity made of brackets
-    ("영화 <<트럼보:POH>>가", "영화 <트럼보>가", [("트럼보", "POH")]),        # literal brackets around a tag
-    ("[가다]<7><KT:ORG> 경기", "[가다]<7>KT 경기", [("KT", "ORG")]),
-    ("<이 기사는 <신동아:POH>｜", "<이 기사는 신동아｜", [("신동아", "POH")]),  # unclosed literal '<'
-    ("<A->B:ORG>", "A->B", [("A->B", "ORG")]),                              # '>' inside an entity
-    ("<12:30:TIM>", "12:30", [("12:30", "TIM")]),                           # colon inside an entity
-    ("<<서울:LOC> 시청:ORG>", "서울 시청", [("서울", "LOC"), ("서울 시청", "ORG")]),  # nested
-    ("a -> b: c", "a -> b: c", []),
-    ("비율 3:1>", "비율 3:1>", []),                                          # ':1>' is not a label
-])
+
+@pytest.mark.parametrize(
+    "markup, text, spans",
+    [
+        ("<<2>:NOH> 문제", "<2> 문제", [("<2>", "NOH")]),  # entity made of brackets
+        ("영화 <<트럼보:POH>>가", "영화 <트럼보>가", [("트럼보", "POH")]),  # literal brackets around a tag
+        ("[가다]<7><KT:ORG> 경기", "[가다]<7>KT 경기", [("KT", "ORG")]),
+        ("<이 기사는 <신동아:POH>｜", "<이 기사는 신동아｜", [("신동아", "POH")]),  # unclosed literal '<'
+        ("<A->B:ORG>", "A->B", [("A->B", "ORG")]),  # '>' inside an entity
+        ("<12:30:TIM>", "12:30", [("12:30", "TIM")]),  # colon inside an entity
+        ("<<서울:LOC> 시청:ORG>", "서울 시청", [("서울", "LOC"), ("서울 시청", "ORG")]),  # nested
+        ("a -> b: c", "a -> b: c", []),
+        ("비율 3:1>", "비율 3:1>", []),  # ':1>' is not a label
+    ],
+)
 def test_parse_markup(markup, text, spans):
     m = parse_markup(markup, {"NOH", "POH", "ORG", "TIM", "LOC"})
     assert m.text == text
@@ -60,14 +64,15 @@ def test_decode_repairs_i_without_b_and_reads_bioes():
 
 # ---- fixtures, one per format ------------------------------------------------------------------------
 
+
 def test_kmou_fixture_folder():
     res = read_dataset("kmou", FIX / "kmou")
     assert res.files == 2  # README.md in the folder is not a corpus file
     assert [ex.id for ex in res.examples] == ["00001_NER:1", "00001_NER:2", "00001_NER:3", "00002_NER:1"]
     a, b, c, d = res.examples
     assert a.text == "영화 <트럼보>가 12:30에 개봉했다." and ents(a) == [("POH", "트럼보", 4), ("TIM", "12:30", 10)]
-    assert ents(b) == [("PER", "바라라", 0), ("ORG", "중국", 5)]       # markup wins over BIO; span trimmed
-    assert ents(c) == [("LOC", "서울", 0), ("ORG", "서울 시청", 0)]   # nested spans survive
+    assert ents(b) == [("PER", "바라라", 0), ("ORG", "중국", 5)]  # markup wins over BIO; span trimmed
+    assert ents(c) == [("LOC", "서울", 0), ("ORG", "서울 시청", 0)]  # nested spans survive
     assert a.meta == {"doc": "00001_NER", "source": "00001_NER.txt:1"} and d.meta["doc"] == "00002_NER"
     assert res.skipped == 1
     assert kinds(res) == Counter({"bio-mismatch": 2, "whitespace-trimmed": 1, "raw-mismatch": 1, "unparseable": 1})
@@ -96,7 +101,7 @@ def test_klp2016_fixture_crlf_and_lemmas():
     a, b = res.examples
     assert ents(a) == [("PS", "한석규", 0)]
     assert b.text == "지난 22일 서울에서 <확인>을 했다" and ents(b) == [("DT", "지난 22일", 0), ("LC", "서울", 7)]
-    assert res.problems == []   # '지나'+'ㄴ' lemma matches '지난'; literal <확인> is text
+    assert res.problems == []  # '지나'+'ㄴ' lemma matches '지난'; literal <확인> is text
     assert b.meta == {"doc": "ner.sample", "source": "ner.sample:10"}
 
 
@@ -115,9 +120,15 @@ def test_klue_fixture_fallback_to_characters():
 def test_naver_fixture_keeps_particles_by_default():
     res = read_dataset("naver", FIX / "naver_sample.txt")
     assert [ex.text for ex in res.examples][:3] == [
-        "예산결산특별위원회의 위원장은 서울에서 회의를 열었다", "김연아도 강원도 평창으로 갔다",
-        "우루과이가 강원도 대표와 한은 총재를 만났다"]  # a word index of 1 starts a sentence without a blank line
-    assert ents(res.examples[0]) == [("ORG", "예산결산특별위원회의", 0), ("CVL", "위원장은", 11), ("LOC", "서울에서", 16)]
+        "예산결산특별위원회의 위원장은 서울에서 회의를 열었다",
+        "김연아도 강원도 평창으로 갔다",
+        "우루과이가 강원도 대표와 한은 총재를 만났다",
+    ]  # a word index of 1 starts a sentence without a blank line
+    assert ents(res.examples[0]) == [
+        ("ORG", "예산결산특별위원회의", 0),
+        ("CVL", "위원장은", 11),
+        ("LOC", "서울에서", 16),
+    ]
     assert ents(res.examples[3]) == [("ORG", "한국 은행에", 3)]
     assert kinds(res) == Counter({"i-without-b": 1})
     assert res.problems[0].line == 19
@@ -170,8 +181,11 @@ def test_multiconer_versions():
 
 def test_conll_word_and_char_levels(tmp_path):
     w = read_dataset("conll", FIX / "conll_word.txt")
-    assert [ents(ex) for ex in w.examples] == [[("PER", "이순신", 0), ("ORG", "조선 수군", 8)],
-                                               [("LOC", "서울 특별시", 0)], [("LOC", "부산", 0)]]
+    assert [ents(ex) for ex in w.examples] == [
+        [("PER", "이순신", 0), ("ORG", "조선 수군", 8)],
+        [("LOC", "서울 특별시", 0)],
+        [("LOC", "부산", 0)],
+    ]
     assert [ex.meta["doc"] for ex in w.examples] == ["conll_word.txt#1", "conll_word.txt#1", "conll_word.txt#2"]
     c = read_dataset("conll", FIX / "conll_char.txt", level="char", space_token="_")
     assert c.examples[0].text == "이순신 장군" and ents(c.examples[0]) == [("PS", "이순신", 0)]
@@ -199,8 +213,20 @@ def test_registry_errors(tmp_path):
         read_dataset("kmou", tmp_path)
     with pytest.raises(DataError, match="no such file"):
         read_dataset("kmou", tmp_path / "missing")
-    assert set(FORMATS) == {"kmou", "klp2016", "klue", "naver", "multiconer", "conll", "jsonl",
-                            "doccano", "labelstudio", "prodigy", "spacy", "hf"}
+    assert set(FORMATS) == {
+        "kmou",
+        "klp2016",
+        "klue",
+        "naver",
+        "multiconer",
+        "conll",
+        "jsonl",
+        "doccano",
+        "labelstudio",
+        "prodigy",
+        "spacy",
+        "hf",
+    }
 
 
 @pytest.mark.parametrize("scheme", ["naver", "multiconer_v1", "multiconer_v2", "kmou", "klue", "klp2016"])
@@ -209,17 +235,25 @@ def test_every_native_label_has_a_spacy19_row(scheme):
     assert set(m.table) == set(sch.names)
     assert all(dst is None or dst in target.names for dst in m.table.values())
     ambiguous = [src for src, dst in m.table.items() if dst is None]
-    assert all(src in m.reasons for src in ambiguous)   # every drop says why
+    assert all(src in m.reasons for src in ambiguous)  # every drop says why
 
 
 def test_reader_labels_match_schemes():
     from kner.data.readers import klp2016, klue, kmou, multiconer, naver
-    for mod_labels, scheme in [(kmou.LABELS, "kmou"), (klp2016.LABELS, "klp2016"), (klue.LABELS, "klue"),
-                               (naver.LABELS, "naver"), (multiconer.V1, "multiconer_v1"), (multiconer.V2, "multiconer_v2")]:
+
+    for mod_labels, scheme in [
+        (kmou.LABELS, "kmou"),
+        (klp2016.LABELS, "klp2016"),
+        (klue.LABELS, "klue"),
+        (naver.LABELS, "naver"),
+        (multiconer.V1, "multiconer_v1"),
+        (multiconer.V2, "multiconer_v2"),
+    ]:
         assert set(mod_labels) == set(load_scheme(scheme).names)
 
 
 # ---- the KMOU fixture corpus (15 files of the real corpus, byte for byte; full counts: test_real_data.py)
+
 
 @pytest.fixture(scope="module")
 def kmou(datasets_dir):
@@ -234,7 +268,11 @@ def test_kmou_corpus_counts(kmou):
     assert len({ex.id for ex in kmou.examples}) == 206
     assert kinds(kmou) == Counter({"bio-mismatch": 3, "whitespace-trimmed": 1})
     assert [(p.sentence_id, p.line) for p in kmou.problems] == [
-        ("00002_NER:9", 520), ("00006_NER:6", 187), ("00011_NER:8", 368), ("00016_NER:9", 281)]
+        ("00002_NER:9", 520),
+        ("00006_NER:6", 187),
+        ("00011_NER:8", 368),
+        ("00016_NER:9", 281),
+    ]
     labels = Counter(e.label for ex in kmou.examples for e in ex.entities)
     assert labels["PER"] == 171 and labels["TIM"] == 2 and set(labels) == set(load_scheme("kmou").names)
     for ex in kmou.examples:
@@ -254,7 +292,10 @@ def test_read_marked_notes_say_where_each_disagreement_was_seen():
     mk = read_marked("<이순신:PER> 장군", {"PER"}, raw="이순신 장굼", tokens=tokens, unit="morphemes")
     assert mk.text == "이순신 장군" and [(e.label, e.text) for e in mk.entities] == [("PER", "이순신")]
     assert [(kind, where) for kind, _, where in mk.notes] == [
-        ("raw-mismatch", "raw"), ("i-without-b", 10), ("bio-mismatch", "sentence")]
+        ("raw-mismatch", "raw"),
+        ("i-without-b", 10),
+        ("bio-mismatch", "sentence"),
+    ]
     assert "column 6" in mk.notes[0][1] and "BIO PER '장군' [4,6)" in mk.notes[2][1]
     lemmas = [(1, "지나", split_tag("B-DT")), (2, "ㄴ", split_tag("I-DT"))]
     assert read_marked("<지난:DT>", {"DT"}, tokens=lemmas, unit="lemmas").notes == []

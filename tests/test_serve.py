@@ -23,14 +23,17 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
-from kner.errors import KnerError  # noqa: E402
 from kner.data.example import Entity  # noqa: E402
+from kner.errors import KnerError  # noqa: E402
 from kner.serve import BackgroundServer, ServeSettings, create_app  # noqa: E402
+
 
 def fake_entities(text: str) -> list[Entity]:
     """Every word is an entity: CARDINAL if it is all digits, else PER."""
-    return [Entity(m.start(), m.end(), "CARDINAL" if m.group().isdigit() else "PER", m.group())
-            for m in re.finditer(r"\S+", text)]
+    return [
+        Entity(m.start(), m.end(), "CARDINAL" if m.group().isdigit() else "PER", m.group())
+        for m in re.finditer(r"\S+", text)
+    ]
 
 
 class FakeExtractor:
@@ -107,14 +110,14 @@ def test_concurrent_requests_share_extractor_calls(fake, max_batch_texts, expect
             assert r.status_code == 200, r.text
             body = r.json()
             assert body["model"] == "fake" and body["elapsed_ms"] >= 0
-            assert [res["text"] for res in body["results"]] == payload["texts"]      # own texts, in order
+            assert [res["text"] for res in body["results"]] == payload["texts"]  # own texts, in order
             for res in body["results"]:
                 assert res["entities"] == [e.to_dict() for e in fake_entities(res["text"])]
         # 8 requests, fewer calls: the first call held the warm-up request alone.
         assert fake.calls[0] == ["warm up"]
         assert [len(c) for c in fake.calls[1:]] == expected_calls
         assert sorted(t for c in fake.calls[1:] for t in c) == sorted(t for p in payloads.values() for t in p["texts"])
-        for call in fake.calls[1:]:          # whole requests: both texts of a request in the same call, adjacent
+        for call in fake.calls[1:]:  # whole requests: both texts of a request in the same call, adjacent
             for a, b in zip(call[::2], call[1::2]):
                 assert a.split()[0] == "요청" + b.split()[0]
         h = health(srv.url)
@@ -152,8 +155,13 @@ def test_limits_answer_4xx_naming_the_limit(fake):
     with BackgroundServer(create_app(fake, settings, model_name="fake", scheme="spacy19")) as srv:
         r = post(srv.url, {"texts": ["짧은 글", "열한 글자가 넘는 문장이다"]})
         assert r.status_code == 413
-        assert r.json() == {"error": "texts[1] has 14 characters; max_text_chars is 10", "limit": "max_text_chars",
-                            "max": 10, "index": 1, "value": 14}
+        assert r.json() == {
+            "error": "texts[1] has 14 characters; max_text_chars is 10",
+            "limit": "max_text_chars",
+            "max": 10,
+            "index": 1,
+            "value": 14,
+        }
         r = post(srv.url, {"texts": ["a", "b", "c", "d"]})
         assert r.status_code == 413 and r.json()["limit"] == "max_texts" and r.json()["value"] == 4
         r = post(srv.url, {"text": "x" * 3000})
@@ -181,10 +189,17 @@ def test_limits_answer_4xx_naming_the_limit(fake):
         # Empty and blank texts: answered in place, without calling the extractor.
         r = post(srv.url, {"texts": ["", "  ", "12 서울"]})
         assert r.status_code == 200
-        assert r.json()["results"] == [{"text": "", "entities": []}, {"text": "  ", "entities": []},
-                                       {"text": "12 서울", "entities": [
-                                           {"start": 0, "end": 2, "label": "CARDINAL", "text": "12"},
-                                           {"start": 3, "end": 5, "label": "PER", "text": "서울"}]}]
+        assert r.json()["results"] == [
+            {"text": "", "entities": []},
+            {"text": "  ", "entities": []},
+            {
+                "text": "12 서울",
+                "entities": [
+                    {"start": 0, "end": 2, "label": "CARDINAL", "text": "12"},
+                    {"start": 3, "end": 5, "label": "PER", "text": "서울"},
+                ],
+            },
+        ]
         assert post(srv.url, {"text": ""}).json()["results"] == [{"text": "", "entities": []}]
         assert post(srv.url, {"texts": []}).json()["results"] == []
         assert fake.calls == [["12 서울"]]
@@ -253,9 +268,21 @@ def test_demo_page_in_headless_chromium(fake, tmp_path):
         pytest.skip("chromium is not installed")
     with BackgroundServer(create_app(fake, ServeSettings(), model_name="fake", scheme="spacy19")) as srv:
         url = srv.url + "/?" + urllib.parse.urlencode({"text": "이순신 1592"})
-        proc = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                               f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", url],
-                              capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(
+            [
+                browser,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                f"--user-data-dir={tmp_path / 'profile'}",
+                "--dump-dom",
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     dom = proc.stdout
     assert proc.returncode == 0, proc.stderr[-2000:]
     marks = re.findall(r'<mark class="entity"[^>]*>\s*(\S+)\s*<span[^>]*>(\w+)</span>', dom)
@@ -265,32 +292,44 @@ def test_demo_page_in_headless_chromium(fake, tmp_path):
 
 # -- a real (tiny, random) model ------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def model_folder(tmp_path_factory, llama_dir):
     """What `kner export` writes: kner.json + model/ (16/32-bit weights) + tokenizer/ (LLaMA-2-style)."""
     import torch
 
+    from kner.data.schemes import load_scheme
     from kner.model.artifacts import ModelManifest
     from kner.model.loading import LoadSpec, build_model_from_config, load_tokenizer, tiny_config
-    from kner.data.schemes import load_scheme
 
     out = tmp_path_factory.mktemp("kner_serve") / "out"
     tok = load_tokenizer(str(llama_dir))
     torch.manual_seed(0)
-    model = build_model_from_config(tiny_config("llama", vocab_size=len(tok), hidden=32, intermediate=64, layers=1,
-                                                heads=2, kv_heads=1))
+    model = build_model_from_config(
+        tiny_config("llama", vocab_size=len(tok), hidden=32, intermediate=64, layers=1, heads=2, kv_heads=1)
+    )
     model.save_pretrained(out / "model", safe_serialization=True)
     tok.save_pretrained(out / "tokenizer")
-    ModelManifest(load=LoadSpec(model="unused", quantize_4bit=False, compute_dtype="fp32"), method="full",
-                  scheme=load_scheme("spacy19"), adapter_dir=None, model_dir="model").save(out)
+    ModelManifest(
+        load=LoadSpec(model="unused", quantize_4bit=False, compute_dtype="fp32"),
+        method="full",
+        scheme=load_scheme("spacy19"),
+        adapter_dir=None,
+        model_dir="model",
+    ).save(out)
     return out
 
 
 from test_inference_decoding import tag_bias  # noqa: E402
 
-
-TEXTS = ["이순신은 조선 중기의 무신이다.", "오에 겐자부로는 일본 현대문학의 초석을 놓은 작가", "서울 <특별시> : 12\\3",
-         "1592년 4월 13일", "a b", "대한민국 국회는 여의도에 있다."]
+TEXTS = [
+    "이순신은 조선 중기의 무신이다.",
+    "오에 겐자부로는 일본 현대문학의 초석을 놓은 작가",
+    "서울 <특별시> : 12\\3",
+    "1592년 4월 13일",
+    "a b",
+    "대한민국 국회는 여의도에 있다.",
+]
 
 
 def test_real_model_served_entities_are_exact_spans(model_folder):
@@ -301,13 +340,12 @@ def test_real_model_served_entities_are_exact_spans(model_folder):
     calls: list[list[str]] = []
     gate = threading.Event()
 
-    def held(texts):         # the real extractor behind a gate, so the test decides what is batched
+    def held(texts):  # the real extractor behind a gate, so the test decides what is batched
         calls.append(list(texts))
         gate.wait(60)
         return ex(texts)
 
-    with BackgroundServer(create_app(held, ServeSettings(max_wait_ms=5), model_name="tiny",
-                                     scheme=ex.scheme)) as srv:
+    with BackgroundServer(create_app(held, ServeSettings(max_wait_ms=5), model_name="tiny", scheme=ex.scheme)) as srv:
         out: dict = {}
         warm = in_thread(post, srv.url, {"text": "워밍업"}, out, "warm")
         wait_for(lambda: health(srv.url)["busy"], "the extractor to be busy")
@@ -326,10 +364,10 @@ def test_real_model_served_entities_are_exact_spans(model_folder):
             for text, res in zip(payload["texts"], r.json()["results"]):
                 assert res["text"] == text
                 for e in res["entities"]:
-                    assert text[e["start"]:e["end"]] == e["text"] and e["label"] in ex.scheme.names
+                    assert text[e["start"] : e["end"]] == e["text"] and e["label"] in ex.scheme.names
                     n += 1
                 served[text] = res["entities"]
-        assert n > 0                         # the bias made the random model write tags
+        assert n > 0  # the bias made the random model write tags
         # The shared call computed exactly what one direct call on the same texts computes.
         direct = ex(calls[1])
         assert {t: [e.to_dict() for e in ents] for t, ents in zip(calls[1], direct)} == served
@@ -346,18 +384,39 @@ def test_kner_serve_command(model_folder, tmp_path):
     port = free_port()
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     log = (tmp_path / "serve.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-c", "from kner.cli import main; main()", "serve",
-                             "--model", str(model_folder), "--port", str(port), "--name", "tiny",
-                             "--max-new-tokens", "8", "--max-text-chars", "50", "--log-level", "warning"],
-                            stdout=log, stderr=subprocess.STDOUT, env=env)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from kner.cli import main; main()",
+            "serve",
+            "--model",
+            str(model_folder),
+            "--port",
+            str(port),
+            "--name",
+            "tiny",
+            "--max-new-tokens",
+            "8",
+            "--max-text-chars",
+            "50",
+            "--log-level",
+            "warning",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
+
         def up():
             assert proc.poll() is None, (tmp_path / "serve.log").read_text()
             try:
                 return httpx.get(url + "/health", timeout=2).status_code == 200
             except httpx.TransportError:
                 return False
+
         wait_for(up, "kner serve to start", timeout=120)
         h = health(url)
         assert h["model"] == "tiny" and h["scheme"] == "spacy19" and h["limits"]["max_text_chars"] == 50
@@ -365,7 +424,7 @@ def test_kner_serve_command(model_folder, tmp_path):
         assert r.status_code == 200 and r.json()["model"] == "tiny"
         for text, res in zip(TEXTS[:2] + [""], r.json()["results"]):
             assert res["text"] == text
-            assert all(text[e["start"]:e["end"]] == e["text"] for e in res["entities"])
+            assert all(text[e["start"] : e["end"]] == e["text"] for e in res["entities"])
         assert post(url, {"text": "x" * 51}).status_code == 413
     finally:
         proc.terminate()
@@ -381,7 +440,7 @@ def test_missing_fastapi_is_a_user_error(monkeypatch):
     from kner.cli import _register, app
 
     _register()
-    monkeypatch.setitem(sys.modules, "uvicorn", None)      # import uvicorn -> ImportError
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # import uvicorn -> ImportError
     res = CliRunner().invoke(app, ["serve", "--model", "whatever"])
     assert isinstance(res.exception, KnerError)
     assert 'pip install "kner[serve]"' in str(res.exception)

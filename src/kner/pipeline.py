@@ -13,15 +13,36 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import random
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from kner import __version__
-from kner.config import DataSection, ModelSection, PredictSection, ReportSection, RunConfig, ScratchSection, \
-    SpacySection, load_run_config, section
+from kner.config import (
+    DataSection,
+    ModelSection,
+    PredictSection,
+    ReportSection,
+    RunConfig,
+    ScratchSection,
+    SpacySection,
+    load_run_config,
+    section,
+)
+from kner.data import readers
+from kner.data.acquire import locate, sha256
+from kner.data.check import check_prepared
+from kner.data.example import read_jsonl, write_jsonl
+from kner.data.schemes import Mapping, load_scheme, map_examples
+from kner.data.splits import split_by_document
+from kner.evaluation.report import compare
+from kner.evaluation.scoring import read_for_scoring
+from kner.inference import Extractor
+from kner.model.prompt import PromptFormat, render_tags
 from kner.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -35,8 +56,6 @@ _NOT_INPUTS = {"stage.json", "checkpoints", "tensorboard", "log.jsonl"}
 
 
 def _digest_files(paths: list[Path]) -> list[str]:
-    from kner.data.acquire import sha256
-
     # A list in input order, not a dict by file name: two stages' "preds.jsonl" must not collide.
     out = []
     for p in paths:
@@ -55,14 +74,19 @@ class Runner:
     cfg: RunConfig
     out: Path
     force: tuple[str, ...] = ()
-    dry_run: bool = False       # say what each stage would do; run and write nothing
+    dry_run: bool = False  # say what each stage would do; run and write nothing
     events: list[dict] = field(default_factory=list)
-    _pending: dict[Path, str] = field(default_factory=dict)   # dry run: folder -> stage that would (re)write it
+    _pending: dict[Path, str] = field(default_factory=dict)  # dry run: folder -> stage that would (re)write it
 
     @staticmethod
     def key(settings: Any, inputs: list[Path]) -> str:
-        return hashlib.sha256(json.dumps({"settings": settings, "inputs": _digest_files(inputs),
-                                          "kner": __version__}, sort_keys=True, default=str).encode()).hexdigest()
+        return hashlib.sha256(
+            json.dumps(
+                {"settings": settings, "inputs": _digest_files(inputs), "kner": __version__},
+                sort_keys=True,
+                default=str,
+            ).encode()
+        ).hexdigest()
 
     def stage(self, name: str, settings: Any, inputs: list[Path], body: Callable[[Path, bool], None]) -> Path:
         folder = self.out / name
@@ -90,24 +114,38 @@ class Runner:
 
     def _plan(self, name: str, folder: Path, settings: Any, inputs: list[Path]) -> Path:
         # An input an earlier stage would rewrite has no digest yet: its key is unknown until then.
-        after = sorted({s for p in inputs for f, s in self._pending.items() if p == f or f in p.parents},
-                       key=STAGES.index)
+        after = sorted(
+            {s for p in inputs for f, s in self._pending.items() if p == f or f in p.parents}, key=STAGES.index
+        )
         if after:
             status = f"would run (after {', '.join(after)})"
         else:
             marker = folder / "stage.json"
             state = json.loads(marker.read_text()) if marker.is_file() else {}
             same = state.get("key") == self.key(settings, inputs)
-            status = ("would run (forced)" if name in self.force else "up to date" if same and state.get("done")
-                      else "would resume" if same else "would run")
+            status = (
+                "would run (forced)"
+                if name in self.force
+                else "up to date"
+                if same and state.get("done")
+                else "would resume"
+                if same
+                else "would run"
+            )
         if status != "up to date":
             self._pending[folder] = name
         self.events.append({"stage": name, "status": status})
         return folder
 
 
-def run(config_path: str | Path, output_dir: str | Path | None = None, data_dir: str | Path | None = None,
-        force: tuple[str, ...] = (), stop_after: str | None = None, dry_run: bool = False) -> dict:
+def run(
+    config_path: str | Path,
+    output_dir: str | Path | None = None,
+    data_dir: str | Path | None = None,
+    force: tuple[str, ...] = (),
+    stop_after: str | None = None,
+    dry_run: bool = False,
+) -> dict:
     """Run the stages (``dry_run``: only say, per stage, whether it would run); the whole config is checked first."""
     cfg = load_run_config(config_path)
     out = Path(output_dir or cfg.output_dir or Path("runs") / Path(config_path).stem)
@@ -117,34 +155,51 @@ def run(config_path: str | Path, output_dir: str | Path | None = None, data_dir:
     r = Runner(cfg, out, tuple(force), dry_run)
     seed = cfg.seed
     # Stage keys hash the keys the file wrote, not the defaults: kner's version is in every key already.
-    prep = r.stage("prepare", {"data": cfg.given("data"), "seed": seed}, [],
-                   lambda d, _: stage_prepare(cfg.data, d, data_dir, seed))
-    from kner.data.check import check_prepared
+    prep = r.stage(
+        "prepare",
+        {"data": cfg.given("data"), "seed": seed},
+        [],
+        lambda d, _: stage_prepare(cfg.data, d, data_dir, seed),
+    )
+
     if not dry_run:
         check_prepared(prep, log)  # also when prepare was skipped: a bad split stops every rerun before training
     if stop_after == "prepare":
         return _summary(r)
     splits = {k: prep / f"{k}.jsonl" for k in ("train", "dev", "test")}
 
-    model_dir = r.stage("train", {"model": cfg.given("model"), "train": cfg.given("train"), "scheme": cfg.data.scheme},
-                        [splits["train"], splits["dev"]],
-                        lambda d, resume: stage_train(cfg.model, cfg.train, cfg.data, splits, d, resume, seed))
+    model_dir = r.stage(
+        "train",
+        {"model": cfg.given("model"), "train": cfg.given("train"), "scheme": cfg.data.scheme},
+        [splits["train"], splits["dev"]],
+        lambda d, resume: stage_train(cfg.model, cfg.train, cfg.data, splits, d, resume, seed),
+    )
     if stop_after == "train":
         return _summary(r)
 
-    preds = r.stage("predict", cfg.given("predict"), [model_dir, splits["test"]],
-                    lambda d, _: stage_predict(cfg.predict, model_dir, splits["test"], d))
+    preds = r.stage(
+        "predict",
+        cfg.given("predict"),
+        [model_dir, splits["test"]],
+        lambda d, _: stage_predict(cfg.predict, model_dir, splits["test"], d),
+    )
     systems = {cfg.predict.name: preds / "preds.jsonl"}
 
     if cfg.baseline.spacy.enabled:
-        bdir = r.stage("baseline", cfg.given("baseline").get("spacy", {}),
-                       [splits["train"], splits["dev"], splits["test"]],
-                       lambda d, _: stage_baseline(cfg.baseline.spacy, splits, d, seed))
+        bdir = r.stage(
+            "baseline",
+            cfg.given("baseline").get("spacy", {}),
+            [splits["train"], splits["dev"], splits["test"]],
+            lambda d, _: stage_baseline(cfg.baseline.spacy, splits, d, seed),
+        )
         systems["spacy"] = bdir / "preds.jsonl"
 
-    rep = r.stage("report", {"report": cfg.given("report"), "systems": sorted(systems)},
-                  [splits["test"], *systems.values()],
-                  lambda d, _: stage_report(cfg.report, splits["test"], systems, d))
+    rep = r.stage(
+        "report",
+        {"report": cfg.given("report"), "systems": sorted(systems)},
+        [splits["test"], *systems.values()],
+        lambda d, _: stage_report(cfg.report, splits["test"], systems, d),
+    )
     summary = _summary(r)
     summary["report"] = str(rep)
     return summary
@@ -161,19 +216,13 @@ def _summary(r: Runner) -> dict:
 
 
 def stage_prepare(data: DataSection, out: Path, data_dir, seed: int) -> None:
-    from kner.data import readers
-    from kner.data.acquire import locate
-    from kner.data.example import write_jsonl
-    from kner.data.schemes import Mapping, map_examples
-    from kner.data.splits import split_by_document
-
     fmt = data.reader
     path = data.path if data.path is not None else locate(data.dataset or fmt, data_dir)
     res = readers.read_dataset(fmt, path, **data.reader_options)
     examples = res.examples
-    report = {"read": len(examples), "problems": len(res.problems), "skipped": res.skipped}
-    if data.mapping():
-        mapping = Mapping.load(*data.mapping(), data.map_file)
+    report: dict[str, Any] = {"read": len(examples), "problems": len(res.problems), "skipped": res.skipped}
+    if (pair := data.mapping()) is not None:
+        mapping = Mapping.load(*pair, data.map_file)
         examples, mrep = map_examples(examples, mapping, data.fallback)
         report["mapped"] = {f"{a}->{b}": c for (a, b), c in sorted(mrep.mapped.items())}
         report["dropped"] = dict(mrep.dropped)
@@ -183,7 +232,7 @@ def stage_prepare(data: DataSection, out: Path, data_dir, seed: int) -> None:
         n = getattr(data.limit, name)
         if n is not None and n < len(exs):
             # A seeded sample, not the head: the head of a split is a few documents only.
-            import random
+
             keep = sorted(random.Random(f"{seed}-{name}").sample(range(len(exs)), int(n)))
             exs = [exs[i] for i in keep]
         report[name] = write_jsonl(out / f"{name}.jsonl", exs)
@@ -194,31 +243,29 @@ def stage_prepare(data: DataSection, out: Path, data_dir, seed: int) -> None:
     (out / "prepare.json").write_text(json.dumps(report, ensure_ascii=False, indent=2))
 
 
-def stage_train(model_cfg: ModelSection, train_cfg: TrainConfig, data: DataSection, splits: dict, out: Path,
-                resume: bool, seed: int) -> None:
-    from kner.training.recipe import train
+def stage_train(
+    model_cfg: ModelSection, train_cfg: TrainConfig, data: DataSection, splits: dict, out: Path, resume: bool, seed: int
+) -> None:
+    from kner.training.recipe import train  # noqa: PLC0415  lazy: imports torch (seconds); a --dry-run or a finished stage needs none
 
     given = train_cfg.model_fields_set
-    changes = {"train": str(splits["train"]), "output": str(out), "scheme": data.target_scheme(), "resume": resume}
+    scheme = data.target_scheme()
+    changes: dict[str, Any] = {"train": str(splits["train"]), "output": str(out), "scheme": scheme, "resume": resume}
     if "seed" not in given:
         changes["seed"] = seed
     if "dev" not in given:
         changes["dev"] = str(splits["dev"])
     model = tokenizer = None
     if model_cfg.from_scratch:
-        model, tokenizer = _scratch_model(model_cfg.from_scratch, splits["train"], changes["scheme"])
+        model, tokenizer = _scratch_model(model_cfg.from_scratch, splits["train"], scheme)
         changes["model"] = "scratch"
     else:
-        changes.update(model=model_cfg.base, trust_remote_code=model_cfg.trust_remote_code,
-                       revision=model_cfg.revision)
+        changes.update(model=model_cfg.base, trust_remote_code=model_cfg.trust_remote_code, revision=model_cfg.revision)
     train(train_cfg.replace(**changes), model=model, tokenizer=tokenizer)
 
 
 def _scratch_model(scratch: ScratchSection, train_path: Path, scheme_name: str):
-    from kner.data.example import read_jsonl
-    from kner.model.prompt import PromptFormat, render_tags
-    from kner.data.schemes import load_scheme
-    from kner.model.scratch import build_scratch_model, prompt_pieces, train_tokenizer
+    from kner.model.scratch import build_scratch_model, prompt_pieces, train_tokenizer  # noqa: PLC0415  lazy: imports transformers (seconds)
 
     scheme = load_scheme(scheme_name)
     exs = read_jsonl(train_path)
@@ -226,17 +273,19 @@ def _scratch_model(scratch: ScratchSection, train_path: Path, scheme_name: str):
     prefix, suffix = pf.parts(scheme)
     tok = scratch.tokenizer
     pieces = prompt_pieces(prefix, suffix, scheme.names) if tok.kind == "char" and tok.prompt_pieces else []
-    tokenizer = train_tokenizer([e.text for e in exs], tok.vocab_size,
-                                extra_texts=[prefix + suffix] * 50 + [render_tags(e.entities) for e in exs],
-                                kind=tok.kind, min_count=tok.min_count, pieces=pieces)
+    tokenizer = train_tokenizer(
+        [e.text for e in exs],
+        tok.vocab_size,
+        extra_texts=[prefix + suffix] * 50 + [render_tags(e.entities) for e in exs],
+        kind=tok.kind,
+        min_count=tok.min_count,
+        pieces=pieces,
+    )
     return build_scratch_model(tokenizer, **scratch.arch_settings()), tokenizer
 
 
 def stage_predict(pred_cfg: PredictSection | dict, model_dir: Path, test_path: Path, out: Path) -> None:
-    from kner.data.example import read_jsonl, write_jsonl
-    from kner.inference import Extractor
-
-    if isinstance(pred_cfg, dict):   # benchmarks/scratch_gpu.py passes the YAML section
+    if isinstance(pred_cfg, dict):  # benchmarks/scratch_gpu.py passes the YAML section
         pred_cfg = section(PredictSection, pred_cfg, "predict")
     # The keys written only: Extractor's own defaults stay the defaults.
     ext = Extractor.load(model_dir, **pred_cfg.model_dump(exclude={"name"}, exclude_unset=True))
@@ -248,8 +297,7 @@ def stage_predict(pred_cfg: PredictSection | dict, model_dir: Path, test_path: P
 
 
 def stage_baseline(spacy_cfg: SpacySection, splits: dict, out: Path, seed: int) -> None:
-    from kner.baselines.spacy_ner import predict_spacy, train_spacy
-    from kner.data.example import read_jsonl, write_jsonl
+    from kner.baselines.spacy_ner import predict_spacy, train_spacy  # noqa: PLC0415  lazy: imports spaCy (seconds); only the baseline stage
 
     opts = spacy_cfg.options(seed)
     model = train_spacy(read_jsonl(splits["train"]), read_jsonl(splits["dev"]), out / "model", **opts)
@@ -257,10 +305,8 @@ def stage_baseline(spacy_cfg: SpacySection, splits: dict, out: Path, seed: int) 
 
 
 def stage_report(rep_cfg: ReportSection, test_path: Path, systems: dict[str, Path], out: Path) -> None:
-    from kner.evaluation.scoring import read_for_scoring
-    from kner.evaluation.report import compare
-
     # As `kner compare` reads them: a duplicate or two-label prediction is scored, not refused.
     gold = read_for_scoring(test_path)
-    compare(gold, {name: read_for_scoring(p) for name, p in systems.items()}, out,
-            sample=rep_cfg.sample, seed=rep_cfg.seed)
+    compare(
+        gold, {name: read_for_scoring(p) for name, p in systems.items()}, out, sample=rep_cfg.sample, seed=rep_cfg.seed
+    )

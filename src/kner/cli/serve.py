@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -16,31 +15,39 @@ from kner.model.shape import parse_gib
 
 @app.command()
 def serve(
-    model: str = typer.Option(..., "--model", "-m", help="Output folder of `kner train`/`kner export`, or a base model "
-                                                          "(hub id or folder) with --adapter."),
-    adapter: Optional[Path] = typer.Option(None, help="LoRA adapter folder, when --model is a base model."),
-    scheme: Optional[str] = typer.Option(None, help="Label scheme of the adapter (with --adapter; default spacy19)."),
+    model: str = typer.Option(
+        ...,
+        "--model",
+        "-m",
+        help="Output folder of `kner train`/`kner export`, or a base model (hub id or folder) with --adapter.",
+    ),
+    adapter: Path | None = typer.Option(None, help="LoRA adapter folder, when --model is a base model."),
+    scheme: str | None = typer.Option(None, help="Label scheme of the adapter (with --adapter; default spacy19)."),
     host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every interface)."),
     port: int = typer.Option(8000, help="Port to listen on."),
-    name: Optional[str] = typer.Option(None, help="Model name reported in answers (default: --model as given)."),
+    name: str | None = typer.Option(None, help="Model name reported in answers (default: --model as given)."),
     max_text_chars: int = typer.Option(2000, help="Longest text accepted, in characters (413 beyond)."),
     max_texts: int = typer.Option(64, help="Most texts in one request (413 beyond)."),
     max_body_bytes: int = typer.Option(1_048_576, help="Largest request body in bytes (413 beyond)."),
-    max_batch_texts: int = typer.Option(64, help="Most texts per extractor call; concurrent requests share calls "
-                                                 "up to this many texts."),
-    max_wait_ms: float = typer.Option(10.0, help="How long a request waits for others to share its call, "
-                                                 "counted from its arrival."),
+    max_batch_texts: int = typer.Option(
+        64, help="Most texts per extractor call; concurrent requests share calls up to this many texts."
+    ),
+    max_wait_ms: float = typer.Option(
+        10.0, help="How long a request waits for others to share its call, counted from its arrival."
+    ),
     max_queue_texts: int = typer.Option(4096, help="Texts allowed to wait; requests beyond get 503."),
     timeout: float = typer.Option(300.0, help="Seconds a request may wait for its result (504 beyond; 0: no limit)."),
     constrain: bool = typer.Option(True, "--constrain/--no-constrain", help="Grammar-constrained decoding (default)."),
-    batch_size: Optional[int] = typer.Option(None, help="Most texts decoded at once (default: planned from free GPU "
-                                                        "memory)."),
-    max_memory: Optional[str] = typer.Option(None, help="GPU memory the model may use, e.g. 15GiB (default: all free)."),
+    batch_size: int | None = typer.Option(
+        None, help="Most texts decoded at once (default: planned from free GPU memory)."
+    ),
+    max_memory: str | None = typer.Option(None, help="GPU memory the model may use, e.g. 15GiB (default: all free)."),
     max_chunk_tokens: int = typer.Option(384, help="Split texts longer than this many tokens."),
-    max_new_tokens: Optional[int] = typer.Option(None, help="Cap on generated tokens per text."),
-    quantize: Optional[bool] = typer.Option(None, "--quantize/--no-quantize",
-                                            help="Override the 4-bit loading recorded in the model folder."),
-    dtype: Optional[str] = typer.Option(None, help="Compute dtype override: auto, bf16, fp16, fp32."),
+    max_new_tokens: int | None = typer.Option(None, help="Cap on generated tokens per text."),
+    quantize: bool | None = typer.Option(
+        None, "--quantize/--no-quantize", help="Override the 4-bit loading recorded in the model folder."
+    ),
+    dtype: str | None = typer.Option(None, help="Compute dtype override: auto, bf16, fp16, fp32."),
     log_level: str = typer.Option("info", help="uvicorn log level: critical, error, warning, info, debug."),
 ) -> None:
     """Serve entity extraction over HTTP: POST /extract, GET /health, and a demo page at /."""
@@ -50,24 +57,40 @@ def serve(
         import fastapi  # noqa: F401
         import uvicorn
     except ImportError as err:
-        raise KnerError(f'kner serve needs FastAPI and uvicorn ({err.name} is missing): pip install "kner[serve]"') \
-            from None
+        raise KnerError(
+            f'kner serve needs FastAPI and uvicorn ({err.name} is missing): pip install "kner[serve]"'
+        ) from None
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     from kner.inference import Extractor
     from kner.serve import ServeSettings, create_app
 
     # Settings are checked before the model loads: a typo should not cost a minute of loading.
-    settings = ServeSettings(max_text_chars=max_text_chars, max_texts=max_texts, max_body_bytes=max_body_bytes,
-                             max_batch_texts=max_batch_texts, max_wait_ms=max_wait_ms,
-                             max_queue_texts=max_queue_texts, timeout_s=timeout or None)
+    settings = ServeSettings(
+        max_text_chars=max_text_chars,
+        max_texts=max_texts,
+        max_body_bytes=max_body_bytes,
+        max_batch_texts=max_batch_texts,
+        max_wait_ms=max_wait_ms,
+        max_queue_texts=max_queue_texts,
+        timeout_s=timeout or None,
+    )
     if not 0 <= port < 65536:
         raise ConfigError(f"--port must be between 0 and 65535, not {port}")
     memory = parse_gib(max_memory)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     typer.echo(f"loading {model} ...", err=True)
-    ext = Extractor.load(model, adapter=adapter, scheme=scheme, quantize_4bit=quantize, compute_dtype=dtype,
-                         constrained=constrain, batch_size=batch_size, max_memory=memory,
-                         max_chunk_tokens=max_chunk_tokens, max_new_tokens=max_new_tokens)
+    ext = Extractor.load(
+        model,
+        adapter=adapter,
+        scheme=scheme,
+        quantize_4bit=quantize,
+        compute_dtype=dtype,
+        constrained=constrain,
+        batch_size=batch_size,
+        max_memory=memory,
+        max_chunk_tokens=max_chunk_tokens,
+        max_new_tokens=max_new_tokens,
+    )
     # The first call builds the token table, the grammar and the prefix K/V (and, on a
     # GPU, initializes CUDA): pay for it here rather than in the first client's request.
     t0 = time.perf_counter()

@@ -45,18 +45,21 @@ class PromptFormat:
     def __post_init__(self):
         for key in ("{instruction}", "{input_text}", "{output_tags}"):
             if key not in self.template:
-                from kner.errors import ConfigError
                 raise ConfigError(f"prompt template must contain {key}")
         if not self.template.endswith("{output_tags}"):
-            from kner.errors import ConfigError
             raise ConfigError("prompt template must end with {output_tags}: the answer is generated last")
 
     def to_dict(self) -> dict:
-        return {"template": self.template, "header": self.header, "footer": self.footer,
-                "label_line": self.label_line, "separator": self.separator}
+        return {
+            "template": self.template,
+            "header": self.header,
+            "footer": self.footer,
+            "label_line": self.label_line,
+            "separator": self.separator,
+        }
 
     @classmethod
-    def from_dict(cls, d: dict | None) -> "PromptFormat":
+    def from_dict(cls, d: dict | None) -> PromptFormat:
         return cls(**(d or {}))
 
     def instruction(self, scheme: Scheme) -> str:
@@ -67,7 +70,7 @@ class PromptFormat:
         """(prefix, suffix): a prompt is ``prefix + text + suffix``; the answer follows."""
         t = self.template.replace("{instruction}", self.instruction(scheme))
         i, j = t.index("{input_text}"), t.index("{output_tags}")
-        return t[:i], t[i + len("{input_text}"):j]
+        return t[:i], t[i + len("{input_text}") : j]
 
     def prompt(self, text: str, scheme: Scheme) -> str:
         prefix, suffix = self.parts(scheme)
@@ -83,7 +86,9 @@ def escape(text: str) -> str:
 
 def render_tags(entities: list[Entity], separator: str = " ") -> str:
     """Gold entities in order of appearance (start, then end) as ``<LABEL:text>``."""
-    return separator.join(f"<{e.label}:{escape(e.text)}>" for e in sorted(entities, key=lambda e: (e.start, e.end, e.label)))
+    return separator.join(
+        f"<{e.label}:{escape(e.text)}>" for e in sorted(entities, key=lambda e: (e.start, e.end, e.label))
+    )
 
 
 @dataclass
@@ -97,9 +102,9 @@ class RawTag:
 class ParseResult:
     entities: list[Entity] = field(default_factory=list)
     unknown_labels: Counter = field(default_factory=Counter)
-    unaligned: list[RawTag] = field(default_factory=list)   # surface not found in the input
-    out_of_order: int = 0                                     # found only before the previous entity
-    garbage: list[str] = field(default_factory=list)         # text outside any tag
+    unaligned: list[RawTag] = field(default_factory=list)  # surface not found in the input
+    out_of_order: int = 0  # found only before the previous entity
+    garbage: list[str] = field(default_factory=list)  # text outside any tag
 
     @property
     def ok(self) -> bool:
@@ -136,7 +141,7 @@ def scan_tags(output: str) -> tuple[list[RawTag], list[str]]:
             garbage.append(output[i:end])
             i = end
             continue
-        label = output[i + 1:colon].strip()
+        label = output[i + 1 : colon].strip()
         buf: list[str] = []
         k = colon + 1
         complete = False
@@ -245,10 +250,10 @@ def parse_tags(output: str, text: str, scheme: Scheme) -> ParseResult:
 
 @dataclass
 class EncodedExample:
-    input_ids: list[int]   # prefix + text + suffix [+ answer + EOS]
-    prefix_len: int        # input_ids[:prefix_len] == PromptEncoder.prefix_ids, always
-    prompt_len: int        # input_ids[:prompt_len] is what inference feeds; the rest is the answer (+EOS)
-    natural: bool          # True: ids equal the tokenizer's own tokenization of the whole string
+    input_ids: list[int]  # prefix + text + suffix [+ answer + EOS]
+    prefix_len: int  # input_ids[:prefix_len] == PromptEncoder.prefix_ids, always
+    prompt_len: int  # input_ids[:prompt_len] is what inference feeds; the rest is the answer (+EOS)
+    natural: bool  # True: ids equal the tokenizer's own tokenization of the whole string
 
 
 class PromptEncoder:
@@ -272,7 +277,7 @@ class PromptEncoder:
         probe = tokenizer("a", add_special_tokens=False)["input_ids"]
         # Special tokens the tokenizer puts first (BOS); none for Qwen2. A trailing EOS
         # that some tokenizers add is ignored: we append EOS ourselves, to answers only.
-        k = next((i for i in range(len(probe_with) - len(probe) + 1) if probe_with[i:i + len(probe)] == probe), 0)
+        k = next((i for i in range(len(probe_with) - len(probe) + 1) if probe_with[i : i + len(probe)] == probe), 0)
         self.lead_ids: list[int] = list(probe_with[:k])
         self.prefix_ids: list[int] = self.lead_ids + self._ids(self.prefix)
         self.eos_id = tokenizer.eos_token_id
@@ -296,14 +301,14 @@ class PromptEncoder:
         if not texts:
             return []
         rests = [text + self.suffix for text in texts]
-        own_prefix = self.prefix_ids[len(self.lead_ids):]
+        own_prefix = self.prefix_ids[len(self.lead_ids) :]
         # Fast: the whole prompt in one pass, kept where the instruction's tokens come out
         # unchanged; otherwise (and for slow tokenizers) the prefix ids, then the rest.
         whole = self._ids_many([self.prefix + r for r in rests]) if self.fast else [None] * len(rests)
         out: list[EncodedExample] = []
         for rest, ids in zip(rests, whole):
-            natural = ids is not None and ids[:len(own_prefix)] == own_prefix
-            full = self.lead_ids + ids if natural else self.prefix_ids + self._ids(rest)
+            natural = ids is not None and ids[: len(own_prefix)] == own_prefix
+            full = self.lead_ids + ids if ids is not None and natural else self.prefix_ids + self._ids(rest)
             out.append(EncodedExample(full, len(self.prefix_ids), len(full), natural))
         return out
 
@@ -311,7 +316,7 @@ class PromptEncoder:
         """``encode`` of many (text, answer) pairs, tokenized in batches."""
         prompts = self.prompt_ids_many([text for text, _ in items])
         whole: dict[int, tuple[list[int], list]] = {}
-        natural = [i for i, pr in enumerate(prompts) if pr.natural]   # only a fast tokenizer's can be
+        natural = [i for i, pr in enumerate(prompts) if pr.natural]  # only a fast tokenizer's can be
         if natural:
             strings = [self.prefix + items[i][0] + self.suffix + items[i][1] for i in natural]
             enc = self.tokenizer(strings, add_special_tokens=False, return_offsets_mapping=True)

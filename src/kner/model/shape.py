@@ -38,23 +38,39 @@ class ModelShape:
     model_type: str = "?"
 
     @classmethod
-    def from_config(cls, config) -> "ModelShape":
+    def from_config(cls, config) -> ModelShape:
         c = text_config(config)
         try:
             heads = int(c.num_attention_heads)
             hidden = int(c.hidden_size)
-            return cls(hidden=hidden, layers=int(c.num_hidden_layers), intermediate=int(c.intermediate_size),
-                       vocab=int(c.vocab_size), heads=heads, kv_heads=int(getattr(c, "num_key_value_heads", None) or heads),
-                       head_dim=int(getattr(c, "head_dim", None) or hidden // heads),
-                       tied=bool(getattr(c, "tie_word_embeddings", False)), model_type=str(getattr(c, "model_type", "?")))
+            return cls(
+                hidden=hidden,
+                layers=int(c.num_hidden_layers),
+                intermediate=int(c.intermediate_size),
+                vocab=int(c.vocab_size),
+                heads=heads,
+                kv_heads=int(getattr(c, "num_key_value_heads", None) or heads),
+                head_dim=int(getattr(c, "head_dim", None) or hidden // heads),
+                tied=bool(getattr(c, "tie_word_embeddings", False)),
+                model_type=str(getattr(c, "model_type", "?")),
+            )
         except (AttributeError, TypeError) as err:
-            raise ConfigError(f"cannot read model shapes from the config ({err}); only decoder-only LMs are supported") from None
+            raise ConfigError(
+                f"cannot read model shapes from the config ({err}); only decoder-only LMs are supported"
+            ) from None
 
     def linear_shapes(self) -> dict[str, tuple[int, int]]:
         """(in, out) of each linear layer of one decoder layer, by the usual module names."""
         d, q, kv, i = self.hidden, self.heads * self.head_dim, self.kv_heads * self.head_dim, self.intermediate
-        return {"q_proj": (d, q), "k_proj": (d, kv), "v_proj": (d, kv), "o_proj": (q, d),
-                "gate_proj": (d, i), "up_proj": (d, i), "down_proj": (i, d)}
+        return {
+            "q_proj": (d, q),
+            "k_proj": (d, kv),
+            "v_proj": (d, kv),
+            "o_proj": (q, d),
+            "gate_proj": (d, i),
+            "up_proj": (d, i),
+            "down_proj": (i, d),
+        }
 
     @property
     def linear_params(self) -> int:
@@ -78,8 +94,22 @@ class ModelShape:
         return self.layers * sum(r * (shapes[n][0] + shapes[n][1]) for n in names)
 
 
-_UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9, "t": 1e12, "tb": 1e12,
-          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1e3,
+    "kb": 1e3,
+    "m": 1e6,
+    "mb": 1e6,
+    "g": 1e9,
+    "gb": 1e9,
+    "t": 1e12,
+    "tb": 1e12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
 
 
 def parse_bytes(s: str | int | float) -> int:
@@ -88,7 +118,7 @@ def parse_bytes(s: str | int | float) -> int:
         return int(s)
     t = str(s).strip().lower().replace(" ", "")
     num = t.rstrip("abcdefghijklmnopqrstuvwxyz")
-    unit = t[len(num):]
+    unit = t[len(num) :]
     try:
         return int(float(num) * _UNITS[unit])
     except (ValueError, KeyError):

@@ -9,5 +9,14 @@ from kner.serve.batcher import Batcher, BatcherStats, ExtractionError, QueueFull
 from kner.serve.limits import RequestError, ServeSettings
 from kner.serve.server import BackgroundServer
 
-__all__ = ["create_app", "entity_dict", "Batcher", "BatcherStats", "ExtractionError", "QueueFull", "RequestError",
-           "ServeSettings", "BackgroundServer"]
+__all__ = [
+    "create_app",
+    "entity_dict",
+    "Batcher",
+    "BatcherStats",
+    "ExtractionError",
+    "QueueFull",
+    "RequestError",
+    "ServeSettings",
+    "BackgroundServer",
+]

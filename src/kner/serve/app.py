@@ -16,10 +16,13 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Callable, Sequence
+from typing import Any
 from urllib.parse import parse_qs
 
+from kner.data.schemes import load_scheme
+from kner.serve import render
 from kner.serve.batcher import Batcher, ExtractionError, QueueFull
 from kner.serve.limits import RequestError, ServeSettings, check_body_size, check_texts, texts_from_payload
 from kner.textio import text_problem
@@ -28,28 +31,47 @@ log = logging.getLogger(__name__)
 
 _EXTRACT_BODY = {
     "required": True,
-    "content": {"application/json": {"schema": {
-        "oneOf": [
-            {"type": "object", "required": ["texts"],
-             "properties": {"texts": {"type": "array", "items": {"type": "string"}}}},
-            {"type": "object", "required": ["text"], "properties": {"text": {"type": "string"}}},
-        ]},
-        "example": {"texts": ["이순신은 조선 중기의 무신이다."]}}},
+    "content": {
+        "application/json": {
+            "schema": {
+                "oneOf": [
+                    {
+                        "type": "object",
+                        "required": ["texts"],
+                        "properties": {"texts": {"type": "array", "items": {"type": "string"}}},
+                    },
+                    {"type": "object", "required": ["text"], "properties": {"text": {"type": "string"}}},
+                ]
+            },
+            "example": {"texts": ["이순신은 조선 중기의 무신이다."]},
+        }
+    },
 }
 
 
-def entity_dict(e, text: str) -> dict:
-    d = e if isinstance(e, dict) else {k: getattr(e, k, None) for k in ("start", "end", "label", "text")}
+def entity_dict(e: Any, text: str) -> dict[str, Any]:
+    d: dict[str, Any] = (
+        e if isinstance(e, dict) else {k: getattr(e, k, None) for k in ("start", "end", "label", "text")}
+    )
     start, end = int(d["start"]), int(d["end"])
     surface = d.get("text")
-    return {"start": start, "end": end, "label": str(d["label"]),
-            "text": str(surface) if surface is not None else text[start:end]}
+    return {
+        "start": start,
+        "end": end,
+        "label": str(d["label"]),
+        "text": str(surface) if surface is not None else text[start:end],
+    }
 
 
-def create_app(extractor: Callable[[list[str]], Sequence], settings: ServeSettings | None = None, *,
-               model_name: str = "model", scheme=None):
+def create_app(
+    extractor: Callable[[list[str]], Sequence],
+    settings: ServeSettings | None = None,
+    *,
+    model_name: str = "model",
+    scheme=None,
+):
     """A FastAPI app serving ``extractor``; the batcher starts and stops with the app's lifespan."""
-    from fastapi import FastAPI
+    from fastapi import FastAPI  # noqa: PLC0415  lazy: fastapi is optional (kner[serve])
 
     service = Service(extractor, settings or ServeSettings(), model_name, scheme)
 
@@ -76,18 +98,19 @@ class Service:
     """What the routes share: the batcher in front of the extractor, the limits, the counters."""
 
     def __init__(self, extractor, settings: ServeSettings, model_name: str, scheme=None):
-        from kner.serve import render
-
         if scheme is None:
             scheme = getattr(extractor, "scheme", None)
         if isinstance(scheme, str):
-            from kner.data.schemes import load_scheme
             scheme = load_scheme(scheme)
         self.settings, self.model_name, self.scheme = settings, model_name, scheme
         self.labels = list(scheme.names) if scheme is not None else []
         self.colors = render.label_colors(self.labels)
-        self.batcher = Batcher(extractor, max_batch_texts=settings.max_batch_texts, max_wait_ms=settings.max_wait_ms,
-                               max_queue_texts=settings.max_queue_texts)
+        self.batcher = Batcher(
+            extractor,
+            max_batch_texts=settings.max_batch_texts,
+            max_wait_ms=settings.max_wait_ms,
+            max_queue_texts=settings.max_queue_texts,
+        )
         self.counters = {"requests_served": 0, "texts_served": 0, "requests_rejected": 0, "requests_failed": 0}
         self.started = time.time()
 
@@ -145,8 +168,9 @@ class Service:
                 for i, ents in zip(todo, out):
                     found[i] = [entity_dict(e, texts[i]) for e in ents]
             except (KeyError, TypeError, ValueError, AttributeError) as err:
-                raise RequestError(500, f"extraction failed: the extractor returned malformed entities "
-                                        f"({type(err).__name__}: {err})") from None
+                raise RequestError(
+                    500, f"extraction failed: the extractor returned malformed entities ({type(err).__name__}: {err})"
+                ) from None
         self.counters["requests_served"] += 1
         self.counters["texts_served"] += len(texts)
         return [{"text": t, "entities": e} for t, e in zip(texts, found)]
@@ -156,29 +180,37 @@ class Service:
         try:
             return await asyncio.wait_for(self.batcher.submit(texts), settings.timeout_s)
         except QueueFull as err:
-            raise RequestError(503, f"server busy: {err}", limit="max_queue_texts",
-                               max=settings.max_queue_texts) from None
+            raise RequestError(
+                503, f"server busy: {err}", limit="max_queue_texts", max=settings.max_queue_texts
+            ) from None
         except asyncio.TimeoutError:
-            raise RequestError(504, f"no result within timeout_s ({settings.timeout_s:g} s)",
-                               limit="timeout_s", max=settings.timeout_s) from None
+            raise RequestError(
+                504, f"no result within timeout_s ({settings.timeout_s:g} s)", limit="timeout_s", max=settings.timeout_s
+            ) from None
         except ExtractionError as err:
             raise RequestError(500, f"extraction failed: {err}") from None
 
     def health(self) -> dict:
         b = self.batcher
-        return {"status": "ok", "model": self.model_name,
-                "scheme": getattr(self.scheme, "name", None), "labels": self.labels,
-                "queue_depth": b.queued_requests, "queued_texts": b.queued_texts,
-                "busy": b.busy, **self.counters, "batching": b.stats.to_dict(),
-                "limits": self.settings.to_dict(), "uptime_s": round(time.time() - self.started, 1)}
+        return {
+            "status": "ok",
+            "model": self.model_name,
+            "scheme": getattr(self.scheme, "name", None),
+            "labels": self.labels,
+            "queue_depth": b.queued_requests,
+            "queued_texts": b.queued_texts,
+            "busy": b.busy,
+            **self.counters,
+            "batching": b.stats.to_dict(),
+            "limits": self.settings.to_dict(),
+            "uptime_s": round(time.time() - self.started, 1),
+        }
 
     # -- demo page --------------------------------------------------------------------------------------
 
     async def rendered(self, text: str) -> str:
         """displaCy HTML for every non-blank line of ``text`` (the page takes one text per line)."""
-        from starlette.concurrency import run_in_threadpool
-
-        from kner.serve import render
+        from starlette.concurrency import run_in_threadpool  # noqa: PLC0415  lazy: comes with fastapi (optional)
 
         t0 = time.perf_counter()
         lines = check_texts([ln for ln in text.splitlines() if ln.strip()], self.settings)
@@ -188,8 +220,6 @@ class Service:
 
     async def page(self, text: str) -> tuple[str, int]:
         """The demo page (HTML, status) with ``text`` filled in and, if not blank, its entities."""
-        from kner.serve import render
-
         body, status = "", 200
         if text.strip():
             try:
@@ -211,7 +241,7 @@ def parse_json(body: bytes):
 
 
 def _add_error_handlers(app, service: Service) -> None:
-    from fastapi.responses import JSONResponse
+    from fastapi.responses import JSONResponse  # noqa: PLC0415  lazy: fastapi is optional (kner[serve])
 
     @app.exception_handler(RequestError)
     async def _request_error(_request, exc: RequestError):
@@ -226,7 +256,7 @@ def _add_error_handlers(app, service: Service) -> None:
 
 
 def _add_api_routes(app, service: Service) -> None:
-    from fastapi import Request
+    from fastapi import Request  # noqa: PLC0415  lazy: fastapi is optional (kner[serve])
 
     @app.post("/extract", openapi_extra={"requestBody": _EXTRACT_BODY})
     async def extract(request: Request):
@@ -234,8 +264,11 @@ def _add_api_routes(app, service: Service) -> None:
         t0 = time.perf_counter()
         texts = texts_from_payload(parse_json(await service.read_body(request)), service.settings)
         results = await service.extract(texts)
-        return {"results": results, "model": service.model_name,
-                "elapsed_ms": round((time.perf_counter() - t0) * 1000, 1)}
+        return {
+            "results": results,
+            "model": service.model_name,
+            "elapsed_ms": round((time.perf_counter() - t0) * 1000, 1),
+        }
 
     @app.get("/health")
     async def health():
@@ -243,8 +276,8 @@ def _add_api_routes(app, service: Service) -> None:
 
 
 def _add_demo_routes(app, service: Service) -> None:
-    from fastapi import Request
-    from fastapi.responses import HTMLResponse
+    from fastapi import Request  # noqa: PLC0415  lazy: fastapi is optional (kner[serve])
+    from fastapi.responses import HTMLResponse  # noqa: PLC0415  lazy: fastapi is optional (kner[serve])
 
     async def page_response(text: str) -> HTMLResponse:
         html, status = await service.page(text)

@@ -27,9 +27,9 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -44,29 +44,35 @@ class QueueFull(Exception):
 
 @dataclass
 class BatcherStats:
-    requests: int = 0            # requests answered with results
+    requests: int = 0  # requests answered with results
     texts: int = 0
     failed_requests: int = 0
     cancelled_requests: int = 0  # clients gone (or timed out) before their batch ran
-    calls: int = 0               # extractor calls, retries included
+    calls: int = 0  # extractor calls, retries included
     failed_calls: int = 0
-    largest_call: int = 0        # texts
+    largest_call: int = 0  # texts
     busy_s: float = 0.0
 
     def to_dict(self) -> dict:
         ok_calls = self.calls - self.failed_calls
-        return {"requests": self.requests, "texts": self.texts, "failed_requests": self.failed_requests,
-                "cancelled_requests": self.cancelled_requests, "extractor_calls": self.calls,
-                "failed_extractor_calls": self.failed_calls, "largest_call_texts": self.largest_call,
-                "mean_call_texts": round(self.texts / ok_calls, 2) if ok_calls else None,
-                "extractor_busy_s": round(self.busy_s, 3)}
+        return {
+            "requests": self.requests,
+            "texts": self.texts,
+            "failed_requests": self.failed_requests,
+            "cancelled_requests": self.cancelled_requests,
+            "extractor_calls": self.calls,
+            "failed_extractor_calls": self.failed_calls,
+            "largest_call_texts": self.largest_call,
+            "mean_call_texts": round(self.texts / ok_calls, 2) if ok_calls else None,
+            "extractor_busy_s": round(self.busy_s, 3),
+        }
 
 
 @dataclass
 class _Job:
     texts: list[str]
     future: asyncio.Future
-    arrived: float                       # loop.time()
+    arrived: float  # loop.time()
     results: list | None = field(default=None)
 
 
@@ -77,8 +83,14 @@ class Batcher:
     order; it is only ever called from one thread at a time.
     """
 
-    def __init__(self, extract: Callable[[list[str]], Sequence], *, max_batch_texts: int = 64,
-                 max_wait_ms: float = 10.0, max_queue_texts: int = 4096):
+    def __init__(
+        self,
+        extract: Callable[[list[str]], Sequence],
+        *,
+        max_batch_texts: int = 64,
+        max_wait_ms: float = 10.0,
+        max_queue_texts: int = 4096,
+    ):
         self._extract = extract
         self.max_batch_texts = max_batch_texts
         self.max_wait = max_wait_ms / 1000.0
@@ -100,6 +112,11 @@ class Batcher:
         self._loop = asyncio.get_running_loop()
         self._wakeup = asyncio.Event()
         self._task = asyncio.create_task(self._worker(), name="kner-batcher")
+
+    def _running(self) -> tuple[asyncio.AbstractEventLoop, asyncio.Event]:
+        if self._loop is None or self._wakeup is None:
+            raise RuntimeError("Batcher.start() has not been awaited")
+        return self._loop, self._wakeup
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -137,13 +154,16 @@ class Batcher:
         if not texts:
             return []
         if self._queued_texts + len(texts) > self.max_queue_texts:
-            raise QueueFull(f"{self._queued_texts:,} texts are already waiting (max_queue_texts "
-                            f"{self.max_queue_texts:,}); retry later")
-        fut = self._loop.create_future()
-        job = _Job(texts, fut, self._loop.time())
+            raise QueueFull(
+                f"{self._queued_texts:,} texts are already waiting (max_queue_texts "
+                f"{self.max_queue_texts:,}); retry later"
+            )
+        loop, wakeup = self._running()
+        fut = loop.create_future()
+        job = _Job(texts, fut, loop.time())
         self._queue.append(job)
         self._queued_texts += len(texts)
-        self._wakeup.set()
+        wakeup.set()
         try:
             return await fut
         except asyncio.CancelledError:
@@ -161,19 +181,19 @@ class Batcher:
 
     # -- worker ---------------------------------------------------------------------------
     async def _worker(self) -> None:
-        loop = self._loop
+        loop, wakeup = self._running()
         while True:
             while not self._queue:
-                self._wakeup.clear()
-                await self._wakeup.wait()
+                wakeup.clear()
+                await wakeup.wait()
             deadline = self._queue[0].arrived + self.max_wait
             while self._queued_texts < self.max_batch_texts:
                 left = deadline - loop.time()
                 if left <= 0:
                     break
-                self._wakeup.clear()
+                wakeup.clear()
                 try:
-                    await asyncio.wait_for(self._wakeup.wait(), left)
+                    await asyncio.wait_for(wakeup.wait(), left)
                 except asyncio.TimeoutError:
                     break
             batch = self._take()
@@ -209,7 +229,7 @@ class Batcher:
         t0 = time.perf_counter()
         error: Exception | None = None
         try:
-            results = await self._loop.run_in_executor(self._executor, self._call, texts)
+            results = await self._running()[0].run_in_executor(self._executor, self._call, texts)
         except Exception as err:  # noqa: BLE001 -- reported to the requests, not raised
             error = err
         finally:
@@ -219,8 +239,9 @@ class Batcher:
         if error is not None:
             self.stats.failed_calls += 1
             if isolate and len(batch) > 1:
-                log.warning("extractor failed on a batch of %d requests (%s); retrying each alone",
-                            len(batch), _describe(error))
+                log.warning(
+                    "extractor failed on a batch of %d requests (%s); retrying each alone", len(batch), _describe(error)
+                )
                 for job in batch:
                     if not job.future.done():
                         await self._run([job], isolate=False)
@@ -234,7 +255,7 @@ class Batcher:
         self.stats.largest_call = max(self.stats.largest_call, len(texts))
         i = 0
         for job in batch:
-            part = results[i:i + len(job.texts)]
+            part = results[i : i + len(job.texts)]
             i += len(job.texts)
             if job.future.done():
                 self.stats.cancelled_requests += 1

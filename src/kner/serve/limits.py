@@ -14,15 +14,15 @@ from kner.errors import ConfigError
 
 @dataclass(frozen=True)
 class ServeSettings:
-    max_text_chars: int = 2000          # characters (code points) per text
-    max_texts: int = 64                 # texts per request
+    max_text_chars: int = 2000  # characters (code points) per text
+    max_texts: int = 64  # texts per request
     # Large enough for any request within the two limits above even if every
     # character is sent as a 6-byte \uXXXX escape (64 x 2000 x 6 = 768,000 bytes).
     max_body_bytes: int = 1_048_576
-    max_batch_texts: int = 64           # most texts per extractor call (a request is never split)
-    max_wait_ms: float = 10.0           # how long the first queued request waits for company
-    max_queue_texts: int = 4096         # texts waiting beyond this: 503, so a flood fails fast
-    timeout_s: float | None = 300.0     # a request waiting longer gets 504 (None: wait forever)
+    max_batch_texts: int = 64  # most texts per extractor call (a request is never split)
+    max_wait_ms: float = 10.0  # how long the first queued request waits for company
+    max_queue_texts: int = 4096  # texts waiting beyond this: 503, so a flood fails fast
+    timeout_s: float | None = 300.0  # a request waiting longer gets 504 (None: wait forever)
 
     def __post_init__(self):
         for name in ("max_text_chars", "max_texts", "max_body_bytes", "max_batch_texts", "max_queue_texts"):
@@ -40,8 +40,16 @@ class ServeSettings:
 class RequestError(Exception):
     """A request the server refuses; ``to_dict`` is the JSON body of the 4xx/5xx answer."""
 
-    def __init__(self, status: int, message: str, *, limit: str | None = None, max: int | float | None = None,
-                 index: int | None = None, value: int | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        limit: str | None = None,
+        max: int | float | None = None,
+        index: int | None = None,
+        value: int | None = None,
+    ):
         super().__init__(message)
         self.status = status
         self.message = message
@@ -61,8 +69,13 @@ class RequestError(Exception):
 
 def check_body_size(size: int, settings: ServeSettings) -> None:
     if size > settings.max_body_bytes:
-        raise RequestError(413, f"request body is larger than max_body_bytes ({settings.max_body_bytes:,} bytes)",
-                           limit="max_body_bytes", max=settings.max_body_bytes, value=size)
+        raise RequestError(
+            413,
+            f"request body is larger than max_body_bytes ({settings.max_body_bytes:,} bytes)",
+            limit="max_body_bytes",
+            max=settings.max_body_bytes,
+            value=size,
+        )
 
 
 def texts_from_payload(payload, settings: ServeSettings) -> list[str]:
@@ -87,20 +100,36 @@ def texts_from_payload(payload, settings: ServeSettings) -> list[str]:
 
 def check_texts(texts: list, settings: ServeSettings) -> list[str]:
     if len(texts) > settings.max_texts:
-        raise RequestError(413, f"{len(texts)} texts in one request; max_texts is {settings.max_texts}",
-                           limit="max_texts", max=settings.max_texts, value=len(texts))
+        raise RequestError(
+            413,
+            f"{len(texts)} texts in one request; max_texts is {settings.max_texts}",
+            limit="max_texts",
+            max=settings.max_texts,
+            value=len(texts),
+        )
     for i, t in enumerate(texts):
         if not isinstance(t, str):
             raise RequestError(422, f"texts[{i}] must be a string, not {_json_type(t)}", index=i)
         if len(t) > settings.max_text_chars:
-            raise RequestError(413, f"texts[{i}] has {len(t):,} characters; max_text_chars is "
-                                    f"{settings.max_text_chars:,}", limit="max_text_chars",
-                               max=settings.max_text_chars, index=i, value=len(t))
+            raise RequestError(
+                413,
+                f"texts[{i}] has {len(t):,} characters; max_text_chars is {settings.max_text_chars:,}",
+                limit="max_text_chars",
+                max=settings.max_text_chars,
+                index=i,
+                value=len(t),
+            )
     return list(texts)
 
 
 def _json_type(v) -> str:
     if v is None:
         return "null"
-    return {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list",
-            dict: "an object"}.get(type(v), type(v).__name__)
+    return {
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "an object",
+    }.get(type(v), type(v).__name__)

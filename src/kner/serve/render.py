@@ -6,9 +6,27 @@ import html
 
 # displaCy colours spaCy's own label names (PERSON, GPE, ...); kner's schemes use
 # others (PER, LOC, ...), which would all come out grey without a palette.
-PALETTE = ["#7aecec", "#bfeeb7", "#feca74", "#ff9561", "#aa9cfc", "#c887fb", "#9cc9cc", "#ffeb80", "#ff8197",
-           "#f0d0ff", "#bfe1d9", "#e4e7d2", "#ddd6a0", "#c2f0ff", "#ffd1a3", "#d0f0c0", "#f5c6cb", "#cfd8dc",
-           "#e6ee9c"]
+PALETTE = [
+    "#7aecec",
+    "#bfeeb7",
+    "#feca74",
+    "#ff9561",
+    "#aa9cfc",
+    "#c887fb",
+    "#9cc9cc",
+    "#ffeb80",
+    "#ff8197",
+    "#f0d0ff",
+    "#bfe1d9",
+    "#e4e7d2",
+    "#ddd6a0",
+    "#c2f0ff",
+    "#ffd1a3",
+    "#d0f0c0",
+    "#f5c6cb",
+    "#cfd8dc",
+    "#e6ee9c",
+]
 
 
 def label_colors(labels: list[str]) -> dict[str, str]:
@@ -21,7 +39,7 @@ def render_entities(text: str, entities: list[dict], colors: dict[str, str] | No
     Overlapping entities cannot be drawn in this style; later ones that overlap an
     earlier one are left out of the drawing (the JSON API still returns them).
     """
-    from spacy import displacy
+    from spacy import displacy  # noqa: PLC0415  lazy: spaCy takes seconds to import; only the demo page draws
 
     ents, end = [], 0
     for e in sorted(entities, key=lambda e: (e["start"], -e["end"])):
@@ -31,8 +49,7 @@ def render_entities(text: str, entities: list[dict], colors: dict[str, str] | No
         ents.append({"start": e["start"], "end": e["end"], "label": html.escape(str(e["label"]))})
         end = e["end"]
     doc = {"text": text, "ents": ents, "title": None}
-    return displacy.render(doc, style="ent", manual=True, page=False, jupyter=False,
-                           options={"colors": colors or {}})
+    return displacy.render(doc, style="ent", manual=True, page=False, jupyter=False, options={"colors": colors or {}})
 
 
 PAGE = """<!DOCTYPE html>
@@ -58,13 +75,21 @@ textarea {{ width: 100%; font-size: 1rem; }}
 
 
 def page(model: str, labels: list[str], max_texts: int, max_chars: int, text: str = "", body: str = "") -> str:
-    return PAGE.format(model=html.escape(model), labels=html.escape(", ".join(labels) or "-"),
-                       max_texts=max_texts, max_chars=f"{max_chars:,}", text=html.escape(text), body=body)
+    return PAGE.format(
+        model=html.escape(model),
+        labels=html.escape(", ".join(labels) or "-"),
+        max_texts=max_texts,
+        max_chars=f"{max_chars:,}",
+        text=html.escape(text),
+        body=body,
+    )
 
 
 def results_html(results: list[dict], colors: dict[str, str], elapsed_ms: float) -> str:
-    parts = [f'<p class="meta">{len(results)} text(s), '
-             f'{sum(len(r["entities"]) for r in results)} entities, {elapsed_ms:.0f} ms</p>']
+    parts = [
+        f'<p class="meta">{len(results)} text(s), '
+        f"{sum(len(r['entities']) for r in results)} entities, {elapsed_ms:.0f} ms</p>"
+    ]
     for r in results:
         parts.append('<div class="result">' + render_entities(r["text"], r["entities"], colors) + "</div>")
     return "\n".join(parts)

@@ -5,6 +5,10 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import uvicorn
 
 
 class BackgroundServer:
@@ -14,22 +18,23 @@ class BackgroundServer:
     ...     urllib.request.urlopen(srv.url + "/health")
     """
 
-    def __init__(self, app, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning",
-                 start_timeout: float = 30.0):
+    def __init__(
+        self, app, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning", start_timeout: float = 30.0
+    ):
         self.app = app
         self.host = host
         self.port = port
         self.log_level = log_level
         self.start_timeout = start_timeout
-        self.server = None
+        self.server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def start(self) -> "BackgroundServer":
-        import uvicorn
+    def start(self) -> BackgroundServer:
+        import uvicorn  # noqa: PLC0415  lazy: uvicorn is optional (kner[serve])
 
         # Bind here rather than in uvicorn: the port is known (and held) before the thread starts.
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -38,8 +43,9 @@ class BackgroundServer:
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(self.app, log_level=self.log_level, lifespan="on")
         self.server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True,
-                                        name=f"uvicorn-{self.port}")
+        self._thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [sock]}, daemon=True, name=f"uvicorn-{self.port}"
+        )
         self._thread.start()
         deadline = time.monotonic() + self.start_timeout
         while not self.server.started:
@@ -58,7 +64,7 @@ class BackgroundServer:
             self._thread.join(timeout)
             self._thread = None
 
-    def __enter__(self) -> "BackgroundServer":
+    def __enter__(self) -> BackgroundServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -9,11 +9,13 @@ counted in ``skipped`` and has a problem row saying why.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
-from kner.data.example import Example
+from kner import textio
+from kner.data.example import Entity, Example
+from kner.textio import atomic_write
 
 
 @dataclass(frozen=True)
@@ -22,7 +24,7 @@ class Problem:
     line: int | None
     sentence_id: str
     reason: str
-    kind: str = "other"   # short key for counting ("bio-mismatch", "i-without-b", ...)
+    kind: str = "other"  # short key for counting ("bio-mismatch", "i-without-b", ...)
 
     HEADER = "path\tline\tsentence_id\tkind\treason"
 
@@ -35,12 +37,12 @@ class Problem:
 class ReadResult:
     examples: list[Example] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
-    skipped: int = 0              # sentences not converted; each has a problem row with the reason
-    scheme: str | None = None     # native label scheme of what was read (None: unknown, e.g. generic CoNLL)
+    skipped: int = 0  # sentences not converted; each has a problem row with the reason
+    scheme: str | None = None  # native label scheme of what was read (None: unknown, e.g. generic CoNLL)
     files: int = 0
     notes: Counter = field(default_factory=Counter)  # counts of deliberate changes, e.g. particles trimmed
 
-    def extend(self, other: "ReadResult") -> None:
+    def extend(self, other: ReadResult) -> None:
         self.examples.extend(other.examples)
         self.problems.extend(other.problems)
         self.skipped += other.skipped
@@ -53,8 +55,6 @@ class ReadResult:
         return Counter(p.kind for p in self.problems)
 
     def write_problems(self, path: str | Path) -> None:
-        from kner.textio import atomic_write
-
         with atomic_write(path, what="problems file") as f:
             f.write(Problem.HEADER + "\n")
             for p in self.problems:
@@ -64,15 +64,11 @@ class ReadResult:
 def numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
     """(1-based line number, line without its end-of-line), in the user's ``--encoding``; see
     :func:`kner.textio.numbered_lines` (BOM and CRLF tolerated, decode errors name file and line)."""
-    from kner.textio import numbered_lines as lines
-
-    return lines(path)
+    return textio.numbered_lines(path)
 
 
 def build_entities(text: str, spans: list[tuple[int, int, str]]) -> tuple[list, list[tuple[str, str]]]:
     """Spans -> sorted ``Entity`` list; a repeated span keeps its first label and the rest are reported."""
-    from kner.data.example import Entity
-
     seen: dict[tuple[int, int], str] = {}
     notes: list[tuple[str, str]] = []
     ents = []

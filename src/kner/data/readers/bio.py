@@ -14,7 +14,7 @@ _PREFIX = {"B": "B", "I": "I", "E": "E", "S": "S", "L": "E", "U": "S", "M": "I"}
 
 @dataclass(frozen=True)
 class Tag:
-    prefix: str        # 'B' 'I' 'E' 'S' or 'O'
+    prefix: str  # 'B' 'I' 'E' 'S' or 'O'
     label: str | None  # None for 'O' (and for 2016klp's bare 'I')
 
 
@@ -32,17 +32,17 @@ def split_tag(tag: str, sep: str = "-", label_first: bool = False) -> Tag | None
         label, _, prefix = tag.rpartition(sep)
     else:
         prefix, _, label = tag.partition(sep)
-    prefix = _PREFIX.get(prefix.upper())
-    if prefix is None or not label:
+    bio = _PREFIX.get(prefix.upper())
+    if bio is None or not label:
         return None
-    return Tag(prefix, label)
+    return Tag(bio, label)
 
 
 def decode(tags: list[Tag]) -> tuple[list[tuple[int, int, str]], list[tuple[int, str]]]:
     """Spans ``(first_token, last_token + 1, label)`` and repairs ``(token_index, message)``."""
     spans: list[tuple[int, int, str]] = []
     repairs: list[tuple[int, str]] = []
-    cur: list | None = None   # [start, end, label]
+    cur: list | None = None  # [start, end, label]
 
     def close():
         nonlocal cur

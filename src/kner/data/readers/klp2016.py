@@ -17,11 +17,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kner.errors import DataError
 from kner.data.example import Example
 from kner.data.readers.base import Problem, ReadResult, numbered_lines
 from kner.data.readers.bio import Tag, split_tag
 from kner.data.readers.markup import MarkupError, read_marked
+from kner.errors import DataError
 
 LABELS = ("PS", "LC", "OG", "DT", "TI")
 
@@ -38,7 +38,9 @@ def read(path: Path, check_bio: bool = True) -> ReadResult:
         if not line.startswith(";"):
             raise DataError("expected a sentence header '; raw text'", path, lineno)
         if i + 1 >= len(lines) or not lines[i + 1][1].startswith("$"):
-            raise DataError("the '; raw text' line must be followed by a '$text with <span:TAG> markup' line", path, lineno)
+            raise DataError(
+                "the '; raw text' line must be followed by a '$text with <span:TAG> markup' line", path, lineno
+            )
         raw = line[2:] if line.startswith("; ") else line[1:]
         markup = lines[i + 1][1][1:]
         j = i + 2
@@ -47,8 +49,11 @@ def read(path: Path, check_bio: bool = True) -> ReadResult:
             mlineno, mline = lines[j]
             cols = mline.split("\t")
             if len(cols) != 4:
-                raise DataError(f"expected 4 tab-separated columns (eojeol index, morpheme, POS, tag), got {len(cols)}",
-                                path, mlineno)
+                raise DataError(
+                    f"expected 4 tab-separated columns (eojeol index, morpheme, POS, tag), got {len(cols)}",
+                    path,
+                    mlineno,
+                )
             tag = Tag("I", None) if cols[3].strip() == "I" else split_tag(cols[3], sep="_")
             if tag is None or (tag.label is not None and tag.label not in LABELS):
                 raise DataError(f"unknown tag {cols[3]!r} (expected B_TAG, I or O)", path, mlineno)

@@ -17,11 +17,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from kner.errors import DataError
 from kner.data.example import Example
 from kner.data.readers.base import Problem, ReadResult, numbered_lines
 from kner.data.readers.bio import split_tag
 from kner.data.readers.markup import MarkupError, from_tokens, read_marked
+from kner.errors import DataError
 
 LABELS = ("PS", "LC", "OG", "DT", "TI", "QT")
 _HEAD = re.compile(r"^## (\S+)\t(.*)$")
@@ -66,8 +66,11 @@ def _sentence(path: Path, lineno: int, sid: str, markup: str, chars, res: ReadRe
             res.skipped += 1
             return
         # KLUE's own annotation is the character column; it reads the broken tag as text.
-        res.problems.append(Problem(str(path), lineno, sid, f"markup unreadable ({err}); used the character lines instead",
-                                    "unparseable"))
+        res.problems.append(
+            Problem(
+                str(path), lineno, sid, f"markup unreadable ({err}); used the character lines instead", "unparseable"
+            )
+        )
         mk = from_tokens(chars)
     res.problems += mk.problems(path, sid, dict.fromkeys(("sentence", "raw", "markup"), lineno))
     res.examples.append(Example(sid, mk.text, mk.entities, meta))

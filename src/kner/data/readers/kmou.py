@@ -20,11 +20,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from kner.errors import DataError
 from kner.data.example import Example
 from kner.data.readers.base import Problem, ReadResult, numbered_lines
 from kner.data.readers.bio import Tag, split_tag
 from kner.data.readers.markup import MarkupError, read_marked
+from kner.errors import DataError
 
 LABELS = ("PER", "ORG", "LOC", "POH", "DAT", "TIM", "DUR", "MNY", "PNT", "NOH")
 _NUM = re.compile(r"^##\s*(\d+)\s*$")
@@ -47,22 +47,27 @@ def read(path: Path, check_bio: bool = True) -> ReadResult:
         if not m:
             raise DataError("expected a sentence header '## N'", path, lineno)
         if i + 2 >= len(lines) or not lines[i + 1][1].startswith("##") or not lines[i + 2][1].startswith("##"):
-            raise DataError("a sentence needs three header lines: '## N', '## raw text', '## text with <span:TAG> markup'",
-                            path, lineno)
+            raise DataError(
+                "a sentence needs three header lines: '## N', '## raw text', '## text with <span:TAG> markup'",
+                path,
+                lineno,
+            )
         raw, markup = _header(lines[i + 1][1]), _header(lines[i + 2][1])
         j = i + 3
-        morphs: list[tuple[int, str, Tag]] = []   # (line, surface, tag)
+        morphs: list[tuple[int, str, Tag]] = []  # (line, surface, tag)
         while j < len(lines) and lines[j][1].strip() and not lines[j][1].startswith("##"):
             mlineno, mline = lines[j]
             cols = mline.split("\t")
             if len(cols) != 4:
-                raise DataError(f"expected 4 tab-separated columns (surface, lemma, POS, BIO), got {len(cols)}",
-                                path, mlineno)
+                raise DataError(
+                    f"expected 4 tab-separated columns (surface, lemma, POS, BIO), got {len(cols)}", path, mlineno
+                )
             surface = " " if cols[2] == "_" else cols[0]
             tag = split_tag(cols[3])
             if check_bio and (tag is None or (tag.label is not None and tag.label not in LABELS)):
                 raise DataError(f"unknown BIO tag {cols[3]!r}", path, mlineno)
-            morphs.append((mlineno, surface, tag))
+            if tag is not None:  # None only without check_bio, which does not use morphs
+                morphs.append((mlineno, surface, tag))
             j += 1
         _sentence(path, lineno, m.group(1), raw, markup, morphs if check_bio else None, res)
         i = j

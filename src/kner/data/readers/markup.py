@@ -26,10 +26,11 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Collection
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
-from typing import Collection, Literal, Union
+from typing import Literal
 
 from kner.data.example import Entity, strip_span
 from kner.data.readers.base import Problem, build_entities, describe_spans
@@ -51,10 +52,10 @@ class Markup:
 
 def parse_markup(markup: str, labels: Collection[str]) -> Markup:
     labels = set(labels)
-    pieces: list[str] = []          # output text, one piece per input character ('' for tag syntax)
-    opened: list[int] = []          # indices into pieces of '<' that may still open a tag
-    paired: list[int] = []          # '<' taken as literal by a later '>', most recent last
-    spans: list[tuple[int, int, str]] = []   # (piece index of the '<', piece index after the text, label)
+    pieces: list[str] = []  # output text, one piece per input character ('' for tag syntax)
+    opened: list[int] = []  # indices into pieces of '<' that may still open a tag
+    paired: list[int] = []  # '<' taken as literal by a later '>', most recent last
+    spans: list[tuple[int, int, str]] = []  # (piece index of the '<', piece index after the text, label)
     notes: list[tuple[str, str]] = []
     i, n = 0, len(markup)
     while i < n:
@@ -62,7 +63,7 @@ def parse_markup(markup: str, labels: Collection[str]) -> Markup:
         if ch == ":":
             m = _CLOSER.match(markup, i)
             label = _label(m.group(1), labels) if m else None
-            if label is not None:
+            if m is not None and label is not None:
                 if m.group(1) != label:
                     notes.append(("malformed-tag", f"tag '{m.group(0)}' read as {label}"))
                 if opened:
@@ -76,7 +77,9 @@ def parse_markup(markup: str, labels: Collection[str]) -> Markup:
                 i = m.end()
                 continue
             if m and re.fullmatch(r"[A-Z_]{2,}", m.group(1)):
-                notes.append(("unknown-label", f"'{m.group(0)}' looks like a tag but {m.group(1)} is not a label; kept as text"))
+                notes.append(
+                    ("unknown-label", f"'{m.group(0)}' looks like a tag but {m.group(1)} is not a label; kept as text")
+                )
         elif ch == "<":
             opened.append(len(pieces))
         elif ch == ">" and opened:
@@ -99,7 +102,9 @@ def _label(raw: str, labels: set[str]) -> str | None:
     return cleaned if cleaned and cleaned != raw and cleaned in labels else None
 
 
-def trim_spans(text: str, spans: list[tuple[int, int, str]]) -> tuple[list[tuple[int, int, str]], list[tuple[str, str]]]:
+def trim_spans(
+    text: str, spans: list[tuple[int, int, str]]
+) -> tuple[list[tuple[int, int, str]], list[tuple[str, str]]]:
     """Strip spaces from span ends (``<중국 :ORG>``); empty spans are dropped. Both are reported."""
     out, notes = [], []
     for s, e, lab in spans:
@@ -113,24 +118,31 @@ def trim_spans(text: str, spans: list[tuple[int, int, str]]) -> tuple[list[tuple
     return out, notes
 
 
-Where = Union[str, int]   # "sentence", "raw", "markup", or the line of one token
+Where = str | int  # "sentence", "raw", "markup", or the line of one token
 
 
 @dataclass
 class Marked:
     text: str
     entities: list[Entity]
-    notes: list[tuple[str, str, Where]]   # (kind, message, where it was seen)
+    notes: list[tuple[str, str, Where]]  # (kind, message, where it was seen)
 
     def problems(self, path: Path, sid: str, lines: dict[str, int]) -> list[Problem]:
         """The notes as problem rows; ``lines`` gives the line of "sentence", "raw" and "markup"."""
-        return [Problem(str(path), where if isinstance(where, int) else lines[where], sid, msg, kind)
-                for kind, msg, where in self.notes]
+        return [
+            Problem(str(path), where if isinstance(where, int) else lines[where], sid, msg, kind)
+            for kind, msg, where in self.notes
+        ]
 
 
-def read_marked(markup: str, labels: Collection[str], *, raw: str | None = None,
-                tokens: list[tuple[int, str, Tag]] | None = None,
-                unit: Literal["morphemes", "chars", "lemmas"] = "morphemes") -> Marked:
+def read_marked(
+    markup: str,
+    labels: Collection[str],
+    *,
+    raw: str | None = None,
+    tokens: list[tuple[int, str, Tag]] | None = None,
+    unit: Literal["morphemes", "chars", "lemmas"] = "morphemes",
+) -> Marked:
     """One sentence: text and entities as the markup says, with a note for each disagreement.
 
     ``raw``: the sentence's raw line, which the markup without tags must equal.
@@ -147,9 +159,14 @@ def read_marked(markup: str, labels: Collection[str], *, raw: str | None = None,
     notes += [(kind, msg, "markup") for kind, msg in trimmed]
     if raw is not None and text != raw:
         k = next((c for c, (a, b) in enumerate(zip(text, raw)) if a != b), min(len(text), len(raw)))
-        notes.append(("raw-mismatch", f"markup without tags differs from the raw line at column {k + 1}: "
-                                      f"{text[max(0, k - 10):k + 10]!r} vs {raw[max(0, k - 10):k + 10]!r} (markup kept)",
-                      "raw"))
+        notes.append(
+            (
+                "raw-mismatch",
+                f"markup without tags differs from the raw line at column {k + 1}: "
+                f"{text[max(0, k - 10) : k + 10]!r} vs {raw[max(0, k - 10) : k + 10]!r} (markup kept)",
+                "raw",
+            )
+        )
     if tokens is not None:
         notes += _check_lemmas(text, spans, tokens) if unit == "lemmas" else _check_spelled(text, spans, tokens, unit)
     ents, dup = build_entities(text, spans)
@@ -199,8 +216,14 @@ def _check_spelled(text: str, spans, tokens, unit: str) -> list[tuple[str, str, 
         bio = {(s, e, lab) for s, e, lab in stripped if s < e}
     gold = set(spans)
     if bio != gold:
-        notes.append(("bio-mismatch", f"BIO lines disagree with markup (markup kept): markup {describe_spans(text, gold - bio)}; "
-                                      f"BIO {describe_spans(text, bio - gold)}", "sentence"))
+        notes.append(
+            (
+                "bio-mismatch",
+                f"BIO lines disagree with markup (markup kept): markup {describe_spans(text, gold - bio)}; "
+                f"BIO {describe_spans(text, bio - gold)}",
+                "sentence",
+            )
+        )
     return notes
 
 
@@ -210,10 +233,17 @@ def _check_lemmas(text: str, spans, tokens) -> list[tuple[str, str, Where]]:
     bio = [(lab, "".join(t[1] for t in tokens[a:b])) for a, b, lab in tok_spans]
     gold = [(lab, text[s:e]) for s, e, lab in spans]
     if [(lab, _key(x)) for lab, x in bio] != [(lab, _key(x)) for lab, x in gold]:
+
         def shown(xs):
             return ", ".join(f"{lab} {x!r}" for lab, x in xs) or "none"
-        notes.append(("bio-mismatch", f"BIO column disagrees with markup (markup kept): markup {shown(gold)}; "
-                                      f"BIO {shown(bio)}", "sentence"))
+
+        notes.append(
+            (
+                "bio-mismatch",
+                f"BIO column disagrees with markup (markup kept): markup {shown(gold)}; BIO {shown(bio)}",
+                "sentence",
+            )
+        )
     return notes
 
 
@@ -222,7 +252,7 @@ def _key(s: str) -> str:
     return "".join(_fold(c) for c in unicodedata.normalize("NFKD", "".join(s.split())))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _fold(c: str) -> str:
     # '지난' decomposes to ...ᆫ (final), the lemma '지나'+'ㄴ' to ...ᄂ (initial): make them equal.
     name = unicodedata.name(c, "")

@@ -123,7 +123,7 @@ def write_spacy(examples: list[Example], out: Path) -> Counter:
 
     db, report = examples_to_docbin(examples, "whitespace", "split")
     _write_bytes(out, db.to_bytes())
-    notes = Counter()
+    notes: Counter[str] = Counter()
     if report.dropped_overlap:
         notes["entities left out: they overlap an earlier one (spaCy entities cannot nest)"] = report.dropped_overlap
     return notes
