@@ -29,7 +29,6 @@ from kner.data.splits import SMALL_SHARE, SPLITS, doc_of
 from kner.errors import DataError
 from kner.model.prompt import PromptEncoder, PromptFormat
 from kner.textio import numbered_lines
-from kner.training.batching import tokenize_examples
 
 ERROR, WARNING = "error", "warning"
 # A split under either bound is "tiny" (a warning; an empty split is an error): 10 sentences
@@ -349,27 +348,31 @@ def _leaks(splits: dict[str, list[Example]], add) -> None:
 
 
 def _too_long(splits, tokenizer, scheme_name: str, max_seq_len: int, prompt_format, add) -> None:
-    # Training's own rule (kner.training.batching): prompt + answer tags + EOS, encoded by the
-    # PromptEncoder that training and inference share.
+    # Training's own rule (kner.training.batching.tokenize_examples): prompt + answer tags + EOS, encoded
+    # by PromptEncoder.encode_examples, which training and inference share.
     fmt = prompt_format or PromptFormat()
     encoder = PromptEncoder(tokenizer, fmt, load_scheme(scheme_name))
     for name, exs in splits.items():
         if not exs:
             continue
-        _, tr = tokenize_examples(exs, encoder, max_seq_len, fmt.separator)
-        if not tr.too_long:
+        too_long = [
+            ex.id
+            for ex, enc in zip(exs, encoder.encode_examples(exs, fmt.separator))
+            if len(enc.input_ids) > max_seq_len
+        ]
+        if not too_long:
             continue
-        every = name == "train" and len(tr.too_long) == len(exs)
+        every = name == "train" and len(too_long) == len(exs)
         effect = "training skips them" if name in ("train", "dev") else "longer than any training example"
         add(
             Finding(
                 ERROR if every else WARNING,
                 "too-long",
                 name,
-                f"{len(tr.too_long)} of {len(exs)} sentence(s) longer than max_seq_len={max_seq_len} tokens "
+                f"{len(too_long)} of {len(exs)} sentence(s) longer than max_seq_len={max_seq_len} tokens "
                 f"({scheme_name} prompt + answer + EOS): {effect}",
-                len(tr.too_long),
-                tuple(tr.too_long[:SHOW]),
+                len(too_long),
+                tuple(too_long[:SHOW]),
             )
         )
 

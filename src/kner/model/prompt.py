@@ -336,5 +336,15 @@ class PromptEncoder:
             out.append(EncodedExample(full, prompt.prefix_len, prompt.prompt_len, False))
         return out
 
+    def encode_examples(self, examples: list, separator: str = " ", chunk: int = 2048) -> list[EncodedExample]:
+        """``encode_many`` of examples with their gold tags as the answer (what training learns and what
+        ``kner data check --tokenizer`` measures), in chunks: the tokenizer's threads get batches without
+        every offset list being held at once."""
+        out: list[EncodedExample] = []
+        for c in range(0, len(examples), chunk):
+            part = examples[c : c + chunk]
+            out += self.encode_many([(ex.text, render_tags(ex.entities, separator)) for ex in part])
+        return out
+
     def _ids_many(self, strings: list[str]) -> list[list[int]]:
         return [list(ids) for ids in self.tokenizer(strings, add_special_tokens=False)["input_ids"]]

@@ -24,7 +24,7 @@ import random
 from dataclasses import dataclass
 
 from kner.data.example import Example
-from kner.model.prompt import PromptEncoder, render_tags
+from kner.model.prompt import PromptEncoder
 
 
 @dataclass(frozen=True)
@@ -58,15 +58,11 @@ def tokenize_examples(examples: list[Example], encoder: PromptEncoder, max_seq_l
     out: list[TokenizedExample] = []
     too_long: list[str] = []
     before = encoder.fallbacks
-    chunk = 2048   # batches for the tokenizer's threads, without holding every offset list at once
-    for c in range(0, len(examples), chunk):
-        part = examples[c:c + chunk]
-        encoded = encoder.encode_many([(ex.text, render_tags(ex.entities, separator)) for ex in part])
-        for ex, enc in zip(part, encoded):
-            if len(enc.input_ids) > max_seq_len:
-                too_long.append(ex.id)
-                continue
-            out.append(TokenizedExample(len(out), tuple(enc.input_ids), enc.prefix_len, enc.prompt_len))
+    for ex, enc in zip(examples, encoder.encode_examples(examples, separator)):
+        if len(enc.input_ids) > max_seq_len:
+            too_long.append(ex.id)
+            continue
+        out.append(TokenizedExample(len(out), tuple(enc.input_ids), enc.prefix_len, enc.prompt_len))
     return out, TokenizeReport(too_long, encoder.fallbacks - before)
 
 
