@@ -1,7 +1,7 @@
 """Every use of transformers / peft / bitsandbytes internals, behind one small API.
 
-kner subclasses transformers' cache classes, routes attention through a function
-of its own and keeps prefix caches alive under gradient checkpointing. Those are
+kner subclasses transformers' cache classes and routes attention through a function
+of its own. Those are
 internals, and they move between releases; this module is the only place that
 touches them, so a new release means reading this file, not the whole package.
 
@@ -24,10 +24,9 @@ own class, for remote code) actually offers, not by a version number, so a
 release in between picks whichever name it has.
 
 Unchanged in the range and used as is: ``Cache``, ``DynamicCache``,
-``AttentionInterface``, ``config._attn_implementation`` and
-``GradientCheckpointingLayer._can_checkpoint_with_cache``. kner's own cache layers
-subclass the classes handed out here (``kner.model.loading``: ``DynamicLayer``;
-``kner.inference.prefix_cache`` and ``kner.inference.engine``: ``CacheLayerMixin``)
+``AttentionInterface`` and ``config._attn_implementation``. kner's own cache layers
+subclass the class handed out here (``kner.inference.prefix_cache`` and
+``kner.inference.engine``: ``CacheLayerMixin``)
 and rely on this contract of a cache layer: ``update(key_states, value_states,
 *args, **kwargs)`` returns the keys/values to attend to; ``get_mask_sizes(query_length)``
 returns ``(kv_length, kv_offset)``; ``get_seq_length()``, ``get_max_length()``,
@@ -128,12 +127,6 @@ def cache_classes():
     return Cache, CacheLayerMixin
 
 
-def dynamic_layer_class():
-    from transformers.cache_utils import DynamicLayer
-
-    return DynamicLayer
-
-
 def dynamic_cache():
     """An empty growing cache (what ``generate`` uses)."""
     from transformers import DynamicCache
@@ -150,13 +143,6 @@ def decoder_layers(model) -> list:
     from transformers.modeling_layers import GradientCheckpointingLayer
 
     return [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
-
-
-def allow_cache_under_checkpointing(model) -> None:
-    """Let a cache through checkpointed layers, which otherwise drop it (a growing cache
-    would be appended to twice on replay). Only for caches that do not grow on replay."""
-    for layer in decoder_layers(model):
-        layer._can_checkpoint_with_cache = True
 
 
 def enable_checkpointing(model, **checkpoint_kwargs) -> None:
