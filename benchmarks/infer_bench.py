@@ -42,7 +42,7 @@ os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 DATA = ROOT / ".device" / "infer"
-GiB = 2 ** 30
+GiB = 2**30
 T0 = time.perf_counter()
 
 
@@ -53,18 +53,20 @@ def log(msg: str) -> None:
 def prepare(args) -> None:
     from corpora import default_kmou_split
     from kner.data.example import write_jsonl
-    from kner.model.loading import load_tokenizer
     from kner.data.schemes import Mapping, map_examples
+    from kner.model.loading import load_tokenizer
 
     DATA.mkdir(parents=True, exist_ok=True)
     tok = load_tokenizer(args.tokenizer_src)
-    tok.save_pretrained(DATA / "tokenizer")                 # tokenizer.json: fast to load there
+    tok.save_pretrained(DATA / "tokenizer")  # tokenizer.json: fast to load there
     (DATA / "tokenizer" / "config.json").write_text((Path(args.tokenizer_src) / "config.json").read_text())
     test = default_kmou_split()["test"][: args.n]
     mapped, _ = map_examples(test, Mapping.load("kmou", "spacy19"))
     write_jsonl(DATA / "kmou_test1000.jsonl", mapped)
-    log(f"wrote {len(mapped)} sentences of the KMOU test split (first {args.n} in split order) and the "
-        f"tokenizer to {DATA}")
+    log(
+        f"wrote {len(mapped)} sentences of the KMOU test split (first {args.n} in split order) and the "
+        f"tokenizer to {DATA}"
+    )
 
 
 def build(args, tok, device, dtype):
@@ -84,22 +86,28 @@ def build(args, tok, device, dtype):
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     quantize_4bit_inplace(model, dtype)
-    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear",
-                                             init_lora_weights=False))
+    model = get_peft_model(
+        model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", init_lora_weights=False)
+    )
     model.eval()
     # What Extractor does anyway (fp32 LoRA weights -> fp16); done here so the baseline runs the same weights.
     from kner.inference.extractor import match_adapter_dtype
+
     match_adapter_dtype(model)
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
-    log(f"model: {config.num_hidden_layers} layers, hidden {config.hidden_size}, NF4 + LoRA r=16 "
-        f"built in {time.perf_counter() - t:.1f}s; {torch.cuda.memory_allocated() / GiB if device.type == 'cuda' else 0:.2f} GiB")
+    log(
+        f"model: {config.num_hidden_layers} layers, hidden {config.hidden_size}, NF4 + LoRA r=16 "
+        f"built in {time.perf_counter() - t:.1f}s; "
+        f"{torch.cuda.memory_allocated() / GiB if device.type == 'cuda' else 0:.2f} GiB"
+    )
     return model
 
 
 def sync(device):
     import torch
+
     if device.type == "cuda":
         torch.cuda.synchronize()
 
@@ -108,15 +116,21 @@ def baseline(model, tok, texts, budgets, device, n_max, seconds):
     """One sentence at a time through ``model.generate``: the study's way."""
     import torch
 
-    from kner.model.prompt import PromptEncoder, PromptFormat
     from kner.data.schemes import load_scheme
+    from kner.model.prompt import PromptEncoder, PromptFormat
 
     enc = PromptEncoder(tok, PromptFormat(), load_scheme("spacy19"))
 
     def gen(i):
         ids = torch.tensor([enc.prompt_ids(texts[i]).input_ids], device=device)
-        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=budgets[i],
-                             min_new_tokens=budgets[i], do_sample=False, pad_token_id=tok.pad_token_id)
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=budgets[i],
+            min_new_tokens=budgets[i],
+            do_sample=False,
+            pad_token_id=tok.pad_token_id,
+        )
         return out.shape[1] - ids.shape[1]
 
     # Any prefix of this order is spread over the whole range of answer lengths (golden-ratio
@@ -130,7 +144,7 @@ def baseline(model, tok, texts, budgets, device, n_max, seconds):
             seen.add(j)
             sample.append(j)
     sample = sample[:n_max]
-    gen(sample[-1])   # warm-up
+    gen(sample[-1])  # warm-up
     sync(device)
     t0 = time.perf_counter()
     n = toks = 0
@@ -145,9 +159,16 @@ def baseline(model, tok, texts, budgets, device, n_max, seconds):
     # Whole-set estimate: this sample's seconds per generated token times all tokens to generate
     # (prompt processing is folded in; the sample's mean answer length is reported next to the set's).
     est_all = per_token * sum(budgets)
-    return {"sentences": n, "seconds": round(el, 3), "new_tokens": toks, "sample_mean_new_tokens": round(toks / n, 2),
-            "sentences_per_s": n / el, "tokens_per_s": toks / el,
-            "extrapolated_seconds_for_all": round(est_all, 1), "extrapolated_sentences_per_s": len(texts) / est_all}
+    return {
+        "sentences": n,
+        "seconds": round(el, 3),
+        "new_tokens": toks,
+        "sample_mean_new_tokens": round(toks / n, 2),
+        "sentences_per_s": n / el,
+        "tokens_per_s": toks / el,
+        "extrapolated_seconds_for_all": round(est_all, 1),
+        "extrapolated_sentences_per_s": len(texts) / est_all,
+    }
 
 
 def kner_run(model, tok, texts, budgets, device, constrained, max_memory, max_batch):
@@ -155,9 +176,10 @@ def kner_run(model, tok, texts, budgets, device, constrained, max_memory, max_ba
 
     from kner.inference import Extractor
 
-    ex = Extractor(model, tok, "spacy19", constrained=constrained, ignore_eos=True, max_memory=max_memory,
-                   max_batch_size=max_batch)
-    ex.predict(texts[:8], new_tokens=budgets[:8])        # warm-up: kernels, token table, prefix K/V
+    ex = Extractor(
+        model, tok, "spacy19", constrained=constrained, ignore_eos=True, max_memory=max_memory, max_batch_size=max_batch
+    )
+    ex.predict(texts[:8], new_tokens=budgets[:8])  # warm-up: kernels, token table, prefix K/V
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     sync(device)
@@ -165,9 +187,13 @@ def kner_run(model, tok, texts, budgets, device, constrained, max_memory, max_ba
     st = ex.last_stats
     out = st.to_dict()
     out.pop("labels", None)
-    out.update(constrained=constrained, sentences_per_s=st.texts_per_s, batch_sizes=st.batch_sizes,
-               peak_allocated_gib=round(torch.cuda.max_memory_allocated() / GiB, 2) if device.type == "cuda" else None,
-               peak_reserved_gib=round(torch.cuda.max_memory_reserved() / GiB, 2) if device.type == "cuda" else None)
+    out.update(
+        constrained=constrained,
+        sentences_per_s=st.texts_per_s,
+        batch_sizes=st.batch_sizes,
+        peak_allocated_gib=round(torch.cuda.max_memory_allocated() / GiB, 2) if device.type == "cuda" else None,
+        peak_reserved_gib=round(torch.cuda.max_memory_reserved() / GiB, 2) if device.type == "cuda" else None,
+    )
     return out
 
 
@@ -188,8 +214,12 @@ def load_set(n: int, max_budget: int | None = None, path: str | Path | None = No
 
 
 def budget_summary(budgets: list[int]) -> dict:
-    return {"sentences": len(budgets), "new_tokens_total": sum(budgets),
-            "new_tokens_mean": round(sum(budgets) / len(budgets), 2), "new_tokens_max": max(budgets)}
+    return {
+        "sentences": len(budgets),
+        "new_tokens_total": sum(budgets),
+        "new_tokens_mean": round(sum(budgets) / len(budgets), 2),
+        "new_tokens_max": max(budgets),
+    }
 
 
 def results_writer(out: Path, res: dict, say=None):
@@ -201,6 +231,7 @@ def results_writer(out: Path, res: dict, say=None):
         res[key] = value
         out.write_text(json.dumps(res, indent=2, ensure_ascii=False))
         say(f"{key}: {json.dumps(value, ensure_ascii=False)}")
+
     return save
 
 
@@ -219,7 +250,8 @@ def t4_emulation(device) -> float | None:
 def profile(args) -> None:
     """Where a decode step's time goes: torch.profiler over kner's run on ``--n`` sentences (T4 emulation)."""
     import torch
-    from torch.profiler import ProfilerActivity, profile as torch_profile
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
 
     from kner.inference import Extractor
 
@@ -251,12 +283,17 @@ def run(args) -> None:
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.float16 if device.type == "cuda" else torch.float32
-    res = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__,
-           "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "tiny": args.tiny}
+    res = {
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "tiny": args.tiny,
+    }
     save = results_writer(Path(args.out), res)
 
-    import transformers
     import peft
+    import transformers
+
     res["transformers"], res["peft"] = transformers.__version__, peft.__version__
     tok, exs, budgets = load_set(args.n)
     texts = [e.text for e in exs]
@@ -271,13 +308,19 @@ def run(args) -> None:
         save(key, kner_run(model, tok, texts, budgets, device, constrained, cap, 256))
     base = res["t4_baseline"]
     u, c = res["t4_kner_unconstrained"], res["t4_kner_constrained"]
-    save("t4_summary", {
-        "speedup_sentences_unconstrained": round(u["sentences_per_s"] / base["sentences_per_s"], 1),
-        "speedup_sentences_constrained": round(c["sentences_per_s"] / base["sentences_per_s"], 1),
-        "speedup_tokens_unconstrained": round(u["tokens_per_s"] / base["tokens_per_s"], 1),
-        "speedup_tokens_constrained": round(c["tokens_per_s"] / base["tokens_per_s"], 1),
-        "speedup_vs_extrapolated_constrained": round(c["sentences_per_s"] / base["extrapolated_sentences_per_s"], 1),
-        "constraint_overhead": round(c["seconds"] / u["seconds"] - 1, 4)})
+    save(
+        "t4_summary",
+        {
+            "speedup_sentences_unconstrained": round(u["sentences_per_s"] / base["sentences_per_s"], 1),
+            "speedup_sentences_constrained": round(c["sentences_per_s"] / base["sentences_per_s"], 1),
+            "speedup_tokens_unconstrained": round(u["tokens_per_s"] / base["tokens_per_s"], 1),
+            "speedup_tokens_constrained": round(c["tokens_per_s"] / base["tokens_per_s"], 1),
+            "speedup_vs_extrapolated_constrained": round(
+                c["sentences_per_s"] / base["extrapolated_sentences_per_s"], 1
+            ),
+            "constraint_overhead": round(c["seconds"] / u["seconds"] - 1, 4),
+        },
+    )
 
     # 2. Full card.
     if device.type == "cuda":

@@ -9,13 +9,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from kner.model.artifacts import ModelManifest
-from kner.errors import KnerError
 from kner.data.example import Entity, Example, read_jsonl, write_jsonl
+from kner.data.schemes import load_scheme
+from kner.errors import KnerError
+from kner.model.artifacts import ModelManifest
 from kner.model.loading import LoadSpec, build_model_from_config, load_tokenizer, save_pretrained_dir, tiny_config
 from kner.model.prompt import parse_tags
-from kner.data.schemes import load_scheme
-
 from tiny_llama import tiny_llama_dir
 
 # A LLaMA-2-style tokenizer folder built from the fixture corpus (test_inference_sharding imports it too).
@@ -33,13 +32,15 @@ def write_qlora_folder(root: Path) -> Path:
     # hidden >= 64: bitsandbytes' CPU 4-bit kernels need whole 64-element quantization blocks.
     model = build_model_from_config(tiny_config("llama", vocab_size=len(tok), hidden=64, intermediate=128, layers=1))
     save_pretrained_dir(model, tok, root / "base")
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear",
-                                                  init_lora_weights=False))   # random B: the adapter matters
+    peft_model = get_peft_model(
+        model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
+    )  # random B: the adapter matters
     out = root / "out"
     peft_model.save_pretrained(out / "adapter")
     tok.save_pretrained(out / "tokenizer")
-    ModelManifest(load=LoadSpec(model=str(root / "base"), quantize_4bit=True), method="qlora",
-                  scheme=load_scheme("spacy19")).save(out)
+    ModelManifest(
+        load=LoadSpec(model=str(root / "base"), quantize_4bit=True), method="qlora", scheme=load_scheme("spacy19")
+    ).save(out)
     return out
 
 
@@ -62,21 +63,35 @@ def test_predict_plain_text_keeps_every_line(folders, tmp_path):
     src = tmp_path / "in.txt"
     src.write_text("\n".join(lines) + "\n", encoding="utf-8")
     dst = tmp_path / "preds.jsonl"
-    res = run(["predict", "--model", folders / "out", "--input", src, "--output", dst, "--max-new-tokens", 12,
-               "--no-progress"])
+    res = run(
+        [
+            "predict",
+            "--model",
+            folders / "out",
+            "--input",
+            src,
+            "--output",
+            dst,
+            "--max-new-tokens",
+            12,
+            "--no-progress",
+        ]
+    )
     assert res.exit_code == 0, res.output
     preds = read_jsonl(dst)
     assert [p.id for p in preds] == ["1", "2", "3", "4", "5"] and [p.text for p in preds] == lines
     assert preds[1].entities == [] and preds[3].entities == []
     for p in preds:
         for e in p.entities:
-            assert p.text[e.start:e.end] == e.text
+            assert p.text[e.start : e.end] == e.text
     assert "texts" in res.output and "5" in res.output
 
 
 def test_predict_jsonl_and_dataset_format(folders, tmp_path, datasets_dir):
-    gold = [Example("a", "이순신은 장군이다.", [Entity(0, 3, "PER", "이순신")], {"doc": "d1"}),
-            Example("b", "서울", [], {})]
+    gold = [
+        Example("a", "이순신은 장군이다.", [Entity(0, 3, "PER", "이순신")], {"doc": "d1"}),
+        Example("b", "서울", [], {}),
+    ]
     src = tmp_path / "gold.jsonl"
     write_jsonl(src, gold)
     dst = tmp_path / "p.jsonl"
@@ -90,8 +105,22 @@ def test_predict_jsonl_and_dataset_format(folders, tmp_path, datasets_dir):
     kmou_file = sorted((datasets_dir / "kmou" / "corpus").glob("*.txt"))[0]
     n = len(read_dataset("kmou", kmou_file).examples)
     dst2 = tmp_path / "k.jsonl"
-    res = run(["predict", "-m", folders / "out", "-i", kmou_file, "-o", dst2, "--format", "kmou",
-               "--max-new-tokens", 4, "--no-progress"])
+    res = run(
+        [
+            "predict",
+            "-m",
+            folders / "out",
+            "-i",
+            kmou_file,
+            "-o",
+            dst2,
+            "--format",
+            "kmou",
+            "--max-new-tokens",
+            4,
+            "--no-progress",
+        ]
+    )
     assert res.exit_code == 0, res.output
     assert len(read_jsonl(dst2)) == n
 
@@ -101,12 +130,18 @@ def test_base_model_plus_adapter_equals_output_folder(folders):
 
     texts = ["이순신은 조선의 장군이다.", "서울 종로구"]
     a = Extractor.load(folders / "out", constrained=False, max_new_tokens=10)
-    b = Extractor.load(folders / "base", adapter=folders / "out" / "adapter", scheme="spacy19", quantize_4bit=True,
-                       constrained=False, max_new_tokens=10)
+    b = Extractor.load(
+        folders / "base",
+        adapter=folders / "out" / "adapter",
+        scheme="spacy19",
+        quantize_4bit=True,
+        constrained=False,
+        max_new_tokens=10,
+    )
     assert a.predict(texts)[0].outputs == b.predict(texts)[0].outputs
     assert type(a.model).__name__ == "PeftModel"
     with pytest.raises(KnerError):
-        Extractor.load(folders / "out", scheme="kmou")          # trained on spacy19
+        Extractor.load(folders / "out", scheme="kmou")  # trained on spacy19
     with pytest.raises(KnerError):
         Extractor.load(folders / "base", adapter=folders / "missing")
 
@@ -145,9 +180,9 @@ def test_export_merge_measures_the_change(folders, tmp_path):
     pred = ex.predict(["이순신은 조선의 장군이다."])[0]
     assert parse_tags(pred.outputs[0], "이순신은 조선의 장군이다.", ex.scheme).ok
     with pytest.raises(KnerError):
-        export_merged(folders / "out", merged)                  # not empty, no overwrite
+        export_merged(folders / "out", merged)  # not empty, no overwrite
     with pytest.raises(KnerError):
-        export_merged(merged, tmp_path / "again")               # nothing to merge
+        export_merged(merged, tmp_path / "again")  # nothing to merge
 
 
 def test_max_memory_units_mean_what_kner_plan_reads():
@@ -155,7 +190,7 @@ def test_max_memory_units_mean_what_kner_plan_reads():
     from kner.model.shape import parse_gib
 
     assert parse_gib("15") == 15.0 and parse_gib("15GiB") == 15.0
-    assert parse_gib("16GB") == pytest.approx(16e9 / 2**30)       # GB is 10^9 bytes, as for --gpu-memory
+    assert parse_gib("16GB") == pytest.approx(16e9 / 2**30)  # GB is 10^9 bytes, as for --gpu-memory
     assert parse_gib(None) is None
     with pytest.raises(ConfigError, match="--max-memory takes GiB"):
         parse_gib("1.2.3")

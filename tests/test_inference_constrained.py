@@ -14,11 +14,11 @@ import pytest
 import torch
 
 from kner.data.example import Entity
+from kner.data.schemes import load_scheme
 from kner.inference.constrained import AFTER, ConstrainedChooser, TagConstraint, TagGrammar, TextContext
 from kner.inference.vocab import TokenTable
 from kner.model.loading import load_tokenizer
 from kner.model.prompt import parse_tags
-from kner.data.schemes import load_scheme
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +60,7 @@ def check_outputs(chooser, texts, scheme):
         assert res.out_of_order == 0, (out, text)
         prev_end = 0
         for e in res.entities:
-            assert text[e.start:e.end] == e.text and e.text == e.text.strip()
+            assert text[e.start : e.end] == e.text and e.text == e.text.strip()
             assert e.label in scheme.names
             assert e.start >= prev_end
             prev_end = e.end
@@ -84,15 +84,18 @@ def check_token_bytes(tok):
     assert table.kind == "sentencepiece"
     assert table.token_bytes[tok.eos_token_id] is None and tok.eos_token_id in table.eos_ids
     rng = random.Random(0)
-    pieces = [i for i, b in enumerate(table.token_bytes)
-              if b is not None and not _BYTE.fullmatch(tok.convert_ids_to_tokens(i))]
+    pieces = [
+        i
+        for i, b in enumerate(table.token_bytes)
+        if b is not None and not _BYTE.fullmatch(tok.convert_ids_to_tokens(i))
+    ]
     space = tok.convert_tokens_to_ids("▁")
     for _ in range(300):
         ids = [space] + [rng.choice(pieces) for _ in range(6)]
         # Byte tokens as a whole character (a random syllable): HF decodes an invalid byte run
         # as one replacement character per byte, ASCII bytes included, which no output has.
         syllable = chr(rng.randrange(0xAC00, 0xD7A4)).encode("utf-8")
-        ids[rng.randrange(1, 7):1] = [tok.convert_tokens_to_ids(f"<0x{b:02X}>") for b in syllable]
+        ids[rng.randrange(1, 7) : 1] = [tok.convert_tokens_to_ids(f"<0x{b:02X}>") for b in syllable]
         # The decoder strips the first leading space; the anchor token absorbs that.
         assert table.decode(ids)[1:] == tok.decode(ids, skip_special_tokens=False), ids
     # Korean through byte fallback: 겐 is <0xEA><0xB2><0x90> in LLaMA-2.
@@ -114,8 +117,12 @@ def test_byte_level_bpe_table():
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=400, special_tokens=["<eos>"],
-                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    bpe.train_from_iterator(
+        corpus,
+        trainers.BpeTrainer(
+            vocab_size=400, special_tokens=["<eos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
     tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<eos>")
     table = TokenTable.from_tokenizer(tok)
     assert table.kind == "bytelevel"
@@ -126,8 +133,9 @@ def test_byte_level_bpe_table():
         assert table.decode(ids) == tok.decode(ids), ids
     sch = load_scheme("spacy19")
     texts = ["이순신은 조선 중기의 무신이다.", "서울특별시 <종로구> 세종대로 175", "a:b\\c 1,234원"]
-    ch = simulate(TagGrammar(table, sch.names), texts, steps=120,
-                  boost=boosted(table, lambda b: b"<" in b or b">" in b, 4.0))
+    ch = simulate(
+        TagGrammar(table, sch.names), texts, steps=120, boost=boosted(table, lambda b: b"<" in b or b">" in b, 4.0)
+    )
     assert check_outputs(ch, texts, sch) > 0
 
 
@@ -148,16 +156,36 @@ def run_bytes(grammar, text, output: str):
 def test_grammar_accepts_exactly_the_tag_language(llama, scheme):
     g = TagGrammar(llama[1], scheme.names)
     text = "a<b> c:d \\e 이순신"
-    ok = ["<PER:a\\<b\\>>", "<PER:c:d>", "<PER:c\\:d>", "<PER:\\\\e>", "<PER:이순신>",
-          "<PER:a> <ORG:c:d> <LOC:이순신>", " <PER:a>", "\n<PER:a>"]
+    ok = [
+        "<PER:a\\<b\\>>",
+        "<PER:c:d>",
+        "<PER:c\\:d>",
+        "<PER:\\\\e>",
+        "<PER:이순신>",
+        "<PER:a> <ORG:c:d> <LOC:이순신>",
+        " <PER:a>",
+        "\n<PER:a>",
+    ]
     for out in ok:
         st = run_bytes(g, text, out)
         assert st is not None and st[0] == AFTER, out
         assert parse_tags(out, text, scheme).ok
-    bad = ["<PER:a<b>", "<PER:b>>", "<PER:\\e>", "<PER: c>", "<PER:c >", "<PER:>", "<FOO:a>", "<per:a>",
-           "<PER:x>", "<PER:이순신> <PER:a>",       # before the cursor
-           "<PER:a>  <ORG:c>", "<PER:a><ORG:c>",      # separator is exactly one space
-           "  <PER:a>", "x"]
+    bad = [
+        "<PER:a<b>",
+        "<PER:b>>",
+        "<PER:\\e>",
+        "<PER: c>",
+        "<PER:c >",
+        "<PER:>",
+        "<FOO:a>",
+        "<per:a>",
+        "<PER:x>",
+        "<PER:이순신> <PER:a>",  # before the cursor
+        "<PER:a>  <ORG:c>",
+        "<PER:a><ORG:c>",  # separator is exactly one space
+        "  <PER:a>",
+        "x",
+    ]
     for out in bad:
         assert run_bytes(g, text, out) is None, out
 
@@ -166,7 +194,7 @@ def test_byte_fallback_partial_syllables(llama, scheme):
     tok, table = llama
     g = TagGrammar(table, scheme.names)
     text = "오에 겐자부로는"
-    byte_ids = [tok.convert_tokens_to_ids(f"<0x{b:02X}>") for b in "겐".encode("utf-8")]
+    byte_ids = [tok.convert_tokens_to_ids(f"<0x{b:02X}>") for b in "겐".encode()]
     row = TagConstraint(g, text)
     for tid in [tok.convert_tokens_to_ids("<"), tok.convert_tokens_to_ids("PER"), tok.convert_tokens_to_ids(":")]:
         assert row.accepts(tid)
@@ -188,7 +216,7 @@ def test_leftmost_occurrence_matches_align(llama, scheme):
     g = TagGrammar(table, scheme.names)
     text = "일본과 일본, 그리고 일본"
     st = run_bytes(g, text, "<LOC:일본> <LOC:일본>")
-    assert st[0] == AFTER and st[1] == len("일본과 일본".encode("utf-8"))
+    assert st[0] == AFTER and st[1] == len("일본과 일본".encode())
     res = parse_tags("<LOC:일본> <LOC:일본>", text, scheme)
     assert [e.start for e in res.entities] == [0, 4]
 
@@ -218,8 +246,7 @@ def test_escaping_and_special_characters(llama, scheme):
     tok, table = llama
     texts = ["a<b>c", "x > y < z", "키:값 \\ 경로", "<<>>", "::\\\\::", "<PER:홍길동>", "꺾쇠〈괄호〉와 <진짜>"]
     g = TagGrammar(table, scheme.names)
-    ch = simulate(g, texts, steps=150, seed=5,
-                  boost=boosted(table, lambda b: any(c in b for c in b"<>\\:"), 6.0))
+    ch = simulate(g, texts, steps=150, seed=5, boost=boosted(table, lambda b: any(c in b for c in b"<>\\:"), 6.0))
     assert check_outputs(ch, texts, scheme) > 0
     # Some entity really had to be escaped.
     assert any("\\" in row.output()[0] for row in ch.rows)
@@ -265,4 +292,6 @@ def test_truncated_output_drops_the_unfinished_tag(llama, scheme):
     row.advance(tok.convert_tokens_to_ids(">"))
     out, truncated = row.output()
     assert not truncated and parse_tags(out, "이순신과 원균", scheme).entities == [
-        Entity(0, 3, "PER", "이순신"), Entity(5, 6, "PER", "원")]
+        Entity(0, 3, "PER", "이순신"),
+        Entity(5, 6, "PER", "원"),
+    ]

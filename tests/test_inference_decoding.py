@@ -9,15 +9,16 @@ from __future__ import annotations
 import pytest
 import torch
 
+from kner.data.schemes import load_scheme
 from kner.inference import Extractor
 from kner.inference.chunking import split_document
 from kner.inference.engine import GreedyChooser, PagedEngine, Request
 from kner.inference.memory import ModelDims, plan_engine
 from kner.inference.prefix_cache import PrefixKV
-from kner.model.oom import is_oom
 from kner.model.loading import build_model_from_config, load_tokenizer, tiny_config
+from kner.model.oom import is_oom
 from kner.model.prompt import PromptEncoder, PromptFormat, parse_tags
-from kner.data.schemes import load_scheme
+
 
 @pytest.fixture(scope="module")
 def tok(llama_dir):
@@ -27,8 +28,9 @@ def tok(llama_dir):
 @pytest.fixture(scope="module")
 def model(tok):
     torch.manual_seed(0)
-    return build_model_from_config(tiny_config("llama", vocab_size=len(tok), hidden=32, intermediate=64, layers=1,
-                                               heads=2, kv_heads=1)).eval()
+    return build_model_from_config(
+        tiny_config("llama", vocab_size=len(tok), hidden=32, intermediate=64, layers=1, heads=2, kv_heads=1)
+    ).eval()
 
 
 def tag_bias(extractor, amount=4.0):
@@ -39,6 +41,7 @@ def tag_bias(extractor, amount=4.0):
         logits = logits.clone()
         logits[:, ids] += amount
         return logits
+
     return hook
 
 
@@ -64,8 +67,11 @@ def engine_tokens(model, prefix, seqs, budgets, eos, pad, vocab, hook=None, **kw
     got: dict[int, list[int]] = {}
     opts = dict(pool_tokens=4096, max_rows=16, block=2, min_admit=1) | kw
     engine = PagedEngine(model, prefix, eos_ids={eos}, pad_id=pad, logits_hook=hook, **opts)
-    st = engine.run([Request(i, s, b) for i, (s, b) in enumerate(zip(seqs, budgets))], GreedyChooser(vocab),
-                    lambda k, t: got.__setitem__(k, t))
+    st = engine.run(
+        [Request(i, s, b) for i, (s, b) in enumerate(zip(seqs, budgets))],
+        GreedyChooser(vocab),
+        lambda k, t: got.__setitem__(k, t),
+    )
     return [got[i] for i in range(len(seqs))], st, engine
 
 
@@ -82,11 +88,12 @@ def test_shared_prefix_attention_equals_sdpa(heads):
     query = torch.randn(b, q, h, d).transpose(1, 2)
     key, value = (torch.randn(b, q, heads, d).transpose(1, 2) for _ in range(2))
     mask = torch.ones(q, q, dtype=torch.bool).tril()[None, None].repeat(b, 1, 1, 1)
-    mask[0, :, :, :2] = False                          # left padding of row 0
+    mask[0, :, :, :2] = False  # left padding of row 0
     pc._active.cache = types.SimpleNamespace(layers=[layer])
     try:
-        out, _ = pc.shared_prefix_attention(types.SimpleNamespace(layer_idx=0), query, key, value, mask,
-                                            scaling=d ** -0.5)
+        out, _ = pc.shared_prefix_attention(
+            types.SimpleNamespace(layer_idx=0), query, key, value, mask, scaling=d**-0.5
+        )
     finally:
         pc._active.cache = None
     g = h // heads
@@ -101,32 +108,55 @@ def _windowed_config(arch, vocab):
     """Models whose attention the shared prefix must restrict: windows far shorter than the prompt, soft-capping."""
     from transformers import AutoConfig
 
-    common = dict(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_attention_heads=2, num_key_value_heads=1,
-                  max_position_embeddings=2048, tie_word_embeddings=False)
+    common = dict(
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=64,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=2048,
+        tie_word_embeddings=False,
+    )
     if arch == "mistral-window":
         return AutoConfig.for_model("mistral", num_hidden_layers=1, sliding_window=24, **common)
-    return AutoConfig.for_model("gemma2", num_hidden_layers=2, head_dim=16, sliding_window=24,     # layer 0 sliding
-                                attn_logit_softcapping=5.0, final_logit_softcapping=30.0, **common)
+    return AutoConfig.for_model(
+        "gemma2",
+        num_hidden_layers=2,
+        head_dim=16,
+        sliding_window=24,  # layer 0 sliding
+        attn_logit_softcapping=5.0,
+        final_logit_softcapping=30.0,
+        **common,
+    )
 
 
-@pytest.mark.parametrize("arch,kv", [("llama", 2), ("qwen2", 1), ("mistral", 1), ("gemma", 1),
-                                     ("mistral-window", 1), ("gemma2", 1)])
+@pytest.mark.parametrize(
+    "arch,kv", [("llama", 2), ("qwen2", 1), ("mistral", 1), ("gemma", 1), ("mistral-window", 1), ("gemma2", 1)]
+)
 def test_engine_matches_full_prompts(tok, arch, kv):
     """Shared prefix + paged own K/V + left-padded prefill = each whole prompt alone: tokens and first logits."""
     if arch in ("mistral-window", "gemma2"):
         m = build_model_from_config(_windowed_config(arch, len(tok)), seed=1).eval()
     else:
-        m = build_model_from_config(tiny_config(arch, vocab_size=len(tok), hidden=32, intermediate=64, heads=2,
-                                                kv_heads=kv, layers=1), seed=1).eval()
+        m = build_model_from_config(
+            tiny_config(arch, vocab_size=len(tok), hidden=32, intermediate=64, heads=2, kv_heads=kv, layers=1), seed=1
+        ).eval()
     enc = PromptEncoder(tok, PromptFormat(), load_scheme("spacy19"))
     full = [enc.prompt_ids(t).input_ids for t in TEXTS]
     p = len(enc.prefix_ids)
     budgets = [6, 3, 5, 6]
     ref = [full_prompt_greedy(m, f, b, tok.eos_token_id, len(tok)) for f, b in zip(full, budgets)]
     first = []
-    got, _, _ = engine_tokens(m, PrefixKV.encode(m, enc.prefix_ids), [f[p:] for f in full], budgets,
-                              tok.eos_token_id, tok.pad_token_id, len(tok),
-                              hook=lambda lg: first.append(lg.clone()) or lg)
+    got, _, _ = engine_tokens(
+        m,
+        PrefixKV.encode(m, enc.prefix_ids),
+        [f[p:] for f in full],
+        budgets,
+        tok.eos_token_id,
+        tok.pad_token_id,
+        len(tok),
+        hook=lambda lg: first.append(lg.clone()) or lg,
+    )
     assert got == [r[0] for r in ref]
     # Every row used its whole budget or stopped at EOS, which is never part of the output.
     for toks, (_, ended, _), b in zip(got, ref, budgets):
@@ -134,9 +164,17 @@ def test_engine_matches_full_prompts(tok, arch, kv):
         assert tok.eos_token_id not in toks
     # The first forward is the prefill of all four rows, in request order.
     torch.testing.assert_close(first[0], torch.cat([r[2] for r in ref]), atol=1e-4, rtol=1e-4)
-    if arch == "llama":   # one row at a time (no padding at all) gives the same tokens as the batch
-        alone, _, _ = engine_tokens(m, PrefixKV.encode(m, enc.prefix_ids), [f[p:] for f in full], budgets,
-                                    tok.eos_token_id, tok.pad_token_id, len(tok), max_rows=1)
+    if arch == "llama":  # one row at a time (no padding at all) gives the same tokens as the batch
+        alone, _, _ = engine_tokens(
+            m,
+            PrefixKV.encode(m, enc.prefix_ids),
+            [f[p:] for f in full],
+            budgets,
+            tok.eos_token_id,
+            tok.pad_token_id,
+            len(tok),
+            max_rows=1,
+        )
         assert alone == got
 
 
@@ -145,8 +183,15 @@ def test_engine_without_a_shared_prefix(tok, model):
     enc = PromptEncoder(tok, PromptFormat(), load_scheme("spacy19"))
     full = [enc.prompt_ids(t).input_ids for t in TEXTS]
     ref = [full_prompt_greedy(model, f, 4, tok.eos_token_id, len(tok))[0] for f in full]
-    got, _, _ = engine_tokens(model, PrefixKV.encode(model, enc.prefix_ids).truncated(0), full, [4] * 4,
-                              tok.eos_token_id, tok.pad_token_id, len(tok))
+    got, _, _ = engine_tokens(
+        model,
+        PrefixKV.encode(model, enc.prefix_ids).truncated(0),
+        full,
+        [4] * 4,
+        tok.eos_token_id,
+        tok.pad_token_id,
+        len(tok),
+    )
     assert got == ref
 
 
@@ -175,16 +220,16 @@ def test_constrained_extraction_on_200_kmou_sentences(tok, model, datasets_dir):
         res = parse_tags(pred.outputs[0], text, sch)
         assert res.ok and res.out_of_order == 0, pred.outputs[0]
         for e in pred.entities:
-            assert text[e.start:e.end] == e.text and e.label in sch.names
+            assert text[e.start : e.end] == e.text and e.label in sch.names
         n += len(pred.entities)
-    assert n > 50            # the bias made the random model write tags
+    assert n > 50  # the bias made the random model write tags
     assert sum(st.labels.values()) == n
 
 
 def test_unconstrained_random_model_does_not_parse(tok, model):
     ex = Extractor(model, tok, "spacy19", constrained=False, batch_size=4, max_new_tokens=8)
     preds = ex.predict(TEXTS)
-    assert ex.last_stats.unparsed > 0        # the constraint is what makes outputs parse
+    assert ex.last_stats.unparsed > 0  # the constraint is what makes outputs parse
     assert all(isinstance(p.entities, list) for p in preds)
 
 
@@ -206,7 +251,7 @@ def test_out_of_memory_halves_the_batch_and_retries(tok, model):
     ref.config.logits_hook = tag_bias(ref)
     want = ref.predict(texts)
 
-    class OOM(torch.nn.Module):    # raises like CUDA does when a batch is too large
+    class OOM(torch.nn.Module):  # raises like CUDA does when a batch is too large
         def __init__(self, inner, limit):
             super().__init__()
             self.inner, self.limit, self.calls = inner, limit, 0
@@ -228,7 +273,7 @@ def test_out_of_memory_halves_the_batch_and_retries(tok, model):
     ex.config.logits_hook = ref.config.logits_hook
     got = ex.predict(texts)
     assert [p.entities for p in got] == [p.entities for p in want]
-    assert ex.last_stats.oom_retries == 2          # 12 -> 6 -> 3
+    assert ex.last_stats.oom_retries == 2  # 12 -> 6 -> 3
     assert max(ex.last_stats.batch_sizes) == 3
     assert is_oom(torch.OutOfMemoryError("x")) and is_oom(RuntimeError("CUDA error: out of memory"))
     assert not is_oom(ValueError("out of memory"))
@@ -236,27 +281,31 @@ def test_out_of_memory_halves_the_batch_and_retries(tok, model):
     wrapped.limit = 0
     ex2 = Extractor(wrapped, tok, "spacy19", batch_size=4, max_new_tokens=4)
     from kner.errors import KnerError
+
     with pytest.raises(KnerError, match="out of GPU memory"):
         ex2.predict(["이순신"])
 
 
 def test_split_document_keeps_every_character():
-    text = ("이순신은 조선의 장군이다. 그는 1545년에 태어났다!  왜 그랬을까?\n\n"
-            "원균은 칠천량에서 패했다. " + "아주긴단어" * 40 + " 끝.")
+    text = (
+        "이순신은 조선의 장군이다. 그는 1545년에 태어났다!  왜 그랬을까?\n\n"
+        "원균은 칠천량에서 패했다. " + "아주긴단어" * 40 + " 끝."
+    )
 
     def count(s):
-        return len(s)   # one "token" per character keeps the test exact
+        return len(s)  # one "token" per character keeps the test exact
+
     pieces = split_document(text, count, 30)
     assert len(pieces) > 3
     covered = [False] * len(text)
     for pc in pieces:
-        assert text[pc.offset:pc.offset + len(pc.text)] == pc.text
+        assert text[pc.offset : pc.offset + len(pc.text)] == pc.text
         assert 0 < count(pc.text) <= 30
         for i in range(pc.offset, pc.offset + len(pc.text)):
             assert not covered[i]
             covered[i] = True
     assert all(c or text[i].isspace() for i, c in enumerate(covered))
-    assert pieces[0].text == "이순신은 조선의 장군이다."     # sentence ends come first
+    assert pieces[0].text == "이순신은 조선의 장군이다."  # sentence ends come first
     assert split_document("짧다", count, 30)[0].text == "짧다"
 
 
@@ -270,26 +319,41 @@ def test_long_document_is_chunked_and_mapped_back(tok, model, datasets_dir):
     assert len(pred.outputs) == st.pieces - 1
     assert pred.entities, "expected tags from the biased random model"
     for e in pred.entities:
-        assert doc[e.start:e.end] == e.text
+        assert doc[e.start : e.end] == e.text
     # Entities come from many pieces, i.e. offsets were shifted, not just the first piece's.
     assert max(e.start for e in pred.entities) > len(doc) // 2
 
 
 def test_memory_plan_for_llama2_7b():
-    dims = ModelDims(layers=32, kv_heads=32, heads=32, head_dim=128, hidden=4096, intermediate=11008, vocab=32000,
-                     dtype_bytes=2, max_positions=4096)
-    assert dims.kv_bytes_per_token == 512 * 1024          # 0.5 MiB per token in fp16
-    kw = dict(prefix_len=282, footprints=[230] * 1000, suffix_max=100, max_rows=256, safety=0.85,
-              largest_weight_elems=4096 * 11008)
+    dims = ModelDims(
+        layers=32,
+        kv_heads=32,
+        heads=32,
+        head_dim=128,
+        hidden=4096,
+        intermediate=11008,
+        vocab=32000,
+        dtype_bytes=2,
+        max_positions=4096,
+    )
+    assert dims.kv_bytes_per_token == 512 * 1024  # 0.5 MiB per token in fp16
+    kw = dict(
+        prefix_len=282,
+        footprints=[230] * 1000,
+        suffix_max=100,
+        max_rows=256,
+        safety=0.85,
+        largest_weight_elems=4096 * 11008,
+    )
     plan = plan_engine(dims, usable=11 * 2**30, **kw)
     # Pool + the transient bound's share stay within the budget; most of it is pool.
     assert 13_000 < plan.pool_tokens < 15_000 and plan.transient_tokens >= 230
     assert plan.pool_tokens * dims.kv_bytes_per_token <= 0.8 * plan.budget_bytes + dims.kv_bytes_per_token
     assert plan_engine(dims, usable=2 * 2**30, **kw).pool_tokens < plan.pool_tokens / 4
-    cpu = plan_engine(dims, usable=None, **kw)          # no planning on CPU: every row at its longest
+    cpu = plan_engine(dims, usable=None, **kw)  # no planning on CPU: every row at its longest
     assert cpu.pool_tokens == 256 * (230 + 32) + 64 and cpu.budget_bytes is None
     m = ModelDims.from_model(build_model_from_config(tiny_config("qwen2", vocab_size=500, kv_heads=1)))
-    assert m.kv_bytes_per_token == 2 * 1 * 16 * 2 * 4     # layers x kv heads x head dim x K/V x fp32
+    assert m.kv_bytes_per_token == 2 * 1 * 16 * 2 * 4  # layers x kv heads x head dim x K/V x fp32
 
 
 def test_tag_logits_processor_with_generate(tok, model):
@@ -304,17 +368,24 @@ def test_tag_logits_processor_with_generate(tok, model):
     text = "서울 <특별시> 이순신"
     ids = torch.tensor([enc.prompt_ids(text).input_ids])
     proc = TagLogitsProcessor(TagGrammar(table, sch.names), [text], ids.shape[1])
-    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=20, do_sample=False,
-                         logits_processor=LogitsProcessorList([proc]), pad_token_id=tok.pad_token_id)
-    gen = out[0, ids.shape[1]:].tolist()
+    out = model.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=20,
+        do_sample=False,
+        logits_processor=LogitsProcessorList([proc]),
+        pad_token_id=tok.pad_token_id,
+    )
+    gen = out[0, ids.shape[1] :].tolist()
     assert parse_tags(table.decode(gen), text, sch).ok
 
 
 def test_paged_engine_rows_joining_leaving_and_evicted(tok):
     """Continuous batching (rows joining, leaving, evicted and redone) gives each whole prompt's tokens."""
-    torch.manual_seed(2)    # multi-head attention (kv heads = heads), as in LLaMA-2-7B
-    model = build_model_from_config(tiny_config("llama", vocab_size=len(tok), hidden=32, intermediate=64, layers=1,
-                                                heads=2, kv_heads=2)).eval()
+    torch.manual_seed(2)  # multi-head attention (kv heads = heads), as in LLaMA-2-7B
+    model = build_model_from_config(
+        tiny_config("llama", vocab_size=len(tok), hidden=32, intermediate=64, layers=1, heads=2, kv_heads=2)
+    ).eval()
 
     sch = load_scheme("spacy19")
     enc = PromptEncoder(tok, PromptFormat(), sch)
@@ -328,11 +399,20 @@ def test_paged_engine_rows_joining_leaving_and_evicted(tok):
     preempted = 0
     # The last pool size once made two rows evict each other forever; now the oldest row always keeps its room.
     for rows, pool, chunk in [(16, 4096, 4096), (2, 4096, 4096), (3, longest + 2, 4096), (4, longest + 26, 40)]:
-        got, st, engine = engine_tokens(model, prefix, [f[p:] for f in full], budgets, tok.eos_token_id,
-                                        tok.pad_token_id, len(tok), max_rows=rows, pool_tokens=pool,
-                                        prefill_chunk_tokens=chunk)
+        got, st, engine = engine_tokens(
+            model,
+            prefix,
+            [f[p:] for f in full],
+            budgets,
+            tok.eos_token_id,
+            tok.pad_token_id,
+            len(tok),
+            max_rows=rows,
+            pool_tokens=pool,
+            prefill_chunk_tokens=chunk,
+        )
         assert got == ref, (rows, pool)
         assert st.peak_rows <= rows and st.new_tokens == sum(len(t) for t in ref)
-        assert engine.cache_ref() is None      # the pool is freed on return, without waiting for gc
+        assert engine.cache_ref() is None  # the pool is freed on return, without waiting for gc
         preempted += st.preemptions
-    assert preempted > 0     # the small pool forced evictions, and the redone rows still match
+    assert preempted > 0  # the small pool forced evictions, and the redone rows still match

@@ -13,20 +13,35 @@ from pathlib import Path
 import pytest
 import torch
 
+from kner.data.splits import balance
 from kner.errors import ConfigError, DataError, KnerError
 from kner.inference import sharding
 from kner.inference.devices import resolve_devices
 from kner.inference.shard_files import MANIFEST_NAME, differences, model_fingerprint, scan_shards
-from kner.data.splits import balance
 from test_inference_cli import LLAMA2, run, write_qlora_folder
 
-TEXTS = ["이순신은 조선 중기의 무신이다.", "", "삼성전자는 9일 서울 서초구 본사에서 주주총회를 열었다.",
-         "한국은행은 올해 경제성장률을 2.1%로 내다봤다.", "세종대왕은 1443년 훈민정음을 창제하였다.",
-         "부산 해운대에서 열린 국제영화제에는 20만 명이 다녀갔다.", "오에 겐자부로", "   ",
-         "유엔 안전보장이사회는 지난달 뉴욕에서 긴급회의를 소집했다.", "손흥민이 토트넘과 2026년까지 재계약했다.",
-         "서울 <특별시> 종로구", "KBS 뉴스 9시", "1945년 8월 15일 광복", "한글날은 10월 9일이다.",
-         "대한민국의 수도는 서울이다.", "LG 트윈스가 잠실에서 이겼다.", "김연아는 피겨 스케이팅 선수다.",
-         "제주도 한라산 국립공원", "네이버와 카카오가 손을 잡았다.", "어제 오후 3시에 회의가 열렸다."]
+TEXTS = [
+    "이순신은 조선 중기의 무신이다.",
+    "",
+    "삼성전자는 9일 서울 서초구 본사에서 주주총회를 열었다.",
+    "한국은행은 올해 경제성장률을 2.1%로 내다봤다.",
+    "세종대왕은 1443년 훈민정음을 창제하였다.",
+    "부산 해운대에서 열린 국제영화제에는 20만 명이 다녀갔다.",
+    "오에 겐자부로",
+    "   ",
+    "유엔 안전보장이사회는 지난달 뉴욕에서 긴급회의를 소집했다.",
+    "손흥민이 토트넘과 2026년까지 재계약했다.",
+    "서울 <특별시> 종로구",
+    "KBS 뉴스 9시",
+    "1945년 8월 15일 광복",
+    "한글날은 10월 9일이다.",
+    "대한민국의 수도는 서울이다.",
+    "LG 트윈스가 잠실에서 이겼다.",
+    "김연아는 피겨 스케이팅 선수다.",
+    "제주도 한라산 국립공원",
+    "네이버와 카카오가 손을 잡았다.",
+    "어제 오후 3시에 회의가 열렸다.",
+]
 OPTS = ["--max-new-tokens", 10, "--no-progress", "--flush-every", 4]
 
 
@@ -45,8 +60,12 @@ def folders(tmp_path_factory):
 
 
 def shard_lines(shard_dir: Path) -> list[dict]:
-    return [json.loads(l) for p in sorted(shard_dir.glob("shard-*.jsonl"))
-            for l in p.read_text(encoding="utf-8").splitlines() if l.strip()]
+    return [
+        json.loads(l)
+        for p in sorted(shard_dir.glob("shard-*.jsonl"))
+        for l in p.read_text(encoding="utf-8").splitlines()
+        if l.strip()
+    ]
 
 
 @pytest.mark.slow
@@ -57,10 +76,13 @@ def test_two_shards_merge_to_the_single_process_output_and_restart_discards_stal
     # A stale folder from another input: refused without --restart (listing why), discarded with it.
     stale = tmp_path / "preds.jsonl.shards"
     stale.mkdir()
-    (stale / MANIFEST_NAME).write_text(json.dumps({"format": 1, "input": {"digest": "x", "texts": 3}, "settings": {},
-                                                   "runs": []}), encoding="utf-8")
-    (stale / "shard-00of01.jsonl").write_text(json.dumps({"index": 0, "run": 1, "example": {
-        "id": "1", "text": "stale", "entities": []}}) + "\n", encoding="utf-8")
+    (stale / MANIFEST_NAME).write_text(
+        json.dumps({"format": 1, "input": {"digest": "x", "texts": 3}, "settings": {}, "runs": []}), encoding="utf-8"
+    )
+    (stale / "shard-00of01.jsonl").write_text(
+        json.dumps({"index": 0, "run": 1, "example": {"id": "1", "text": "stale", "entities": []}}) + "\n",
+        encoding="utf-8",
+    )
     args = ["predict", "-m", folders / "out", "-i", folders / "in.txt", "-o", out, "--devices", "cpu,cpu", *OPTS]
     res = run(args)
     assert isinstance(res.exception, KnerError) and "input changed" in str(res.exception)
@@ -68,8 +90,8 @@ def test_two_shards_merge_to_the_single_process_output_and_restart_discards_stal
 
     res = run(args + ["--restart"])
     assert res.exit_code == 0, res.output
-    assert out.read_text(encoding="utf-8") == ref            # same lines, same (input) order
-    assert not stale.exists()                                # merged, then removed
+    assert out.read_text(encoding="utf-8") == ref  # same lines, same (input) order
+    assert not stale.exists()  # merged, then removed
     assert "2 on cpu, cpu" in res.output and "resumed" not in res.output
 
 
@@ -81,7 +103,7 @@ def test_crashed_shard_resumes_without_recomputing_and_a_changed_input_is_refuse
     args = ["predict", "-m", folders / "out", "-i", folders / "in.txt", "-o", out, *OPTS]
 
     crashing = [sys.executable, str(Path(__file__).with_name("crashing_shard_worker.py")), "1:4"]
-    monkeypatch.setattr(sharding, "WORKER_COMMAND", crashing)   # worker 1 dies after its first 4 results, mid-line
+    monkeypatch.setattr(sharding, "WORKER_COMMAND", crashing)  # worker 1 dies after its first 4 results, mid-line
     res = run(args + ["--devices", "cpu,cpu"])
     monkeypatch.undo()
     msg = str(res.exception)
@@ -91,9 +113,9 @@ def test_crashed_shard_resumes_without_recomputing_and_a_changed_input_is_refuse
     man = json.loads((shards / MANIFEST_NAME).read_text(encoding="utf-8"))
     sizes = [len(p) for p in man["layout"]["indices"]]
     assert len(sizes) == 2 and sum(sizes) == len(TEXTS)
-    assert not (shards / "shard-01of02.jsonl").read_text(encoding="utf-8").endswith("\n")   # half a line
+    assert not (shards / "shard-01of02.jsonl").read_text(encoding="utf-8").endswith("\n")  # half a line
     complete0 = (shards / "shard-00of02.jsonl").read_text(encoding="utf-8").splitlines()
-    assert len(complete0) == sizes[0]            # the other shard finished and kept its results
+    assert len(complete0) == sizes[0]  # the other shard finished and kept its results
     finished = sizes[0] + 4
 
     # Another input on the same output: refused, nothing touched.
@@ -110,11 +132,12 @@ def test_crashed_shard_resumes_without_recomputing_and_a_changed_input_is_refuse
     assert out.read_text(encoding="utf-8") == ref
     assert f"resumed: {finished} of {len(TEXTS)}" in res.output and "half-written" in res.output
     lines = shard_lines(shards)
-    assert sorted(r["index"] for r in lines) == list(range(len(TEXTS)))      # each exactly once
+    assert sorted(r["index"] for r in lines) == list(range(len(TEXTS)))  # each exactly once
     assert sum(r["run"] == 1 for r in lines) == finished
     assert sum(r["run"] == 2 for r in lines) == len(TEXTS) - finished
-    assert json.loads((shards / MANIFEST_NAME).read_text(encoding="utf-8"))["runs"][-1]["texts"] == \
-        [len(TEXTS) - finished]
+    assert json.loads((shards / MANIFEST_NAME).read_text(encoding="utf-8"))["runs"][-1]["texts"] == [
+        len(TEXTS) - finished
+    ]
 
     # Everything finished and kept: a rerun computes nothing and writes the same output.
     res = run(args + ["--devices", "cpu,cpu"])
@@ -139,7 +162,7 @@ def test_scan_cuts_a_half_written_last_line_and_rejects_a_broken_one(tmp_path):
     f.write_text(good + '{"index": 0, "ru', encoding="utf-8")
     done, partial, dups = scan_shards(tmp_path, 3)
     assert list(done) == [1] and partial == 1 and dups == 0
-    assert f.read_text(encoding="utf-8") == good                 # truncated, ready to append to
+    assert f.read_text(encoding="utf-8") == good  # truncated, ready to append to
     f.write_text(good + "not json\n" + good, encoding="utf-8")
     with pytest.raises(DataError) as err:
         scan_shards(tmp_path, 3)
@@ -151,8 +174,13 @@ def test_scan_cuts_a_half_written_last_line_and_rejects_a_broken_one(tmp_path):
 
 def test_device_lists():
     assert resolve_devices(devices="cpu,cpu") == ["cpu", "cpu"]
-    for bad in [dict(gpus="2", devices="cpu"), dict(devices="tpu"), dict(devices="cpu,,cpu"), dict(gpus="0"),
-                dict(gpus="many")]:
+    for bad in [
+        dict(gpus="2", devices="cpu"),
+        dict(devices="tpu"),
+        dict(devices="cpu,,cpu"),
+        dict(gpus="0"),
+        dict(gpus="many"),
+    ]:
         with pytest.raises(ConfigError):
             resolve_devices(**bad)
     if torch.cuda.device_count() == 0:
@@ -168,6 +196,6 @@ def test_settings_differences_name_what_changed(tmp_path):
     (model / "adapter" / "adapter_model.safetensors").write_bytes(b"1234")
     old = {"settings": {"options": {"max_new_tokens": 10}, "fingerprint": model_fingerprint(str(model), None)}}
     assert differences(old, old) == []
-    (model / "adapter" / "adapter_model.safetensors").write_bytes(b"12345")      # retrained in place
+    (model / "adapter" / "adapter_model.safetensors").write_bytes(b"12345")  # retrained in place
     new = {"settings": {"options": {"max_new_tokens": 12}, "fingerprint": model_fingerprint(str(model), None)}}
     assert differences(old, new) == ["model files changed", "settings.options.max_new_tokens: 10 -> 12"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Any
 
 import typer
 
@@ -47,9 +47,11 @@ def read_inputs(path: Path, fmt: str = "auto"):
     note = None
     skipped = getattr(res, "skipped", None)
     if res.problems or skipped:
-        note = (f"{path}: the {fmt} reader reported {len(res.problems)} problem(s)"
-                + (f" and skipped {skipped} sentence(s)" if skipped else "")
-                + "; run `kner data convert --problems FILE` to list them")
+        note = (
+            f"{path}: the {fmt} reader reported {len(res.problems)} problem(s)"
+            + (f" and skipped {skipped} sentence(s)" if skipped else "")
+            + "; run `kner data convert --problems FILE` to list them"
+        )
     examples = list(res.examples)
     return examples, note, [str(ex.meta.get("source") or f"{path} [{ex.id}]") for ex in examples]
 
@@ -65,13 +67,16 @@ def check_inputs(examples, where: list[str]) -> list[tuple[int, str]]:
         seen[ex.id].append(i)
     dups = [(k, v) for k, v in seen.items() if len(v) > 1]
     if dups:
-        shown = "; ".join(f"id {k!r} at {', '.join(where[i] for i in v[:3])}" + (" ..." if len(v) > 3 else "")
-                          for k, v in dups[:3])
-        typer.echo(f"warning: {len(dups)} id(s) appear more than once ({shown}"
-                   f"{'; ...' if len(dups) > 3 else ''}); `kner evaluate` pairs predictions with gold by id "
-                   f"and will refuse them", err=True)
-    failed = [(i, f"{where[i]}: {why}") for i, ex in enumerate(examples)
-              if (why := text_problem(ex.text)) is not None]
+        shown = "; ".join(
+            f"id {k!r} at {', '.join(where[i] for i in v[:3])}" + (" ..." if len(v) > 3 else "") for k, v in dups[:3]
+        )
+        typer.echo(
+            f"warning: {len(dups)} id(s) appear more than once ({shown}"
+            f"{'; ...' if len(dups) > 3 else ''}); `kner evaluate` pairs predictions with gold by id "
+            f"and will refuse them",
+            err=True,
+        )
+    failed = [(i, f"{where[i]}: {why}") for i, ex in enumerate(examples) if (why := text_problem(ex.text)) is not None]
     for _, msg in failed[:10]:
         typer.echo(f"warning: skipped (no entities, meta.error in the output): {msg}", err=True)
     if len(failed) > 10:
@@ -85,15 +90,28 @@ class _Bar:
     def __init__(self, enabled: bool, total_texts: int):
         self.enabled = enabled
         self.t0 = time.perf_counter()
-        self._p = None
+        self._p: Any = None  # a rich Progress when enabled
+        self._task: Any = None
         if enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-                TimeRemainingColumn
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
 
-            self._p = Progress(TextColumn("[bold]predict"), BarColumn(), MofNCompleteColumn(),
-                               TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("eta"),
-                               TimeRemainingColumn(), transient=False)
-            self._task = None
+            self._p = Progress(
+                TextColumn("[bold]predict"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]}"),
+                TimeElapsedColumn(),
+                TextColumn("eta"),
+                TimeRemainingColumn(),
+                transient=False,
+            )
 
     def __enter__(self):
         if self._p is not None:
@@ -105,7 +123,7 @@ class _Bar:
             self._p.__exit__(*exc)
         return False
 
-    def __call__(self, done: int, total: int, rate: Optional[str] = None) -> None:
+    def __call__(self, done: int, total: int, rate: str | None = None) -> None:
         if self._p is None:
             return
         if self._task is None:
@@ -115,7 +133,7 @@ class _Bar:
         self._p.update(self._task, completed=done, rate=rate)
 
 
-def print_summary(stats, out: Optional[Path] = None) -> None:
+def print_summary(stats, out: Path | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -147,11 +165,14 @@ def print_summary(stats, out: Optional[Path] = None) -> None:
 
 def print_sharded_summary(res) -> None:
     where = ", ".join(d if d == "cpu" else f"cuda:{d}" for d in res.devices) or "none (all finished before)"
-    lines = [f"workers: {len(res.devices)} on {where}; model load {res.load_seconds:.1f} s (slowest), "
-             f"whole run {res.wall_seconds:.1f} s"]
+    lines = [
+        f"workers: {len(res.devices)} on {where}; model load {res.load_seconds:.1f} s (slowest), "
+        f"whole run {res.wall_seconds:.1f} s"
+    ]
     if res.resumed:
-        lines.append(f"resumed: {res.resumed:,} of {res.total:,} texts were finished by an earlier run and "
-                     f"not recomputed")
+        lines.append(
+            f"resumed: {res.resumed:,} of {res.total:,} texts were finished by an earlier run and not recomputed"
+        )
     if res.dropped_partial_lines:
         lines.append(f"cut {res.dropped_partial_lines} half-written line(s) left by the interrupted run")
     for line in lines:
@@ -162,38 +183,61 @@ def print_sharded_summary(res) -> None:
 @app.command()
 @reads_text
 def predict(
-    model: str = typer.Option(..., "--model", "-m", help="Output folder of `kner train`/`kner export`, or a base model "
-                                                          "(hub id or folder) with --adapter."),
-    input: Path = typer.Option(..., "--input", "-i", help="Texts: plain text (one per line), canonical JSONL, "
-                                                            "or a dataset in --format."),
+    model: str = typer.Option(
+        ...,
+        "--model",
+        "-m",
+        help="Output folder of `kner train`/`kner export`, or a base model (hub id or folder) with --adapter.",
+    ),
+    input: Path = typer.Option(
+        ..., "--input", "-i", help="Texts: plain text (one per line), canonical JSONL, or a dataset in --format."
+    ),
     output: Path = typer.Option(..., "--output", "-o", help="Predictions, canonical JSONL (same ids and order)."),
-    fmt: str = typer.Option("auto", "--format", "-f", help="auto (by extension: .jsonl -> jsonl, else text), text, "
-                                                             "jsonl, or a dataset format: kmou, klp2016, klue, naver, "
-                                                             "multiconer, conll."),
-    adapter: Optional[Path] = typer.Option(None, help="LoRA adapter folder, when --model is a base model."),
-    scheme: Optional[str] = typer.Option(None, help="Label scheme of the adapter (with --adapter; default spacy19)."),
-    constrain: bool = typer.Option(True, "--constrain/--no-constrain",
-                                   help="Grammar-constrained decoding (default): every output parses and every "
-                                        "entity is a span of its text."),
-    batch_size: Optional[int] = typer.Option(None, help="Most texts decoded at once (default: planned from free GPU "
-                                                        "memory, up to 256)."),
-    max_memory: Optional[str] = typer.Option(None, help="GPU memory this run may use, e.g. 15GiB (default: all free)."),
+    fmt: str = typer.Option(
+        "auto",
+        "--format",
+        "-f",
+        help="auto (by extension: .jsonl -> jsonl, else text), text, "
+        "jsonl, or a dataset format: kmou, klp2016, klue, naver, "
+        "multiconer, conll.",
+    ),
+    adapter: Path | None = typer.Option(None, help="LoRA adapter folder, when --model is a base model."),
+    scheme: str | None = typer.Option(None, help="Label scheme of the adapter (with --adapter; default spacy19)."),
+    constrain: bool = typer.Option(
+        True,
+        "--constrain/--no-constrain",
+        help="Grammar-constrained decoding (default): every output parses and every entity is a span of its text.",
+    ),
+    batch_size: int | None = typer.Option(
+        None, help="Most texts decoded at once (default: planned from free GPU memory, up to 256)."
+    ),
+    max_memory: str | None = typer.Option(None, help="GPU memory this run may use, e.g. 15GiB (default: all free)."),
     max_chunk_tokens: int = typer.Option(384, help="Split texts longer than this many tokens."),
-    max_new_tokens: Optional[int] = typer.Option(None, help="Cap on generated tokens per text (default: from its length)."),
-    quantize: Optional[bool] = typer.Option(None, "--quantize/--no-quantize",
-                                            help="Override the 4-bit loading recorded in the model folder."),
-    dtype: Optional[str] = typer.Option(None, help="Compute dtype override: auto, bf16, fp16, fp32."),
+    max_new_tokens: int | None = typer.Option(
+        None, help="Cap on generated tokens per text (default: from its length)."
+    ),
+    quantize: bool | None = typer.Option(
+        None, "--quantize/--no-quantize", help="Override the 4-bit loading recorded in the model folder."
+    ),
+    dtype: str | None = typer.Option(None, help="Compute dtype override: auto, bf16, fp16, fp32."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Live progress bar."),
-    gpus: Optional[str] = typer.Option(None, help="Shard the input over N GPUs (a number or 'all'), one worker "
-                                                  "process each; resumable after a crash (docs/inference.md). "
-                                                  "Default: one GPU, in this process."),
-    devices: Optional[str] = typer.Option(None, help="Worker devices instead of --gpus, e.g. 0,2 or cpu,cpu."),
-    flush_every: int = typer.Option(512, help="With --gpus/--devices: texts per write to a shard file "
-                                              "(the most a crash can lose per worker)."),
+    gpus: str | None = typer.Option(
+        None,
+        help="Shard the input over N GPUs (a number or 'all'), one worker "
+        "process each; resumable after a crash (docs/inference.md). "
+        "Default: one GPU, in this process.",
+    ),
+    devices: str | None = typer.Option(None, help="Worker devices instead of --gpus, e.g. 0,2 or cpu,cpu."),
+    flush_every: int = typer.Option(
+        512, help="With --gpus/--devices: texts per write to a shard file (the most a crash can lose per worker)."
+    ),
     keep_shards: bool = typer.Option(False, help="With --gpus/--devices: keep OUTPUT.shards/ after merging."),
-    restart: bool = typer.Option(False, help="With --gpus/--devices: discard the partial results of an earlier "
-                                             "run in OUTPUT.shards/ instead of resuming them."),
-    encoding: Optional[str] = typer.Option(None, "--encoding", help=ENCODING_HELP),
+    restart: bool = typer.Option(
+        False,
+        help="With --gpus/--devices: discard the partial results of an earlier "
+        "run in OUTPUT.shards/ instead of resuming them.",
+    ),
+    encoding: str | None = typer.Option(None, "--encoding", help=ENCODING_HELP),
 ) -> None:
     """Extract entities from texts with a trained model; write canonical JSONL and print a summary.
 
@@ -208,7 +252,7 @@ def predict(
     from kner.inference import Extractor
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    check_output(output)          # before any GPU work: a bad -o must not cost a whole run
+    check_output(output)  # before any GPU work: a bad -o must not cost a whole run
     examples, note, where = read_inputs(input, fmt)
     if note:
         typer.echo(f"warning: {note}", err=True)
@@ -220,19 +264,45 @@ def predict(
         from kner.inference.sharding import predict_sharded
 
         devs = resolve_devices(gpus, devices)
-        opts = dict(constrained=constrain, batch_size=batch_size, max_memory=parse_gib(max_memory),
-                    max_chunk_tokens=max_chunk_tokens, max_new_tokens=max_new_tokens)
+        opts = dict(
+            constrained=constrain,
+            batch_size=batch_size,
+            max_memory=parse_gib(max_memory),
+            max_chunk_tokens=max_chunk_tokens,
+            max_new_tokens=max_new_tokens,
+        )
         with _Bar(progress, len(examples)) as bar:
-            res = predict_sharded(model, examples, output, devices=devs, adapter=str(adapter) if adapter else None,
-                                  scheme=scheme, quantize_4bit=quantize, compute_dtype=dtype, options=opts,
-                                  flush_every=flush_every, keep_shards=keep_shards, restart=restart,
-                                  source=str(input), progress=bar)
+            res = predict_sharded(
+                model,
+                examples,
+                output,
+                devices=devs,
+                adapter=str(adapter) if adapter else None,
+                scheme=scheme,
+                quantize_4bit=quantize,
+                compute_dtype=dtype,
+                options=opts,
+                flush_every=flush_every,
+                keep_shards=keep_shards,
+                restart=restart,
+                source=str(input),
+                progress=bar,
+            )
         print_sharded_summary(res)
         _exit_on_failures(failed, len(examples), output)
         return
-    ext = Extractor.load(model, adapter=adapter, scheme=scheme, quantize_4bit=quantize, compute_dtype=dtype,
-                         constrained=constrain, batch_size=batch_size, max_memory=parse_gib(max_memory),
-                         max_chunk_tokens=max_chunk_tokens, max_new_tokens=max_new_tokens)
+    ext = Extractor.load(
+        model,
+        adapter=adapter,
+        scheme=scheme,
+        quantize_4bit=quantize,
+        compute_dtype=dtype,
+        constrained=constrain,
+        batch_size=batch_size,
+        max_memory=parse_gib(max_memory),
+        max_chunk_tokens=max_chunk_tokens,
+        max_new_tokens=max_new_tokens,
+    )
     with _Bar(progress, len(examples)) as bar:
         preds = ext.predict_examples(examples, progress=bar)
     write_jsonl(output, preds)
@@ -243,8 +313,11 @@ def predict(
 def _exit_on_failures(failed: list[tuple[int, str]], total: int, output: Path) -> None:
     if failed:
         more = f" (and {len(failed) - 1} more, listed above)" if len(failed) > 1 else ""
-        typer.echo(f"error: {len(failed)} of {total} texts failed: {failed[0][1]}{more}; the others are "
-                   f"predicted in {output}, the failed ones have no entities and meta.error", err=True)
+        typer.echo(
+            f"error: {len(failed)} of {total} texts failed: {failed[0][1]}{more}; the others are "
+            f"predicted in {output}, the failed ones have no entities and meta.error",
+            err=True,
+        )
         raise typer.Exit(1)
 
 
@@ -253,13 +326,17 @@ def _exit_on_failures(failed: list[tuple[int, str]], total: int, output: Path) -
 def export(
     merge: Path = typer.Option(..., "--merge", help="Output folder of `kner train` whose adapter is merged."),
     output: Path = typer.Option(..., "--output", "-o", help="Folder for the merged model."),
-    into: str = typer.Option("16bit", help="16bit: merge into the original 16-bit base (default); dequantized: "
-                                           "into the dequantized 4-bit base the adapter was trained on (exact)."),
+    into: str = typer.Option(
+        "16bit",
+        help="16bit: merge into the original 16-bit base (default); dequantized: "
+        "into the dequantized 4-bit base the adapter was trained on (exact).",
+    ),
     dtype: str = typer.Option("auto", help="Saved dtype: auto (bf16 where supported, else fp16), fp16, bf16, fp32."),
-    check_input: Optional[Path] = typer.Option(None, help="Texts (one per line) to measure the merge on "
-                                                          "(default: 8 built-in sentences)."),
+    check_input: Path | None = typer.Option(
+        None, help="Texts (one per line) to measure the merge on (default: 8 built-in sentences)."
+    ),
     overwrite: bool = typer.Option(False, help="Replace a non-empty output folder."),
-    encoding: Optional[str] = typer.Option(None, "--encoding", help="Encoding of --check-input (default utf-8)."),
+    encoding: str | None = typer.Option(None, "--encoding", help="Encoding of --check-input (default utf-8)."),
 ) -> None:
     """Merge a LoRA adapter into 16-bit weights, measure how much outputs change, save a loadable folder."""
     from kner.inference.export import export_merged
@@ -275,10 +352,14 @@ def export(
     rep = export_merged(merge, output, into=into, dtype=dtype, check_texts=texts, overwrite=overwrite)
     c = rep["check"]
     typer.echo(f"merged model written to {output} ({rep['dtype']}, merged into the {into} base)")
-    typer.echo(f"check on {c['positions']} prompt positions vs {c['reference']}: greedy next token differs at "
-               f"{c['differing']} ({100 * c['differ_share']:.2f}%), max |logit difference| {c['max_logit_diff']:.4g}")
+    typer.echo(
+        f"check on {c['positions']} prompt positions vs {c['reference']}: greedy next token differs at "
+        f"{c['differing']} ({100 * c['differ_share']:.2f}%), max |logit difference| {c['max_logit_diff']:.4g}"
+    )
     if c["differing"]:
-        hint = ("; `--into dequantized` merges into the weights the adapter was trained on"
-                if into == "16bit" else "")
-        typer.echo(f"warning: the merged model's greedy choices differ from the trained model at "
-                   f"{100 * c['differ_share']:.2f}% of sampled positions{hint}", err=True)
+        hint = "; `--into dequantized` merges into the weights the adapter was trained on" if into == "16bit" else ""
+        typer.echo(
+            f"warning: the merged model's greedy choices differ from the trained model at "
+            f"{100 * c['differ_share']:.2f}% of sampled positions{hint}",
+            err=True,
+        )

@@ -11,8 +11,8 @@ Entities that would cross a cut are lost, which is why sentence ends come first.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from kner.data.example import strip_span
 
@@ -47,7 +47,7 @@ def split_document(text: str, count_tokens: Callable[[str], int], max_tokens: in
     pieces: list[Piece] = []
     cur: tuple[int, int] | None = None
     for s, e in units:  # pack neighbouring units while they fit
-        if cur is not None and count_tokens(text[cur[0]:e]) <= max_tokens:
+        if cur is not None and count_tokens(text[cur[0] : e]) <= max_tokens:
             cur = (cur[0], e)
         else:
             if cur is not None:
@@ -76,7 +76,7 @@ def _by_chars(text, s, e, count_tokens, max_tokens):
     out = []
     while s < e:
         lo, hi = s + 1, e
-        while lo < hi:   # longest prefix that fits
+        while lo < hi:  # longest prefix that fits
             mid = (lo + hi + 1) // 2
             if count_tokens(text[s:mid]) <= max_tokens:
                 lo = mid

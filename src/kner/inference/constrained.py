@@ -36,7 +36,7 @@ parse.
 from __future__ import annotations
 
 from bisect import bisect_left
-from typing import Sequence
+from collections.abc import Collection, Sequence
 
 import numpy as np
 
@@ -59,7 +59,7 @@ class TextContext:
         self.text = text
         self.tb = text.encode("utf-8")
         self.n = len(self.tb)
-        self.cycle = cycle   # benchmark only: when the text is used up, start over at 0 instead of stopping
+        self.cycle = cycle  # benchmark only: when the text is used up, start over at 0 instead of stopping
         can_end = bytearray(self.n + 1)
         starts = []
         self.byte_to_char: dict[int, int] = {}
@@ -75,14 +75,14 @@ class TextContext:
         self.starts = starts
         self.can_end = can_end
         self._starts_from: dict[int, tuple[int, ...]] = {}
-        self.single: dict[int, np.ndarray] = {}       # start position -> tokens allowed at an entity's first byte there
-        self.e0: dict[int, np.ndarray] = {}           # cursor -> tokens allowed at an entity start
-        self.dyn: dict[tuple, np.ndarray] = {}        # other text-dependent states
+        self.single: dict[int, np.ndarray] = {}  # start position -> tokens allowed at an entity's first byte there
+        self.e0: dict[int, np.ndarray] = {}  # cursor -> tokens allowed at an entity start
+        self.dyn: dict[tuple, np.ndarray] = {}  # other text-dependent states
 
     def starts_from(self, c: int) -> tuple[int, ...]:
         got = self._starts_from.get(c)
         if got is None:
-            got = self._starts_from[c] = tuple(self.starts[bisect_left(self.starts, c):])
+            got = self._starts_from[c] = tuple(self.starts[bisect_left(self.starts, c) :])
         return got
 
     def has_start(self, c: int) -> bool:
@@ -146,7 +146,7 @@ class TagGrammar:
                 live, started = ctx.starts_from(st[1]), False
             if b == GT:
                 if started and ctx.can_end[live[0]]:
-                    return self._after(live[0], ctx)   # leftmost occurrence wins, as in align()
+                    return self._after(live[0], ctx)  # leftmost occurrence wins, as in align()
                 return None
             tb, n = ctx.tb, ctx.n
             if b == BS:
@@ -187,9 +187,9 @@ class TagGrammar:
             if st[1] == 0 and b in LEADING_WS and ctx.has_start(0):
                 return (S0, 1)
             return None
-        return None   # END
+        return None  # END
 
-    def _bytes_for(self, st: tuple, ctx) -> Sequence[int]:
+    def _bytes_for(self, st: tuple, ctx) -> Collection[int]:
         """Bytes worth trying in state ``st`` (a superset of those ``step`` accepts)."""
         k = st[0]
         if k == ENT or k == E0 or k == ESC:
@@ -248,15 +248,15 @@ class TagGrammar:
             c = st[-1] if k != S0 else 0
             has = k == LAB or k == LTK or ctx.has_start(c)
             key = (k, st[1] if k in (S0, SEP, LAB) else None, has)
-            got = self._static.get(key)
-            if got is None:
+            cached = self._static.get(key)
+            if cached is None:
                 toks, crossings = self._walk(0, st, _StaticContext(has), stop_at_e0=True)
                 arr = np.array(sorted(set(toks)), dtype=np.int64)
                 if k in (S0, AFTER) and not self.ignore_eos:
                     arr = np.concatenate([arr, self.eos])
-                got = self._static[key] = (arr, crossings)
-            arr, crossings = got
-            if crossings:   # tokens that run from ':' into the entity text depend on the text
+                cached = self._static[key] = (arr, crossings)
+            arr, crossings = cached
+            if crossings:  # tokens that run from ':' into the entity text depend on the text
                 dkey = ("x", key, c)
                 extra = ctx.dyn.get(dkey)
                 if extra is None:
@@ -297,7 +297,7 @@ class TagConstraint:
         self.ctx = TextContext(text, cycle)
         self.state = grammar.start_state()
         self.out = bytearray()
-        self.complete_upto = 0   # bytes of ``out`` that form a complete tag list
+        self.complete_upto = 0  # bytes of ``out`` that form a complete tag list
         self.done = False
 
     def allowed(self) -> np.ndarray:
@@ -316,9 +316,10 @@ class TagConstraint:
             return False
         st = self.state
         for byte in b:
-            st = self.grammar.step(st, byte, self.ctx)
-            if st is None:
+            nxt = self.grammar.step(st, byte, self.ctx)
+            if nxt is None:
                 return False
+            st = nxt
         return True
 
     def advance(self, tid: int) -> None:
@@ -336,9 +337,10 @@ class TagConstraint:
             raise ValueError(f"token {tid} writes nothing the tag grammar accepts")
         st = self.state
         for i, byte in enumerate(b):
-            st = g.step(st, byte, self.ctx)
-            if st is None:
+            nxt = g.step(st, byte, self.ctx)
+            if nxt is None:
                 raise ValueError(f"token {tid} ({b!r}) breaks the tag grammar at byte {i}")
+            st = nxt
             if st[0] == AFTER or st[0] == S0:
                 self.complete_upto = len(self.out) + i + 1
         self.state = st
@@ -352,7 +354,7 @@ class TagConstraint:
         """(text of the complete tags, whether an unfinished last tag was cut off)."""
         if self.complete:
             return self.out.decode("utf-8"), False
-        return bytes(self.out[:self.complete_upto]).decode("utf-8"), True
+        return bytes(self.out[: self.complete_upto]).decode("utf-8"), True
 
 
 class ConstrainedChooser:
@@ -391,7 +393,7 @@ class ConstrainedChooser:
         self._rows.pop(key, None)
 
     def choose(self, logits, keys: Sequence[int]) -> list[int]:
-        import torch
+        import torch  # noqa: PLC0415  lazy: torch; kner.config imports kner.inference
 
         rows = [self.row(k) for k in keys]
         arrays = [r.allowed() for r in rows]
@@ -435,7 +437,7 @@ class TagLogitsProcessor:
         self.eos = next(iter(grammar.table.eos_ids), 0)
 
     def __call__(self, input_ids, scores):
-        import torch
+        import torch  # noqa: PLC0415  lazy: torch; kner.config imports kner.inference
 
         gen = input_ids.shape[1] - self.prompt_len
         mask = torch.ones_like(scores, dtype=torch.bool)

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 from kner.errors import ConfigError
 
+
 def visible_gpus() -> list[str]:
     """What to put in a child's ``CUDA_VISIBLE_DEVICES`` for each GPU this process sees."""
-    import torch
+    import torch  # noqa: PLC0415  lazy: torch only to count GPUs (a --devices cpu parent never imports it)
 
-    n = torch.cuda.device_count()        # NVML count: does not create a CUDA context in the parent
+    n = torch.cuda.device_count()  # NVML count: does not create a CUDA context in the parent
     env = os.environ.get("CUDA_VISIBLE_DEVICES")
     if env is not None and env.strip():
         entries = [e.strip() for e in env.split(",") if e.strip()]
@@ -40,8 +41,9 @@ def resolve_devices(gpus: str | int | None = None, devices: str | Sequence[str] 
             out.append(d)
         gpu_ids = [d for d in out if d != "cpu"]
         if len(set(gpu_ids)) != len(gpu_ids):
-            raise ConfigError("a GPU is listed twice in --devices; two workers on one card would each plan "
-                              "for all of its memory")
+            raise ConfigError(
+                "a GPU is listed twice in --devices; two workers on one card would each plan for all of its memory"
+            )
         if gpu_ids:
             n = len(visible_gpus())
             bad = [d for d in gpu_ids if int(d) >= n]
@@ -60,6 +62,8 @@ def resolve_devices(gpus: str | int | None = None, devices: str | Sequence[str] 
     if n < 1:
         raise ConfigError("--gpus must be at least 1")
     if n > n_vis:
-        raise ConfigError(f"--gpus {n}: only {n_vis} GPU(s) are visible"
-                          + (" (use --devices cpu,... to run workers on the CPU)" if n_vis == 0 else ""))
+        raise ConfigError(
+            f"--gpus {n}: only {n_vis} GPU(s) are visible"
+            + (" (use --devices cpu,... to run workers on the CPU)" if n_vis == 0 else "")
+        )
     return [str(i) for i in range(n)]

@@ -33,48 +33,49 @@ from __future__ import annotations
 import math
 import weakref
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from kner.model import compat
 from kner.errors import KnerError
 from kner.inference.prefix_cache import PrefixKV, shared_prefix_attention_active
+from kner.model import compat
 
 
 @dataclass
 class Request:
-    key: int              # the caller's id for this sequence
-    ids: list[int]        # token ids after the shared prefix
+    key: int  # the caller's id for this sequence
+    ids: list[int]  # token ids after the shared prefix
     max_new: int
 
 
 @dataclass
 class EngineStats:
-    steps: int = 0                 # decode forwards
-    prefills: int = 0              # prefill forwards (admission groups)
+    steps: int = 0  # decode forwards
+    prefills: int = 0  # prefill forwards (admission groups)
     new_tokens: int = 0
     prefill_tokens: int = 0
     preemptions: int = 0
     peak_rows: int = 0
-    row_steps: int = 0             # sum over decode steps of rows in the batch
+    row_steps: int = 0  # sum over decode steps of rows in the batch
     pool_tokens: int = 0
 
 
 @dataclass(eq=False)
 class _Row:
     req: Request
-    order: int                                  # admission count: the youngest row is evicted first
+    order: int  # admission count: the youngest row is evicted first
     blocks: list[int] = field(default_factory=list)
-    flat: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))   # pool slot of each own token
-    length: int = 0                             # own tokens written to the pool
-    pending: int = -1                           # chosen token not yet fed
+    flat: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # pool slot of each own token
+    length: int = 0  # own tokens written to the pool
+    pending: int = -1  # chosen token not yet fed
     gen: list[int] = field(default_factory=list)
 
     @property
-    def bound(self) -> int:                     # own tokens this row can ever hold
+    def bound(self) -> int:  # own tokens this row can ever hold
         return len(self.req.ids) + self.req.max_new
 
 
@@ -94,7 +95,7 @@ class GreedyChooser:
 
     def choose(self, logits, rows):
         if self.vocab_limit is not None and logits.shape[-1] > self.vocab_limit:
-            logits = logits[:, :self.vocab_limit]
+            logits = logits[:, : self.vocab_limit]
         return logits.argmax(dim=-1).tolist()
 
     def done(self, row: int) -> bool:
@@ -108,22 +109,22 @@ class GreedyChooser:
 class EngineState:
     """Everything one ``PagedEngine.run`` changes as it goes."""
 
-    cache: object
+    cache: Any  # the PagedCache of _make_cache (a class made per call)
     cache_arg: dict
     chooser: Chooser
     on_done: Callable[[int, list[int]], None]
     waiting: deque[Request]
-    free: list[int]                              # free pool blocks (popped from the end)
+    free: list[int]  # free pool blocks (popped from the end)
     stats: EngineStats
     active: list[_Row] = field(default_factory=list)
     admitted: int = 0
-    hold: bool = False                           # after an eviction, admit nothing until a row finishes
+    hold: bool = False  # after an eviction, admit nothing until a row finishes
 
 
 def _make_cache(prefix: PrefixKV, pool_tokens: int):
     Cache, CacheLayerMixin = compat.cache_classes()
 
-    class PagedLayer(CacheLayerMixin):
+    class PagedLayer(CacheLayerMixin):  # type: ignore[misc, valid-type]  # a base from compat, at run time
         is_compileable = False
         is_sliding = False
 
@@ -161,14 +162,14 @@ def _make_cache(prefix: PrefixKV, pool_tokens: int):
         def get_max_length(self) -> int:
             return -1
 
-    class Ops:   # what the current forward does; shared by the layers without pointing back at the cache
+    class Ops:  # what the current forward does; shared by the layers without pointing back at the cache
         current = None
 
-    class PagedCache(Cache):
+    class PagedCache(Cache):  # type: ignore[misc, valid-type]  # as PagedLayer
         def __init__(self):
             self.ops = Ops()
             super().__init__(layers=[PagedLayer(self.ops, k, v) for k, v in prefix.layers])
-            self.positions = None   # (query positions, own-key positions) of the current forward: windows
+            self.positions = None  # (query positions, own-key positions) of the current forward: windows
 
         @property
         def op(self):
@@ -185,14 +186,25 @@ def _make_cache(prefix: PrefixKV, pool_tokens: int):
     return PagedCache()
 
 
-
-
 class PagedEngine:
     """Greedy decoding of many sequences after one shared prefix, rows joining and leaving freely."""
 
-    def __init__(self, model, prefix: PrefixKV, *, pool_tokens: int, max_rows: int, eos_ids: set[int], pad_id: int,
-                 transient_tokens: int | None = None, block: int = 16, prefill_chunk_tokens: int = 2048,
-                 ignore_eos: bool = False, logits_hook: Callable | None = None, min_admit: int | None = None):
+    def __init__(
+        self,
+        model,
+        prefix: PrefixKV,
+        *,
+        pool_tokens: int,
+        max_rows: int,
+        eos_ids: set[int],
+        pad_id: int,
+        transient_tokens: int | None = None,
+        block: int = 16,
+        prefill_chunk_tokens: int = 2048,
+        ignore_eos: bool = False,
+        logits_hook: Callable | None = None,
+        min_admit: int | None = None,
+    ):
         self.model = model
         self.prefix = prefix
         self.block = block
@@ -204,22 +216,29 @@ class PagedEngine:
         self.prefill_chunk_tokens = prefill_chunk_tokens
         self.ignore_eos = ignore_eos
         self.logits_hook = logits_hook
-        self.min_admit = min_admit    # None: a fifth of the rows decoding at the time
+        self.min_admit = min_admit  # None: a fifth of the rows decoding at the time
         self.device = model.get_input_embeddings().weight.device
 
     @torch.inference_mode()
-    def run(self, requests: Sequence[Request], chooser: Chooser,
-            on_done: Callable[[int, list[int]], None]) -> EngineStats:
+    def run(
+        self, requests: Sequence[Request], chooser: Chooser, on_done: Callable[[int, list[int]], None]
+    ) -> EngineStats:
         """Decode every request; ``on_done(key, tokens)`` as each finishes (EOS not included)."""
         self._check_fits(requests)
         cache = _make_cache(self.prefix, self.n_blocks * self.block)
-        st = EngineState(cache=cache, cache_arg=compat.cache_kwargs(self.model, cache), chooser=chooser,
-                         on_done=on_done, waiting=deque(requests), free=list(range(self.n_blocks - 1, -1, -1)),
-                         stats=EngineStats(pool_tokens=self.n_blocks * self.block))
+        st = EngineState(
+            cache=cache,
+            cache_arg=compat.cache_kwargs(self.model, cache),
+            chooser=chooser,
+            on_done=on_done,
+            waiting=deque(requests),
+            free=list(range(self.n_blocks - 1, -1, -1)),
+            stats=EngineStats(pool_tokens=self.n_blocks * self.block),
+        )
         try:
             with shared_prefix_attention_active(self.model, cache):
                 while st.waiting or st.active:
-                    while st.waiting and not (st.hold and st.active):   # all that fit (everything, at first)
+                    while st.waiting and not (st.hold and st.active):  # all that fit (everything, at first)
                         group = self._admit(st)
                         if not group:
                             break
@@ -232,7 +251,7 @@ class PagedEngine:
                     self._decode_step(st)
         finally:
             cache.op = cache.positions = None
-            cache.free()        # the pool is most of the free memory: give it back now, not at the next gc
+            cache.free()  # the pool is most of the free memory: give it back now, not at the next gc
             self.cache_ref = weakref.ref(cache)
         return st.stats
 
@@ -245,7 +264,7 @@ class PagedEngine:
         while st.waiting and len(st.active) + len(group) < self.max_rows:
             req = st.waiting[0]
             need = math.ceil((len(req.ids) + 1) / self.block)
-            if need + len(st.active) + len(group) > len(st.free):      # keep a spare block per row in flight
+            if need + len(st.active) + len(group) > len(st.free):  # keep a spare block per row in flight
                 break
             if group and tokens + len(req.ids) > self.prefill_chunk_tokens:
                 break
@@ -277,10 +296,10 @@ class PagedEngine:
         valid = torch.zeros((n, s), dtype=torch.bool)
         for i, r in enumerate(group):
             k = len(r.req.ids)
-            ids[i, s - k:] = torch.tensor(r.req.ids, dtype=torch.long)
-            valid[i, s - k:] = True
+            ids[i, s - k :] = torch.tensor(r.req.ids, dtype=torch.long)
+            valid[i, s - k :] = True
         ids, valid = ids.to(dev), valid.to(dev)
-        write = torch.from_numpy(np.concatenate([r.flat[:len(r.req.ids)] for r in group])).to(dev)
+        write = torch.from_numpy(np.concatenate([r.flat[: len(r.req.ids)] for r in group])).to(dev)
         pos = (P + valid.long().cumsum(1) - 1).clamp_(min=max(P - 1, 0))
         causal = torch.ones((s, s), dtype=torch.bool, device=dev).tril_()
         # A pad query sees itself: no empty softmax row even without a prefix (pads are never keys of real tokens).
@@ -318,7 +337,7 @@ class PagedEngine:
         write = np.empty(n, dtype=np.int64)
         lens = np.empty(n, dtype=np.int64)
         for i, r in enumerate(rows):
-            gather[i, :r.length + 1] = r.flat[:r.length + 1]
+            gather[i, : r.length + 1] = r.flat[: r.length + 1]
             write[i] = r.flat[r.length]
             lens[i] = r.length + 1
         lens_t = torch.from_numpy(lens).to(dev)
@@ -343,8 +362,9 @@ class PagedEngine:
 
     # -- helpers -------------------------------------------------------------------
     def _next_tokens(self, st: EngineState, ids, mask, pos, rows: list[_Row]) -> list[int]:
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1,
-                         **st.cache_arg)
+        out = self.model(
+            input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1, **st.cache_arg
+        )
         logits = out.logits[:, -1]
         del out
         if self.logits_hook is not None:
@@ -393,6 +413,8 @@ class PagedEngine:
         bs = self.block
         for r in requests:
             if math.ceil((len(r.ids) + r.max_new) / bs) + 1 > self.n_blocks:
-                raise KnerError(f"a text of {len(r.ids)} prompt tokens with a budget of {r.max_new} new tokens does "
-                                f"not fit the K/V pool ({self.n_blocks * bs} tokens); lower --max-chunk-tokens or "
-                                f"--max-new-tokens, or free GPU memory")
+                raise KnerError(
+                    f"a text of {len(r.ids)} prompt tokens with a budget of {r.max_new} new tokens does "
+                    f"not fit the K/V pool ({self.n_blocks * bs} tokens); lower --max-chunk-tokens or "
+                    f"--max-new-tokens, or free GPU memory"
+                )

@@ -25,11 +25,18 @@ from __future__ import annotations
 import gc
 import logging
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Sequence
+
+import torch
+from torch import nn
 
 from kner.errors import ConfigError, KnerError
+from kner.model import compat
+from kner.model.artifacts import ModelManifest
+from kner.model.loading import choose_compute_dtype, load_model, load_tokenizer
+from kner.model.prompt import PromptEncoder
 
 log = logging.getLogger(__name__)
 
@@ -57,25 +64,26 @@ class MergeCheck:
         return self.differing / self.positions if self.positions else 0.0
 
     def to_dict(self) -> dict:
-        return {"positions": self.positions, "differing": self.differing, "differ_share": round(self.differ_share, 6),
-                "max_logit_diff": round(self.max_logit_diff, 6), "reference": self.reference}
+        return {
+            "positions": self.positions,
+            "differing": self.differing,
+            "differ_share": round(self.differ_share, 6),
+            "max_logit_diff": round(self.max_logit_diff, 6),
+            "reference": self.reference,
+        }
 
 
 def dequantize_4bit_inplace(model, dtype):
     """Replace every bitsandbytes ``Linear4bit`` by an ``nn.Linear`` holding its dequantized weight."""
-    import torch
-    from torch import nn
-
-    from kner.model import compat
-
     bnb = compat.bitsandbytes()
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if not isinstance(child, bnb.nn.Linear4bit):
                 continue
             w = bnb.functional.dequantize_4bit(child.weight.data, child.weight.quant_state).to(dtype)
-            new = nn.Linear(child.in_features, child.out_features, bias=child.bias is not None,
-                            device=w.device, dtype=dtype)
+            new = nn.Linear(
+                child.in_features, child.out_features, bias=child.bias is not None, device=w.device, dtype=dtype
+            )
             with torch.no_grad():
                 new.weight.copy_(w.reshape(child.out_features, child.in_features))
                 if child.bias is not None:
@@ -95,38 +103,34 @@ def dequantize_4bit_inplace(model, dtype):
 
 def _prompt_logits(model, encoder, texts: Sequence[str]):
     """Logits (CPU, fp32) at every non-prefix prompt position of each text."""
-    import torch
-
     dev = model.get_input_embeddings().weight.device
     out = []
     with torch.no_grad():
         for t in texts:
             enc = encoder.prompt_ids(t)
             ids = torch.tensor([enc.input_ids], device=dev)
-            logits = model(input_ids=ids).logits[0, enc.prefix_len - 1:]
+            logits = model(input_ids=ids).logits[0, enc.prefix_len - 1 :]
             out.append(logits.float().cpu())
     return out
 
 
 def _free(model) -> None:
-    import torch
-
     del model
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 
 
-def export_merged(out_dir: str | Path, merged_dir: str | Path, *, into: str = "16bit", dtype: str = "auto",
-                  check_texts: Sequence[str] | None = None, overwrite: bool = False) -> dict:
+def export_merged(
+    out_dir: str | Path,
+    merged_dir: str | Path,
+    *,
+    into: str = "16bit",
+    dtype: str = "auto",
+    check_texts: Sequence[str] | None = None,
+    overwrite: bool = False,
+) -> dict:
     """Merge ``out_dir``'s adapter into 16-bit weights in ``merged_dir``; returns a report (check included)."""
-    import torch
-
-    from kner.model import compat
-    from kner.model.artifacts import ModelManifest
-    from kner.model.loading import choose_compute_dtype, load_model, load_tokenizer
-    from kner.model.prompt import PromptEncoder
-
     if into not in ("16bit", "dequantized"):
         raise ConfigError("--into must be 16bit or dequantized")
     out_dir, merged_dir = Path(out_dir), Path(merged_dir)
@@ -140,14 +144,20 @@ def export_merged(out_dir: str | Path, merged_dir: str | Path, *, into: str = "1
         if not overwrite:
             raise KnerError(f"{merged_dir} is not empty; pass --overwrite to replace it")
         shutil.rmtree(merged_dir)
-    save_dtype = choose_compute_dtype(dtype) if dtype != "auto" else (
-        choose_compute_dtype("auto") if torch.cuda.is_available() else torch.float16)
+    save_dtype = (
+        choose_compute_dtype(dtype)
+        if dtype != "auto"
+        else (choose_compute_dtype("auto") if torch.cuda.is_available() else torch.float16)
+    )
     # Merge in fp32 on the CPU (exact and safe), in the saving dtype on a GPU.
     work = torch.float32 if not torch.cuda.is_available() else save_dtype
     work_name = str(work).removeprefix("torch.")
     tok_dir = out_dir / man.tokenizer_dir
-    tokenizer = load_tokenizer(str(tok_dir) if tok_dir.is_dir() else man.load.model,
-                               trust_remote_code=man.load.trust_remote_code, revision=man.load.revision)
+    tokenizer = load_tokenizer(
+        str(tok_dir) if tok_dir.is_dir() else man.load.model,
+        trust_remote_code=man.load.trust_remote_code,
+        revision=man.load.revision,
+    )
     encoder = PromptEncoder(tokenizer, man.prompt, man.scheme)
     texts = list(check_texts) if check_texts else list(SAMPLE_TEXTS)
 
@@ -161,7 +171,7 @@ def export_merged(out_dir: str | Path, merged_dir: str | Path, *, into: str = "1
     merged = compat.load_adapter(base, adapter).merge_and_unload()
     merged.eval()
     merged_logits = _prompt_logits(merged, encoder, texts)
-    with torch.no_grad():   # parameter-wise: Module.to(dtype) also casts fp32 buffers such as rotary tables
+    with torch.no_grad():  # parameter-wise: Module.to(dtype) also casts fp32 buffers such as rotary tables
         for prm in merged.parameters():
             prm.data = prm.data.to(save_dtype)
     merged.config.dtype = save_dtype
@@ -190,10 +200,21 @@ def export_merged(out_dir: str | Path, merged_dir: str | Path, *, into: str = "1
         differing += int((a.argmax(-1) != b.argmax(-1)).sum())
         max_diff = max(max_diff, float((a - b).abs().max()))
     check = MergeCheck(positions, differing, max_diff, ref_desc)
-    report = {"source": str(out_dir), "into": into, "dtype": str(save_dtype).removeprefix("torch."),
-              "check": check.to_dict()}
-    man_out = ModelManifest(load=replace(man.load, quantize_4bit=False), method=man.method, scheme=man.scheme,
-                            prompt=man.prompt, adapter_dir=None, model_dir="model", tokenizer_dir="tokenizer",
-                            extra={**man.extra, "merged": report})
+    report = {
+        "source": str(out_dir),
+        "into": into,
+        "dtype": str(save_dtype).removeprefix("torch."),
+        "check": check.to_dict(),
+    }
+    man_out = ModelManifest(
+        load=replace(man.load, quantize_4bit=False),
+        method=man.method,
+        scheme=man.scheme,
+        prompt=man.prompt,
+        adapter_dir=None,
+        model_dir="model",
+        tokenizer_dir="tokenizer",
+        extra={**man.extra, "merged": report},
+    )
     man_out.save(merged_dir)
     return report

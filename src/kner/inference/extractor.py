@@ -21,16 +21,28 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
 
-from kner.errors import ConfigError, KnerError
 from kner.data.example import Entity, Example
-from kner.model.prompt import PromptFormat, parse_tags
 from kner.data.schemes import Scheme, load_scheme
+from kner.errors import ConfigError, KnerError
+from kner.inference.chunking import split_document
+from kner.inference.constrained import ConstrainedChooser, TagGrammar
+from kner.inference.memory import ModelDims, largest_linear_elems, plan_engine, release_memory, usable_memory
 from kner.inference.results import Prediction, RunStats
+from kner.inference.vocab import TokenTable, eos_token_ids
+from kner.model import compat
+from kner.model.artifacts import MANIFEST, ModelManifest
+from kner.model.loading import LoadSpec, load_model, load_tokenizer
 from kner.model.oom import is_oom
+from kner.model.prompt import PromptEncoder, PromptFormat, parse_tags
+from kner.textio import text_problem
+
+if TYPE_CHECKING:
+    from kner.inference.prefix_cache import PrefixKV
 
 log = logging.getLogger(__name__)
 
@@ -38,23 +50,25 @@ log = logging.getLogger(__name__)
 @dataclass
 class ExtractorConfig:
     constrained: bool = True
-    batch_size: int | None = None          # fixed rows per batch; None = plan from free memory
+    batch_size: int | None = None  # fixed rows per batch; None = plan from free memory
     max_batch_size: int = 256
     cpu_batch_size: int = 16
-    max_memory: float | None = None        # GiB this process may use on the GPU (None: all that is free)
-    memory_safety: float = 0.92            # share of free memory planned; 0.85 left 3.8 GiB of a 15 GiB cap unused (docs/inference.md)
-    new_tokens_factor: float = 1.2         # new-token budget = ceil(text tokens x factor) + overhead
+    max_memory: float | None = None  # GiB this process may use on the GPU (None: all that is free)
+    memory_safety: float = (
+        0.92  # share of free memory planned; 0.85 left 3.8 GiB of a 15 GiB cap unused (docs/inference.md)
+    )
+    new_tokens_factor: float = 1.2  # new-token budget = ceil(text tokens x factor) + overhead
     new_tokens_overhead: int = 16
-    max_new_tokens: int | None = None      # hard cap on the budget
-    max_chunk_tokens: int = 384            # longer texts are split (and anything not fitting the context)
+    max_new_tokens: int | None = None  # hard cap on the budget
+    max_chunk_tokens: int = 384  # longer texts are split (and anything not fitting the context)
     prefill_chunk_tokens: int = 2048
-    ignore_eos: bool = False               # benchmarks: always generate the whole budget
-    logits_hook: Callable | None = None    # tests: adjust logits before choosing
-    adapter_dtype: str = "model"           # model: cast fp32 LoRA weights to the model's 16-bit dtype; keep
-    fuse_lora: bool = True                 # inference-only LoRA forward with fewer kernels (kner.inference.fused)
+    ignore_eos: bool = False  # benchmarks: always generate the whole budget
+    logits_hook: Callable | None = None  # tests: adjust logits before choosing
+    adapter_dtype: str = "model"  # model: cast fp32 LoRA weights to the model's 16-bit dtype; keep
+    fuse_lora: bool = True  # inference-only LoRA forward with fewer kernels (kner.inference.fused)
 
     @classmethod
-    def from_options(cls, **opts) -> "ExtractorConfig":
+    def from_options(cls, **opts) -> ExtractorConfig:
         names = {f.name for f in fields(cls)}
         unknown = set(opts) - names
         if unknown:
@@ -67,7 +81,7 @@ class _Piece:
     doc: int
     offset: int
     text: str
-    ids: list[int] = field(default_factory=list)     # full prompt ids
+    ids: list[int] = field(default_factory=list)  # full prompt ids
     text_tokens: int = 0
     max_new: int = 0
     output: str = ""
@@ -82,54 +96,67 @@ class Extractor:
     [[Entity(start=0, end=3, label='PER', text='이순신'), ...]]
     """
 
-    def __init__(self, model, tokenizer, scheme: Scheme | str = "spacy19", prompt: PromptFormat | None = None,
-                 config: ExtractorConfig | None = None, **opts):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        scheme: Scheme | str = "spacy19",
+        prompt: PromptFormat | None = None,
+        config: ExtractorConfig | None = None,
+        **opts,
+    ):
         self.model = model
         self.tokenizer = tokenizer
         self.scheme = load_scheme(scheme)
         self.prompt = prompt or PromptFormat()
         self.config = replace(config, **opts) if config is not None else ExtractorConfig.from_options(**opts)
-        from kner.model.prompt import PromptEncoder
 
         self.prefix_text, self.suffix_text = self.prompt.parts(self.scheme)
         # Training tokenizes prompts through the same encoder: identical ids, identical prefix.
         self.encoder = PromptEncoder(tokenizer, self.prompt, self.scheme)
         self.prefix_ids: list[int] = self.encoder.prefix_ids
-        self._prefix_kv = None
-        self._table = None
+        self._prefix_cache: PrefixKV | None = None
+        self._table: TokenTable | None = None
         self._grammars: dict[bool, object] = {}
-        self._batch_cap: int | None = None     # lowered after an out-of-memory retry
-        self._pool_scale = 1.0                 # likewise
+        self._batch_cap: int | None = None  # lowered after an out-of-memory retry
+        self._pool_scale = 1.0  # likewise
         self.last_stats = RunStats()
         if self.config.adapter_dtype == "model":
             match_adapter_dtype(model)
         elif self.config.adapter_dtype != "keep":
             raise ConfigError("adapter_dtype must be 'model' or 'keep'")
-        from kner.inference.fused import fuse_lora
+        from kner.inference.fused import fuse_lora  # noqa: PLC0415  lazy: torch; kner.config imports kner.inference
 
         self.fused_layers = fuse_lora(model) if self.config.fuse_lora else 0
 
     # -- loading ------------------------------------------------------------------
     @classmethod
-    def load(cls, path: str | Path, *, adapter: str | Path | None = None, scheme: str | Scheme | None = None,
-             prompt: PromptFormat | None = None, quantize_4bit: bool | None = None, compute_dtype: str | None = None,
-             **opts) -> "Extractor":
+    def load(
+        cls,
+        path: str | Path,
+        *,
+        adapter: str | Path | None = None,
+        scheme: str | Scheme | None = None,
+        prompt: PromptFormat | None = None,
+        quantize_4bit: bool | None = None,
+        compute_dtype: str | None = None,
+        **opts,
+    ) -> Extractor:
         """Load the output folder of ``kner train`` (or ``kner export``), or a base model plus ``adapter``.
 
         Without a ``kner.json`` in ``path``, ``path`` is a base model (hub name or
         folder) and ``scheme`` (default ``spacy19``) and ``prompt`` (default
         :class:`PromptFormat`) say how the adapter was trained.
         """
-        from kner.model.artifacts import MANIFEST, ModelManifest
-        from kner.model.loading import LoadSpec, load_model, load_tokenizer
-
         path = Path(path) if not isinstance(path, Path) else path
         adapter_dir: Path | None = Path(adapter) if adapter else None
         if (path / MANIFEST).is_file():
             man = ModelManifest.load_from(path)
             if scheme is not None and load_scheme(scheme).names != man.scheme.names:
-                raise ConfigError(f"{path} was trained with scheme {man.scheme.name!r}; "
-                                  f"predicting with {load_scheme(scheme).name!r} would misread its labels")
+                raise ConfigError(
+                    f"{path} was trained with scheme {man.scheme.name!r}; "
+                    f"predicting with {load_scheme(scheme).name!r} would misread its labels"
+                )
             sch, pr, spec = man.scheme, prompt or man.prompt, man.load
             tok_dir = path / man.tokenizer_dir
             tok_src = str(tok_dir) if tok_dir.is_dir() else spec.model
@@ -144,7 +171,9 @@ class Extractor:
             sch = load_scheme(scheme or "spacy19")
             pr = prompt or PromptFormat()
             spec = LoadSpec(model=str(path))
-            tok_src = str(adapter_dir) if adapter_dir and (adapter_dir / "tokenizer_config.json").is_file() else str(path)
+            tok_src = (
+                str(adapter_dir) if adapter_dir and (adapter_dir / "tokenizer_config.json").is_file() else str(path)
+            )
         if quantize_4bit is not None:
             spec = replace(spec, quantize_4bit=quantize_4bit)
         if compute_dtype is not None:
@@ -154,11 +183,11 @@ class Extractor:
         tokenizer = load_tokenizer(tok_src, trust_remote_code=spec.trust_remote_code, revision=spec.revision)
         model = load_model(spec)
         if not spec.quantize_4bit:
-            import torch
+            import torch  # noqa: PLC0415  lazy: torch; kner.config imports kner.inference
+
             if torch.cuda.is_available():
                 model = model.to("cuda")
         if adapter_dir is not None:
-            from kner.model import compat
             try:
                 model = compat.load_adapter(model, adapter_dir)
             except (OSError, ValueError) as err:
@@ -173,19 +202,30 @@ class Extractor:
         preds = self.predict(texts)
         failed = [(i, p.error) for i, p in enumerate(preds) if p.error]
         if failed:  # entities alone cannot say that a text was skipped
-            log.warning("%d of %d text(s) cannot be processed and got no entities (text %d: %s)",
-                        len(failed), len(texts), failed[0][0] + 1, failed[0][1])
+            log.warning(
+                "%d of %d text(s) cannot be processed and got no entities (text %d: %s)",
+                len(failed),
+                len(texts),
+                failed[0][0] + 1,
+                failed[0][1],
+            )
         return [p.entities for p in preds]
 
     def predict_examples(self, examples: Iterable[Example], progress=None) -> list[Example]:
         """Same ids, texts and meta; entities replaced by predictions (for the evaluation pipeline)."""
         examples = list(examples)
         preds = self.predict([ex.text for ex in examples], progress=progress)
-        return [Example(ex.id, ex.text, p.entities, {**ex.meta, "error": p.error} if p.error else dict(ex.meta))
-                for ex, p in zip(examples, preds)]
+        return [
+            Example(ex.id, ex.text, p.entities, {**ex.meta, "error": p.error} if p.error else dict(ex.meta))
+            for ex, p in zip(examples, preds)
+        ]
 
-    def predict(self, texts: Sequence[str], progress: Callable[[int, int], None] | None = None,
-                new_tokens: Sequence[int] | None = None) -> list[Prediction]:
+    def predict(
+        self,
+        texts: Sequence[str],
+        progress: Callable[[int, int], None] | None = None,
+        new_tokens: Sequence[int] | None = None,
+    ) -> list[Prediction]:
         """Predictions per text. ``progress(done, total)`` is called after each batch (pieces).
 
         ``new_tokens`` (benchmarks) fixes each text's new-token budget; with
@@ -193,9 +233,7 @@ class Extractor:
         A text no tokenizer can take (:func:`kner.textio.text_problem`, e.g. a lone
         surrogate) gets no entities and its ``Prediction.error``; the others are predicted.
         """
-        import torch
-
-        from kner.textio import text_problem
+        import torch  # noqa: PLC0415  lazy: torch; kner.config imports kner.inference
 
         t0 = time.perf_counter()
         stats = RunStats(texts=len(texts))
@@ -223,9 +261,7 @@ class Extractor:
     def _decode(self, pieces, order, prefix, stats: RunStats, progress) -> None:
         """Decode ``pieces`` (in ``order``) with the paged engine; out of memory: redo the unfinished ones
         with half the rows and half the pool (and keep that size for later calls)."""
-        from kner.inference.memory import release_memory
-
-        remaining, finished = list(order), set()
+        remaining, finished = list(order), set[int]()
         while remaining:
             plan = self._engine_plan(pieces, remaining, prefix.length)
             try:
@@ -236,8 +272,10 @@ class Extractor:
                     raise
             release_memory()
             if plan.max_rows == 1 and self._pool_scale < 1 / 64:
-                raise KnerError("out of GPU memory with a single sequence; lower --max-chunk-tokens "
-                                "or --max-new-tokens, or free GPU memory")
+                raise KnerError(
+                    "out of GPU memory with a single sequence; lower --max-chunk-tokens "
+                    "or --max-new-tokens, or free GPU memory"
+                )
             self._batch_cap = max(1, plan.max_rows // 2)
             self._pool_scale /= 2
             stats.oom_retries += 1
@@ -247,20 +285,29 @@ class Extractor:
             progress(len(finished), len(pieces))
 
     def _run_engine(self, pieces, keys, prefix, plan, stats: RunStats, finished: set, progress) -> None:
-        from kner.inference.constrained import ConstrainedChooser
-        from kner.inference.engine import GreedyChooser, PagedEngine, Request
+        from kner.inference.engine import GreedyChooser, PagedEngine, Request  # noqa: PLC0415  lazy: torch; kner.config imports kner.inference
 
         cfg = self.config
+        chooser: ConstrainedChooser | GreedyChooser
         if cfg.constrained:
-            chooser = ConstrainedChooser(self.grammar(cfg.ignore_eos), {k: pieces[k].text for k in keys},
-                                         cycle=cfg.ignore_eos)
+            chooser = ConstrainedChooser(
+                self.grammar(cfg.ignore_eos), {k: pieces[k].text for k in keys}, cycle=cfg.ignore_eos
+            )
         else:
             chooser = GreedyChooser(len(self.tokenizer))
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        engine = PagedEngine(self.model, prefix, pool_tokens=plan.pool_tokens, max_rows=plan.max_rows,
-                             transient_tokens=plan.transient_tokens, eos_ids=self._eos_ids(), pad_id=pad,
-                             prefill_chunk_tokens=cfg.prefill_chunk_tokens, ignore_eos=cfg.ignore_eos,
-                             logits_hook=cfg.logits_hook)
+        engine = PagedEngine(
+            self.model,
+            prefix,
+            pool_tokens=plan.pool_tokens,
+            max_rows=plan.max_rows,
+            transient_tokens=plan.transient_tokens,
+            eos_ids=self._eos_ids(),
+            pad_id=pad,
+            prefill_chunk_tokens=cfg.prefill_chunk_tokens,
+            ignore_eos=cfg.ignore_eos,
+            logits_hook=cfg.logits_hook,
+        )
         last = 0.0
 
         def on_done(k: int, toks: list[int]) -> None:
@@ -274,11 +321,19 @@ class Extractor:
 
         p = prefix.length
         st = engine.run([Request(k, pieces[k].ids[p:], pieces[k].max_new) for k in keys], chooser, on_done)
-        stats.merge(RunStats(new_tokens=st.new_tokens, steps=st.steps + st.prefills, batches=st.prefills,
-                             batch_sizes=[st.peak_rows], preemptions=st.preemptions, row_steps=st.row_steps,
-                             pool_tokens=st.pool_tokens))
+        stats.merge(
+            RunStats(
+                new_tokens=st.new_tokens,
+                steps=st.steps + st.prefills,
+                batches=st.prefills,
+                batch_sizes=[st.peak_rows],
+                preemptions=st.preemptions,
+                row_steps=st.row_steps,
+                pool_tokens=st.pool_tokens,
+            )
+        )
 
-    def _decode_output(self, pc: "_Piece", key: int, chooser, toks: list[int]) -> None:
+    def _decode_output(self, pc: _Piece, key: int, chooser, toks: list[int]) -> None:
         """A finished piece's tag text: the grammar's own bytes when constrained, else the tokenizer's decode."""
         if self.config.constrained:
             pc.output, pc.truncated = chooser.output(key)
@@ -288,31 +343,35 @@ class Extractor:
             pc.truncated = len(toks) >= pc.max_new
 
     def _engine_plan(self, pieces, keys, prefix_len):
-        from kner.inference.memory import ModelDims, largest_linear_elems, plan_engine, usable_memory
-
         cfg = self.config
         cap = cfg.batch_size or cfg.max_batch_size
         if self._batch_cap is not None:
             cap = min(cap, self._batch_cap)
         dev = self.model.get_input_embeddings().weight.device
-        usable = usable_memory(dev, int(cfg.max_memory * 1024 ** 3) if cfg.max_memory else None)
+        usable = usable_memory(dev, int(cfg.max_memory * 1024**3) if cfg.max_memory else None)
         if usable is None and cfg.batch_size is None:
             cap = min(cap, cfg.cpu_batch_size)
         if not hasattr(self, "_dims"):
             self._dims = ModelDims.from_model(self.model)
             self._largest = largest_linear_elems(self.model)
         foot = [len(pieces[k].ids) - prefix_len + pieces[k].max_new for k in keys]
-        plan = plan_engine(self._dims, prefix_len=prefix_len, footprints=foot,
-                           suffix_max=max(len(pieces[k].ids) - prefix_len for k in keys), usable=usable,
-                           max_rows=cap, prefill_chunk_tokens=cfg.prefill_chunk_tokens, safety=cfg.memory_safety,
-                           largest_weight_elems=self._largest)
+        plan = plan_engine(
+            self._dims,
+            prefix_len=prefix_len,
+            footprints=foot,
+            suffix_max=max(len(pieces[k].ids) - prefix_len for k in keys),
+            usable=usable,
+            max_rows=cap,
+            prefill_chunk_tokens=cfg.prefill_chunk_tokens,
+            safety=cfg.memory_safety,
+            largest_weight_elems=self._largest,
+        )
         plan.pool_tokens = int(plan.pool_tokens * self._pool_scale)
         return plan
 
     @property
     def table(self):
         if self._table is None:
-            from kner.inference.vocab import TokenTable
             out = self.model.get_output_embeddings()
             vocab = out.weight.shape[0] if out is not None else None
             self._table = TokenTable.cached(self.tokenizer, vocab, self.model)
@@ -321,13 +380,12 @@ class Extractor:
     def grammar(self, ignore_eos: bool = False):
         g = self._grammars.get(ignore_eos)
         if g is None:
-            from kner.inference.constrained import TagGrammar
-            g = self._grammars[ignore_eos] = TagGrammar(self.table, self.scheme.names, self.prompt.separator,
-                                                        ignore_eos=ignore_eos)
+            g = self._grammars[ignore_eos] = TagGrammar(
+                self.table, self.scheme.names, self.prompt.separator, ignore_eos=ignore_eos
+            )
         return g
 
     def _context_limit(self) -> int | None:
-        from kner.inference.memory import ModelDims
         lim = ModelDims.from_model(self.model).max_positions
         tml = getattr(self.tokenizer, "model_max_length", None)
         if tml and tml < 1_000_000:
@@ -343,15 +401,14 @@ class Extractor:
             room = ctx - len(self.prefix_ids) - suffix - cfg.new_tokens_overhead - 2
             fit = int(room / (1 + cfg.new_tokens_factor))
             if fit < 8:
-                raise KnerError(f"the model's context ({ctx} tokens) leaves no room for text after the "
-                                f"{len(self.prefix_ids)}-token instruction")
+                raise KnerError(
+                    f"the model's context ({ctx} tokens) leaves no room for text after the "
+                    f"{len(self.prefix_ids)}-token instruction"
+                )
             limit = min(limit, fit)
         return limit
 
-    def _pieces(self, texts: Sequence[str], stats: RunStats, new_tokens: Sequence[int] | None,
-                skip=()) -> list[_Piece]:
-        from kner.inference.chunking import split_document
-
+    def _pieces(self, texts: Sequence[str], stats: RunStats, new_tokens: Sequence[int] | None, skip=()) -> list[_Piece]:
         cfg = self.config
         tok = self.tokenizer
         max_text = self._max_text_tokens()
@@ -386,19 +443,18 @@ class Extractor:
         return pieces
 
     def _prefix(self, n: int):
-        from kner.inference.prefix_cache import PrefixKV
+        from kner.inference.prefix_cache import PrefixKV  # noqa: PLC0415  lazy: torch; kner.config imports kner.inference
 
-        if self._prefix_kv is None:
+        if self._prefix_cache is None:
             try:
-                self._prefix_kv = PrefixKV.encode(self.model, self.prefix_ids)
+                self._prefix_cache = PrefixKV.encode(self.model, self.prefix_ids)
             except Exception as err:  # noqa: BLE001
                 if is_oom(err):
                     raise KnerError("out of GPU memory encoding the instruction prefix; free GPU memory") from None
                 raise
-        return self._prefix_kv.truncated(n)
+        return self._prefix_cache.truncated(n)
 
     def _eos_ids(self) -> set[int]:
-        from kner.inference.vocab import eos_token_ids
         return eos_token_ids(self.tokenizer, self.model)
 
     def _assemble(self, texts, pieces: list[_Piece], stats: RunStats) -> list[Prediction]:
@@ -431,7 +487,7 @@ def match_adapter_dtype(model) -> int:
     a large share of a decode step's launch overhead. In 16-bit the adapter's
     contribution changes by rounding only (as in a merged 16-bit model).
     """
-    import torch
+    import torch  # noqa: PLC0415  lazy: torch; kner.config imports kner.inference
 
     try:
         target = model.get_input_embeddings().weight.dtype

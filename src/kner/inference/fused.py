@@ -24,9 +24,9 @@ _ATTR = "_kner_fused"
 
 def _fused_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     if torch.is_grad_enabled() or kwargs.get("adapter_names") is not None or self.disable_adapters:
-        return type(self).forward(self, x, *args, **kwargs)    # training or unusual calls: peft's own path
+        return type(self).forward(self, x, *args, **kwargs)  # training or unusual calls: peft's own path
     name = getattr(self, _ATTR)
-    a, b, scaling = self.lora_A[name].weight, self.lora_B[name].weight, self.scaling[name]   # (r, in), (out, r)
+    a, b, scaling = self.lora_A[name].weight, self.lora_B[name].weight, self.scaling[name]  # (r, in), (out, r)
     result = self.base_layer(x, *args, **kwargs)
     flat = result.view(-1, result.shape[-1])
     xin = x.reshape(-1, x.shape[-1])

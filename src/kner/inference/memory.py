@@ -11,6 +11,7 @@ the rows and pool and retry if the estimate was still too optimistic.
 
 from __future__ import annotations
 
+import gc
 import logging
 from dataclasses import dataclass
 
@@ -36,7 +37,7 @@ class ModelDims:
         return self.layers * self.kv_heads * self.head_dim * 2 * self.dtype_bytes
 
     @classmethod
-    def from_model(cls, model) -> "ModelDims":
+    def from_model(cls, model) -> ModelDims:
         """Shapes from the config (the ``ModelShape`` the training planner reads too), width from the weights."""
         shape = ModelShape.from_config(model.config)
         dtype_bytes = 2
@@ -44,9 +45,17 @@ class ModelDims:
             dtype_bytes = model.get_input_embeddings().weight.element_size()
         except AttributeError:
             pass
-        return cls(layers=shape.layers, kv_heads=shape.kv_heads, heads=shape.heads, head_dim=shape.head_dim,
-                   hidden=shape.hidden, intermediate=shape.intermediate, vocab=shape.vocab,
-                   dtype_bytes=dtype_bytes, max_positions=getattr(text_config(model.config), "max_position_embeddings", None))
+        return cls(
+            layers=shape.layers,
+            kv_heads=shape.kv_heads,
+            heads=shape.heads,
+            head_dim=shape.head_dim,
+            hidden=shape.hidden,
+            intermediate=shape.intermediate,
+            vocab=shape.vocab,
+            dtype_bytes=dtype_bytes,
+            max_positions=getattr(text_config(model.config), "max_position_embeddings", None),
+        )
 
 
 def usable_memory(device, cap_bytes: int | None = None) -> int | None:
@@ -55,7 +64,7 @@ def usable_memory(device, cap_bytes: int | None = None) -> int | None:
     Honors ``torch.cuda.set_per_process_memory_fraction`` (the T4-emulation cap)
     and an explicit ``cap_bytes`` (total for the process, like ``--max-memory``).
     """
-    import torch
+    import torch  # noqa: PLC0415  lazy: torch; kner.config imports kner.inference
 
     if device is None or torch.device(device).type != "cuda" or not torch.cuda.is_available():
         return None
@@ -63,7 +72,7 @@ def usable_memory(device, cap_bytes: int | None = None) -> int | None:
     free, total = torch.cuda.mem_get_info(dev)
     allocated = torch.cuda.memory_allocated(dev)
     reserved = torch.cuda.memory_reserved(dev)
-    avail = free + (reserved - allocated)   # cached blocks our allocator can reuse
+    avail = free + (reserved - allocated)  # cached blocks our allocator can reuse
     limits = []
     frac = None
     getter = getattr(torch.cuda, "get_per_process_memory_fraction", None)
@@ -81,7 +90,7 @@ def usable_memory(device, cap_bytes: int | None = None) -> int | None:
 
 def largest_linear_elems(model) -> int:
     """Elements of the biggest linear weight: bitsandbytes dequantizes one at a time to 16-bit."""
-    import torch
+    import torch  # noqa: PLC0415  lazy: torch; kner.config imports kner.inference
 
     best = 0
     for mod in model.modules():
@@ -91,9 +100,7 @@ def largest_linear_elems(model) -> int:
 
 
 def release_memory() -> None:
-    import gc
-
-    import torch
+    import torch  # noqa: PLC0415  lazy: torch; kner.config imports kner.inference
 
     gc.collect()
     if torch.cuda.is_available():
@@ -102,15 +109,25 @@ def release_memory() -> None:
 
 @dataclass
 class EnginePlan:
-    pool_tokens: int                 # K/V pool size, in tokens (all layers)
+    pool_tokens: int  # K/V pool size, in tokens (all layers)
     max_rows: int
-    transient_tokens: int | None     # bound on rows x longest row for the per-step K/V gather
+    transient_tokens: int | None  # bound on rows x longest row for the per-step K/V gather
     budget_bytes: int | None
 
 
-def plan_engine(dims: ModelDims, *, prefix_len: int, footprints: list[int], suffix_max: int, usable: int | None,
-                max_rows: int, prefill_chunk_tokens: int = 2048, safety: float = 0.85,
-                largest_weight_elems: int = 0, transient_share: float = 0.2) -> EnginePlan:
+def plan_engine(
+    dims: ModelDims,
+    *,
+    prefix_len: int,
+    footprints: list[int],
+    suffix_max: int,
+    usable: int | None,
+    max_rows: int,
+    prefill_chunk_tokens: int = 2048,
+    safety: float = 0.85,
+    largest_weight_elems: int = 0,
+    transient_share: float = 0.2,
+) -> EnginePlan:
     """Split free memory between the paged K/V pool and per-step transients.
 
     ``footprints``: per text, prompt tokens after the prefix + new-token budget.
@@ -121,14 +138,16 @@ def plan_engine(dims: ModelDims, *, prefix_len: int, footprints: list[int], suff
     the probabilities' copies per key), and the remainder is the pool.
     """
     longest = max(footprints) if footprints else 1
-    if usable is None:   # CPU: no planning, room for every row at its longest
+    if usable is None:  # CPU: no planning, room for every row at its longest
         return EnginePlan(min(len(footprints), max_rows) * (longest + 32) + 64, max_rows, None, None)
     db = dims.dtype_bytes
     chunk = max(prefill_chunk_tokens, suffix_max)
-    fixed = (largest_weight_elems * db * 2
-             + chunk * (dims.hidden * 6 + dims.intermediate * 3) * db
-             + dims.heads * chunk * (prefix_len + suffix_max) * 4 * 3
-             + max_rows * dims.vocab * 4 * 3)
+    fixed = (
+        largest_weight_elems * db * 2
+        + chunk * (dims.hidden * 6 + dims.intermediate * 3) * db
+        + dims.heads * chunk * (prefix_len + suffix_max) * 4 * 3
+        + max_rows * dims.vocab * 4 * 3
+    )
     budget = int(usable * safety) - fixed
     layer_kv = dims.kv_heads * dims.head_dim * 2 * db
     per_row_key = layer_kv + layer_kv // 4 + dims.heads * 4 * 4

@@ -43,16 +43,21 @@ class PrefixKV:
 
     @classmethod
     @torch.no_grad()
-    def encode(cls, model, ids: list[int]) -> "PrefixKV":
+    def encode(cls, model, ids: list[int]) -> PrefixKV:
         dev = _input_device(model)
         cache = compat.dynamic_cache()
         x = torch.tensor([ids], device=dev)
-        model(input_ids=x, attention_mask=torch.ones_like(x), use_cache=True, logits_to_keep=1,
-              **compat.cache_kwargs(model, cache))
+        model(
+            input_ids=x,
+            attention_mask=torch.ones_like(x),
+            use_cache=True,
+            logits_to_keep=1,
+            **compat.cache_kwargs(model, cache),
+        )
         layers = [(lay.keys.detach(), lay.values.detach()) for lay in cache.layers]
         return cls(ids, layers)
 
-    def truncated(self, n: int) -> "PrefixKV":
+    def truncated(self, n: int) -> PrefixKV:
         """The K/V of the first ``n`` tokens (causal: identical to encoding them alone)."""
         if n == self.length:
             return self
@@ -66,8 +71,18 @@ def _input_device(model) -> torch.device:
     return model.get_input_embeddings().weight.device
 
 
-def shared_prefix_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
-                            softcap=None, sliding_window=None, **kwargs):
+def shared_prefix_attention(
+    module,
+    query,
+    key,
+    value,
+    attention_mask,
+    dropout: float = 0.0,
+    scaling=None,
+    softcap=None,
+    sliding_window=None,
+    **kwargs,
+):
     """Attention over [shared prefix K/V] + [per-row K/V] without copying the prefix.
 
     ``query``: (B, H, q, D); ``key``/``value``: the rows' own K/V (B, KVH, t, D);
@@ -78,9 +93,19 @@ def shared_prefix_attention(module, query, key, value, attention_mask, dropout: 
     like the built-in functions.
     """
     state = getattr(_active, "cache", None)
-    if state is None:   # called outside our decode loop: behave like the implementation we replaced
-        return _fallback()(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                           softcap=softcap, sliding_window=sliding_window, **kwargs)
+    if state is None:  # called outside our decode loop: behave like the implementation we replaced
+        return _fallback()(
+            module,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=dropout,
+            scaling=scaling,
+            softcap=softcap,
+            sliding_window=sliding_window,
+            **kwargs,
+        )
     pk, pv = state.layers[module.layer_idx].pk, state.layers[module.layer_idx].pv
     b, h, q, d = query.shape
     kvh = key.shape[1]
@@ -88,12 +113,12 @@ def shared_prefix_attention(module, query, key, value, attention_mask, dropout: 
     p = pk.shape[-2]
     t = key.shape[-2]
     if scaling is None:
-        scaling = d ** -0.5
+        scaling = d**-0.5
     # Everything per kv head: query head kvh*g+j uses kv head kvh. Rows x (g*q) queries per kv head.
     qk = (query * scaling).reshape(b, kvh, g * q, d).transpose(0, 1).reshape(kvh, b * g * q, d).contiguous()
-    sp = torch.bmm(qk, pk[0].transpose(1, 2))                          # prefix read once for all rows
-    kt = key.transpose(0, 1)                                           # (kvh, b, t, d); the paged pool
-    kt = kt if kt.is_contiguous() else kt.contiguous()                 # gathers it contiguous already
+    sp = torch.bmm(qk, pk[0].transpose(1, 2))  # prefix read once for all rows
+    kt = key.transpose(0, 1)  # (kvh, b, t, d); the paged pool
+    kt = kt if kt.is_contiguous() else kt.contiguous()  # gathers it contiguous already
     ss = torch.bmm(qk.view(kvh * b, g * q, d), kt.view(kvh * b, t, d).transpose(1, 2))
     scores = torch.cat([sp.view(kvh, b, g * q, p), ss.view(kvh, b, g * q, t)], dim=-1).float()
     if softcap is not None:

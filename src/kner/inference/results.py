@@ -11,31 +11,31 @@ from kner.data.example import Entity
 @dataclass
 class Prediction:
     entities: list[Entity]
-    outputs: list[str] = field(default_factory=list)    # raw tag text, one per piece
-    truncated: int = 0                                  # pieces whose budget ran out mid-tag
-    problems: list[str] = field(default_factory=list)   # parse problems (unconstrained decoding only)
-    error: str | None = None                            # why the text was not processed (no entities then)
+    outputs: list[str] = field(default_factory=list)  # raw tag text, one per piece
+    truncated: int = 0  # pieces whose budget ran out mid-tag
+    problems: list[str] = field(default_factory=list)  # parse problems (unconstrained decoding only)
+    error: str | None = None  # why the text was not processed (no entities then)
 
 
 @dataclass
 class RunStats:
     texts: int = 0
     empty: int = 0
-    failed: int = 0             # texts that could not be processed (Prediction.error), e.g. a lone surrogate
+    failed: int = 0  # texts that could not be processed (Prediction.error), e.g. a lone surrogate
     pieces: int = 0
     split_texts: int = 0
     seconds: float = 0.0
     new_tokens: int = 0
     prompt_tokens: int = 0
-    steps: int = 0              # forwards: decode steps and prefills
-    batches: int = 0            # prefill forwards (admission groups)
-    batch_sizes: list[int] = field(default_factory=list)   # most rows decoding at once, per engine run
+    steps: int = 0  # forwards: decode steps and prefills
+    batches: int = 0  # prefill forwards (admission groups)
+    batch_sizes: list[int] = field(default_factory=list)  # most rows decoding at once, per engine run
     oom_retries: int = 0
     truncated: int = 0
     unparsed: int = 0
     labels: Counter = field(default_factory=Counter)
     preemptions: int = 0
-    row_steps: int = 0          # rows summed over decode steps: new tokens per step = new_tokens / steps
+    row_steps: int = 0  # rows summed over decode steps: new tokens per step = new_tokens / steps
     pool_tokens: int = 0
 
     @property
@@ -46,7 +46,7 @@ class RunStats:
     def tokens_per_s(self) -> float:
         return self.new_tokens / self.seconds if self.seconds else 0.0
 
-    def merge(self, other: "RunStats") -> "RunStats":
+    def merge(self, other: RunStats) -> RunStats:
         """Add ``other``'s counts (another chunk or worker) into this one: sums, lists joined, the
         largest K/V pool; ``seconds`` add up too (a caller timing the runs side by side sets its own)."""
         for f in fields(self):
@@ -66,7 +66,7 @@ class RunStats:
         return {f.name: (dict(v) if isinstance(v := getattr(self, f.name), Counter) else v) for f in fields(self)}
 
     @classmethod
-    def from_record(cls, rec: dict) -> "RunStats":
+    def from_record(cls, rec: dict) -> RunStats:
         names = {f.name for f in fields(cls)}
         st = cls(**{k: v for k, v in rec.items() if k in names and k != "labels"})
         st.labels = Counter(rec.get("labels") or {})
@@ -75,13 +75,27 @@ class RunStats:
 
     def to_dict(self) -> dict:
         """The summary ``kner predict`` prints and the benchmarks record."""
-        return {"texts": self.texts, "empty": self.empty, "failed": self.failed, "pieces": self.pieces,
-                "split_texts": self.split_texts,
-                "seconds": round(self.seconds, 3), "texts_per_s": round(self.texts_per_s, 3),
-                "new_tokens": self.new_tokens, "tokens_per_s": round(self.tokens_per_s, 1),
-                "prompt_tokens": self.prompt_tokens, "steps": self.steps, "batches": self.batches,
-                "max_batch": max(self.batch_sizes, default=0), "oom_retries": self.oom_retries,
-                "truncated": self.truncated, "unparsed": self.unparsed, "labels": dict(self.labels.most_common()),
-                "preemptions": self.preemptions, "pool_tokens": self.pool_tokens,
-                "mean_rows_per_decode_step": (round(self.row_steps / max(1, self.steps - self.batches), 1)
-                                              if self.row_steps else None)}
+        return {
+            "texts": self.texts,
+            "empty": self.empty,
+            "failed": self.failed,
+            "pieces": self.pieces,
+            "split_texts": self.split_texts,
+            "seconds": round(self.seconds, 3),
+            "texts_per_s": round(self.texts_per_s, 3),
+            "new_tokens": self.new_tokens,
+            "tokens_per_s": round(self.tokens_per_s, 1),
+            "prompt_tokens": self.prompt_tokens,
+            "steps": self.steps,
+            "batches": self.batches,
+            "max_batch": max(self.batch_sizes, default=0),
+            "oom_retries": self.oom_retries,
+            "truncated": self.truncated,
+            "unparsed": self.unparsed,
+            "labels": dict(self.labels.most_common()),
+            "preemptions": self.preemptions,
+            "pool_tokens": self.pool_tokens,
+            "mean_rows_per_decode_step": (
+                round(self.row_steps / max(1, self.steps - self.batches), 1) if self.row_steps else None
+            ),
+        }

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from kner.errors import DataError
 from kner.textio import atomic_write
@@ -104,11 +104,11 @@ def scan_shards(shard_dir: Path, total: int, repair: bool = True) -> tuple[dict[
                 i = rec["index"]
                 ex = rec["example"]
             except (ValueError, KeyError, TypeError):
-                raise DataError("not a shard result line (delete the folder or pass --restart)", path,
-                                lineno) from None
+                raise DataError("not a shard result line (delete the folder or pass --restart)", path, lineno) from None
             if not isinstance(i, int) or not 0 <= i < total or not isinstance(ex, dict):
-                raise DataError(f"input index {i!r} outside 0..{total - 1} (delete the folder or pass --restart)",
-                                path, lineno)
+                raise DataError(
+                    f"input index {i!r} outside 0..{total - 1} (delete the folder or pass --restart)", path, lineno
+                )
             if i in done:
                 dups += 1
                 continue

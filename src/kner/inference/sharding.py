@@ -37,53 +37,67 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
-from kner.errors import ConfigError, KnerError
 from kner.data.splits import balance
+from kner.errors import ConfigError, KnerError
 from kner.inference.devices import visible_gpus
 from kner.inference.results import RunStats
-from kner.inference.shard_files import (DEFAULT_FLUSH_EVERY, FORMAT, MANIFEST_NAME, differences, input_digest,
-                                        model_fingerprint, read_state, scan_shards, shard_dir_for, shard_tag,
-                                        write_json_atomic)
+from kner.inference.shard_files import (
+    DEFAULT_FLUSH_EVERY,
+    FORMAT,
+    MANIFEST_NAME,
+    differences,
+    input_digest,
+    model_fingerprint,
+    read_state,
+    scan_shards,
+    shard_dir_for,
+    shard_tag,
+    write_json_atomic,
+)
 from kner.textio import atomic_write, json_line
 
 log = logging.getLogger(__name__)
 
 # Extractor options that change how work is batched, not what a text's output is.
-NEUTRAL_OPTIONS = frozenset({"batch_size", "max_memory", "max_batch_size", "cpu_batch_size", "memory_safety",
-                             "prefill_chunk_tokens"})
+NEUTRAL_OPTIONS = frozenset(
+    {"batch_size", "max_memory", "max_batch_size", "cpu_batch_size", "memory_safety", "prefill_chunk_tokens"}
+)
 # How the parent starts a worker (shard folder, tag and options follow); a test may point it at a wrapper.
 WORKER_COMMAND = [sys.executable, "-m", "kner.inference.shard_worker"]
-PER_TEXT_CHARS = 8      # balancing weight of a text: its characters plus this (prompt suffix, EOS step)
+PER_TEXT_CHARS = 8  # balancing weight of a text: its characters plus this (prompt suffix, EOS step)
 
 
 @dataclass
 class ShardedResult:
     output: Path
     shard_dir: Path
-    total: int                      # inputs
-    resumed: int                    # finished by earlier runs, not recomputed
-    computed: int                   # computed by this run
-    stats: RunStats                 # summed over this run's workers; seconds = generation wall time
-    load_seconds: float             # slowest worker's model load (0 when nothing ran)
-    wall_seconds: float             # this call, start to merged output
+    total: int  # inputs
+    resumed: int  # finished by earlier runs, not recomputed
+    computed: int  # computed by this run
+    stats: RunStats  # summed over this run's workers; seconds = generation wall time
+    load_seconds: float  # slowest worker's model load (0 when nothing ran)
+    wall_seconds: float  # this call, start to merged output
     devices: list[str] = field(default_factory=list)
-    workers: list[dict] = field(default_factory=list)   # each worker's final state file
+    workers: list[dict] = field(default_factory=list)  # each worker's final state file
     dropped_partial_lines: int = 0
 
 
 # -- layout -----------------------------------------------------------------------
+
 
 def text_weight(text: str) -> int:
     return len(text) + PER_TEXT_CHARS if text.strip() else 0
 
 
 # -- parent -------------------------------------------------------------------------
+
 
 def _pid_alive(pid: int) -> bool:
     try:
@@ -103,8 +117,12 @@ def _take_lock(shard_dir: Path) -> Path:
             other = json.loads(lock.read_text(encoding="utf-8"))
         except ValueError:
             other = {}
-        if other.get("host") == me["host"] and isinstance(other.get("pid"), int) and other["pid"] != me["pid"] \
-                and _pid_alive(other["pid"]):
+        if (
+            other.get("host") == me["host"]
+            and isinstance(other.get("pid"), int)
+            and other["pid"] != me["pid"]
+            and _pid_alive(other["pid"])
+        ):
             raise KnerError(f"{shard_dir} is in use by another kner predict (pid {other['pid']})")
     lock.write_text(json.dumps(me), encoding="utf-8")
     return lock
@@ -154,8 +172,6 @@ class Terminated(KnerError):
 
 def _on_sigterm():
     """SIGTERM ends the parent through Python, so it stops its workers instead of orphaning them."""
-    import threading
-
     if threading.current_thread() is not threading.main_thread():
         return None
 
@@ -187,7 +203,7 @@ class _Run:
     resumed: int = 0
     partial: int = 0
     todo: list[int] = field(default_factory=list)
-    devices: list[str] = field(default_factory=list)     # one per worker of this run
+    devices: list[str] = field(default_factory=list)  # one per worker of this run
     parts: list[list[int]] = field(default_factory=list)  # input indices per worker
     procs: dict[int, subprocess.Popen] = field(default_factory=dict)
 
@@ -199,13 +215,25 @@ class _Run:
         return [read_state(self.shard_dir / f"worker-{t}.json") for t in self.tags]
 
 
-def predict_sharded(model: str, examples: Sequence, output: str | Path, *, devices: Sequence[str],
-                    adapter: str | None = None, scheme: str | None = None, quantize_4bit: bool | None = None,
-                    compute_dtype: str | None = None, options: dict | None = None,
-                    new_tokens: Sequence[int] | None = None, flush_every: int = DEFAULT_FLUSH_EVERY,
-                    keep_shards: bool = False, restart: bool = False, source: str | None = None,
-                    progress: Callable[[int, int, str], None] | None = None,
-                    poll_seconds: float = 0.5) -> ShardedResult:
+def predict_sharded(
+    model: str,
+    examples: Sequence,
+    output: str | Path,
+    *,
+    devices: Sequence[str],
+    adapter: str | None = None,
+    scheme: str | None = None,
+    quantize_4bit: bool | None = None,
+    compute_dtype: str | None = None,
+    options: dict | None = None,
+    new_tokens: Sequence[int] | None = None,
+    flush_every: int = DEFAULT_FLUSH_EVERY,
+    keep_shards: bool = False,
+    restart: bool = False,
+    source: str | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
+    poll_seconds: float = 0.5,
+) -> ShardedResult:
     """Predict ``examples`` with one worker process per entry of ``devices``; write ``output`` in input order.
 
     ``options`` are :class:`~kner.inference.ExtractorConfig` options (JSON values);
@@ -218,15 +246,23 @@ def predict_sharded(model: str, examples: Sequence, output: str | Path, *, devic
     options = _check_arguments(examples, devices, flush_every, new_tokens, options)
     model = str(Path(model).resolve()) if Path(model).exists() else str(model)
     adapter = str(Path(adapter).resolve()) if adapter is not None else None
-    load = {"model": model, "adapter": adapter, "scheme": scheme, "quantize_4bit": quantize_4bit,
-            "compute_dtype": compute_dtype}
-    settings = {"load": load, "options": {k: v for k, v in sorted(options.items()) if k not in NEUTRAL_OPTIONS},
-                "fingerprint": model_fingerprint(model, adapter)}
+    load = {
+        "model": model,
+        "adapter": adapter,
+        "scheme": scheme,
+        "quantize_4bit": quantize_4bit,
+        "compute_dtype": compute_dtype,
+    }
+    settings = {
+        "load": load,
+        "options": {k: v for k, v in sorted(options.items()) if k not in NEUTRAL_OPTIONS},
+        "fingerprint": model_fingerprint(model, adapter),
+    }
     inp = {"source": source, "texts": len(examples), "digest": input_digest(examples, new_tokens)}
 
     shard_dir = shard_dir_for(output)
     if restart and shard_dir.exists():
-        _take_lock(shard_dir)                 # refuses while another run uses it
+        _take_lock(shard_dir)  # refuses while another run uses it
         shutil.rmtree(shard_dir)
     shard_dir.mkdir(parents=True, exist_ok=True)
     lock = _take_lock(shard_dir)
@@ -242,13 +278,21 @@ def predict_sharded(model: str, examples: Sequence, output: str | Path, *, devic
         done = _merge_output(run, output)
         stats = _sum_stats(states)
         stats.labels = Counter(e["label"] for ex in done for e in ex.get("entities", []))
-        res = ShardedResult(output=output, shard_dir=shard_dir, total=len(examples), resumed=run.resumed,
-                            computed=len(run.todo), stats=stats,
-                            load_seconds=max((s.get("load_seconds", 0.0) for s in states), default=0.0),
-                            wall_seconds=time.perf_counter() - t_start, devices=run.devices, workers=states,
-                            dropped_partial_lines=run.partial)
+        res = ShardedResult(
+            output=output,
+            shard_dir=shard_dir,
+            total=len(examples),
+            resumed=run.resumed,
+            computed=len(run.todo),
+            stats=stats,
+            load_seconds=max((s.get("load_seconds", 0.0) for s in states), default=0.0),
+            wall_seconds=time.perf_counter() - t_start,
+            devices=run.devices,
+            workers=states,
+            dropped_partial_lines=run.partial,
+        )
     except BaseException:
-        _stop_workers(run)        # interrupted while workers run: stop them (they keep their results)
+        _stop_workers(run)  # interrupted while workers run: stop them (they keep their results)
         raise
     finally:
         if old_term is not None:
@@ -289,12 +333,16 @@ def _open_manifest(shard_dir: Path, inp: dict, settings: dict, source: str | Non
     diffs = []
     old_inp = man.get("input", {})
     if old_inp.get("digest") != inp["digest"]:
-        diffs.append(f"input changed ({old_inp.get('texts')} texts from {old_inp.get('source')}, "
-                     f"now {inp['texts']} from {source})")
+        diffs.append(
+            f"input changed ({old_inp.get('texts')} texts from {old_inp.get('source')}, "
+            f"now {inp['texts']} from {source})"
+        )
     diffs += differences({"settings": man.get("settings", {})}, {"settings": settings})
     if diffs:
-        raise KnerError(f"{shard_dir} holds results of another run: {'; '.join(diffs)}. Rerun with the "
-                        f"original input and settings to resume it, or pass --restart to discard it")
+        raise KnerError(
+            f"{shard_dir} holds results of another run: {'; '.join(diffs)}. Rerun with the "
+            f"original input and settings to resume it, or pass --restart to discard it"
+        )
     return man
 
 
@@ -314,8 +362,15 @@ def _plan(run: _Run, man: dict, devices: Sequence[str], options: dict) -> None:
     split = [(devices[k], p) for k, p in enumerate(balance(weights, len(devices), run.todo)) if p]
     run.devices, run.parts = [d for d, _ in split], [p for _, p in split]
     run.run_no = len(man["runs"]) + 1
-    man["runs"].append({"run": run.run_no, "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "devices": run.devices,
-                        "resumed": run.resumed, "texts": [len(p) for p in run.parts]})
+    man["runs"].append(
+        {
+            "run": run.run_no,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "devices": run.devices,
+            "resumed": run.resumed,
+            "texts": [len(p) for p in run.parts],
+        }
+    )
     man["layout"] = {"devices": run.devices, "indices": run.parts}
     man["neutral_options"] = {k: v for k, v in options.items() if k in NEUTRAL_OPTIONS}
     write_json_atomic(run.shard_dir / MANIFEST_NAME, man)
@@ -326,7 +381,7 @@ def _plan(run: _Run, man: dict, devices: Sequence[str], options: dict) -> None:
                 rec = {"index": i, "id": ex.id, "text": ex.text, "meta": ex.meta}
                 if run.new_tokens is not None:
                     rec["new_tokens"] = int(run.new_tokens[i])
-                f.write(json_line(rec) + "\n")   # a lone surrogate travels as an escape
+                f.write(json_line(rec) + "\n")  # a lone surrogate travels as an escape
         (run.shard_dir / f"worker-{tag}.json").unlink(missing_ok=True)
 
 
@@ -334,10 +389,20 @@ def _start_workers(run: _Run, flush_every: int) -> None:
     n_cpu = sum(1 for d in run.devices if d == "cpu")
     for k, tag in enumerate(run.tags):
         logf = (run.shard_dir / f"worker-{tag}.log").open("w", encoding="utf-8")
-        cmd = [*WORKER_COMMAND, str(run.shard_dir), tag, "--run", str(run.run_no), "--position", str(k),
-               "--flush-every", str(flush_every)]
-        run.procs[k] = subprocess.Popen(cmd, env=_child_env(run.devices[k], n_cpu), stdout=logf,
-                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        cmd = [
+            *WORKER_COMMAND,
+            str(run.shard_dir),
+            tag,
+            "--run",
+            str(run.run_no),
+            "--position",
+            str(k),
+            "--flush-every",
+            str(flush_every),
+        ]
+        run.procs[k] = subprocess.Popen(
+            cmd, env=_child_env(run.devices[k], n_cpu), stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
         logf.close()
 
 
@@ -374,11 +439,16 @@ def _raise_on_failures(run: _Run, rcs: dict[int, int]) -> None:
         tag = run.tags[k]
         wrote = sum(1 for i in run.parts[k] if i in done_now)
         tail = _log_tail(run.shard_dir / f"worker-{tag}.log")
-        lines.append(f"shard {k} ({tag}, device {run.devices[k]}) {_exit_reason(rc)} after writing {wrote} "
-                     f"of {len(run.parts[k])} texts" + (f"; its log ends: {tail}" if tail else ""))
-    raise KnerError(f"{len(failed)} of {len(run.parts)} shard(s) failed: " + "; ".join(lines)
-                    + f". {len(done_now)} of {n} results are kept in {run.shard_dir} (logs: worker-*.log); "
-                    f"rerun the same command to compute only the {n - len(done_now)} missing")
+        lines.append(
+            f"shard {k} ({tag}, device {run.devices[k]}) {_exit_reason(rc)} after writing {wrote} "
+            f"of {len(run.parts[k])} texts" + (f"; its log ends: {tail}" if tail else "")
+        )
+    raise KnerError(
+        f"{len(failed)} of {len(run.parts)} shard(s) failed: "
+        + "; ".join(lines)
+        + f". {len(done_now)} of {n} results are kept in {run.shard_dir} (logs: worker-*.log); "
+        f"rerun the same command to compute only the {n - len(done_now)} missing"
+    )
 
 
 def _merge_output(run: _Run, output: Path) -> list[dict]:
@@ -387,8 +457,10 @@ def _merge_output(run: _Run, output: Path) -> list[dict]:
     done, _, _ = scan_shards(run.shard_dir, n)
     missing = [i for i in range(n) if i not in done]
     if missing:
-        raise KnerError(f"workers finished but {len(missing)} result(s) are missing in {run.shard_dir} "
-                        f"(first: input {missing[0] + 1}); rerun to compute them")
+        raise KnerError(
+            f"workers finished but {len(missing)} result(s) are missing in {run.shard_dir} "
+            f"(first: input {missing[0] + 1}); rerun to compute them"
+        )
     with atomic_write(output) as f:
         for i in range(n):
             f.write(json_line(done[i]) + "\n")
@@ -404,5 +476,3 @@ def _stop_workers(run: _Run) -> None:
             p.wait(timeout=30)
         except subprocess.TimeoutExpired:
             p.kill()
-
-

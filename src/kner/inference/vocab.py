@@ -76,7 +76,7 @@ class TokenTable:
     ends: list[list[int]] = field(default_factory=list)
 
     @classmethod
-    def from_tokenizer(cls, tokenizer, vocab_size: int | None = None, model=None) -> "TokenTable":
+    def from_tokenizer(cls, tokenizer, vocab_size: int | None = None, model=None) -> TokenTable:
         n = len(tokenizer)
         vocab_size = max(n, vocab_size or 0)
         kind = _decoder_kind(tokenizer)
@@ -90,7 +90,7 @@ class TokenTable:
         for i, piece in enumerate(pieces):
             if i in special or piece is None:
                 continue
-            if i in added:   # stored as written, not in the model's piece alphabet
+            if i in added:  # stored as written, not in the model's piece alphabet
                 b = str(getattr(added[i], "content", piece)).encode("utf-8")
             elif kind == "sentencepiece":
                 m = _BYTE_TOKEN.fullmatch(piece)
@@ -98,17 +98,17 @@ class TokenTable:
             elif kind == "bytelevel":
                 try:
                     b = bytes(u2b[c] for c in piece)
-                except KeyError:   # not a byte-level piece after all
+                except KeyError:  # not a byte-level piece after all
                     b = piece.encode("utf-8")
             else:
                 b = tokenizer.convert_tokens_to_string([piece]).encode("utf-8")
-            out[i] = b if b else None   # an empty token could be emitted forever
+            out[i] = b if b else None  # an empty token could be emitted forever
         table = cls(out, eos_token_ids(tokenizer, model), kind)
         table._build_trie()
         return table
 
     @classmethod
-    def cached(cls, tokenizer, vocab_size: int | None = None, model=None) -> "TokenTable":
+    def cached(cls, tokenizer, vocab_size: int | None = None, model=None) -> TokenTable:
         """``from_tokenizer``, built once per tokenizer object (a 128k vocabulary takes seconds)."""
         key = (max(len(tokenizer), vocab_size or 0), tuple(sorted(eos_token_ids(tokenizer, model))))
         store = tokenizer.__dict__.setdefault("_kner_token_tables", {})

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 
 def is_oom(err: BaseException) -> bool:
-    import torch
+    import torch  # noqa: PLC0415  lazy: torch takes seconds, and kner.config imports kner.inference, which uses this
 
-    types = tuple(t for t in (getattr(torch, "OutOfMemoryError", None),
-                              getattr(torch.cuda, "OutOfMemoryError", None)) if isinstance(t, type))
+    types = tuple(
+        t
+        for t in (getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None))
+        if isinstance(t, type)
+    )
     if types and isinstance(err, types):
         return True
     return isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
