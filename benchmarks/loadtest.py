@@ -3,8 +3,9 @@
     python benchmarks/loadtest.py http://127.0.0.1:8000 --input sentences.txt --clients 16
 
 Each client sends one request at a time (``--texts-per-request`` texts, taken in
-order from ``--input``, one text per line) until every text has been sent once.
-Standard library only, so it runs anywhere Python does.
+order from ``--input``, one text per line) until every text has been sent once,
+or until ``--seconds`` have passed (then no new request starts). Standard
+library only, so it runs anywhere Python does.
 """
 
 from __future__ import annotations
@@ -35,48 +36,63 @@ def _post(url: str, payload: dict, timeout: float) -> tuple[int, dict]:
         return err.code, json.loads(err.read() or b"{}")
 
 
-def run(url: str, texts: list[str], clients: int = 16, texts_per_request: int = 1, timeout: float = 600) -> dict:
+def _batching(url: str) -> dict:
+    """The server's batching counters (``/health``), whichever server version answers."""
+    return _get(url + "/health").get("batching", {})
+
+
+def run(
+    url: str,
+    texts: list[str],
+    clients: int = 16,
+    texts_per_request: int = 1,
+    timeout: float = 600,
+    max_seconds: float | None = None,
+) -> dict:
     url = url.rstrip("/")
-    before = _get(url + "/health")["batching"]
+    before = _batching(url)
     requests = [texts[i : i + texts_per_request] for i in range(0, len(texts), texts_per_request)]
     lock = threading.Lock()
     next_req = [0]
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     entities = [0]
+    sent_texts = [0]
+    t0 = time.perf_counter()
+    stop_at = t0 + max_seconds if max_seconds else None
 
     def client():
         while True:
             with lock:
-                if next_req[0] >= len(requests):
+                if next_req[0] >= len(requests) or (stop_at is not None and time.perf_counter() > stop_at):
                     return
                 batch = requests[next_req[0]]
                 next_req[0] += 1
-            t0 = time.perf_counter()
+            t = time.perf_counter()
             status, body = _post(url + "/extract", {"texts": batch}, timeout)
-            dt = time.perf_counter() - t0
+            dt = time.perf_counter() - t
             with lock:
                 latencies.append(dt)
                 statuses[status] = statuses.get(status, 0) + 1
+                sent_texts[0] += len(batch)
                 if status == 200:
                     entities[0] += sum(len(r["entities"]) for r in body["results"])
 
-    t0 = time.perf_counter()
     threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
-    after = _get(url + "/health")["batching"]
-    calls = after["extractor_calls"] - before["extractor_calls"]
+    after = _batching(url)
     lat = sorted(latencies)
-    return {
-        "texts": len(texts),
-        "requests": len(requests),
+    out = {
+        "texts": sent_texts[0],
+        "requests": len(latencies),
         "clients": clients,
         "seconds": round(wall, 2),
-        "texts_per_s": round(len(texts) / wall, 2),
+        "requests_per_s": round(len(latencies) / wall, 2),
+        "texts_per_s": round(sent_texts[0] / wall, 2),
         "statuses": statuses,
         "entities": entities[0],
         "latency_ms": {
@@ -86,9 +102,18 @@ def run(url: str, texts: list[str], clients: int = 16, texts_per_request: int = 
         }
         if lat
         else None,
-        "extractor_calls": calls,
-        "texts_per_call": round((after["texts"] - before["texts"]) / calls, 2) if calls else None,
     }
+    # Stop-and-go servers count extractor calls; continuous ones count decode steps and their rows.
+    if "extractor_calls" in after:
+        calls = after["extractor_calls"] - before.get("extractor_calls", 0)
+        out["extractor_calls"] = calls
+        out["texts_per_call"] = round((after["texts"] - before.get("texts", 0)) / calls, 2) if calls else None
+    if "decode_steps" in after:
+        steps = after["decode_steps"] - before.get("decode_steps", 0)
+        out["decode_steps"] = steps
+        rows = after["decode_row_steps"] - before.get("decode_row_steps", 0)
+        out["rows_per_decode_step"] = round(rows / steps, 2) if steps else None
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -98,6 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--clients", "-c", type=int, default=16)
     ap.add_argument("--texts-per-request", "-n", type=int, default=1)
     ap.add_argument("--limit", type=int, default=None, help="use only the first N texts")
+    ap.add_argument("--seconds", type=float, default=None, help="start no request after this many seconds")
     args = ap.parse_args(argv)
     with open(args.input, encoding="utf-8") as f:
         texts = [ln.rstrip("\r\n") for ln in f if ln.strip()]
@@ -105,7 +131,8 @@ def main(argv: list[str] | None = None) -> None:
         texts = texts[: args.limit]
     if not texts:
         sys.exit(f"{args.input}: no texts")
-    print(json.dumps(run(args.url, texts, args.clients, args.texts_per_request), ensure_ascii=False, indent=2))
+    rep = run(args.url, texts, args.clients, args.texts_per_request, max_seconds=args.seconds)
+    print(json.dumps(rep, ensure_ascii=False, indent=2))
 
 
 if __name__ == "__main__":
