@@ -50,7 +50,7 @@ def child_env() -> dict:
     paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     src = str(REPO / "src")
     if src not in paths:
-        paths.append(src)   # after the caller's entries (e.g. /tmp/site with the carried bitsandbytes)
+        paths.append(src)  # after the caller's entries (e.g. /tmp/site with the carried bitsandbytes)
     env["PYTHONPATH"] = os.pathsep.join(paths)
     env["NCCL_NVLS_ENABLE"] = "0"
     env["TORCH_SYMM_MEM_DISABLE_MULTICAST"] = "1"
@@ -85,37 +85,60 @@ def worker(args) -> None:
     model = train_bench.build_model(args, tok, dtype, device)
     t_built = time.perf_counter()
     out = Path(args.work) / f"p{world}"
-    cfg = TrainConfig(model="bench-random-llama-2-7b", scheme="spacy19", output=str(out),
-                      compute_dtype="bf16" if on_gpu else "fp32", max_steps=args.warmup + args.steps,
-                      examples_per_step=args.examples_per_step, lr=1e-4, scheduler="constant", warmup_steps=0,
-                      lora_dropout=0.0, save_every=0, progress=False, tensorboard=False, layout=args.layout,
-                      batch_tokens=args.batch_tokens or (1024 if args.tiny else None),
-                      optimizer="paged_adamw_8bit" if on_gpu else "adamw")
+    cfg = TrainConfig(
+        model="bench-random-llama-2-7b",
+        scheme="spacy19",
+        output=str(out),
+        compute_dtype="bf16" if on_gpu else "fp32",
+        max_steps=args.warmup + args.steps,
+        examples_per_step=args.examples_per_step,
+        lr=1e-4,
+        scheduler="constant",
+        warmup_steps=0,
+        lora_dropout=0.0,
+        save_every=0,
+        progress=False,
+        tensorboard=False,
+        layout=args.layout,
+        batch_tokens=args.batch_tokens or (1024 if args.tiny else None),
+        optimizer="paged_adamw_8bit" if on_gpu else "adamw",
+    )
     t0 = time.perf_counter()
     train(cfg, model=model, tokenizer=tok, train_examples=examples)
     t_train = time.perf_counter() - t0
     if dist.rank_info().rank != 0:
         return
     steps = [r for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if "loss" in r]
-    timed = steps[args.warmup:]
+    timed = steps[args.warmup :]
     total = sum(r["time_s"] for r in timed)
-    rec = {"processes": world, "device": str(device), "dtype": str(dtype).removeprefix("torch."),
-           "gpu": torch.cuda.get_device_name(local) if on_gpu else None,
-           "examples_per_step": args.examples_per_step, "timed_steps": len(timed),
-           "budget": json.loads((out / "metrics.json").read_text())["train"]["budget"],
-           "examples_per_s": sum(r["examples"] for r in timed) / total,
-           "tokens_per_s": sum(r["tokens"] for r in timed) / total,
-           "computed_tokens_per_s": sum(r["computed_tokens"] for r in timed) / total,
-           "step_s": total / len(timed),
-           "micro_batches_per_step": sum(r["micro_batches"] for r in timed) / len(timed),
-           "oom_splits": sum(r["oom_splits"] for r in steps),
-           "peak_mem_gib_max_over_ranks": max(r["peak_mem_gib"] for r in steps),
-           "losses": [r["loss"] for r in steps], "grad_norms": [r["grad_norm"] for r in steps],
-           "step_times_s": [r["time_s"] for r in steps],
-           "build_s": t_built - t_start, "train_call_s": t_train}
+    rec = {
+        "processes": world,
+        "device": str(device),
+        "dtype": str(dtype).removeprefix("torch."),
+        "gpu": torch.cuda.get_device_name(local) if on_gpu else None,
+        "examples_per_step": args.examples_per_step,
+        "timed_steps": len(timed),
+        "budget": json.loads((out / "metrics.json").read_text())["train"]["budget"],
+        "examples_per_s": sum(r["examples"] for r in timed) / total,
+        "tokens_per_s": sum(r["tokens"] for r in timed) / total,
+        "computed_tokens_per_s": sum(r["computed_tokens"] for r in timed) / total,
+        "step_s": total / len(timed),
+        "micro_batches_per_step": sum(r["micro_batches"] for r in timed) / len(timed),
+        "oom_splits": sum(r["oom_splits"] for r in steps),
+        "peak_mem_gib_max_over_ranks": max(r["peak_mem_gib"] for r in steps),
+        "losses": [r["loss"] for r in steps],
+        "grad_norms": [r["grad_norm"] for r in steps],
+        "step_times_s": [r["time_s"] for r in steps],
+        "build_s": t_built - t_start,
+        "train_call_s": t_train,
+    }
     Path(args.result).write_text(json.dumps(rec, indent=1))
-    log(f"[{world} process(es)] " + json.dumps({k: (round(v, 3) if isinstance(v, float) else v)
-                                                 for k, v in rec.items() if not isinstance(v, list)}))
+    log(
+        f"[{world} process(es)] "
+        + json.dumps(
+            {k: (round(v, 3) if isinstance(v, float) else v) for k, v in rec.items() if not isinstance(v, list)}
+        )
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -168,13 +191,32 @@ def main(argv=None):
 
     shutil.rmtree(args.work, ignore_errors=True)
     Path(args.work).mkdir(parents=True)
-    passthrough = ["--data", args.data, "--tokenizer", args.tokenizer, "--examples-per-step",
-                   str(args.examples_per_step), "--warmup", str(args.warmup), "--steps", str(args.steps),
-                   "--max-examples", str(args.max_examples), "--layout", args.layout,
-                   "--batch-tokens", str(args.batch_tokens), "--work", args.work] + (["--tiny"] if args.tiny else [])
-    results: dict = {"argv": sys.argv[1:], "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-                     "env": {k: child_env()[k] for k in ("NCCL_NVLS_ENABLE", "TORCH_SYMM_MEM_DISABLE_MULTICAST")},
-                     "runs": []}
+    passthrough = [
+        "--data",
+        args.data,
+        "--tokenizer",
+        args.tokenizer,
+        "--examples-per-step",
+        str(args.examples_per_step),
+        "--warmup",
+        str(args.warmup),
+        "--steps",
+        str(args.steps),
+        "--max-examples",
+        str(args.max_examples),
+        "--layout",
+        args.layout,
+        "--batch-tokens",
+        str(args.batch_tokens),
+        "--work",
+        args.work,
+    ] + (["--tiny"] if args.tiny else [])
+    results: dict = {
+        "argv": sys.argv[1:],
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "env": {k: child_env()[k] for k in ("NCCL_NVLS_ENABLE", "TORCH_SYMM_MEM_DISABLE_MULTICAST")},
+        "runs": [],
+    }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
@@ -186,24 +228,30 @@ def main(argv=None):
         speedup = many["examples_per_s"] / one["examples_per_s"]
         k = min(len(one["losses"]), len(many["losses"]))
         results["summary"] = {
-            "speedup": speedup, "scaling_efficiency": speedup / args.gpus,
+            "speedup": speedup,
+            "scaling_efficiency": speedup / args.gpus,
             "examples_per_s": [one["examples_per_s"], many["examples_per_s"]],
             "tokens_per_s": [one["tokens_per_s"], many["tokens_per_s"]],
             "max_abs_loss_diff": max(abs(a - b) for a, b in zip(one["losses"][:k], many["losses"][:k])),
-            "first_step_loss_diff": abs(one["losses"][0] - many["losses"][0])}
+            "first_step_loss_diff": abs(one["losses"][0] - many["losses"][0]),
+        }
     results["wall_s"] = time.perf_counter() - t
     out.write_text(json.dumps(results, indent=1))
     log("\nprocs  ex/s     tok/s    step_s  mb/step  peak_GiB  wall_s")
     for r in results["runs"]:
         if r.get("ok"):
-            log(f"{r['processes']:5d}  {r['examples_per_s']:6.1f}  {r['tokens_per_s']:8.0f}  {r['step_s']:6.2f}"
-                f"  {r['micro_batches_per_step']:7.1f}  {r['peak_mem_gib_max_over_ranks']:8.2f}  {r['wall_s']:6.1f}")
+            log(
+                f"{r['processes']:5d}  {r['examples_per_s']:6.1f}  {r['tokens_per_s']:8.0f}  {r['step_s']:6.2f}"
+                f"  {r['micro_batches_per_step']:7.1f}  {r['peak_mem_gib_max_over_ranks']:8.2f}  {r['wall_s']:6.1f}"
+            )
         else:
             log(f"{r['processes']:5d}  FAILED (returncode {r.get('returncode')})")
     if "summary" in results:
         s = results["summary"]
-        log(f"speedup {s['speedup']:.2f}x on {args.gpus} processes (efficiency {s['scaling_efficiency']:.2f}); "
-            f"max |loss diff| {s['max_abs_loss_diff']:.2e}")
+        log(
+            f"speedup {s['speedup']:.2f}x on {args.gpus} processes (efficiency {s['scaling_efficiency']:.2f}); "
+            f"max |loss diff| {s['max_abs_loss_diff']:.2e}"
+        )
     log(f"total {results['wall_s']:.0f} s; results in {out}")
     if not all(r.get("ok") for r in results["runs"]):
         sys.exit(1)

@@ -56,8 +56,10 @@ def build_model(args, tok, dtype, device):
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
-    log(f"model built and quantized in {time.perf_counter() - t:.1f}s "
-        f"({sum(p.numel() for p in model.parameters()) / 1e9:.2f} B stored params)")
+    log(
+        f"model built and quantized in {time.perf_counter() - t:.1f}s "
+        f"({sum(p.numel() for p in model.parameters()) / 1e9:.2f} B stored params)"
+    )
     return model
 
 
@@ -94,18 +96,26 @@ def kner_runs(args, model, tok, examples, dtype, device, results, save):
     from kner.training.setup import make_optimizer, prepare_for_training
     from kner.training.step import StepModel, StepRunner
 
-    cfg = TrainConfig(model="bench", optimizer="paged_adamw_8bit" if device.type == "cuda" else "adamw",
-                      lr=1e-4, examples_per_step=args.examples_per_step)
+    cfg = TrainConfig(
+        model="bench",
+        optimizer="paged_adamw_8bit" if device.type == "cuda" else "adamw",
+        lr=1e-4,
+        examples_per_step=args.examples_per_step,
+    )
     model = prepare_for_training(model, cfg, dtype)
     scheme = load_scheme("spacy19")
     enc = PromptEncoder(tok, PromptFormat(), scheme)
     toks, rep = tokenize_examples(examples, enc, 2048)
     P = len(enc.prefix_ids)
     answer_fraction = sum(e.n_answer for e in toks) / (sum(e.suffix_len for e in toks) + P)
-    results["data"] = {"examples": len(toks), "prefix_tokens": P,
-                       "mean_tokens": sum(e.length for e in toks) / len(toks),
-                       "mean_answer_tokens": sum(e.n_answer for e in toks) / len(toks),
-                       "max_tokens": max(e.length for e in toks), "fallbacks": rep.fallbacks}
+    results["data"] = {
+        "examples": len(toks),
+        "prefix_tokens": P,
+        "mean_tokens": sum(e.length for e in toks) / len(toks),
+        "mean_answer_tokens": sum(e.n_answer for e in toks) / len(toks),
+        "max_tokens": max(e.length for e in toks),
+        "fallbacks": rep.fallbacks,
+    }
     log(f"data: {json.dumps(results['data'])}")
     params = [p for p in model.parameters() if p.requires_grad]
     parts = ModelParts.of(model)
@@ -127,14 +137,21 @@ def kner_runs(args, model, tok, examples, dtype, device, results, save):
 
     if args.debug_layout:
         import traceback
+
         for n in (1, 4):
             try:
-                mb = collate(as_rows([toks[i] for i in steps[0][:n]], args.debug_layout), args.debug_layout,
-                             tok.pad_token_id, "sdpa").to(device)
+                mb = collate(
+                    as_rows([toks[i] for i in steps[0][:n]], args.debug_layout),
+                    args.debug_layout,
+                    tok.pad_token_id,
+                    "sdpa",
+                ).to(device)
                 with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
                     loss = answer_loss_sum(parts, mb)
                 torch.autograd.grad(loss, params)
-                log(f"debug {args.debug_layout} n={n}: ok, peak alloc {torch.cuda.max_memory_allocated() / GiB:.2f} GiB")
+                log(
+                    f"debug {args.debug_layout} n={n}: ok, peak alloc {torch.cuda.max_memory_allocated() / GiB:.2f} GiB"
+                )
             except Exception:
                 log(traceback.format_exc()[-3000:])
                 if device.type == "cuda":
@@ -152,16 +169,31 @@ def kner_runs(args, model, tok, examples, dtype, device, results, save):
     for layout, budget, row_tokens in configs:
         optimizer = make_optimizer(params, cfg, device)
         scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-        runner = StepRunner(StepModel(parts, params, dtype, device, scaler),
-                            Batching(budget, layout, row_tokens, tok.pad_token_id, "sdpa"))
+        runner = StepRunner(
+            StepModel(parts, params, dtype, device, scaler),
+            Batching(budget, layout, row_tokens, tok.pad_token_id, "sdpa"),
+        )
         if device.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
-        est = estimate(shape, budget, method="qlora", compute_bytes=dtype.itemsize, layout=layout,
-                       answer_fraction=answer_fraction, on_gpu=device.type == "cuda",
-                       row_tokens=row_tokens)
-        rec = {"layout": layout, "budget": budget, "row_tokens": row_tokens, "plan_allocator_gib": est.allocator_peak / GiB,
-               "plan_device_gib": est.device_total / GiB, "plan_components": est.components}
+        est = estimate(
+            shape,
+            budget,
+            method="qlora",
+            compute_bytes=dtype.itemsize,
+            layout=layout,
+            answer_fraction=answer_fraction,
+            on_gpu=device.type == "cuda",
+            row_tokens=row_tokens,
+        )
+        rec = {
+            "layout": layout,
+            "budget": budget,
+            "row_tokens": row_tokens,
+            "plan_allocator_gib": est.allocator_peak / GiB,
+            "plan_device_gib": est.device_total / GiB,
+            "plan_components": est.components,
+        }
         try:
             times, n_ex, n_tok, n_comp, n_mb, n_split, ls = [], 0, 0, 0, 0, 0, []
             for k in range(args.warmup + args.steps):
@@ -170,7 +202,8 @@ def kner_runs(args, model, tok, examples, dtype, device, results, save):
 
                 def one():
                     box["r"] = runner.step(step)
-                    runner.finish_step(optimizer, _NoSched(), 1.0)
+                    runner.finish_step(optimizer, _NoSched(), 1.0)  # noqa: F821  bound above; the del is after the loop
+
                 dt = measure(one, device)
                 r = box["r"]
                 if k >= args.warmup:
@@ -182,10 +215,19 @@ def kner_runs(args, model, tok, examples, dtype, device, results, save):
                     n_split += r.oom_splits
                     ls.append(r.loss)
             total = sum(times)
-            rec.update({"ok": True, "step_s": total / len(times), "examples_per_s": n_ex / total,
-                        "tokens_per_s": n_tok / total, "computed_per_s": n_comp / total,
-                        "computed_over_useful": n_comp / n_tok, "micro_batches_per_step": n_mb / len(times),
-                        "oom_splits": n_split, "losses": ls})
+            rec.update(
+                {
+                    "ok": True,
+                    "step_s": total / len(times),
+                    "examples_per_s": n_ex / total,
+                    "tokens_per_s": n_tok / total,
+                    "computed_per_s": n_comp / total,
+                    "computed_over_useful": n_comp / n_tok,
+                    "micro_batches_per_step": n_mb / len(times),
+                    "oom_splits": n_split,
+                    "losses": ls,
+                }
+            )
         except (RuntimeError, KnerError) as err:
             if not (isinstance(err, KnerError) or is_oom(err)):
                 raise
@@ -196,8 +238,15 @@ def kner_runs(args, model, tok, examples, dtype, device, results, save):
             rec["plan_error"] = rec["plan_allocator_gib"] / rec["peak_reserved_gib"] - 1
         results["kner"].append(rec)
         save()
-        log(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in rec.items()
-                        if k not in ("plan_components", "losses")}))
+        log(
+            json.dumps(
+                {
+                    k: (round(v, 3) if isinstance(v, float) else v)
+                    for k, v in rec.items()
+                    if k not in ("plan_components", "losses")
+                }
+            )
+        )
         del optimizer
     return model
 
@@ -240,8 +289,9 @@ def baseline_run(args, model, tok, examples, dtype, device, results, save):
         return {"input_ids": ids, "attention_mask": att, "labels": labels}
 
     model = prepare_model_for_kbit_training(model, gradient_checkpointing_kwargs={"use_reentrant": True})
-    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear",
-                                             task_type="CAUSAL_LM"))
+    model = get_peft_model(
+        model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
+    )
     stamps: list[float] = []
 
     class Clock(TrainerCallback):
@@ -250,13 +300,23 @@ def baseline_run(args, model, tok, examples, dtype, device, results, save):
                 torch.cuda.synchronize()
             stamps.append(time.perf_counter())
 
-    targs = TrainingArguments(output_dir="/tmp/bench_trainer", per_device_train_batch_size=args.baseline_batch,
-                              gradient_accumulation_steps=args.baseline_accum, max_steps=args.warmup + args.steps,
-                              learning_rate=1e-4, fp16=device.type == "cuda", gradient_checkpointing=True,
-                              gradient_checkpointing_kwargs={"use_reentrant": True},
-                              optim="paged_adamw_8bit" if device.type == "cuda" else "adamw_torch",
-                              logging_steps=1, report_to=[], save_strategy="no", dataloader_num_workers=0,
-                              remove_unused_columns=False, use_cpu=device.type != "cuda")
+    targs = TrainingArguments(
+        output_dir="/tmp/bench_trainer",
+        per_device_train_batch_size=args.baseline_batch,
+        gradient_accumulation_steps=args.baseline_accum,
+        max_steps=args.warmup + args.steps,
+        learning_rate=1e-4,
+        fp16=device.type == "cuda",
+        gradient_checkpointing=True,
+        gradient_checkpointing_kwargs={"use_reentrant": True},
+        optim="paged_adamw_8bit" if device.type == "cuda" else "adamw_torch",
+        logging_steps=1,
+        report_to=[],
+        save_strategy="no",
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        use_cpu=device.type != "cuda",
+    )
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
@@ -266,12 +326,18 @@ def baseline_run(args, model, tok, examples, dtype, device, results, save):
     try:
         trainer.train()
         per_step = args.baseline_batch * args.baseline_accum
-        timed = stamps[args.warmup:]
+        timed = stamps[args.warmup :]
         total = timed[-1] - stamps[args.warmup - 1] if args.warmup else timed[-1] - t0
-        toks = sum(len(r) for r in rows[per_step * args.warmup:])
-        rec.update({"ok": True, "step_s": total / len(timed), "examples_per_s": per_step * len(timed) / total,
-                    "tokens_per_s": toks / total,
-                    "losses": [h["loss"] for h in trainer.state.log_history if "loss" in h]})
+        toks = sum(len(r) for r in rows[per_step * args.warmup :])
+        rec.update(
+            {
+                "ok": True,
+                "step_s": total / len(timed),
+                "examples_per_s": per_step * len(timed) / total,
+                "tokens_per_s": toks / total,
+                "losses": [h["loss"] for h in trainer.state.log_history if "loss" in h],
+            }
+        )
     except RuntimeError as err:
         if not is_oom(err):
             raise
@@ -281,8 +347,10 @@ def baseline_run(args, model, tok, examples, dtype, device, results, save):
         rec["peak_allocated_gib"] = torch.cuda.max_memory_allocated() / GiB
     results["baseline"] = rec
     save()
-    log("baseline " + json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in rec.items()
-                                  if k != "losses"}))
+    log(
+        "baseline "
+        + json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in rec.items() if k != "losses"})
+    )
     del trainer
     return model
 
@@ -299,20 +367,32 @@ def e2e_run(args, model, tok, examples, device, results, save):
     shutil.rmtree(args.e2e_out, ignore_errors=True)
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    cfg = TrainConfig(model="bench-random-llama-2-7b", output=args.e2e_out, max_steps=args.e2e_steps,
-                      examples_per_step=16, save_every=max(1, args.e2e_steps // 2), progress=False, tensorboard=False,
-                      gpu_memory=f"{args.gpu_memory_gib}GiB" if device.type == "cuda" else None,
-                      batch_tokens=1024 if args.tiny else None)
+    cfg = TrainConfig(
+        model="bench-random-llama-2-7b",
+        output=args.e2e_out,
+        max_steps=args.e2e_steps,
+        examples_per_step=16,
+        save_every=max(1, args.e2e_steps // 2),
+        progress=False,
+        tensorboard=False,
+        gpu_memory=f"{args.gpu_memory_gib}GiB" if device.type == "cuda" else None,
+        batch_tokens=1024 if args.tiny else None,
+    )
     t = time.perf_counter()
     out = train(cfg, model=model, tokenizer=tok, train_examples=examples[:400], dev_examples=examples[400:432])
     metrics = json.loads((out / "metrics.json").read_text())
-    results["e2e"] = {"wall_s": time.perf_counter() - t, "metrics": metrics,
-                      "files": sorted(p.name for p in out.iterdir()),
-                      "log": [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()]}
+    results["e2e"] = {
+        "wall_s": time.perf_counter() - t,
+        "metrics": metrics,
+        "files": sorted(p.name for p in out.iterdir()),
+        "log": [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()],
+    }
     save()
     m = metrics["train"]
-    log(f"e2e: {m['steps']} steps, budget {m['budget']}, loss {m['first_loss']:.3f} -> {m['final_loss']:.3f}, "
-        f"{m['examples_per_s']:.1f} ex/s, peak {m['peak_mem_gib']:.2f} GiB, files {results['e2e']['files']}")
+    log(
+        f"e2e: {m['steps']} steps, budget {m['budget']}, loss {m['first_loss']:.3f} -> {m['final_loss']:.3f}, "
+        f"{m['examples_per_s']:.1f} ex/s, peak {m['peak_mem_gib']:.2f} GiB, files {results['e2e']['files']}"
+    )
 
 
 def main(argv=None):
@@ -361,8 +441,13 @@ def main(argv=None):
     import bitsandbytes
     import peft
     import transformers
-    results["versions"] = {"torch": torch.__version__, "transformers": transformers.__version__,
-                           "peft": peft.__version__, "bitsandbytes": bitsandbytes.__version__}
+
+    results["versions"] = {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "bitsandbytes": bitsandbytes.__version__,
+    }
     log(json.dumps(results))
     tok = load_tokenizer(args.tokenizer)
     examples = load_examples(args)
@@ -373,7 +458,7 @@ def main(argv=None):
         results["after_build_allocated_gib"] = torch.cuda.memory_allocated() / GiB
     model = kner_runs(args, model, tok, examples, dtype, device, results, save)
     if not args.skip_baseline:
-        base = model.unload()   # drop our LoRA layers, keep the 4-bit base
+        base = model.unload()  # drop our LoRA layers, keep the 4-bit base
         for p in base.parameters():
             p.requires_grad_(False)
         model = baseline_run(args, base, tok, examples, dtype, device, results, save)
@@ -389,16 +474,21 @@ def main(argv=None):
     log("\nlayout     budget  rows  peak_res  plan_alloc  err%   ex/s   tok/s  speedup")
     for r in results["kner"]:
         if r.get("ok"):
-            log(f"{r['layout']:<10} {r['budget']:6d}  {r['row_tokens'] or r['budget']:5d} "
+            log(
+                f"{r['layout']:<10} {r['budget']:6d}  {r['row_tokens'] or r['budget']:5d} "
                 f"{r.get('peak_reserved_gib', float('nan')):7.2f}  "
                 f"{r['plan_allocator_gib']:9.2f}  {100 * r.get('plan_error', float('nan')):5.1f}  "
-                f"{r['examples_per_s']:6.1f}  {r['tokens_per_s']:7.0f}  {r.get('speedup_vs_baseline', float('nan')):5.2f}")
+                f"{r['examples_per_s']:6.1f}  {r['tokens_per_s']:7.0f}  "
+                f"{r.get('speedup_vs_baseline', float('nan')):5.2f}"
+            )
         else:
             log(f"{r['layout']:<10} {r['budget']:6d}  FAILED {r.get('error')}")
     b = results.get("baseline") or {}
     if b.get("ok"):
-        log(f"baseline   b{args.baseline_batch}x{args.baseline_accum}  {b.get('peak_reserved_gib', float('nan')):7.2f}"
-            f"  {'':9}  {'':5}  {b['examples_per_s']:6.1f}  {b['tokens_per_s']:7.0f}")
+        log(
+            f"baseline   b{args.baseline_batch}x{args.baseline_accum}  {b.get('peak_reserved_gib', float('nan')):7.2f}"
+            f"  {'':9}  {'':5}  {b['examples_per_s']:6.1f}  {b['tokens_per_s']:7.0f}"
+        )
 
 
 if __name__ == "__main__":

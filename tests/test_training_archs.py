@@ -19,11 +19,23 @@ from test_training_support import kmou_examples, tiny_model_dir
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "gemma"])
 def test_arch_trains_and_loss_falls(arch, tmp_path):
-    exs = [e for e in kmou_examples(6) if len(e.text) < 70 and e.entities][:9]   # seen 10 times each
+    exs = [e for e in kmou_examples(6) if len(e.text) < 70 and e.entities][:9]  # seen 10 times each
     base = tiny_model_dir(tmp_path, arch)
-    cfg = TrainConfig(model=str(base), scheme="kmou", output=str(tmp_path / "out"), max_steps=30,
-                      examples_per_step=3, batch_tokens=900, lr=1e-2, lora_alpha=64, warmup_steps=2,
-                      save_every=0, progress=False, tensorboard=False, seed=1)
+    cfg = TrainConfig(
+        model=str(base),
+        scheme="kmou",
+        output=str(tmp_path / "out"),
+        max_steps=30,
+        examples_per_step=3,
+        batch_tokens=900,
+        lr=1e-2,
+        lora_alpha=64,
+        warmup_steps=2,
+        save_every=0,
+        progress=False,
+        tensorboard=False,
+        seed=1,
+    )
     out = train(cfg, train_examples=exs)
     losses = [json.loads(l)["loss"] for l in (out / "log.jsonl").read_text().splitlines() if '"loss"' in l]
     assert len(losses) == 30

@@ -7,12 +7,22 @@ import gc
 import pytest
 import torch
 
+from kner.data.schemes import load_scheme
 from kner.model import compat
 from kner.model.loading import build_model_from_config, tiny_config
 from kner.model.prompt import PromptEncoder, PromptFormat, render_tags
-from kner.data.schemes import load_scheme
-from kner.training.batching import (Batching, as_rows, batch_cost, collate, epoch_steps, micro_batches,
-                                    pack_rows, row_len, split_in_two, tokenize_examples)
+from kner.training.batching import (
+    Batching,
+    as_rows,
+    batch_cost,
+    collate,
+    epoch_steps,
+    micro_batches,
+    pack_rows,
+    row_len,
+    split_in_two,
+    tokenize_examples,
+)
 from kner.training.forward import ModelParts, answer_loss_sum
 from kner.training.step import StepModel, StepRunner
 from test_training_support import kmou_examples, llama_tokenizer
@@ -49,7 +59,7 @@ def test_labels_are_exactly_the_answer_tokens_and_eos(encoder):
         # What inference feeds: the tokenizer's own encoding of the prompt, BOS included.
         assert ids[: enc.prompt_len] == tok(PromptFormat().prompt(ex.text, SCHEME))["input_ids"]
         assert ids[-1] == tok.eos_token_id
-        assert tok.decode(ids[enc.prompt_len:-1]) == answer
+        assert tok.decode(ids[enc.prompt_len : -1]) == answer
         assert encoder.prompt_ids(ex.text).input_ids == ids[: enc.prompt_len]
     # One batch through the tokenizer gives what one call per example gives.
     exs = list(kmou_examples(1))[:8]
@@ -90,7 +100,7 @@ def test_slow_tokenizer_pieces_put_labels_on_answer_plus_eos():
     answer = render_tags(ex.entities)
     out = enc.encode(ex.text, answer)
     assert not out.natural and enc.fallbacks == 1
-    assert out.input_ids[out.prompt_len:] == tok(answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    assert out.input_ids[out.prompt_len :] == tok(answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     assert out.input_ids[: out.prefix_len] == enc.prefix_ids
     assert out.input_ids[: out.prompt_len] == enc.prompt_ids(ex.text).input_ids
 
@@ -111,8 +121,8 @@ def test_unclean_boundary_falls_back_to_pieces():
         out = enc.encode(ex.text, answer)
         assert out.input_ids[: out.prompt_len] == enc.prompt_ids(ex.text).input_ids
         assert out.input_ids[-1] == tok.eos_token_id
-        assert tok.decode(out.input_ids[out.prompt_len:-1]).replace(" ", "") == answer.replace(" ", "")
-    assert enc.fallbacks > 0   # merges across "\n" + "<" happen with this tokenizer
+        assert tok.decode(out.input_ids[out.prompt_len : -1]).replace(" ", "") == answer.replace(" ", "")
+    assert enc.fallbacks > 0  # merges across "\n" + "<" happen with this tokenizer
 
 
 def test_too_long_examples_are_skipped_and_named(encoder):
@@ -160,7 +170,7 @@ def test_packed_rows_are_balanced(tokenized):
 
 def test_packed_row_isolates_examples(tokenized):
     batch = tokenized[:3]
-    mb = collate([batch, tokenized[3:5]], "packed", pad_id=0)   # two rows
+    mb = collate([batch, tokenized[3:5]], "packed", pad_id=0)  # two rows
     P = batch[0].prefix_len
     mask = mb.attention_mask[0, 0]
     pos = mb.position_ids[0]
@@ -169,15 +179,15 @@ def test_packed_row_isolates_examples(tokenized):
     starts = [P]
     for e in batch[:-1]:
         starts.append(starts[-1] + e.suffix_len)
-    for k, (e, s) in enumerate(zip(batch, starts)):
+    for e, s in zip(batch, starts):
         span = slice(s, s + e.suffix_len)
-        assert pos[span].tolist() == list(range(P, e.length))          # positions restart after the prefix
-        assert mask[span, :P].all()                                   # every example sees the prefix
+        assert pos[span].tolist() == list(range(P, e.length))  # positions restart after the prefix
+        assert mask[span, :P].all()  # every example sees the prefix
         for other_start, other in zip(starts, batch):
             if other_start != s:
-                assert not mask[span, other_start:other_start + other.suffix_len].any()
+                assert not mask[span, other_start : other_start + other.suffix_len].any()
     # Targets are each example's answer + EOS, predicted from the position before.
-    expect = [t for e in batch + tokenized[3:5] for t in e.input_ids[e.prompt_len:]]
+    expect = [t for e in batch + tokenized[3:5] for t in e.input_ids[e.prompt_len :]]
     assert mb.targets.tolist() == expect
     assert mb.input_ids[mb.pred_rows, mb.pred_cols + 1].tolist() == expect
 
@@ -192,7 +202,7 @@ def test_layouts_give_the_reference_loss_and_gradient(short, arch):
     compat.enable_checkpointing(model, use_reentrant=False)
     parts = ModelParts.of(model)
     for mod in (model.get_input_embeddings(), model.get_output_embeddings()):
-        mod.requires_grad_(False)   # as under LoRA; also spares the CPU two 32k-wide weight gradients
+        mod.requires_grad_(False)  # as under LoRA; also spares the CPU two 32k-wide weight gradients
     params = [p for p in model.parameters() if p.requires_grad]
 
     ref = 0.0
@@ -212,8 +222,9 @@ def test_layouts_give_the_reference_loss_and_gradient(short, arch):
 
 
 def _runner(model, params, layout: str, budget: int) -> StepRunner:
-    cpu = StepModel(ModelParts.of(model), params, torch.float32, torch.device("cpu"),
-                    torch.amp.GradScaler("cpu", enabled=False))
+    cpu = StepModel(
+        ModelParts.of(model), params, torch.float32, torch.device("cpu"), torch.amp.GradScaler("cpu", enabled=False)
+    )
     return StepRunner(cpu, Batching(budget, layout))
 
 
@@ -253,7 +264,7 @@ def test_a_step_gives_the_same_gradient_in_every_layout(short):
         results[(layout, budget)] = (res.loss, res.micro_batches, [p.grad.clone() for p in params])
         model.zero_grad(set_to_none=True)
     ref_loss, _, ref_grads = results[("padded", 4096)]
-    assert results[("packed", 80)][1] > 1                                 # one micro-batch per example
+    assert results[("packed", 80)][1] > 1  # one micro-batch per example
     for key, (loss, _, grads) in results.items():
         assert loss == pytest.approx(ref_loss, rel=1e-5), key
         for g, r in zip(grads, ref_grads):
@@ -276,6 +287,7 @@ def test_a_runtime_error_saying_out_of_memory_is_split_and_retried(short):
         if state["raise"]:
             msg, state["raise"] = state["raise"], None
             raise RuntimeError(msg)
+
     handle = model.model.layers[0].register_forward_pre_hook(hook)
     res = runner.step(short[:4])
     assert (ref.micro_batches, res.oom_splits, res.micro_batches, res.examples) == (1, 1, 2, 4)

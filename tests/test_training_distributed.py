@@ -25,7 +25,7 @@ from kner.training import distributed as dist
 from kner.training.config import TrainConfig
 
 HERE = Path(__file__).resolve()
-KILLED = 17   # exit status of a worker killed on purpose
+KILLED = 17  # exit status of a worker killed on purpose
 
 
 # ---------------------------------------------------------------------------
@@ -42,7 +42,7 @@ def test_step_shares_cover_the_step_once_and_balance_tokens():
     shares = dist.split_step(exs, 2)
     assert sorted(e.index for s in shares for e in s) == list(range(9))
     loads = [sum(e.length for e in s) for s in shares]
-    assert abs(loads[0] - loads[1]) <= max(e.length for e in exs)   # greedy: off by at most one example
+    assert abs(loads[0] - loads[1]) <= max(e.length for e in exs)  # greedy: off by at most one example
     assert [len(s) for s in shares] in ([5, 4], [4, 5])
     # The same on every rank, whatever order the step lists its examples in.
     assert [[e.index for e in s] for s in dist.split_step(exs[::-1], 2)] == [[e.index for e in s] for s in shares]
@@ -78,20 +78,42 @@ def setup(tmp_path_factory):
 
 
 def _cfg(setup, out, **kw) -> TrainConfig:
-    d = dict(model=str(setup["model"]), train=str(setup["root"] / "train.jsonl"),
-             dev=str(setup["root"] / "dev.jsonl"), scheme="kmou", output=str(out), examples_per_step=6,
-             max_steps=4, lr=5e-3, lora_dropout=0.0, save_every=2, progress=False, tensorboard=False, seed=7)
+    d = dict(
+        model=str(setup["model"]),
+        train=str(setup["root"] / "train.jsonl"),
+        dev=str(setup["root"] / "dev.jsonl"),
+        scheme="kmou",
+        output=str(out),
+        examples_per_step=6,
+        max_steps=4,
+        lr=5e-3,
+        lora_dropout=0.0,
+        save_every=2,
+        progress=False,
+        tensorboard=False,
+        seed=7,
+    )
     d.update(kw)
     return TrainConfig(**d)
 
 
 def _launch(args: list[str], timeout: int = 180) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
-        [str(HERE.parent), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+    }
     # A session of its own, so a hung launch is killed with its workers, not just the launcher.
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            cwd=HERE.parents[1], start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=HERE.parents[1],
+        start_new_session=True,
+    )
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -120,13 +142,16 @@ def _weights(out: Path, sub: str = "adapter") -> dict[str, torch.Tensor]:
 def _assert_same_run(got: Path, ref: Path, steps=None, weights: bool = True):
     ref_steps = {r["step"]: r for r in _steps(ref)}
     got_steps = _steps(got)
-    assert [r["step"] for r in got_steps] == (steps or sorted(ref_steps))   # rank 0 alone logs: no duplicates
+    assert [r["step"] for r in got_steps] == (steps or sorted(ref_steps))  # rank 0 alone logs: no duplicates
     for r in got_steps:
         want = ref_steps[r["step"]]
         assert r["loss"] == pytest.approx(want["loss"], abs=1e-5), r["step"]
         assert r["grad_norm"] == pytest.approx(want["grad_norm"], rel=1e-4), r["step"]
-        assert (r["examples"], r["tokens"], r["answer_tokens"]) == (want["examples"], want["tokens"],
-                                                                     want["answer_tokens"])
+        assert (r["examples"], r["tokens"], r["answer_tokens"]) == (
+            want["examples"],
+            want["tokens"],
+            want["answer_tokens"],
+        )
     if weights:
         a, b = _weights(ref), _weights(got)
         assert a.keys() == b.keys()
@@ -198,7 +223,7 @@ def test_killed_two_process_run_resumes_exactly(killed_run, lora_reference):
     res = _run_workers({"config": cfg.replace(resume=True).to_dict()}, tmp)
     assert res.returncode == 0, res.stderr[-3000:]
     out = tmp / "run"
-    _assert_same_run(out, lora_reference)   # every step's loss and the final weights
+    _assert_same_run(out, lora_reference)  # every step's loss and the final weights
     log = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()]
     assert any(r.get("event") == "resume" and r["step"] == 2 for r in log)
 
@@ -213,7 +238,7 @@ def test_resume_restores_each_ranks_dropout_stream(setup, tmp_path):
     _assert_same_run(tmp_path / "crashed", tmp_path / "whole")
     states = torch.load(tmp_path / "crashed" / "checkpoints" / "step-0000002" / "states.pt", weights_only=False)
     r0, r1 = states["rng_ranks"]
-    assert not torch.equal(r0["torch"], r1["torch"])   # the streams differ, so each rank needs its own
+    assert not torch.equal(r0["torch"], r1["torch"])  # the streams differ, so each rank needs its own
 
 
 # ---------------------------------------------------------------------------
@@ -241,7 +266,7 @@ def _die_at_step(step: int, how) -> None:
 
 def _exit_now():
     sys.stdout.flush()
-    os._exit(KILLED)   # like SIGKILL: no clean-up, no finally
+    os._exit(KILLED)  # like SIGKILL: no clean-up, no finally
 
 
 def _raise():

@@ -23,7 +23,7 @@ def llama7b():
 
 def test_shapes_from_config_alone(llama7b):
     assert llama7b.total_params == pytest.approx(6.74e9, rel=0.005)
-    assert llama7b.lora_params(16) == 39_976_960            # r=16 on all 7 linear layers x 32
+    assert llama7b.lora_params(16) == 39_976_960  # r=16 on all 7 linear layers x 32
     assert llama7b.lora_params(8, ["q_proj", "v_proj"]) == 4_194_304
 
 
@@ -42,11 +42,19 @@ def test_estimate_grows_with_tokens_and_parts_add_up(llama7b):
 
 # Measured on the GPU benchmark (H100 in T4 emulation: fp16, no flash attention,
 # 15 GiB cap; docs/training.md): torch.cuda.max_memory_reserved in GiB at each budget.
-MEASURED = {("packed", 1024, 1024): 5.574, ("packed", 2048, 2048): 6.572, ("packed", 4096, 4096): 8.729,
-            ("padded", 1024, 1024): 5.516, ("padded", 2048, 2048): 6.555, ("padded", 4096, 4096): 9.279,
-            # Not used for fitting (second session, H200, same emulation): full micro-batches of
-            # 52 examples at the new default row length, and the 4096 point re-measured.
-            ("packed", 6144, 2560): 12.023, ("packed", 8192, 2560): 12.553, ("packed", 4096, 1024): 9.342}
+MEASURED = {
+    ("packed", 1024, 1024): 5.574,
+    ("packed", 2048, 2048): 6.572,
+    ("packed", 4096, 4096): 8.729,
+    ("padded", 1024, 1024): 5.516,
+    ("padded", 2048, 2048): 6.555,
+    ("padded", 4096, 4096): 9.279,
+    # Not used for fitting (second session, H200, same emulation): full micro-batches of
+    # 52 examples at the new default row length, and the 4096 point re-measured.
+    ("packed", 6144, 2560): 12.023,
+    ("packed", 8192, 2560): 12.553,
+    ("packed", 4096, 1024): 9.342,
+}
 
 
 @pytest.mark.parametrize("layout,tokens,rows", sorted(MEASURED))
@@ -105,8 +113,9 @@ def test_config_yaml_then_flags(tmp_path):
     assert TrainConfig.load(saved) == cfg
 
 
-@pytest.mark.parametrize("bad", [{"lora_rank": 8}, {"method": "qlorax"}, {"layout": "zigzag"}, {"lr": -1},
-                                 {"gpu_memory": "many"}])
+@pytest.mark.parametrize(
+    "bad", [{"lora_rank": 8}, {"method": "qlorax"}, {"layout": "zigzag"}, {"lr": -1}, {"gpu_memory": "many"}]
+)
 def test_config_rejects_bad_settings(tmp_path, bad):
     p = tmp_path / "train.yaml"
     p.write_text(yaml.safe_dump(bad))
@@ -134,10 +143,10 @@ def test_the_token_budget_is_decided_in_one_place():
 
     cfg, plan = TrainConfig(), SimpleNamespace(budget=4096)
     assert token_budget(cfg, plan, 700, on_gpu=True) == 4096
-    assert token_budget(cfg, plan, 700, on_gpu=False) == 1024          # CPU: short rows
-    assert token_budget(cfg, plan, 1500, on_gpu=False) == 1500         # never below the longest example
-    assert token_budget(cfg, None, 700, on_gpu=True) == 8192           # no plan: max_batch_tokens
-    assert token_budget(cfg, plan, 700, on_gpu=True, checkpoint_budget=2048) == 2048   # resume: the same cut
+    assert token_budget(cfg, plan, 700, on_gpu=False) == 1024  # CPU: short rows
+    assert token_budget(cfg, plan, 1500, on_gpu=False) == 1500  # never below the longest example
+    assert token_budget(cfg, None, 700, on_gpu=True) == 8192  # no plan: max_batch_tokens
+    assert token_budget(cfg, plan, 700, on_gpu=True, checkpoint_budget=2048) == 2048  # resume: the same cut
     assert token_budget(TrainConfig(batch_tokens=3000), plan, 700, on_gpu=True, checkpoint_budget=2048) == 3000
     with pytest.raises(ConfigError, match=r"batch_tokens=600 is smaller than the longest example \(700 tokens"):
         token_budget(TrainConfig(batch_tokens=600), None, 700, on_gpu=True)

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from kner.errors import DataError
 from kner.data.example import write_jsonl
+from kner.errors import DataError
 from kner.model.loading import LoadSpec, build_model_from_config, load_model, tiny_config
 from kner.training.config import TrainConfig
 from kner.training.recipe import train
@@ -33,8 +33,20 @@ def base_dir(tmp_path_factory):
 
 
 def _cfg(base_dir, out, **kw) -> TrainConfig:
-    d = dict(model=str(base_dir), scheme="kmou", output=str(out), examples_per_step=4, max_steps=6,
-             batch_tokens=1100, row_tokens=700, lr=5e-3, save_every=2, progress=False, tensorboard=False, seed=7)
+    d = dict(
+        model=str(base_dir),
+        scheme="kmou",
+        output=str(out),
+        examples_per_step=4,
+        max_steps=6,
+        batch_tokens=1100,
+        row_tokens=700,
+        lr=5e-3,
+        save_every=2,
+        progress=False,
+        tensorboard=False,
+        seed=7,
+    )
     d.update(kw)
     return TrainConfig(**d)
 
@@ -72,6 +84,7 @@ def test_output_folder_holds_what_inference_needs(reference_run):
     assert len(_losses(out)) == 6
     # The adapter loads back onto the 4-bit base and changes its output.
     from kner.model.compat import load_adapter
+
     base = load_model(m.load)
     model = load_adapter(base, out / "adapter")
     assert any("lora" in n for n, _ in model.named_parameters())
@@ -92,6 +105,7 @@ def _kill_after(model, n_calls: int):
         calls["n"] += 1
         if calls["n"] == n_calls:
             raise _Killed()
+
     return model.model.layers[0].mlp.register_forward_pre_hook(hook)
 
 
@@ -126,26 +140,28 @@ def test_oom_is_retried_on_split_micro_batches_with_the_same_gradient(base_dir, 
 
     def hook(mod, args):
         n = args[0].shape[0] * args[0].shape[1]
-        if n > 600:                               # "memory" holds at most 600 tokens
+        if n > 600:  # "memory" holds at most 600 tokens
             state["fired"] += 1
             raise torch.OutOfMemoryError("injected: CUDA out of memory")
-        if n > 400:                               # one OOM in the backward replay of a checkpointed layer
+        if n > 400:  # one OOM in the backward replay of a checkpointed layer
             if state["armed"] == n and torch.is_grad_enabled() and state["fired"] < 100:
                 state["armed"] = -1
                 state["fired"] += 100
                 raise torch.OutOfMemoryError("injected in backward")
             if state["armed"] is None:
                 state["armed"] = n
-    model.model.layers[1].mlp.register_forward_pre_hook(hook)   # inside the layer: runs in the replay too
+
+    model.model.layers[1].mlp.register_forward_pre_hook(hook)  # inside the layer: runs in the replay too
     out = tmp_path / "oom"
     train(cfg.replace(output=str(out)), model=model, tokenizer=llama_tokenizer(), train_examples=data[0])
     recs = [r for r in _log(out) if "loss" in r]
     assert sum(r["oom_splits"] for r in recs) >= 2 and state["fired"] >= 100
-    assert all(r["examples"] == 4 for r in recs)               # nothing skipped
+    assert all(r["examples"] == 4 for r in recs)  # nothing skipped
     ref = _losses(reference)
     for r in recs:
         assert r["loss"] == pytest.approx(ref[r["step"]], abs=1e-5)
     from safetensors.torch import load_file
+
     a = load_file(str(reference / "adapter" / "adapter_model.safetensors"))
     b = load_file(str(out / "adapter" / "adapter_model.safetensors"))
     assert a.keys() == b.keys()
@@ -159,9 +175,21 @@ def test_model_object_api_saves_its_base_weights(data, tmp_path):
 
     tok = llama_tokenizer()
     model = build_model_from_config(tiny_config("llama", len(tok)), seed=3)
-    out = train(TrainConfig(model="tiny-from-scratch", scheme="kmou", output=str(tmp_path / "o"), max_steps=2,
-                            examples_per_step=4, batch_tokens=1100, save_every=0, progress=False),
-                model=model, tokenizer=tok, train_examples=data[0])
+    out = train(
+        TrainConfig(
+            model="tiny-from-scratch",
+            scheme="kmou",
+            output=str(tmp_path / "o"),
+            max_steps=2,
+            examples_per_step=4,
+            batch_tokens=1100,
+            save_every=0,
+            progress=False,
+        ),
+        model=model,
+        tokenizer=tok,
+        train_examples=data[0],
+    )
     m = ModelManifest.load_from(out)
     assert m.model_dir == "base" and (out / "base" / "config.json").is_file()
     assert any(type(x).__name__ == "Linear4bit" for x in model.modules())
@@ -170,8 +198,10 @@ def test_model_object_api_saves_its_base_weights(data, tmp_path):
 def test_full_fine_tuning_saves_full_weights(base_dir, data, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    out = train(_cfg(base_dir, tmp_path / "full", method="full", max_steps=2, save_every=0, optimizer="adamw"),
-                train_examples=data[0])
+    out = train(
+        _cfg(base_dir, tmp_path / "full", method="full", max_steps=2, save_every=0, optimizer="adamw"),
+        train_examples=data[0],
+    )
     assert (out / "model" / "config.json").is_file() and not (out / "adapter").exists()
     AutoModelForCausalLM.from_pretrained(out / "model")
 
@@ -179,8 +209,9 @@ def test_full_fine_tuning_saves_full_weights(base_dir, data, tmp_path):
 def test_labels_outside_the_scheme_are_an_error_unless_mapped(base_dir, data, tmp_path):
     with pytest.raises(DataError, match="--map"):
         train(_cfg(base_dir, tmp_path / "x", scheme="spacy19", max_steps=1), train_examples=data[0])
-    out = train(_cfg(base_dir, tmp_path / "y", scheme="spacy19", map="kmou", max_steps=1, save_every=0),
-                train_examples=data[0])
+    out = train(
+        _cfg(base_dir, tmp_path / "y", scheme="spacy19", map="kmou", max_steps=1, save_every=0), train_examples=data[0]
+    )
     assert (out / "kner.json").is_file()
 
 
@@ -192,9 +223,25 @@ def test_kner_train_cli(base_dir, data, tmp_path):
     _register()
     write_jsonl(tmp_path / "train.jsonl", data[0][:8])
     (tmp_path / "train.yaml").write_text(f"model: {base_dir}\nscheme: kmou\nmax_steps: 5\nexamples_per_step: 4\n")
-    res = CliRunner().invoke(app, ["train", "--config", str(tmp_path / "train.yaml"), "--train",
-                                   str(tmp_path / "train.jsonl"), "--max-steps", "1", "--batch-tokens", "1100",
-                                   "--output", str(tmp_path / "cli"), "--no-progress", "--save-every", "0"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--config",
+            str(tmp_path / "train.yaml"),
+            "--train",
+            str(tmp_path / "train.jsonl"),
+            "--max-steps",
+            "1",
+            "--batch-tokens",
+            "1100",
+            "--output",
+            str(tmp_path / "cli"),
+            "--no-progress",
+            "--save-every",
+            "0",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "model written to" in res.output
     assert TrainConfig.load(tmp_path / "cli" / "train_config.yaml").max_steps == 1
@@ -217,9 +264,21 @@ def test_diverged_training_stops_without_poisoning_the_weights(data, tmp_path):
         return output
 
     model.model.layers[0].register_forward_hook(poison)
-    cfg = TrainConfig(model="tiny", scheme="kmou", method="full", optimizer="adamw", compute_dtype="fp32",
-                      output=str(tmp_path / "o"), max_steps=20, examples_per_step=4, batch_tokens=4000,
-                      save_every=0, progress=False, tensorboard=False, max_nonfinite_steps=3)
+    cfg = TrainConfig(
+        model="tiny",
+        scheme="kmou",
+        method="full",
+        optimizer="adamw",
+        compute_dtype="fp32",
+        output=str(tmp_path / "o"),
+        max_steps=20,
+        examples_per_step=4,
+        batch_tokens=4000,
+        save_every=0,
+        progress=False,
+        tensorboard=False,
+        max_nonfinite_steps=3,
+    )
     with pytest.raises(KnerError, match="training diverged.*3 steps in a row"):
         train(cfg, model=model, tokenizer=tok, train_examples=data[0])
     assert all(torch.isfinite(p).all() for p in model.parameters())

@@ -7,11 +7,10 @@ stand-in before it existed and is still checked against it.
 from __future__ import annotations
 
 import re
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 from kner.data.example import Entity, Example, validate
-
 from tiny_llama import KMOU_FIXTURE as KMOU
 from tiny_llama import tiny_llama, tiny_llama_dir
 
@@ -24,7 +23,7 @@ _TAG = re.compile(r"<([^<>]+?):([A-Z]{2,3})>")
 def parse_markup(line: str) -> tuple[str, list[Entity]]:
     text, ents, pos = [], [], 0
     for m in _TAG.finditer(line):
-        text.append(line[pos:m.start()])
+        text.append(line[pos : m.start()])
         start = sum(map(len, text))
         text.append(m.group(1))
         ents.append(Entity(start, start + len(m.group(1)), m.group(2), m.group(1)))
@@ -47,13 +46,13 @@ def read_kmou_file(path: Path) -> list[Example]:
     return out
 
 
-@lru_cache(maxsize=None)
+@cache
 def kmou_examples(n_files: int = 4) -> tuple[Example, ...]:
     """Sentences of the first ``n_files`` KMOU corpus files (about 14 a file; the fixture has 15), KMOU labels."""
     files = sorted(KMOU.glob("*.txt"))[:n_files]
     try:
         from kner.data.readers import read_dataset
-    except ImportError:   # before kner.data.readers existed; kept as a fallback
+    except ImportError:  # before kner.data.readers existed; kept as a fallback
         return tuple(ex for f in files for ex in read_kmou_file(f))
     return tuple(ex for f in files for ex in read_dataset("kmou", f).examples)
 
@@ -66,7 +65,7 @@ def llama_tokenizer():
 def test_markup_parser_offsets():
     text, ents = parse_markup("이미 수상자(<2000년:DAT> <김대중:PER> 전 대통령)")
     assert text == "이미 수상자(2000년 김대중 전 대통령)"
-    assert [(e.label, text[e.start:e.end]) for e in ents] == [("DAT", "2000년"), ("PER", "김대중")]
+    assert [(e.label, text[e.start : e.end]) for e in ents] == [("DAT", "2000년"), ("PER", "김대중")]
 
 
 def test_kmou_examples_load():

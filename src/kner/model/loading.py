@@ -10,8 +10,12 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from kner.model import compat
 from kner.errors import ConfigError, KnerError
+from kner.model import compat, hub
+
+# torch and transformers are imported inside each function (PLC0415 is off for this file in
+# pyproject.toml): kner.config and kner.training.config import this module, and checking a config
+# must not import them (seconds).
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +28,14 @@ def choose_compute_dtype(requested: str = "auto"):
 
     if requested != "auto":
         try:
-            return {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
-                    "float16": torch.float16, "fp32": torch.float32, "float32": torch.float32}[requested]
+            return {
+                "bf16": torch.bfloat16,
+                "bfloat16": torch.bfloat16,
+                "fp16": torch.float16,
+                "float16": torch.float16,
+                "fp32": torch.float32,
+                "float32": torch.float32,
+            }[requested]
         except KeyError:
             raise ConfigError(f"unknown dtype {requested!r}; use auto, bf16, fp16 or fp32") from None
     if torch.cuda.is_available():
@@ -40,9 +50,13 @@ def dtype_name(dtype) -> str:
 def bnb_config(compute_dtype, double_quant: bool = True, quant_type: str = "nf4"):
     from transformers import BitsAndBytesConfig
 
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type,
-                              bnb_4bit_use_double_quant=double_quant, bnb_4bit_compute_dtype=compute_dtype,
-                              bnb_4bit_quant_storage=compute_dtype)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=quant_type,
+        bnb_4bit_use_double_quant=double_quant,
+        bnb_4bit_compute_dtype=compute_dtype,
+        bnb_4bit_quant_storage=compute_dtype,
+    )
 
 
 @dataclass
@@ -73,14 +87,21 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, revision:
     return tok
 
 
-def load_model(spec: LoadSpec, device_map=None):
-    """Load a causal LM per ``spec``; 4-bit NF4 through bitsandbytes when ``quantize_4bit``."""
+def load_model(spec: LoadSpec, device_map=None, allow_pickle: bool = False):
+    """Load a causal LM per ``spec``; 4-bit NF4 through bitsandbytes when ``quantize_4bit``. Safetensors
+    weights only (a folder or Hub repo with only pickled ``.bin`` files is refused) unless ``allow_pickle``."""
     import torch
     from transformers import AutoModelForCausalLM
 
+    hub.require_safetensors(spec.model, allow_pickle)
     dtype = choose_compute_dtype(spec.compute_dtype)
-    kwargs = dict(trust_remote_code=spec.trust_remote_code, revision=spec.revision, use_safetensors=None,
-                  dtype=dtype)
+    # use_safetensors=None would fall back to pickled .bin files, which run code when loaded.
+    kwargs = dict(
+        trust_remote_code=spec.trust_remote_code,
+        revision=spec.revision,
+        use_safetensors=None if allow_pickle else True,
+        dtype=dtype,
+    )
     if spec.attn_implementation:
         kwargs["attn_implementation"] = spec.attn_implementation
     if spec.quantize_4bit:
@@ -91,7 +112,10 @@ def load_model(spec: LoadSpec, device_map=None):
     try:
         model = AutoModelForCausalLM.from_pretrained(spec.model, **kwargs)
     except (OSError, ValueError) as err:
-        raise KnerError(f"cannot load model {spec.model!r}: {str(err).splitlines()[0]}") from None
+        msg = str(err).splitlines()[0]
+        if not allow_pickle and "safetensors" in msg:
+            msg += f" (kner loads safetensors weights only; if the model has only pickled .bin files, {hub.PICKLE_HINT})"
+        raise KnerError(f"cannot load model {spec.model!r}: {msg}") from None
     return model
 
 
@@ -99,15 +123,31 @@ def load_model(spec: LoadSpec, device_map=None):
 TINY_ARCHS = ("llama", "mistral", "qwen2", "gemma")
 
 
-def tiny_config(arch: str, vocab_size: int, hidden: int = 64, layers: int = 2, heads: int = 4,
-                kv_heads: int = 2, intermediate: int = 128, max_positions: int = 2048, **extra):
+def tiny_config(
+    arch: str,
+    vocab_size: int,
+    hidden: int = 64,
+    layers: int = 2,
+    heads: int = 4,
+    kv_heads: int = 2,
+    intermediate: int = 128,
+    max_positions: int = 2048,
+    **extra,
+):
     from transformers import AutoConfig
 
     if arch not in TINY_ARCHS:
         raise ConfigError(f"unknown architecture {arch!r}; choose from {', '.join(TINY_ARCHS)}")
-    kw = dict(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-              num_key_value_heads=kv_heads, intermediate_size=intermediate, max_position_embeddings=max_positions,
-              tie_word_embeddings=False)
+    kw = dict(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        intermediate_size=intermediate,
+        max_position_embeddings=max_positions,
+        tie_word_embeddings=False,
+    )
     if arch == "gemma":
         kw["head_dim"] = hidden // heads
     kw.update(extra)
@@ -133,8 +173,14 @@ def save_pretrained_dir(model, tokenizer, path: str | Path) -> Path:
     return path
 
 
-def quantize_4bit_inplace(model, compute_dtype, double_quant: bool = True, quant_type: str = "nf4",
-                          skip: tuple[str, ...] = ("lm_head",), device=None):
+def quantize_4bit_inplace(
+    model,
+    compute_dtype,
+    double_quant: bool = True,
+    quant_type: str = "nf4",
+    skip: tuple[str, ...] = ("lm_head",),
+    device=None,
+):
     """Replace every ``nn.Linear`` (except ``skip``) by a bitsandbytes NF4 ``Linear4bit``, in place.
 
     For models that exist only as Python objects (tiny from-scratch models, or a 7B
@@ -152,12 +198,25 @@ def quantize_4bit_inplace(model, compute_dtype, double_quant: bool = True, quant
             if type(child) is not nn.Linear or name in skip:
                 continue
             dev = torch.device(device) if device is not None else child.weight.device
-            new = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=child.bias is not None,
-                                    compute_dtype=compute_dtype, compress_statistics=double_quant,
-                                    quant_type=quant_type, quant_storage=compute_dtype, device="meta")
+            new = bnb.nn.Linear4bit(
+                child.in_features,
+                child.out_features,
+                bias=child.bias is not None,
+                compute_dtype=compute_dtype,
+                compress_statistics=double_quant,
+                quant_type=quant_type,
+                quant_storage=compute_dtype,
+                device="meta",
+            )
             w = child.weight.data.to(compute_dtype)
-            new.weight = bnb.nn.Params4bit(w, requires_grad=False, compress_statistics=double_quant,
-                                           quant_type=quant_type, quant_storage=compute_dtype, module=new).to(dev)
+            new.weight = bnb.nn.Params4bit(
+                w,
+                requires_grad=False,
+                compress_statistics=double_quant,
+                quant_type=quant_type,
+                quant_storage=compute_dtype,
+                module=new,
+            ).to(dev)
             if child.bias is not None:
                 new.bias = nn.Parameter(child.bias.data.to(device=dev, dtype=compute_dtype), requires_grad=False)
             new.requires_grad_(False)

@@ -9,7 +9,7 @@ def __getattr__(name: str):
     # The recipe imports torch, transformers and peft (seconds); every kner config reads
     # kner.training.config, which must not pay for them.
     if name == "train":
-        from kner.training.recipe import train
+        from kner.training.recipe import train  # noqa: PLC0415
 
         return train
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -22,17 +22,21 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from kner.data.example import Example
 from kner.model.prompt import PromptEncoder
 
+if TYPE_CHECKING:  # annotations only: kner.data.check imports this module without torch
+    import torch
+
 
 @dataclass(frozen=True)
 class TokenizedExample:
-    index: int              # position in the training list (the data order is defined on these)
+    index: int  # position in the training list (the data order is defined on these)
     input_ids: tuple[int, ...]
-    prefix_len: int         # input_ids[:prefix_len] is the shared instruction prefix
-    prompt_len: int         # labels are input_ids[prompt_len:] (answer tags + EOS)
+    prefix_len: int  # input_ids[:prefix_len] is the shared instruction prefix
+    prompt_len: int  # labels are input_ids[prompt_len:] (answer tags + EOS)
 
     @property
     def length(self) -> int:
@@ -49,12 +53,13 @@ class TokenizedExample:
 
 @dataclass
 class TokenizeReport:
-    too_long: list[str]     # ids of examples longer than max_seq_len (skipped, reported)
-    fallbacks: int          # examples tokenized piecewise (see PromptEncoder)
+    too_long: list[str]  # ids of examples longer than max_seq_len (skipped, reported)
+    fallbacks: int  # examples tokenized piecewise (see PromptEncoder)
 
 
-def tokenize_examples(examples: list[Example], encoder: PromptEncoder, max_seq_len: int,
-                      separator: str = " ") -> tuple[list[TokenizedExample], TokenizeReport]:
+def tokenize_examples(
+    examples: list[Example], encoder: PromptEncoder, max_seq_len: int, separator: str = " "
+) -> tuple[list[TokenizedExample], TokenizeReport]:
     out: list[TokenizedExample] = []
     too_long: list[str] = []
     before = encoder.fallbacks
@@ -66,8 +71,9 @@ def tokenize_examples(examples: list[Example], encoder: PromptEncoder, max_seq_l
     return out, TokenizeReport(too_long, encoder.fallbacks - before)
 
 
-def epoch_steps(lengths: list[int], examples_per_step: int, seed: int, epoch: int,
-                group_by_length: bool = False) -> list[list[int]]:
+def epoch_steps(
+    lengths: list[int], examples_per_step: int, seed: int, epoch: int, group_by_length: bool = False
+) -> list[list[int]]:
     """The optimizer steps of one epoch as lists of example indices; every example exactly once.
 
     ``group_by_length`` sorts windows of 16 steps by length before cutting them, so a
@@ -81,9 +87,9 @@ def epoch_steps(lengths: list[int], examples_per_step: int, seed: int, epoch: in
         window = examples_per_step * 16
         grouped: list[int] = []
         for i in range(0, len(order), window):
-            grouped += sorted(order[i:i + window], key=lambda j: -lengths[j])
+            grouped += sorted(order[i : i + window], key=lambda j: -lengths[j])
         order = grouped
-    steps = [order[i:i + examples_per_step] for i in range(0, len(order), examples_per_step)]
+    steps = [order[i : i + examples_per_step] for i in range(0, len(order), examples_per_step)]
     if group_by_length:
         rng.shuffle(steps)
     return steps
@@ -137,8 +143,9 @@ def pack_rows(examples: list[TokenizedExample], cap: int) -> list[Row]:
         k += 1
 
 
-def micro_batches(step: list[TokenizedExample], budget: int, layout: str, row_tokens: int | None = None
-                  ) -> list[list[Row]]:
+def micro_batches(
+    step: list[TokenizedExample], budget: int, layout: str, row_tokens: int | None = None
+) -> list[list[Row]]:
     """Cut one optimizer step into micro-batches (lists of rows) of at most ``budget`` computed tokens.
 
     Deterministic (ties broken by index), so a resumed run rebuilds the same batches.
@@ -151,7 +158,7 @@ def micro_batches(step: list[TokenizedExample], budget: int, layout: str, row_to
         rows = pack_rows(step, min(row_tokens or budget, budget))
         rows.sort(key=lambda r: (-row_len(r), min(e.index for e in r)))
         n = max(1, -(-sum(row_len(r) for r in rows) // budget))
-        while True:   # balance rows over the fewest micro-batches that fit
+        while True:  # balance rows over the fewest micro-batches that fit
             mbs: list[list[Row]] = [[] for _ in range(n)]
             for row in rows:
                 fits = [i for i in range(n) if batch_cost(mbs[i] + [row], layout) <= budget]
@@ -196,16 +203,16 @@ def as_rows(examples: list[TokenizedExample], layout: str) -> list[Row]:
 class Batching:
     """How the examples of a step become micro-batches: fixed for a run once the budget is decided."""
 
-    budget: int                     # computed tokens a micro-batch may hold (kner.training.setup.token_budget)
+    budget: int  # computed tokens a micro-batch may hold (kner.training.setup.token_budget)
     layout: str = "packed"
-    row_tokens: int | None = None   # packed: longest row, at least the longest example; None: the budget
+    row_tokens: int | None = None  # packed: longest row, at least the longest example; None: the budget
     pad_id: int = 0
-    attn_implementation: str | None = "sdpa"   # "eager" gets an additive float mask
+    attn_implementation: str | None = "sdpa"  # "eager" gets an additive float mask
 
     def micro_batches(self, examples: list[TokenizedExample]) -> list[list[Row]]:
         return micro_batches(examples, self.budget, self.layout, self.row_tokens)
 
-    def collate(self, rows: list[Row], mask_dtype=None) -> "MicroBatch":
+    def collate(self, rows: list[Row], mask_dtype=None) -> MicroBatch:
         return collate(rows, self.layout, self.pad_id, self.attn_implementation, mask_dtype)
 
 
@@ -214,28 +221,40 @@ class MicroBatch:
     """Tensors for one forward pass plus where the answer tokens are."""
 
     layout: str
-    input_ids: object               # [rows, cols]
-    position_ids: object | None
-    attention_mask: object | None   # 2-D padding mask (padded) or 4-D block mask (packed)
-    pred_rows: object               # hidden state (row, col) that predicts each target
-    pred_cols: object
-    targets: object
+    input_ids: torch.Tensor  # [rows, cols]
+    position_ids: torch.Tensor | None
+    attention_mask: torch.Tensor | None  # 2-D padding mask (padded) or 4-D block mask (packed)
+    pred_rows: torch.Tensor  # hidden state (row, col) that predicts each target
+    pred_cols: torch.Tensor
+    targets: torch.Tensor
     n_examples: int
-    n_tokens: int                   # useful tokens: each example's full length, as inference sees it
-    n_computed: int                 # tokens the model actually runs (prefix once, padding included)
+    n_tokens: int  # useful tokens: each example's full length, as inference sees it
+    n_computed: int  # tokens the model actually runs (prefix once, padding included)
     n_answer: int
 
-    def to(self, device) -> "MicroBatch":
+    def to(self, device) -> MicroBatch:
         def mv(t):
             return t.to(device, non_blocking=True) if t is not None else None
-        return MicroBatch(self.layout, mv(self.input_ids), mv(self.position_ids), mv(self.attention_mask),
-                          mv(self.pred_rows), mv(self.pred_cols), mv(self.targets),
-                          self.n_examples, self.n_tokens, self.n_computed, self.n_answer)
+
+        return MicroBatch(
+            self.layout,
+            mv(self.input_ids),
+            mv(self.position_ids),
+            mv(self.attention_mask),
+            mv(self.pred_rows),
+            mv(self.pred_cols),
+            mv(self.targets),
+            self.n_examples,
+            self.n_tokens,
+            self.n_computed,
+            self.n_answer,
+        )
 
 
-def collate(rows: list[Row], layout: str, pad_id: int, attn_implementation: str | None = "sdpa",
-            mask_dtype=None) -> MicroBatch:
-    import torch
+def collate(
+    rows: list[Row], layout: str, pad_id: int, attn_implementation: str | None = "sdpa", mask_dtype=None
+) -> MicroBatch:
+    import torch  # noqa: PLC0415  lazy: kner.data.check imports this module to count tokens, without torch
 
     batch = _flat(rows)
     if not batch:
@@ -257,20 +276,20 @@ def collate(rows: list[Row], layout: str, pad_id: int, attn_implementation: str 
         T = -(-max(row_len(r) for r in rows) // 16) * 16
         ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
         pos = torch.zeros(len(rows), T, dtype=torch.long)
-        seg = torch.empty(len(rows), T, dtype=torch.long)   # segment of every column; 0 = the prefix
+        seg = torch.empty(len(rows), T, dtype=torch.long)  # segment of every column; 0 = the prefix
         seg[:, :P] = 0
         for r, row in enumerate(rows):
             ids[r, :P] = torch.tensor(batch[0].input_ids[:P])
             pos[r, :P] = torch.arange(P)
-            start = P                         # column of the next example in this row
+            start = P  # column of the next example in this row
             for k, e in enumerate(row, 1):
                 n = e.suffix_len
-                ids[r, start:start + n] = torch.tensor(e.input_ids[P:])
-                pos[r, start:start + n] = torch.arange(P, e.length)
-                seg[r, start:start + n] = k
+                ids[r, start : start + n] = torch.tensor(e.input_ids[P:])
+                pos[r, start : start + n] = torch.arange(P, e.length)
+                seg[r, start : start + n] = k
                 for j in range(e.prompt_len, e.length):
                     rows_idx.append(r)
-                    cols.append(start + (j - P) - 1)   # the token before target j, same segment since j > P
+                    cols.append(start + (j - P) - 1)  # the token before target j, same segment since j > P
                     targets.append(e.input_ids[j])
                 start += n
             seg[r, start:] = -torch.arange(1, T - start + 1)
@@ -282,21 +301,43 @@ def collate(rows: list[Row], layout: str, pad_id: int, attn_implementation: str 
         else:
             mask = allowed
         computed = sum(row_len(r) for r in rows)
-        return MicroBatch(layout, ids, pos, mask[:, None], torch.tensor(rows_idx), torch.tensor(cols),
-                          torch.tensor(targets), len(batch), n_tokens, computed, n_answer)
+        return MicroBatch(
+            layout,
+            ids,
+            pos,
+            mask[:, None],
+            torch.tensor(rows_idx),
+            torch.tensor(cols),
+            torch.tensor(targets),
+            len(batch),
+            n_tokens,
+            computed,
+            n_answer,
+        )
 
     if layout == "padded":
         S = max(e.length for e in batch)
         ids = torch.full((len(batch), S), pad_id, dtype=torch.long)
         mask = torch.zeros(len(batch), S, dtype=torch.long)
         for i, e in enumerate(batch):
-            ids[i, :e.length] = torch.tensor(e.input_ids)
-            mask[i, :e.length] = 1
+            ids[i, : e.length] = torch.tensor(e.input_ids)
+            mask[i, : e.length] = 1
             for j in range(e.prompt_len, e.length):
                 rows_idx.append(i)
                 cols.append(j - 1)
                 targets.append(e.input_ids[j])
-        return MicroBatch(layout, ids, None, mask, torch.tensor(rows_idx), torch.tensor(cols),
-                          torch.tensor(targets), len(batch), n_tokens, len(batch) * S, n_answer)
+        return MicroBatch(
+            layout,
+            ids,
+            None,
+            mask,
+            torch.tensor(rows_idx),
+            torch.tensor(cols),
+            torch.tensor(targets),
+            len(batch),
+            n_tokens,
+            len(batch) * S,
+            n_answer,
+        )
 
     raise ValueError(f"unknown layout {layout!r}")

@@ -16,7 +16,9 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 
 from kner.errors import KnerError
 
@@ -25,10 +27,10 @@ STATE = "state.json"
 
 @dataclass
 class Position:
-    global_step: int        # optimizer steps done
-    epoch: int              # epoch of the next step
-    step_in_epoch: int      # index of the next step within its epoch
-    budget: int             # micro-batch token budget (the micro-batch cut depends on it)
+    global_step: int  # optimizer steps done
+    epoch: int  # epoch of the next step
+    step_in_epoch: int  # index of the next step within its epoch
+    budget: int  # micro-batch token budget (the micro-batch cut depends on it)
     examples_seen: int = 0
     tokens_seen: int = 0
     elapsed_s: float = 0.0
@@ -37,7 +39,6 @@ class Position:
 def rng_state() -> dict:
     st = {"python": random.getstate(), "torch": torch.get_rng_state()}
     try:
-        import numpy as np
         st["numpy"] = np.random.get_state()
     except ImportError:
         pass
@@ -50,7 +51,6 @@ def set_rng_state(st: dict) -> None:
     random.setstate(st["python"])
     torch.set_rng_state(st["torch"])
     if "numpy" in st:
-        import numpy as np
         np.random.set_state(st["numpy"])
     if "cuda" in st and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(st["cuda"])
@@ -65,20 +65,21 @@ def load_trainable_state(model, state: dict[str, torch.Tensor], where: str) -> N
     missing = sorted(set(params) - set(state))
     extra = sorted(set(state) - set(params))
     if missing or extra:
-        raise KnerError(f"{where}: checkpoint does not match the model being trained "
-                        f"({len(missing)} trainable tensors missing, {len(extra)} unexpected; e.g. "
-                        f"{(missing or extra)[0]}); resume with the same model, method and LoRA settings")
+        raise KnerError(
+            f"{where}: checkpoint does not match the model being trained "
+            f"({len(missing)} trainable tensors missing, {len(extra)} unexpected; e.g. "
+            f"{(missing or extra)[0]}); resume with the same model, method and LoRA settings"
+        )
     with torch.no_grad():
         for n, p in params.items():
             p.copy_(state[n].to(device=p.device, dtype=p.dtype))
 
 
-def save_checkpoint(root: Path, pos: Position, model, optimizer, scheduler, scaler, keep: int = 2,
-                    rng_ranks: list[dict] | None = None) -> Path:
+def save_checkpoint(
+    root: Path, pos: Position, model, optimizer, scheduler, scaler, keep: int = 2, rng_ranks: list[dict] | None = None
+) -> Path:
     """``rng_ranks``: every rank's RNG states under data parallelism (rank 0 writes for all);
     each rank draws its own dropout masks, so each resumes its own stream."""
-    from safetensors.torch import save_file
-
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{pos.global_step:07d}"
     tmp = root / f".tmp-{final.name}"
@@ -86,10 +87,16 @@ def save_checkpoint(root: Path, pos: Position, model, optimizer, scheduler, scal
         shutil.rmtree(tmp)
     tmp.mkdir()
     save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else None,
-                "rng": rng_ranks[0] if rng_ranks else rng_state(), "rng_ranks": rng_ranks},
-               tmp / "states.pt")
+    torch.save(
+        {
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "rng": rng_ranks[0] if rng_ranks else rng_state(),
+            "rng_ranks": rng_ranks,
+        },
+        tmp / "states.pt",
+    )
     (tmp / STATE).write_text(json.dumps(asdict(pos), indent=2), encoding="utf-8")
     if final.exists():
         shutil.rmtree(final)
@@ -111,8 +118,6 @@ def latest_checkpoint(root: Path) -> Path | None:
 
 
 def load_checkpoint(path: Path, model, optimizer, scheduler, scaler, rank: int = 0) -> Position:
-    from safetensors.torch import load_file
-
     try:
         pos = Position(**json.loads((path / STATE).read_text(encoding="utf-8")))
         load_trainable_state(model, load_file(str(path / "trainable.safetensors")), str(path))

@@ -12,11 +12,12 @@ as a string is a number (YAML 1.1, which PyYAML reads, takes ``2e-4`` for a stri
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import TYPE_CHECKING, Any, Literal, Union
 
 import typing_extensions
 import yaml
@@ -130,11 +131,22 @@ def _walk(root, loc: tuple) -> tuple[list[str], Any, tuple]:
     return parts, tp, tuple(keys)
 
 
-_EXPECTED = {"int_parsing": "an integer", "int_type": "an integer", "int_from_float": "an integer",
-             "float_parsing": "a number", "float_type": "a number", "bool_parsing": "true or false",
-             "bool_type": "true or false", "string_type": "a string", "dict_type": "a mapping",
-             "model_type": "a mapping", "model_attributes_type": "a mapping", "list_type": "a list",
-             "tuple_type": "a list", "none_required": "nothing (null)"}
+_EXPECTED = {
+    "int_parsing": "an integer",
+    "int_type": "an integer",
+    "int_from_float": "an integer",
+    "float_parsing": "a number",
+    "float_type": "a number",
+    "bool_parsing": "true or false",
+    "bool_type": "true or false",
+    "string_type": "a string",
+    "dict_type": "a mapping",
+    "model_type": "a mapping",
+    "model_attributes_type": "a mapping",
+    "list_type": "a list",
+    "tuple_type": "a list",
+    "none_required": "nothing (null)",
+}
 
 
 def _short(value) -> str:
@@ -149,8 +161,9 @@ def did_you_mean(name: str, known, what: str = "keys") -> str:
     return f"; known {what}: {', '.join(sorted(known))}"
 
 
-def config_error(err: ValidationError, model: type[BaseModel], source: str, lines: dict | None = None,
-                 prefix: tuple = ()) -> ConfigError:
+def config_error(
+    err: ValidationError, model: type[BaseModel], source: str, lines: dict | None = None, prefix: tuple = ()
+) -> ConfigError:
     """One line naming every bad key: ``file:line: train.epochs: expected an integer, got 'ten'``."""
     by_path: dict[str, tuple[tuple, list[str]]] = {}
     for e in err.errors():
@@ -159,7 +172,7 @@ def config_error(err: ValidationError, model: type[BaseModel], source: str, line
         kind, value = e["type"], e.get("input")
         if kind == "extra_forbidden":
             known = _keys_of(_walk(model, e["loc"][:-1])[1]) or {}
-            msg = "unknown key" + did_you_mean(e["loc"][-1], known)
+            msg = "unknown key" + did_you_mean(str(e["loc"][-1]), known)
         elif kind in _EXPECTED:
             msg = f"expected {_EXPECTED[kind]}, got {_short(value)}"
         elif kind == "literal_error":
@@ -174,11 +187,11 @@ def config_error(err: ValidationError, model: type[BaseModel], source: str, line
         old = by_path.setdefault(path, (key, []))[1]
         if old and msg.startswith("expected ") and old[-1].startswith("expected "):
             # A union: "expected a string" and "expected a list" become one line.
-            what, got = msg[len("expected "):].rsplit(", got ", 1)
+            what, got = msg[len("expected ") :].rsplit(", got ", 1)
             old[-1] = old[-1].rsplit(", got ", 1)[0] + f" or {what}, got {got}"
         elif msg not in old:
             old.append(msg)
-    out = []
+    out: list[tuple[int, str]] = []
     for path, (key, msgs) in by_path.items():
         line = line_of(lines, key)
         where = [f"{source}:{line}" if line else source] if source else []
@@ -215,79 +228,84 @@ def check_model_path(name: str) -> None:
 
 def options_of(cls, skip: tuple[str, ...] = ()):
     """A dataclass's fields as a TypedDict: a mapping of its options, checked key by key, stays a plain dict."""
-    import dataclasses
-
     hints = typing.get_type_hints(cls)
-    td = typing_extensions.TypedDict(f"{cls.__name__}Options", {f.name: hints[f.name] for f in dataclasses.fields(cls)
-                                              if f.name not in skip}, total=False)
-    td.__pydantic_config__ = ConfigDict(extra="forbid")
+    td = typing_extensions.TypedDict(  # type: ignore[misc]  # fields known at run time
+        f"{cls.__name__}Options",
+        {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.name not in skip},
+        total=False,
+    )
+    td.__pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[attr-defined]
     return td
 
 
-PromptOptions = options_of(PromptFormat)
-AugmentOptions = options_of(AugmentConfig)
+if TYPE_CHECKING:  # TypedDicts built at import time from the dataclasses' fields
+    PromptOptions = dict[str, Any]
+    AugmentOptions = dict[str, Any]
+else:
+    PromptOptions = options_of(PromptFormat)
+    AugmentOptions = options_of(AugmentConfig)
 
 
 class TrainConfig(Settings):
     # --- data -----------------------------------------------------------------
-    train: Optional[str] = None            # canonical JSONL (kner.data.example)
-    dev: Optional[str] = None              # optional; answer-token loss is reported on it
-    scheme: str = "spacy19"                # target label scheme (name or YAML)
-    map: Optional[str] = None              # source scheme of the data, mapped with Mapping.load(map, scheme)
-    map_fallback: Optional[str] = None     # label for source labels without a row ("-" drops them, counted)
+    train: str | None = None  # canonical JSONL (kner.data.example)
+    dev: str | None = None  # optional; answer-token loss is reported on it
+    scheme: str = "spacy19"  # target label scheme (name or YAML)
+    map: str | None = None  # source scheme of the data, mapped with Mapping.load(map, scheme)
+    map_fallback: str | None = None  # label for source labels without a row ("-" drops them, counted)
     max_seq_len: int = Field(1024, ge=16)  # tokens, prefix included; longer examples are skipped and reported
-    prompt: PromptOptions = Field(default_factory=dict)   # PromptFormat overrides (template, header, ...)
+    prompt: PromptOptions = Field(default_factory=dict)  # PromptFormat overrides (template, header, ...)
     augment: AugmentOptions = Field(default_factory=dict)  # AugmentConfig: {mention_replace: 0.5, variants: 8}
 
     # --- model ------------------------------------------------------------------
     model: str = "meta-llama/Llama-2-7b-hf"
-    method: Literal[METHODS] = "qlora"
-    compute_dtype: str = "auto"            # auto: bf16 where supported, fp16 + loss scaling on T4/V100, fp32 on CPU
+    method: Literal[METHODS] = "qlora"  # type: ignore[valid-type]  # pydantic reads the tuple's names
+    compute_dtype: str = "auto"  # auto: bf16 where supported, fp16 + loss scaling on T4/V100, fp32 on CPU
     double_quant: bool = True
     quant_type: str = "nf4"
     trust_remote_code: bool = False
-    revision: Optional[str] = None
-    attn_implementation: Optional[str] = "sdpa"
+    revision: str | None = None
+    attn_implementation: str | None = "sdpa"
     gradient_checkpointing: bool = True
 
     # --- LoRA -------------------------------------------------------------------
     lora_r: int = Field(16, gt=0)
     lora_alpha: int = 32
     lora_dropout: float = Field(0.05, ge=0, lt=1)
-    target_modules: Union[str, list[str]] = "all-linear"  # "all-linear", a list of module names, or "q_proj,v_proj"
+    target_modules: str | list[str] = "all-linear"  # "all-linear", a list of module names, or "q_proj,v_proj"
 
     # --- optimisation -----------------------------------------------------------
-    optimizer: Literal[OPTIMIZERS] = "paged_adamw_8bit"
+    optimizer: Literal[OPTIMIZERS] = "paged_adamw_8bit"  # type: ignore[valid-type]  # as method
     lr: float = Field(2e-4, gt=0)
     weight_decay: float = 0.0
-    scheduler: Literal[SCHEDULERS] = "cosine"
+    scheduler: Literal[SCHEDULERS] = "cosine"  # type: ignore[valid-type]  # as method
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
-    warmup_steps: Optional[int] = Field(None, ge=0)   # overrides warmup_ratio
+    warmup_steps: int | None = Field(None, ge=0)  # overrides warmup_ratio
     max_grad_norm: float = 1.0
     max_nonfinite_steps: int = Field(5, ge=1)  # stop (with an error) after this many NaN/inf steps in a row
     epochs: int = 1
-    max_steps: Optional[int] = None
+    max_steps: int | None = None
     examples_per_step: int = Field(16, ge=1)  # the optimizer sees the same batches whatever the GPU
     seed: int = 42
 
     # --- batching and memory --------------------------------------------------------
-    layout: Literal[LAYOUTS] = "packed"   # see docs/training.md
-    batch_tokens: Optional[int] = Field(None, ge=16)  # micro-batch token budget; None: the largest the plan allows
-    max_batch_tokens: int = 8192           # upper bound for the automatic budget
-    row_tokens: Optional[int] = 2560       # packed: longest row (at least the longest example); None: the budget.
-                                           # 2560 was the fastest measured (docs/training.md): one long row pays
-                                           # attention over masked pairs, short rows repeat the prefix
-    gpu_memory: Optional[str] = None       # e.g. "15GiB"; default: the GPU's total memory
-    group_by_length: Optional[bool] = None  # None: on for padded, off for packed
+    layout: Literal[LAYOUTS] = "packed"  # type: ignore[valid-type]  # see docs/training.md
+    batch_tokens: int | None = Field(None, ge=16)  # micro-batch token budget; None: the largest the plan allows
+    max_batch_tokens: int = 8192  # upper bound for the automatic budget
+    row_tokens: int | None = 2560  # packed: longest row (at least the longest example); None: the budget.
+    # 2560 was the fastest measured (docs/training.md): one long row pays
+    # attention over masked pairs, short rows repeat the prefix
+    gpu_memory: str | None = None  # e.g. "15GiB"; default: the GPU's total memory
+    group_by_length: bool | None = None  # None: on for padded, off for packed
 
     # --- output -------------------------------------------------------------------
     output: str = "runs/kner"
-    save_every: int = Field(200, ge=0)     # checkpoint every N optimizer steps (0: only at the end)
+    save_every: int = Field(200, ge=0)  # checkpoint every N optimizer steps (0: only at the end)
     keep_checkpoints: int = 2
-    eval_every: int = Field(0, ge=0)       # dev loss every N steps (0: only at the end)
-    resume: bool = False                   # continue from the latest checkpoint in output/checkpoints
-    progress: bool = True                  # live bar (rich)
-    tensorboard: bool = True               # when the tensorboard package is installed
+    eval_every: int = Field(0, ge=0)  # dev loss every N steps (0: only at the end)
+    resume: bool = False  # continue from the latest checkpoint in output/checkpoints
+    progress: bool = True  # live bar (rich)
+    tensorboard: bool = True  # when the tensorboard package is installed
 
     @field_validator("target_modules")
     @classmethod
@@ -300,8 +318,9 @@ class TrainConfig(Settings):
     @classmethod
     def _removed_layout(cls, v):
         if v == "prefix_kv":
-            raise ValueError("prefix_kv was removed (it ran slower than packed and needed up to 1.6x its "
-                             "planned memory); use packed")
+            raise ValueError(
+                "prefix_kv was removed (it ran slower than packed and needed up to 1.6x its planned memory); use packed"
+            )
         return v
 
     @field_validator("gpu_memory", mode="before")
@@ -332,7 +351,7 @@ class TrainConfig(Settings):
             raise ValueError("epochs must be at least 1 (or set max_steps)")
         return self
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:  # type: ignore[override]  # pydantic's is a deprecated classmethod
         """Checks that need the file system (the model folder); the rest was checked on construction."""
         check_model_path(self.model)
         return self
@@ -351,20 +370,20 @@ class TrainConfig(Settings):
         return path
 
     @classmethod
-    def from_dict(cls, d: dict, source: str = "", lines: dict | None = None) -> "TrainConfig":
+    def from_dict(cls, d: dict, source: str = "", lines: dict | None = None) -> TrainConfig:
         try:
             return cls.model_validate(d)
         except ValidationError as err:
             raise config_error(err, cls, source, lines) from None
 
     @classmethod
-    def load(cls, path: str | Path | None = None, **overrides) -> "TrainConfig":
+    def load(cls, path: str | Path | None = None, **overrides) -> TrainConfig:
         """Read ``path`` (YAML) and apply ``overrides`` whose value is not None (flags win over the file)."""
         d, lines = read_yaml(path) if path is not None else ({}, {})
         cfg = cls.from_dict(d, str(path or ""), lines)
         return cfg.replace(**{k: v for k, v in overrides.items() if v is not None})
 
-    def replace(self, **changes) -> "TrainConfig":
+    def replace(self, **changes) -> TrainConfig:
         """A copy with ``changes`` applied, validated as a whole (keys that were set stay set)."""
         given = {k: getattr(self, k) for k in self.model_fields_set}
         return self.from_dict({**given, **changes}, "")

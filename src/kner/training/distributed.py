@@ -31,13 +31,17 @@ import logging
 import os
 from dataclasses import dataclass
 
+import torch
+import torch.distributed as td
+
+from kner.data.splits import balance
 from kner.errors import KnerError
 
 log = logging.getLogger("kner.train")
 
-_BUCKET_BYTES = 256 * 2**20   # bounds the extra memory of the flattened gradients (full fine-tuning)
+_BUCKET_BYTES = 256 * 2**20  # bounds the extra memory of the flattened gradients (full fine-tuning)
 _quieted: list[tuple[logging.Logger, int]] = []
-_created = False   # the process group is ours to destroy
+_created = False  # the process group is ours to destroy
 
 
 @dataclass(frozen=True)
@@ -52,8 +56,6 @@ class RankInfo:
 
 
 def _dist():
-    import torch.distributed as td
-
     return td
 
 
@@ -89,8 +91,6 @@ def init() -> RankInfo:
     to the caller. Logging of other ranks is lowered to warnings, so each line is
     printed once.
     """
-    import torch
-
     global _created
     td = _dist()
     joined = False
@@ -103,8 +103,10 @@ def init() -> RankInfo:
         local = int(os.environ.get("LOCAL_RANK", "0"))
         if torch.cuda.is_available():
             if local >= torch.cuda.device_count():
-                raise KnerError(f"LOCAL_RANK={local} but only {torch.cuda.device_count()} GPU(s) are visible; "
-                                f"launch at most that many processes per node (--nproc_per_node)")
+                raise KnerError(
+                    f"LOCAL_RANK={local} but only {torch.cuda.device_count()} GPU(s) are visible; "
+                    f"launch at most that many processes per node (--nproc_per_node)"
+                )
             torch.cuda.set_device(local)
             td.init_process_group("nccl", device_id=torch.device("cuda", local))
         else:
@@ -146,9 +148,7 @@ def split_step(examples: list, world_size: int) -> list[list]:
     prefix is the same for all, their number too. A share may be empty when the
     step has fewer examples than ranks.
     """
-    from kner.data.splits import balance
-
-    ordered = sorted(examples, key=lambda e: e.index)   # equal lengths: the lower example index first
+    ordered = sorted(examples, key=lambda e: e.index)  # equal lengths: the lower example index first
     return [[ordered[i] for i in part] for part in balance([e.length for e in ordered], world_size)]
 
 
@@ -163,8 +163,6 @@ def share_of_step(examples: list, rank: int | None = None, world_size: int | Non
 
 
 def _collective_device(like=None):
-    import torch
-
     if _dist().get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu") if like is None else like
@@ -180,7 +178,6 @@ def all_reduce_grads(params, bucket_bytes: int = _BUCKET_BYTES) -> None:
     """
     if not active():
         return
-    import torch
 
     td = _dist()
     params = list(params)
@@ -204,13 +201,11 @@ def all_reduce_grads(params, bucket_bytes: int = _BUCKET_BYTES) -> None:
 
 
 def _reduce_bucket(params: list) -> None:
-    import torch
-
     flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
     _dist().all_reduce(flat)
     offset = 0
     for p in params:
-        g = flat[offset:offset + p.numel()].view_as(p)
+        g = flat[offset : offset + p.numel()].view_as(p)
         offset += p.numel()
         if p.grad is None:
             p.grad = g.clone()
@@ -222,7 +217,6 @@ def all_reduce_sum(values: list[float]) -> list[float]:
     """Sum a few numbers over the ranks (float64)."""
     if not active():
         return list(values)
-    import torch
 
     t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=_collective_device())
     _dist().all_reduce(t)
@@ -233,7 +227,6 @@ def all_reduce_max(value: float) -> float:
     """The largest value over the ranks (e.g. peak memory: the rank that came closest to OOM)."""
     if not active():
         return value
-    import torch
 
     t = torch.tensor([float(value)], dtype=torch.float64, device=_collective_device())
     _dist().all_reduce(t, op=_dist().ReduceOp.MAX)
@@ -248,7 +241,6 @@ def broadcast_params(params, src: int = 0) -> None:
     draws from (devices, library versions)."""
     if not active():
         return
-    import torch
 
     td = _dist()
     with torch.no_grad():

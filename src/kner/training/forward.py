@@ -18,21 +18,25 @@ from kner.training.batching import MicroBatch
 
 @dataclass
 class ModelParts:
-    decoder: torch.nn.Module      # the transformer body (returns hidden states)
+    decoder: torch.nn.Module  # the transformer body (returns hidden states)
     lm_head: torch.nn.Module
-    softcap: float | None         # Gemma-2 style final logit soft-capping, when the config has it
+    softcap: float | None  # Gemma-2 style final logit soft-capping, when the config has it
 
     @classmethod
-    def of(cls, model) -> "ModelParts":
+    def of(cls, model) -> ModelParts:
         causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-        return cls(causal_lm.get_decoder(), causal_lm.get_output_embeddings(),
-                   getattr(causal_lm.config, "final_logit_softcapping", None))
+        return cls(
+            causal_lm.get_decoder(),
+            causal_lm.get_output_embeddings(),
+            getattr(causal_lm.config, "final_logit_softcapping", None),
+        )
 
 
 def answer_loss_sum(parts: ModelParts, mb: MicroBatch) -> torch.Tensor:
     """Sum (not mean) of the answer tokens' cross-entropy, so micro-batches add up exactly."""
-    hidden = parts.decoder(input_ids=mb.input_ids, attention_mask=mb.attention_mask,
-                           position_ids=mb.position_ids, use_cache=False).last_hidden_state
+    hidden = parts.decoder(
+        input_ids=mb.input_ids, attention_mask=mb.attention_mask, position_ids=mb.position_ids, use_cache=False
+    ).last_hidden_state
     h = hidden[mb.pred_rows, mb.pred_cols]
     logits = parts.lm_head(h).float()
     if parts.softcap:

@@ -37,9 +37,9 @@ from kner.model.shape import GiB, ModelShape, parse_bytes
 
 # Fitted on the GPU benchmark (docs/training.md: LLaMA-2-7B shapes, NF4, LoRA r=16,
 # fp16, no flash attention; peak allocated and reserved at 1024..4096 tokens).
-ACT_PER_HIDDEN = 92.0       # bytes per token per hidden unit: one layer recomputed + its gradients
-ACT_PER_INTER = 16.0        # bytes per token per intermediate (MLP) unit
-ALLOCATOR_SLACK = 0.25      # reserved-but-free blocks, as a fraction of the per-token terms
+ACT_PER_HIDDEN = 92.0  # bytes per token per hidden unit: one layer recomputed + its gradients
+ACT_PER_INTER = 16.0  # bytes per token per intermediate (MLP) unit
+ALLOCATOR_SLACK = 0.25  # reserved-but-free blocks, as a fraction of the per-token terms
 ALLOCATOR_FIXED = int(0.27 * GiB)
 CUDA_CONTEXT = int(0.45 * GiB)
 
@@ -48,7 +48,7 @@ CUDA_CONTEXT = int(0.45 * GiB)
 class Estimate:
     tokens: int
     components: dict[str, int]
-    paged: int            # bytes outside PyTorch's allocator (paged optimizer states)
+    paged: int  # bytes outside PyTorch's allocator (paged optimizer states)
 
     @property
     def allocator_peak(self) -> int:
@@ -60,16 +60,30 @@ class Estimate:
         return self.allocator_peak + self.components.get("cuda_context", 0) + self.paged
 
 
-def estimate(shape: ModelShape, tokens: int, *, method: str = "qlora", compute_bytes: int = 2, lora_r: int = 16,
-             target_modules="all-linear", optimizer: str = "paged_adamw_8bit", layout: str = "packed",
-             answer_fraction: float = 0.2, double_quant: bool = True,
-             gradient_checkpointing: bool = True, on_gpu: bool = True, row_tokens: int | None = None) -> Estimate:
+def estimate(
+    shape: ModelShape,
+    tokens: int,
+    *,
+    method: str = "qlora",
+    compute_bytes: int = 2,
+    lora_r: int = 16,
+    target_modules="all-linear",
+    optimizer: str = "paged_adamw_8bit",
+    layout: str = "packed",
+    answer_fraction: float = 0.2,
+    double_quant: bool = True,
+    gradient_checkpointing: bool = True,
+    on_gpu: bool = True,
+    row_tokens: int | None = None,
+) -> Estimate:
     """Peak memory of one micro-batch of ``tokens`` computed tokens."""
     d, L, I, V = shape.hidden, shape.layers, shape.intermediate, shape.vocab
     c: dict[str, int] = {}
     if method == "qlora":
         per_weight = 0.5 + (1 / 64 + 4 / (64 * 256) if double_quant else 4 / 64)
-        c["weights"] = int(shape.linear_params * per_weight + shape.embedding_params * compute_bytes + shape.norm_params * 4)
+        c["weights"] = int(
+            shape.linear_params * per_weight + shape.embedding_params * compute_bytes + shape.norm_params * 4
+        )
         n_train = shape.lora_params(lora_r, target_modules)
     elif method == "lora":
         c["weights"] = (shape.linear_params + shape.embedding_params) * compute_bytes + shape.norm_params * 4
@@ -92,7 +106,7 @@ def estimate(shape: ModelShape, tokens: int, *, method: str = "qlora", compute_b
     c["activations"] = int(act)
     if layout == "packed":
         row = min(tokens, row_tokens or tokens)
-        c["attention"] = tokens * row * 3             # per row: bool mask + its additive float form inside SDPA
+        c["attention"] = tokens * row * 3  # per row: bool mask + its additive float form inside SDPA
     else:
         c["attention"] = 0
     answer_tokens = int(tokens * answer_fraction)
@@ -110,10 +124,10 @@ def estimate(shape: ModelShape, tokens: int, *, method: str = "qlora", compute_b
 @dataclass
 class MemoryPlan:
     shape: ModelShape
-    cap: int                       # bytes the run may use on the device
-    budget: int                    # chosen micro-batch token budget
-    estimate: Estimate             # at the chosen budget
-    table: list[Estimate] = field(default_factory=list)   # every candidate budget
+    cap: int  # bytes the run may use on the device
+    budget: int  # chosen micro-batch token budget
+    estimate: Estimate  # at the chosen budget
+    table: list[Estimate] = field(default_factory=list)  # every candidate budget
     settings: dict = field(default_factory=dict)
 
     @property
@@ -121,19 +135,36 @@ class MemoryPlan:
         return self.estimate.device_total <= self.cap
 
     def to_dict(self) -> dict:
-        return {"shape": asdict(self.shape), "cap_bytes": self.cap, "budget": self.budget, "settings": self.settings,
-                "components": self.estimate.components, "paged_bytes": self.estimate.paged,
-                "allocator_peak_bytes": self.estimate.allocator_peak, "device_total_bytes": self.estimate.device_total,
-                "table": [{"tokens": e.tokens, "allocator_peak_bytes": e.allocator_peak,
-                           "device_total_bytes": e.device_total} for e in self.table]}
+        return {
+            "shape": asdict(self.shape),
+            "cap_bytes": self.cap,
+            "budget": self.budget,
+            "settings": self.settings,
+            "components": self.estimate.components,
+            "paged_bytes": self.estimate.paged,
+            "allocator_peak_bytes": self.estimate.allocator_peak,
+            "device_total_bytes": self.estimate.device_total,
+            "table": [
+                {"tokens": e.tokens, "allocator_peak_bytes": e.allocator_peak, "device_total_bytes": e.device_total}
+                for e in self.table
+            ],
+        }
 
 
 def candidate_budgets(max_budget: int, step: int = 256) -> list[int]:
     return list(range(step, max_budget + 1, step))
 
 
-def plan_memory(shape: ModelShape, cap: int, *, budget: int | None = None, min_tokens: int = 0,
-                max_budget: int = 8192, headroom: float = 0.05, **kw) -> MemoryPlan:
+def plan_memory(
+    shape: ModelShape,
+    cap: int,
+    *,
+    budget: int | None = None,
+    min_tokens: int = 0,
+    max_budget: int = 8192,
+    headroom: float = 0.05,
+    **kw,
+) -> MemoryPlan:
     """Choose the largest token budget whose predicted device total stays under ``cap`` minus ``headroom``.
 
     ``min_tokens`` is the most tokens a single example makes the model compute (the
@@ -150,25 +181,33 @@ def plan_memory(shape: ModelShape, cap: int, *, budget: int | None = None, min_t
         if not ok:
             need = estimate(shape, max(min_tokens, 256), **kw)
             raise KnerError(
-                f"a micro-batch of {need.tokens} tokens (the longest example) needs about {need.device_total / GiB:.1f} GiB "
-                f"but only {cap / GiB:.1f} GiB is available; lower max_seq_len, the LoRA rank, or use method qlora")
+                f"a micro-batch of {need.tokens} tokens (the longest example) needs about "
+                f"{need.device_total / GiB:.1f} GiB "
+                f"but only {cap / GiB:.1f} GiB is available; lower max_seq_len, the LoRA rank, or use method qlora"
+            )
         chosen = ok[-1]
     return MemoryPlan(shape, cap, chosen.tokens, chosen, table, dict(kw, max_budget=max_budget, min_tokens=min_tokens))
 
 
 def format_plan(plan: MemoryPlan) -> str:
     e = plan.estimate
-    lines = [f"model: {plan.shape.model_type}, {plan.shape.total_params / 1e9:.2f} B parameters, "
-             f"{plan.shape.layers} layers x {plan.shape.hidden} hidden",
-             f"micro-batch token budget: {plan.budget}  ({plan.settings.get('layout', 'packed')} layout)",
-             ""]
+    lines = [
+        f"model: {plan.shape.model_type}, {plan.shape.total_params / 1e9:.2f} B parameters, "
+        f"{plan.shape.layers} layers x {plan.shape.hidden} hidden",
+        f"micro-batch token budget: {plan.budget}  ({plan.settings.get('layout', 'packed')} layout)",
+        "",
+    ]
     for k, v in e.components.items():
         lines.append(f"  {k:<13} {v / GiB:7.2f} GiB")
     if e.paged:
         lines.append(f"  {'optimizer':<13} {e.paged / GiB:7.2f} GiB  (paged: CUDA unified memory)")
-    lines += [f"  {'allocator peak':<13} {e.allocator_peak / GiB:6.2f} GiB  (torch.cuda.max_memory_reserved)",
-              f"  {'device total':<13} {e.device_total / GiB:7.2f} GiB  of {plan.cap / GiB:.2f} GiB "
-              f"{'(fits)' if plan.fits else '(DOES NOT FIT)'}", "", "  budget  allocator  device"]
+    lines += [
+        f"  {'allocator peak':<13} {e.allocator_peak / GiB:6.2f} GiB  (torch.cuda.max_memory_reserved)",
+        f"  {'device total':<13} {e.device_total / GiB:7.2f} GiB  of {plan.cap / GiB:.2f} GiB "
+        f"{'(fits)' if plan.fits else '(DOES NOT FIT)'}",
+        "",
+        "  budget  allocator  device",
+    ]
     for t in plan.table:
         if t.tokens in (512, 1024, 2048, 4096, plan.budget) or t.tokens % 1024 == 0:
             lines.append(f"  {t.tokens:6d}  {t.allocator_peak / GiB:7.2f}   {t.device_total / GiB:6.2f} GiB")
@@ -176,7 +215,7 @@ def format_plan(plan: MemoryPlan) -> str:
 
 
 def load_config(name_or_path: str, trust_remote_code: bool = False):
-    from transformers import AutoConfig
+    from transformers import AutoConfig  # noqa: PLC0415  lazy: `kner plan` imports this module; seconds
 
     try:
         return AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
@@ -188,8 +227,8 @@ def device_capacity(gpu_memory: str | None = None) -> int:
     """Bytes the run may use: ``gpu_memory`` when given, else the GPU's total memory."""
     if gpu_memory:
         return parse_bytes(gpu_memory)
-    import torch
+    import torch  # noqa: PLC0415  lazy: only to ask the GPU its size
 
     if torch.cuda.is_available():
         return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
-    return 16 * GiB   # CPU: nothing to protect; plan as for a 16 GB card
+    return 16 * GiB  # CPU: nothing to protect; plan as for a 16 GB card

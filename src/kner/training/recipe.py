@@ -24,10 +24,12 @@ from pathlib import Path
 
 import torch
 
-from kner.data.example import Example
-from kner.data.schemes import load_scheme
+from kner.data.augment import AugmentConfig, training_variants
+from kner.data.example import Example, read_jsonl
+from kner.data.schemes import Mapping, load_scheme, map_examples
 from kner.errors import ConfigError, DataError, KnerError
 from kner.model import compat
+from kner.model.artifacts import ModelManifest
 from kner.model.loading import choose_compute_dtype, dtype_name
 from kner.model.prompt import PromptEncoder, PromptFormat
 from kner.training import distributed as dist
@@ -42,8 +44,14 @@ from kner.training.step import StepModel, StepResult, StepRunner
 log = logging.getLogger("kner.train")
 
 
-def train(config: TrainConfig, model=None, tokenizer=None, *, train_examples: list[Example] | None = None,
-          dev_examples: list[Example] | None = None) -> Path:
+def train(
+    config: TrainConfig,
+    model=None,
+    tokenizer=None,
+    *,
+    train_examples: list[Example] | None = None,
+    dev_examples: list[Example] | None = None,
+) -> Path:
     """Fine-tune per ``config`` and return the output folder (see ``kner.model.artifacts``).
 
     ``model``/``tokenizer`` may be given as objects (e.g. a tiny model from
@@ -67,9 +75,9 @@ class TrainData:
     """The tokenized examples of a run."""
 
     train: list[TokenizedExample]
-    epoch_sets: list[list[TokenizedExample]]   # ``train`` and its augmented copies; epochs cycle through them
+    epoch_sets: list[list[TokenizedExample]]  # ``train`` and its augmented copies; epochs cycle through them
     dev: list[TokenizedExample]
-    report: TokenizeReport                      # of ``train``: what was skipped
+    report: TokenizeReport  # of ``train``: what was skipped
 
     @property
     def all_train(self) -> list[TokenizedExample]:
@@ -90,13 +98,18 @@ class TrainingRecipe:
         self.out = Path(self.cfg.output)
         if dist.is_main():
             self.out.mkdir(parents=True, exist_ok=True)
-        setup.seed_everything(self.cfg.seed)   # the same on every rank: the same LoRA initialisation
+        setup.seed_everything(self.cfg.seed)  # the same on every rank: the same LoRA initialisation
         self.ckpt_root = self.out / "checkpoints"
-        self.history: list[dict] = []      # this run's step records
+        self.history: list[dict] = []  # this run's step records
         self.dev_losses: list[dict] = []
 
-    def setup(self, model=None, tokenizer=None, train_examples: list[Example] | None = None,
-              dev_examples: list[Example] | None = None) -> None:
+    def setup(
+        self,
+        model=None,
+        tokenizer=None,
+        train_examples: list[Example] | None = None,
+        dev_examples: list[Example] | None = None,
+    ) -> None:
         cfg = self.cfg
         # 1. Data: read, map to the target scheme, check labels (before any model is loaded).
         self.scheme = load_scheme(cfg.scheme)
@@ -116,8 +129,15 @@ class TrainingRecipe:
         self.data = _tokenize(train_exs, dev_exs, self.encoder, cfg, self.prompt_format.separator)
 
         # 4. Memory plan, before the optimizer allocates anything (it may cap the allocator).
-        self.plan = setup.memory_plan(self.model.config, cfg, self.data.all_train, self.data.longest,
-                                      len(self.encoder.prefix_ids), self.dtype, self.device)
+        self.plan = setup.memory_plan(
+            self.model.config,
+            cfg,
+            self.data.all_train,
+            self.data.longest,
+            len(self.encoder.prefix_ids),
+            self.dtype,
+            self.device,
+        )
 
         # 5. Optimizer, schedule, loss scaling.
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -128,23 +148,34 @@ class TrainingRecipe:
         self.optimizer = setup.make_optimizer(params, cfg, self.device)
         self.total_steps = cfg.max_steps or math.ceil(len(self.data.train) / cfg.examples_per_step) * cfg.epochs
         self.scheduler = setup.make_scheduler(self.optimizer, cfg, self.total_steps)
-        self.scaler = torch.amp.GradScaler(self.device.type,
-                                           enabled=(self.dtype == torch.float16 and self.device.type == "cuda"))
+        self.scaler = torch.amp.GradScaler(
+            self.device.type, enabled=(self.dtype == torch.float16 and self.device.type == "cuda")
+        )
 
         # 6. Checkpoint to resume from, and with it the token budget.
         resumed = self._resume()
-        budget = setup.token_budget(cfg, self.plan, self.data.longest, self.device.type == "cuda",
-                                    checkpoint_budget=resumed.budget if resumed else None)
+        budget = setup.token_budget(
+            cfg,
+            self.plan,
+            self.data.longest,
+            self.device.type == "cuda",
+            checkpoint_budget=resumed.budget if resumed else None,
+        )
         self.pos = resumed or Position(global_step=0, epoch=0, step_in_epoch=0, budget=budget)
         self.pos.budget = budget
 
         # 7. The step runner.
         pad_id = self.tokenizer.pad_token_id
-        batching = Batching(budget, cfg.layout, setup.row_tokens(cfg, self.data.longest),
-                            pad_id if pad_id is not None else 0,
-                            compat.attention_implementation(self.model.config, "sdpa"))
-        self.runner = StepRunner(StepModel(ModelParts.of(self.model), params, self.dtype, self.device, self.scaler),
-                                 batching)
+        batching = Batching(
+            budget,
+            cfg.layout,
+            setup.row_tokens(cfg, self.data.longest),
+            pad_id if pad_id is not None else 0,
+            compat.attention_implementation(self.model.config, "sdpa"),
+        )
+        self.runner = StepRunner(
+            StepModel(ModelParts.of(self.model), params, self.dtype, self.device, self.scaler), batching
+        )
 
     def _resume(self) -> Position | None:
         if not self.cfg.resume:
@@ -153,8 +184,7 @@ class TrainingRecipe:
         if ck is None:
             log.warning("resume: no checkpoint in %s; starting from scratch", self.ckpt_root)
             return None
-        pos = load_checkpoint(ck, self.model, self.optimizer, self.scheduler, self.scaler,
-                              rank=dist.rank_info().rank)
+        pos = load_checkpoint(ck, self.model, self.optimizer, self.scheduler, self.scaler, rank=dist.rank_info().rank)
         log.info("resumed from %s (step %d)", ck, pos.global_step)
         return pos
 
@@ -171,8 +201,9 @@ class TrainingRecipe:
         try:
             while pos.global_step < self.total_steps:
                 epoch_tok = self.data.epoch_sets[pos.epoch % len(self.data.epoch_sets)]
-                steps = epoch_steps([e.length for e in epoch_tok], cfg.examples_per_step, cfg.seed, pos.epoch,
-                                    cfg.uses_group_by_length)
+                steps = epoch_steps(
+                    [e.length for e in epoch_tok], cfg.examples_per_step, cfg.seed, pos.epoch, cfg.uses_group_by_length
+                )
                 while pos.step_in_epoch < len(steps) and pos.global_step < self.total_steps:
                     step_examples = [epoch_tok[i] for i in steps[pos.step_in_epoch]]
                     t0 = time.perf_counter()
@@ -205,27 +236,49 @@ class TrainingRecipe:
         pos = self.pos
         if dist.is_main():
             self.cfg.save(self.out / "train_config.yaml")
-            self.jlog = JsonlLog(self.out / "log.jsonl", resume_step=pos.global_step if self.cfg.resume else None)
-            self.progress = Progress(self.total_steps, pos.global_step, self.out, self.cfg.progress,
-                                     self.cfg.tensorboard)
+            self.jlog: JsonlLog | _Discard = JsonlLog(
+                self.out / "log.jsonl", resume_step=pos.global_step if self.cfg.resume else None
+            )
+            self.progress: Progress | _Discard = Progress(
+                self.total_steps, pos.global_step, self.out, self.cfg.progress, self.cfg.tensorboard
+            )
         else:
             self.jlog = self.progress = _Discard()
-        self.jlog.write({"event": "resume" if pos.global_step else "start", "step": pos.global_step,
-                         "budget": pos.budget, "layout": self.cfg.layout, "dtype": dtype_name(self.dtype),
-                         "device": str(self.device), "train_examples": len(self.data.train),
-                         "skipped_too_long": len(self.data.report.too_long),
-                         "planned_peak_gib": self.plan.estimate.allocator_peak / 2**30 if self.plan else None})
+        self.jlog.write(
+            {
+                "event": "resume" if pos.global_step else "start",
+                "step": pos.global_step,
+                "budget": pos.budget,
+                "layout": self.cfg.layout,
+                "dtype": dtype_name(self.dtype),
+                "device": str(self.device),
+                "train_examples": len(self.data.train),
+                "skipped_too_long": len(self.data.report.too_long),
+                "planned_peak_gib": self.plan.estimate.allocator_peak / 2**30 if self.plan else None,
+            }
+        )
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
 
     def _log_step(self, res: StepResult, grad_norm: float | None, dt: float) -> None:
-        rec = {"step": self.pos.global_step, "epoch": self.pos.epoch, "loss": res.loss,
-               "lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm, "examples": res.examples,
-               "tokens": res.tokens, "computed_tokens": res.computed, "answer_tokens": res.answer_tokens,
-               "micro_batches": res.micro_batches, "oom_splits": res.oom_splits,
-               "tokens_per_s": res.tokens / dt, "examples_per_s": res.examples / dt,
-               "peak_mem_gib": dist.all_reduce_max(peak_memory_gib()), "time_s": dt,
-               "loss_scale": self.runner.scale()}
+        rec = {
+            "step": self.pos.global_step,
+            "epoch": self.pos.epoch,
+            "loss": res.loss,
+            "lr": self.scheduler.get_last_lr()[0],
+            "grad_norm": grad_norm,
+            "examples": res.examples,
+            "tokens": res.tokens,
+            "computed_tokens": res.computed,
+            "answer_tokens": res.answer_tokens,
+            "micro_batches": res.micro_batches,
+            "oom_splits": res.oom_splits,
+            "tokens_per_s": res.tokens / dt,
+            "examples_per_s": res.examples / dt,
+            "peak_mem_gib": dist.all_reduce_max(peak_memory_gib()),
+            "time_s": dt,
+            "loss_scale": self.runner.scale(),
+        }
         self.history.append(rec)
         self.jlog.write(rec)
         self.progress.update(rec)
@@ -238,13 +291,22 @@ class TrainingRecipe:
             f"training diverged: loss or gradients were not finite for {bad_steps} steps in a row "
             f"(step {self.pos.global_step + 1}, lr {self.scheduler.get_last_lr()[0]:.2e}); those updates were "
             f"skipped and training stopped. Lower lr (now {self.cfg.lr}) or use compute_dtype fp32"
-            + (f"; the last good checkpoint is {last}" if last else ""))
+            + (f"; the last good checkpoint is {last}" if last else "")
+        )
 
     def _save_checkpoint(self) -> None:
         rng_ranks = dist.gather_objects(rng_state())
         if dist.is_main():
-            save_checkpoint(self.ckpt_root, self.pos, self.model, self.optimizer, self.scheduler,
-                            self.scaler if self.scaler.is_enabled() else None, self.cfg.keep_checkpoints, rng_ranks)
+            save_checkpoint(
+                self.ckpt_root,
+                self.pos,
+                self.model,
+                self.optimizer,
+                self.scheduler,
+                self.scaler if self.scaler.is_enabled() else None,
+                self.cfg.keep_checkpoints,
+                rng_ranks,
+            )
         dist.barrier()
 
     def _dev_eval(self, progress) -> None:
@@ -254,8 +316,8 @@ class TrainingRecipe:
         finally:
             self.model.train()
         if dist.active():
-            total, n = dist.all_reduce_sum([loss * n, n])
-            loss, n = total / max(n, 1), int(n)
+            total, count = dist.all_reduce_sum([loss * n, n])
+            loss, n = total / max(count, 1), int(count)
         step = self.pos.global_step
         rec = {"event": "dev", "step": step, "dev_loss": loss, "dev_answer_tokens": n}
         self.jlog.write(rec)
@@ -272,8 +334,13 @@ class TrainingRecipe:
         if self.data.dev and (not self.dev_losses or self.dev_losses[-1]["step"] != self.pos.global_step):
             self._dev_eval(None)
         metrics = self._metrics()
-        self.jlog.write({"event": "end", "step": self.pos.global_step,
-                         **{k: v for k, v in metrics["train"].items() if not isinstance(v, (list, dict))}})
+        self.jlog.write(
+            {
+                "event": "end",
+                "step": self.pos.global_step,
+                **{k: v for k, v in metrics["train"].items() if not isinstance(v, (list, dict))},
+            }
+        )
         self.jlog.close()
         if dist.is_main():
             self._write_output(metrics)
@@ -283,23 +350,36 @@ class TrainingRecipe:
     def _metrics(self) -> dict:
         history, pos, report = self.history, self.pos, self.data.report
         time_s = sum(h["time_s"] for h in history)
-        train = {"steps": pos.global_step, "steps_this_run": len(history), "examples_seen": pos.examples_seen,
-                 "tokens_seen": pos.tokens_seen, "layout": self.cfg.layout, "budget": pos.budget,
-                 "dtype": dtype_name(self.dtype), "device": str(self.device),
-                 "skipped_too_long": len(report.too_long), "skipped_too_long_ids": report.too_long[:50],
-                 "final_loss": history[-1]["loss"] if history else None,
-                 "first_loss": history[0]["loss"] if history else None,
-                 "oom_splits": sum(h["oom_splits"] for h in history),
-                 "examples_per_s": sum(h["examples"] for h in history) / time_s if time_s else None,
-                 "tokens_per_s": sum(h["tokens"] for h in history) / time_s if time_s else None,
-                 "peak_mem_gib": peak_memory_gib(), "elapsed_s": pos.elapsed_s}
-        return {"train": train, "dev": self.dev_losses[-1] if self.dev_losses else None,
-                "dev_history": self.dev_losses, "plan": self.plan.to_dict() if self.plan else None}
+        train = {
+            "steps": pos.global_step,
+            "steps_this_run": len(history),
+            "examples_seen": pos.examples_seen,
+            "tokens_seen": pos.tokens_seen,
+            "layout": self.cfg.layout,
+            "budget": pos.budget,
+            "dtype": dtype_name(self.dtype),
+            "device": str(self.device),
+            "skipped_too_long": len(report.too_long),
+            "skipped_too_long_ids": report.too_long[:50],
+            "final_loss": history[-1]["loss"] if history else None,
+            "first_loss": history[0]["loss"] if history else None,
+            "oom_splits": sum(h["oom_splits"] for h in history),
+            "examples_per_s": sum(h["examples"] for h in history) / time_s if time_s else None,
+            "tokens_per_s": sum(h["tokens"] for h in history) / time_s if time_s else None,
+            "peak_mem_gib": peak_memory_gib(),
+            "elapsed_s": pos.elapsed_s,
+        }
+        return {
+            "train": train,
+            "dev": self.dev_losses[-1] if self.dev_losses else None,
+            "dev_history": self.dev_losses,
+            "plan": self.plan.to_dict() if self.plan else None,
+        }
 
     def _write_output(self, metrics: dict) -> None:
-        from kner.model.artifacts import ModelManifest
-
         cfg, out = self.cfg, self.out
+        adapter_dir: str | None
+        model_dir: str | None
         if cfg.method == "full":
             self.model.save_pretrained(out / "model", safe_serialization=True)
             adapter_dir, model_dir = None, "model"
@@ -308,12 +388,23 @@ class TrainingRecipe:
             adapter_dir, model_dir = "adapter", ("base" if self.base_dir is not None else None)
         self.tokenizer.save_pretrained(out / "tokenizer")
         (out / "metrics.json").write_text(json.dumps(metrics, ensure_ascii=False, indent=2), encoding="utf-8")
-        ModelManifest(load=self.load_spec, method=cfg.method, scheme=self.scheme, prompt=self.prompt_format,
-                      adapter_dir=adapter_dir, model_dir=model_dir, tokenizer_dir="tokenizer",
-                      extra={"prefix_tokens": len(self.encoder.prefix_ids), "eos_token_id": self.encoder.eos_id,
-                             "layout": cfg.layout, "train_steps": metrics["train"]["steps"],
-                             "final_loss": metrics["train"]["final_loss"],
-                             "dev_loss": (metrics["dev"] or {}).get("dev_loss")}).save(out)
+        ModelManifest(
+            load=self.load_spec,
+            method=cfg.method,
+            scheme=self.scheme,
+            prompt=self.prompt_format,
+            adapter_dir=adapter_dir,
+            model_dir=model_dir,
+            tokenizer_dir="tokenizer",
+            extra={
+                "prefix_tokens": len(self.encoder.prefix_ids),
+                "eos_token_id": self.encoder.eos_id,
+                "layout": cfg.layout,
+                "train_steps": metrics["train"]["steps"],
+                "final_loss": metrics["train"]["final_loss"],
+                "dev_loss": (metrics["dev"] or {}).get("dev_loss"),
+            },
+        ).save(out)
 
 
 class _Discard:
@@ -334,9 +425,6 @@ def _maybe_next_epoch(pos: Position, n_steps: int) -> None:
 
 
 def _load_examples(path, given, cfg: TrainConfig, scheme, what: str) -> list[Example]:
-    from kner.data.example import read_jsonl
-    from kner.data.schemes import Mapping, map_examples
-
     if given is not None:
         exs = list(given)
         where = f"<{what} examples>"
@@ -365,21 +453,30 @@ def _load_examples(path, given, cfg: TrainConfig, scheme, what: str) -> list[Exa
                 ents.append(e if lab == e.label else type(e)(e.start, e.end, lab, e.text))
         fixed.append(Example(ex.id, ex.text, ents, ex.meta) if ents != ex.entities else ex)
     if unknown:
-        raise DataError(f"labels not in scheme {scheme.name!r}: "
-                        + ", ".join(f"{k} x{v}" for k, v in sorted(unknown.items()))
-                        + "; pass --map SOURCE_SCHEME to map them, or choose --scheme", where)
+        raise DataError(
+            f"labels not in scheme {scheme.name!r}: "
+            + ", ".join(f"{k} x{v}" for k, v in sorted(unknown.items()))
+            + "; pass --map SOURCE_SCHEME to map them, or choose --scheme",
+            where,
+        )
     return fixed
 
 
-def _tokenize(train_exs: list[Example], dev_exs: list[Example], encoder: PromptEncoder, cfg: TrainConfig,
-              separator: str) -> TrainData:
+def _tokenize(
+    train_exs: list[Example], dev_exs: list[Example], encoder: PromptEncoder, cfg: TrainConfig, separator: str
+) -> TrainData:
     train_tok, report = tokenize_examples(train_exs, encoder, cfg.max_seq_len, separator)
     epoch_sets = _augmented_sets(train_exs, train_tok, encoder, cfg, separator)
     dev_tok, dev_report = tokenize_examples(dev_exs, encoder, cfg.max_seq_len, separator)
     for name, rep in (("train", report), ("dev", dev_report)):
         if rep.too_long:
-            log.warning("%s: skipped %d example(s) longer than max_seq_len=%d tokens (e.g. %s)", name,
-                        len(rep.too_long), cfg.max_seq_len, ", ".join(rep.too_long[:5]))
+            log.warning(
+                "%s: skipped %d example(s) longer than max_seq_len=%d tokens (e.g. %s)",
+                name,
+                len(rep.too_long),
+                cfg.max_seq_len,
+                ", ".join(rep.too_long[:5]),
+            )
         if rep.fallbacks:
             log.info("%s: %d example(s) tokenized piecewise (no clean token boundary)", name, rep.fallbacks)
     if not train_tok:
@@ -389,25 +486,33 @@ def _tokenize(train_exs: list[Example], dev_exs: list[Example], encoder: PromptE
 
 def _augmented_sets(train_exs, train_tok, encoder, cfg: TrainConfig, separator: str) -> list:
     """The tokenized training sets epochs cycle through (``augment``); ``[train_tok]`` without it."""
-    from kner.data.augment import AugmentConfig, training_variants
-
     aug = AugmentConfig.from_dict(cfg.augment)
     if not aug.active:
         return [train_tok]
     t0 = time.perf_counter()
     sets, changed, copy = [], 0, 0
     for exs in training_variants(train_exs, aug, cfg.seed):
-        if exs is train_exs:   # the original, already tokenized
+        if exs is train_exs:  # the original, already tokenized
             sets.append(train_tok)
             continue
         copy += 1
         changed += sum(1 for a, b in zip(train_exs, exs) if a is not b)
         tok, rep = tokenize_examples(exs, encoder, cfg.max_seq_len, separator)
         if rep.too_long:
-            log.warning("augmented copy %d: skipped %d example(s) longer than max_seq_len=%d tokens", copy,
-                        len(rep.too_long), cfg.max_seq_len)
+            log.warning(
+                "augmented copy %d: skipped %d example(s) longer than max_seq_len=%d tokens",
+                copy,
+                len(rep.too_long),
+                cfg.max_seq_len,
+            )
         sets.append(tok)
-    log.info("augment: %d copies of the training set with mentions replaced (p=%.2f), %d of %d sentences "
-             "changed, tokenized in %.1f s", aug.variants, aug.mention_replace, changed,
-             len(train_exs) * aug.variants, time.perf_counter() - t0)
+    log.info(
+        "augment: %d copies of the training set with mentions replaced (p=%.2f), %d of %d sentences "
+        "changed, tokenized in %.1f s",
+        aug.variants,
+        aug.mention_replace,
+        changed,
+        len(train_exs) * aug.variants,
+        time.perf_counter() - t0,
+    )
     return sets

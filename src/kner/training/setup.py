@@ -10,7 +10,9 @@ import math
 import random
 import warnings
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
 from kner.errors import ConfigError, KnerError
@@ -28,7 +30,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
     try:
-        import numpy as np
         np.random.seed(seed)
     except ImportError:
         pass
@@ -40,10 +41,16 @@ def seed_everything(seed: int) -> None:
 
 def load_spec(cfg: TrainConfig) -> LoadSpec:
     """How the base model is loaded; saved in the output folder so inference repeats it."""
-    return LoadSpec(model=cfg.model, quantize_4bit=cfg.method == "qlora", compute_dtype=cfg.compute_dtype,
-                    double_quant=cfg.double_quant, quant_type=cfg.quant_type,
-                    trust_remote_code=cfg.trust_remote_code, revision=cfg.revision,
-                    attn_implementation=cfg.attn_implementation)
+    return LoadSpec(
+        model=cfg.model,
+        quantize_4bit=cfg.method == "qlora",
+        compute_dtype=cfg.compute_dtype,
+        double_quant=cfg.double_quant,
+        quant_type=cfg.quant_type,
+        trust_remote_code=cfg.trust_remote_code,
+        revision=cfg.revision,
+        attn_implementation=cfg.attn_implementation,
+    )
 
 
 def tokenizer_for(cfg: TrainConfig, tokenizer=None):
@@ -55,7 +62,7 @@ def tokenizer_for(cfg: TrainConfig, tokenizer=None):
     return tokenizer
 
 
-def model_for(cfg: TrainConfig, spec: LoadSpec, model, tokenizer, out: Path, dtype) -> tuple[object, Path | None]:
+def model_for(cfg: TrainConfig, spec: LoadSpec, model, tokenizer, out: Path, dtype) -> tuple[Any, Path | None]:
     """The model ready to train (frozen base, LoRA or all trainable) and where its base weights were saved.
 
     A model given as an object is quantized in place for ``qlora`` and, when
@@ -80,8 +87,10 @@ def _adopt_model(model, tokenizer, cfg: TrainConfig, out: Path, dtype) -> Path |
                 model.save_pretrained(base_dir, safe_serialization=True)
                 tokenizer.save_pretrained(base_dir)
         else:
-            log.warning("the given model is already quantized and config.model is not a folder: "
-                        "the output folder will not hold the base weights")
+            log.warning(
+                "the given model is already quantized and config.model is not a folder: "
+                "the output folder will not hold the base weights"
+            )
             base_dir = None
     if torch.cuda.is_available() and next(model.parameters()).device.type == "cpu":
         model.to("cuda")
@@ -99,9 +108,9 @@ def _adopt_model(model, tokenizer, cfg: TrainConfig, out: Path, dtype) -> Path |
 
 def prepare_for_training(model, cfg: TrainConfig, dtype):
     """Freeze, gradient checkpointing, LoRA (or everything trainable for ``full``)."""
-    ckpt_kwargs = {"use_reentrant": False}   # torch.autograd.grad needs non-reentrant checkpoints
+    ckpt_kwargs = {"use_reentrant": False}  # torch.autograd.grad needs non-reentrant checkpoints
     if cfg.method == "full":
-        model.float()   # fp32 master weights; compute runs under autocast
+        model.float()  # fp32 master weights; compute runs under autocast
         for p in model.parameters():
             p.requires_grad_(True)
         if cfg.gradient_checkpointing:
@@ -109,7 +118,7 @@ def prepare_for_training(model, cfg: TrainConfig, dtype):
         model.config.use_cache = False
         return model
 
-    from peft import LoraConfig
+    from peft import LoraConfig  # noqa: PLC0415  lazy: peft takes seconds to import; only LoRA methods need it
 
     if getattr(model, "is_loaded_in_4bit", False):
         model = compat.prepare_kbit_model(model, cfg.gradient_checkpointing, **ckpt_kwargs)
@@ -125,14 +134,20 @@ def prepare_for_training(model, cfg: TrainConfig, dtype):
         if cfg.gradient_checkpointing:
             compat.enable_checkpointing(model, **ckpt_kwargs)
     model.config.use_cache = False
-    torch.manual_seed(cfg.seed)   # LoRA initialisation
-    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=cfg.target_modules, bias="none", task_type="CAUSAL_LM")
+    torch.manual_seed(cfg.seed)  # LoRA initialisation
+    lora = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=cfg.target_modules,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
     try:
         model = compat.get_peft_model(model, lora)
     except ValueError as err:
         raise ConfigError(f"LoRA: {err}") from None
-    for p in model.parameters():   # trainable weights in fp32 (GradScaler and AdamW need it)
+    for p in model.parameters():  # trainable weights in fp32 (GradScaler and AdamW need it)
         if p.requires_grad and p.dtype != torch.float32:
             p.data = p.data.float()
     return model
@@ -147,8 +162,9 @@ def row_tokens(cfg: TrainConfig, longest: int) -> int | None:
     return max(cfg.row_tokens, longest) if cfg.row_tokens else None
 
 
-def memory_plan(model_config, cfg: TrainConfig, train_tok: list, longest: int, prefix_len: int, dtype,
-                device) -> MemoryPlan | None:
+def memory_plan(
+    model_config, cfg: TrainConfig, train_tok: list, longest: int, prefix_len: int, dtype, device
+) -> MemoryPlan | None:
     """The predicted peak memory per token budget; on a GPU with ``gpu_memory`` the allocator is capped too.
 
     None where no plan can be made but none is needed (CPU, or ``batch_tokens`` given).
@@ -162,27 +178,49 @@ def memory_plan(model_config, cfg: TrainConfig, train_tok: list, longest: int, p
         # Enforce the cap on the allocator too, so a 16 GB card can be emulated on a bigger one.
         torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total), device)
     try:
-        plan = plan_memory(ModelShape.from_config(model_config), cap, budget=cfg.batch_tokens, min_tokens=longest,
-                           max_budget=max(cfg.max_batch_tokens, longest), method=cfg.method,
-                           compute_bytes=dtype.itemsize, lora_r=cfg.lora_r, target_modules=cfg.target_modules,
-                           optimizer=cfg.optimizer, layout=cfg.layout, answer_fraction=answer_fraction,
-                           double_quant=cfg.double_quant, gradient_checkpointing=cfg.gradient_checkpointing,
-                           on_gpu=on_gpu, row_tokens=row_tokens(cfg, longest))
+        plan = plan_memory(
+            ModelShape.from_config(model_config),
+            cap,
+            budget=cfg.batch_tokens,
+            min_tokens=longest,
+            max_budget=max(cfg.max_batch_tokens, longest),
+            method=cfg.method,
+            compute_bytes=dtype.itemsize,
+            lora_r=cfg.lora_r,
+            target_modules=cfg.target_modules,
+            optimizer=cfg.optimizer,
+            layout=cfg.layout,
+            answer_fraction=answer_fraction,
+            double_quant=cfg.double_quant,
+            gradient_checkpointing=cfg.gradient_checkpointing,
+            on_gpu=on_gpu,
+            row_tokens=row_tokens(cfg, longest),
+        )
     except KnerError:
         if cfg.batch_tokens is None and on_gpu:
             raise
         return None
     e = plan.estimate
-    log.info("memory plan: budget %d tokens, predicted peak %.2f GiB allocator / %.2f GiB device (cap %.2f GiB)",
-             plan.budget, e.allocator_peak / 2**30, e.device_total / 2**30, cap / 2**30)
+    log.info(
+        "memory plan: budget %d tokens, predicted peak %.2f GiB allocator / %.2f GiB device (cap %.2f GiB)",
+        plan.budget,
+        e.allocator_peak / 2**30,
+        e.device_total / 2**30,
+        cap / 2**30,
+    )
     if on_gpu and not plan.fits:
-        log.warning("batch_tokens=%d is predicted to need %.2f GiB of %.2f GiB; OOMs will be split and retried",
-                    plan.budget, e.device_total / 2**30, cap / 2**30)
+        log.warning(
+            "batch_tokens=%d is predicted to need %.2f GiB of %.2f GiB; OOMs will be split and retried",
+            plan.budget,
+            e.device_total / 2**30,
+            cap / 2**30,
+        )
     return plan
 
 
-def token_budget(cfg: TrainConfig, plan: MemoryPlan | None, longest: int, on_gpu: bool,
-                 checkpoint_budget: int | None = None) -> int:
+def token_budget(
+    cfg: TrainConfig, plan: MemoryPlan | None, longest: int, on_gpu: bool, checkpoint_budget: int | None = None
+) -> int:
     """The micro-batch token budget of the run: decided here and nowhere else.
 
     ``batch_tokens`` when given. Otherwise the memory plan's; on CPU at most 1024
@@ -200,8 +238,10 @@ def token_budget(cfg: TrainConfig, plan: MemoryPlan | None, longest: int, on_gpu
             log.info("resume: keeping the checkpoint's token budget %d (plan says %d)", checkpoint_budget, budget)
             budget = checkpoint_budget
     if budget < longest:
-        raise ConfigError(f"batch_tokens={budget} is smaller than the longest example ({longest} tokens with the "
-                          f"prefix); raise batch_tokens or lower max_seq_len")
+        raise ConfigError(
+            f"batch_tokens={budget} is smaller than the longest example ({longest} tokens with the "
+            f"prefix); raise batch_tokens or lower max_seq_len"
+        )
     return budget
 
 
@@ -225,8 +265,13 @@ def make_optimizer(params, cfg: TrainConfig, device):
 
 
 def make_scheduler(optimizer, cfg: TrainConfig, total_steps: int):
-    from transformers import (get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup,
-                              get_linear_schedule_with_warmup)
+    # lazy: transformers' schedules module imports its trainer utils, and with them peft and bitsandbytes
+    # (seconds); importing kner.training.recipe must not pay for that
+    from transformers import (  # noqa: PLC0415
+        get_constant_schedule_with_warmup,
+        get_cosine_schedule_with_warmup,
+        get_linear_schedule_with_warmup,
+    )
 
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else math.ceil(cfg.warmup_ratio * total_steps)
     if cfg.scheduler == "cosine":

@@ -15,6 +15,7 @@ import gc
 import logging
 import math
 from dataclasses import dataclass, field, fields
+from typing import Any
 
 import torch
 
@@ -32,10 +33,10 @@ class StepModel:
     """What a step computes with."""
 
     parts: ModelParts
-    params: list[torch.nn.Parameter]   # the trainable ones, in a fixed order (gradients are zipped onto them)
-    dtype: torch.dtype                 # compute dtype: autocast unless fp32
+    params: list[torch.nn.Parameter]  # the trainable ones, in a fixed order (gradients are zipped onto them)
+    dtype: torch.dtype  # compute dtype: autocast unless fp32
     device: torch.device
-    scaler: torch.amp.GradScaler       # fp16 loss scaling; disabled for bf16/fp32
+    scaler: torch.amp.GradScaler  # fp16 loss scaling; disabled for bf16/fp32
 
 
 @dataclass
@@ -49,17 +50,17 @@ class StepResult:
     oom_splits: int = 0
     split_notes: list[str] = field(default_factory=list)
 
-    def summed_over_ranks(self) -> "StepResult":
+    def summed_over_ranks(self) -> StepResult:
         """A rank's share of the step -> the whole step's numbers (sums over the ranks)."""
         if not dist.active():
             return self
         keys = [f.name for f in fields(self) if f.name != "split_notes"]
         total = dict(zip(keys, dist.all_reduce_sum([getattr(self, k) for k in keys])))
         if not dist.is_main():
-            for note in self.split_notes:   # rank 0 prints its own through the progress bar
+            for note in self.split_notes:  # rank 0 prints its own through the progress bar
                 log.warning("rank %d: %s", dist.rank_info().rank, note)
-        return StepResult(**{k: v if k == "loss" else int(v) for k, v in total.items()},
-                          split_notes=self.split_notes if dist.is_main() else [])
+        sums: dict[str, Any] = {k: v if k == "loss" else int(v) for k, v in total.items()}
+        return StepResult(**sums, split_notes=self.split_notes if dist.is_main() else [])
 
 
 class StepRunner:
@@ -68,7 +69,7 @@ class StepRunner:
     def __init__(self, model: StepModel, batching: Batching):
         self.model = model
         self.batching = batching
-        self.update_skipped = False        # the last finish_step skipped a non-finite update
+        self.update_skipped = False  # the last finish_step skipped a non-finite update
         self.last_oom: str | None = None
 
     def autocast(self):
@@ -86,7 +87,7 @@ class StepRunner:
         ``denom``: answer tokens of the whole step when ``examples`` is one rank's share of it.
         """
         res = StepResult()
-        if not examples:   # a rank's share of a step with fewer examples than ranks
+        if not examples:  # a rank's share of a step with fewer examples than ranks
             return res
         denom = sum(e.n_answer for e in examples) if denom is None else denom
         pending = self.batching.micro_batches(examples)
@@ -94,16 +95,20 @@ class StepRunner:
         while pending:
             batch = pending.pop(0)
             done = self._try_micro_batch(batch, denom)
-            if done is None:   # out of memory: retry the two halves in its place
+            if done is None:  # out of memory: retry the two halves in its place
                 n = sum(map(len, batch))
                 if n < 2:
-                    raise KnerError(f"one example of {batch[0][0].length} tokens does not fit in GPU memory "
-                                    f"({self.last_oom}); lower max_seq_len or the LoRA rank, or free the GPU")
+                    raise KnerError(
+                        f"one example of {batch[0][0].length} tokens does not fit in GPU memory "
+                        f"({self.last_oom}); lower max_seq_len or the LoRA rank, or free the GPU"
+                    )
                 a, b = split_in_two(batch)
                 pending[:0] = [a, b]
                 res.oom_splits += 1
-                res.split_notes.append(f"out of memory on a micro-batch of {n} examples ({self.last_oom}); "
-                                       f"retrying as {sum(map(len, a))} + {sum(map(len, b))}")
+                res.split_notes.append(
+                    f"out of memory on a micro-batch of {n} examples ({self.last_oom}); "
+                    f"retrying as {sum(map(len, a))} + {sum(map(len, b))}"
+                )
                 continue
             mb_loss, mb = done
             loss_sum += mb_loss
@@ -130,7 +135,7 @@ class StepRunner:
                 if g is not None:
                     p.grad = g if p.grad is None else p.grad.add_(g)
             return float(loss_sum.detach()), mb
-        except RuntimeError as err:   # torch.OutOfMemoryError is one
+        except RuntimeError as err:  # torch.OutOfMemoryError is one
             if not is_oom(err):
                 raise
             oom = str(err).splitlines()[0] if str(err) else "out of memory"
@@ -167,7 +172,7 @@ class StepRunner:
         total, n = 0.0, 0
         with torch.no_grad(), self.autocast():
             for i in range(0, len(examples), 64):
-                for batch in self.batching.micro_batches(examples[i:i + 64]):
+                for batch in self.batching.micro_batches(examples[i : i + 64]):
                     mb = self.batching.collate(batch, m.dtype).to(m.device)
                     total += float(answer_loss_sum(m.parts, mb))
                     n += mb.n_answer
