@@ -149,7 +149,7 @@ def locate(name: str, data_dir: str | Path | None = None, download: bool = True)
     return fetch(src, cached, data_dir)
 
 
-def fetch(src: Source, folder: Path, data_dir=None) -> Path:
+def fetch(src: Source, folder: Path, data_dir: str | Path | None = None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     pinned = src.pinned()
     todo = [(n, d) for n, d in pinned.items()] + [(n, None) for n in src.files]
@@ -195,7 +195,7 @@ def _verify_recorded(folder: Path) -> None:
             raise KnerError(f"{p}: changed since it was downloaded (SHA-256 recorded in {sums})")
 
 
-def _placement_help(src: Source, data_dir) -> str:
+def _placement_help(src: Source, data_dir: str | Path | None) -> str:
     root = Path(data_dir) if data_dir else Path(os.environ.get("KNER_DATA_DIR") or "DATA_DIR")
     files = list(src.pinned()) or list(src.files)
     sample = ", ".join(files[:3]) + (f", ... ({len(files)} files)" if len(files) > 3 else "")

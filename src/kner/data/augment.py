@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import Any
 
 from kner.data.example import Entity, Example
 from kner.errors import ConfigError
@@ -28,7 +29,7 @@ class AugmentConfig:
     keep_original: bool = True  # copy 0 is the unaltered training set
 
     @classmethod
-    def from_dict(cls, d: dict | None) -> AugmentConfig:
+    def from_dict(cls, d: dict[str, Any] | None) -> AugmentConfig:
         d = dict(d or {})
         known = {"mention_replace", "variants", "keep_original"}
         unknown = sorted(set(d) - known)

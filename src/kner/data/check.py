@@ -19,9 +19,10 @@ from __future__ import annotations
 import logging
 import unicodedata
 from collections import Counter
-from collections.abc import Set
+from collections.abc import Callable, Set
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from kner.data.example import Example, iter_jsonl, validate
 from kner.data.schemes import load_scheme
@@ -61,7 +62,7 @@ class SplitSummary:
     path: str | None
     sentences: int = 0
     documents: int = 0
-    entities: Counter = field(default_factory=Counter)  # per label
+    entities: Counter[str] = field(default_factory=Counter)  # per label
 
 
 @dataclass
@@ -87,7 +88,7 @@ class CheckReport:
         head = "FAILED" if ne else "passed"
         return f"check {head}: {ne} error{'s' * (ne != 1)}, {nw} warning{'s' * (nw != 1)}"
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "ok": self.ok,
             "verdict": self.verdict(),
@@ -151,7 +152,7 @@ def load_split(path: str | Path, name: str) -> tuple[list[Example], list[Finding
     return examples, found
 
 
-def check_folder(folder: str | Path, tokenizer=None, **kw) -> CheckReport:
+def check_folder(folder: str | Path, tokenizer: Any = None, **kw: Any) -> CheckReport:
     """``train.jsonl``, ``dev.jsonl`` and ``test.jsonl`` of a folder (``kner data split``, ``kner run``'s prepare)."""
     folder = Path(folder)
     if not folder.is_dir():
@@ -159,7 +160,7 @@ def check_folder(folder: str | Path, tokenizer=None, **kw) -> CheckReport:
     return check_files({s: folder / f"{s}.jsonl" for s in SPLITS}, tokenizer, **kw)
 
 
-def check_files(files: dict[str, str | Path], tokenizer=None, **kw) -> CheckReport:
+def check_files(files: dict[str, str | Path], tokenizer: Any = None, **kw: Any) -> CheckReport:
     """Named split files, e.g. ``{"train": "a.jsonl", "test": "b.jsonl"}``; "train" is the reference split."""
     splits: dict[str, list[Example]] = {}
     read_findings: list[Finding] = []
@@ -178,10 +179,10 @@ def check_files(files: dict[str, str | Path], tokenizer=None, **kw) -> CheckRepo
 
 def check_splits(
     splits: dict[str, list[Example]],
-    tokenizer=None,
+    tokenizer: Any = None,
     scheme: str = "spacy19",
     max_seq_len: int = 1024,
-    prompt_format=None,
+    prompt_format: PromptFormat | None = None,
     paths: dict[str, str] | None = None,
     skip_empty: Set[str] = frozenset(),
 ) -> CheckReport:
@@ -243,9 +244,9 @@ def _order(rep: CheckReport) -> None:
     rep.findings.sort(key=lambda f: (f.severity != ERROR, names.index(f.split) if f.split in names else 0))
 
 
-def _not_nfc(name: str, exs: list[Example], add) -> None:
+def _not_nfc(name: str, exs: list[Example], add: Callable[[Finding], None]) -> None:
     ids: list[str] = []
-    chars: Counter = Counter()  # characters NFC replaces on their own (compatibility ideographs, ...)
+    chars: Counter[str] = Counter()  # characters NFC replaces on their own (compatibility ideographs, ...)
     jamo = 0  # sentences with conjoining jamo: decomposed Hangul, composed only in sequence
     for ex in exs:
         if unicodedata.is_normalized("NFC", ex.text):
@@ -274,7 +275,7 @@ def _not_nfc(name: str, exs: list[Example], add) -> None:
     )
 
 
-def _duplicate_ids(name: str, exs: list[Example], add) -> None:
+def _duplicate_ids(name: str, exs: list[Example], add: Callable[[Finding], None]) -> None:
     counts = Counter(ex.id for ex in exs)
     dup = [i for i, c in counts.items() if c > 1]
     if not dup:
@@ -294,7 +295,7 @@ def _duplicate_ids(name: str, exs: list[Example], add) -> None:
         add(Finding(WARNING, "duplicate-id", name, f"{len(dup)} duplicate id(s)", len(dup), tuple(dup[:SHOW])))
 
 
-def _unseen_labels(rep: CheckReport, add) -> None:
+def _unseen_labels(rep: CheckReport, add: Callable[[Finding], None]) -> None:
     if "train" not in rep.splits:
         if len(rep.splits) > 1:
             rep.notes.append("no split named train: labels unseen in training were not checked")
@@ -320,7 +321,7 @@ def _text_key(text: str) -> str:
     return " ".join(unicodedata.normalize("NFC", text).split())
 
 
-def _leaks(splits: dict[str, list[Example]], add) -> None:
+def _leaks(splits: dict[str, list[Example]], add: Callable[[Finding], None]) -> None:
     """Identical texts (after NFC and whitespace collapse) in two splits; each later split against each earlier."""
     names = list(splits)
     first_id: dict[str, dict[str, str]] = {n: {} for n in names}
@@ -347,7 +348,14 @@ def _leaks(splits: dict[str, list[Example]], add) -> None:
             )
 
 
-def _too_long(splits, tokenizer, scheme_name: str, max_seq_len: int, prompt_format, add) -> None:
+def _too_long(
+    splits: dict[str, list[Example]],
+    tokenizer: Any,
+    scheme_name: str,
+    max_seq_len: int,
+    prompt_format: PromptFormat | None,
+    add: Callable[[Finding], None],
+) -> None:
     # Training's own rule (kner.training.batching.tokenize_examples): prompt + answer tags + EOS, encoded
     # by PromptEncoder.encode_examples, which training and inference share.
     fmt = prompt_format or PromptFormat()
@@ -377,7 +385,7 @@ def _too_long(splits, tokenizer, scheme_name: str, max_seq_len: int, prompt_form
         )
 
 
-def check_prepared(folder: str | Path, logger=None) -> CheckReport:
+def check_prepared(folder: str | Path, logger: logging.Logger | None = None) -> CheckReport:
     """``kner run``'s check of the prepare stage's split: warnings are logged, errors stop the run
     before training with one line naming the split and the problem (the first error; all are logged)."""
     logger = logger or logging.getLogger("kner.pipeline")

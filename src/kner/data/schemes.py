@@ -13,6 +13,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -37,7 +38,7 @@ class Scheme:
     description: str = ""
     _lookup: dict[str, str] = field(default_factory=dict, repr=False)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         for lab in self.labels:
             self._lookup[lab.name.upper()] = lab.name
         for lab in self.labels:
@@ -55,7 +56,7 @@ class Scheme:
     def __contains__(self, label: str) -> bool:
         return label in self.names
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "description": self.description,
@@ -63,7 +64,7 @@ class Scheme:
         }
 
     @classmethod
-    def from_dict(cls, d: dict, source: str = "<scheme>") -> Scheme:
+    def from_dict(cls, d: dict[str, Any], source: str = "<scheme>") -> Scheme:
         try:
             labels = [
                 Label(
@@ -150,9 +151,9 @@ class Mapping:
 
 @dataclass
 class MapReport:
-    mapped: Counter = field(default_factory=Counter)  # (src, dst) -> count
-    dropped: Counter = field(default_factory=Counter)  # src -> count (mapped to '-' on purpose)
-    fallback: Counter = field(default_factory=Counter)  # src -> count (no row; user fallback used)
+    mapped: Counter[tuple[str, str]] = field(default_factory=Counter)  # (src, dst) -> count
+    dropped: Counter[str] = field(default_factory=Counter)  # src -> count (mapped to '-' on purpose)
+    fallback: Counter[str] = field(default_factory=Counter)  # src -> count (no row; user fallback used)
 
 
 def map_examples(

@@ -90,7 +90,7 @@ def compare(
     seed: int = 0,
     labels: list[str] | None = None,
     title: str = "NER comparison",
-) -> dict:
+) -> dict[str, Any]:
     """Evaluate every system on ``gold`` with one shared label list and write the report files.
 
     Returns the content of ``report.json`` plus ``files`` (name -> path).
@@ -142,7 +142,7 @@ def compare(
     return report
 
 
-def headline_table(report: dict):
+def headline_table(report: dict[str, Any]) -> Table:
     """One row per system (micro and macro P, R, F1, KLUE character F1) from the ``report.json``
     content, as a rich ``Table``; :func:`print_headline` prints it."""
     # Two-line headers and no vertical rules keep it within 80 columns; a long system name folds onto
@@ -174,7 +174,7 @@ def headline_table(report: dict):
     return t
 
 
-def print_headline(report: dict, console=None) -> None:
+def print_headline(report: dict[str, Any], console: Console | None = None) -> None:
     """The summary ``kner compare`` and ``kner run`` end with. Not on a terminal (a log file), the
     table gets the width it needs instead of the 80 columns rich assumes; rich adds no colour codes there."""
     con = console if console is not None else Console()
@@ -187,11 +187,11 @@ def print_headline(report: dict, console=None) -> None:
 # -- disagreements -------------------------------------------------------------------
 
 
-def _ents(ex: Example, keep: set[str]) -> list[dict]:
+def _ents(ex: Example, keep: set[str]) -> list[dict[str, Any]]:
     return [e.to_dict() for e in sorted(set(ex.entities)) if e.label in keep]
 
 
-def disagreements(gold: list[Example], systems: dict[str, list[Example]], labels: list[str]) -> list[dict]:
+def disagreements(gold: list[Example], systems: dict[str, list[Example]], labels: list[str]) -> list[dict[str, Any]]:
     """Sentences where the systems' entity sets differ (one system: where it differs from gold)."""
     keep = set(labels)
     paired = {name: dict((g.id, p) for g, p in pair_examples(gold, preds)) for name, preds in systems.items()}
@@ -277,7 +277,7 @@ def f1_chart(results: dict[str, EvalResult], labels: list[str], path: Path) -> b
 # -- markdown --------------------------------------------------------------------------
 
 
-def markup(text: str, ents: list[dict]) -> str:
+def markup(text: str, ents: list[dict[str, Any]]) -> str:
     """KLUE-style ``<surface:LABEL>`` inline markup; spans overlapping an earlier one are listed after."""
     parts, pos, extra = [], 0, []
     for e in sorted(ents, key=lambda e: (e["start"], -e["end"])):
@@ -298,7 +298,7 @@ def _code(s: str) -> str:
     return f"{fence}{pad}{s}{pad}{fence}"
 
 
-def to_markdown(report: dict, results: dict[str, EvalResult]) -> str:
+def to_markdown(report: dict[str, Any], results: dict[str, EvalResult]) -> str:
     names = list(results)
     labels = report["labels"]
     L = [
@@ -385,7 +385,7 @@ def to_markdown(report: dict, results: dict[str, EvalResult]) -> str:
     return "\n".join(L).rstrip() + "\n"
 
 
-def _disagreement_intro(d: dict, n_systems: int) -> str:
+def _disagreement_intro(d: dict[str, Any], n_systems: int) -> str:
     what = "the systems' entity sets differ" if n_systems > 1 else "the system's output differs from gold"
     if not d["total"]:
         return f"No sentence where {what}."
@@ -428,7 +428,7 @@ def _color(labels: list[str]) -> dict[str, str]:
     return {lab: PALETTE[i % len(PALETTE)] for i, lab in enumerate(labels)}
 
 
-def highlight(text: str, ents: list[dict], colors: dict[str, str], gold: set | None = None) -> str:
+def highlight(text: str, ents: list[dict[str, Any]], colors: dict[str, str], gold: set[Any] | None = None) -> str:
     """Text with entities as colored spans. Overlaps are cut at every boundary and each piece takes
     the innermost entity's color; with ``gold`` given, entities not in it get a dashed red outline."""
     cuts = sorted({0, len(text)} | {e["start"] for e in ents} | {e["end"] for e in ents})
@@ -452,7 +452,7 @@ def highlight(text: str, ents: list[dict], colors: dict[str, str], gold: set | N
     return "".join(out)
 
 
-def to_html(report: dict, results: dict[str, EvalResult], png: bytes) -> str:
+def to_html(report: dict[str, Any], results: dict[str, EvalResult], png: bytes) -> str:
     esc = html.escape
     names = list(results)
     labels = report["labels"]

@@ -26,7 +26,7 @@ class Piece:
     text: str
 
 
-def _spans(text: str, pattern: re.Pattern, start: int, end: int) -> list[tuple[int, int]]:
+def _spans(text: str, pattern: re.Pattern[str], start: int, end: int) -> list[tuple[int, int]]:
     """Cut ``text[start:end]`` after each match of ``pattern``; spans cover it all."""
     out, cur = [], start
     for m in pattern.finditer(text, start, end):
@@ -58,8 +58,10 @@ def split_document(text: str, count_tokens: Callable[[str], int], max_tokens: in
     return [p for p in pieces if p.text]
 
 
-def _refine(text, spans, count_tokens, max_tokens, level: int = 0):
-    out = []
+def _refine(
+    text: str, spans: list[tuple[int, int]], count_tokens: Callable[[str], int], max_tokens: int, level: int = 0
+) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
     for s, e in spans:
         if count_tokens(text[s:e]) <= max_tokens:
             out.append((s, e))
@@ -72,8 +74,8 @@ def _refine(text, spans, count_tokens, max_tokens, level: int = 0):
     return out
 
 
-def _by_chars(text, s, e, count_tokens, max_tokens):
-    out = []
+def _by_chars(text: str, s: int, e: int, count_tokens: Callable[[str], int], max_tokens: int) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
     while s < e:
         lo, hi = s + 1, e
         while lo < hi:  # longest prefix that fits

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field, fields
+from typing import Any
 
 from kner.data.example import Entity
 
@@ -33,7 +34,7 @@ class RunStats:
     oom_retries: int = 0
     truncated: int = 0
     unparsed: int = 0
-    labels: Counter = field(default_factory=Counter)
+    labels: Counter[str] = field(default_factory=Counter)
     preemptions: int = 0
     row_steps: int = 0  # rows summed over decode steps: new tokens per step = new_tokens / steps
     pool_tokens: int = 0
@@ -61,19 +62,19 @@ class RunStats:
                 setattr(self, f.name, a + b)
         return self
 
-    def to_record(self) -> dict:
+    def to_record(self) -> dict[str, Any]:
         """Every field, JSON-ready (a worker's state file); :meth:`from_record` reads it back."""
         return {f.name: (dict(v) if isinstance(v := getattr(self, f.name), Counter) else v) for f in fields(self)}
 
     @classmethod
-    def from_record(cls, rec: dict) -> RunStats:
+    def from_record(cls, rec: dict[str, Any]) -> RunStats:
         names = {f.name for f in fields(cls)}
         st = cls(**{k: v for k, v in rec.items() if k in names and k != "labels"})
         st.labels = Counter(rec.get("labels") or {})
         st.batch_sizes = list(st.batch_sizes)
         return st
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """The summary ``kner predict`` prints and the benchmarks record."""
         return {
             "texts": self.texts,

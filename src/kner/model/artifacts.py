@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from kner.data.schemes import Scheme
 from kner.errors import KnerError
@@ -35,9 +36,9 @@ class ModelManifest:
     adapter_dir: str | None = "adapter"  # relative to the output folder
     model_dir: str | None = None  # full weights, relative; overrides load.model when set
     tokenizer_dir: str = "tokenizer"
-    extra: dict = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "format_version": FORMAT_VERSION,
             "load": asdict(self.load),

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 from kner.data.example import Entity
 from kner.data.schemes import Scheme
@@ -269,7 +270,7 @@ class PromptEncoder:
     ``prompt_len`` are exact and ``input_ids[prompt_len:]`` is the answer plus EOS.
     """
 
-    def __init__(self, tokenizer, prompt_format, scheme):
+    def __init__(self, tokenizer: Any, prompt_format: PromptFormat, scheme: Scheme) -> None:
         self.tokenizer = tokenizer
         self.prefix, self.suffix = prompt_format.parts(scheme)
         self.fast = bool(getattr(tokenizer, "is_fast", False))

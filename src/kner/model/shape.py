@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from kner.errors import ConfigError
 
 GiB = 2**30
 
 
-def text_config(config):
+def text_config(config: Any) -> Any:
     """The decoder's config (multimodal and composite configs nest it), else ``config`` itself."""
     try:
         return config.get_text_config(decoder=True)
@@ -38,7 +39,7 @@ class ModelShape:
     model_type: str = "?"
 
     @classmethod
-    def from_config(cls, config) -> ModelShape:
+    def from_config(cls, config: Any) -> ModelShape:
         c = text_config(config)
         try:
             heads = int(c.num_attention_heads)
@@ -88,7 +89,7 @@ class ModelShape:
     def total_params(self) -> int:
         return self.linear_params + self.embedding_params + self.norm_params
 
-    def lora_params(self, r: int, targets="all-linear") -> int:
+    def lora_params(self, r: int, targets: str | list[str] = "all-linear") -> int:
         shapes = self.linear_shapes()
         names = shapes if targets in ("all-linear", None) else [t for t in targets if t in shapes]
         return self.layers * sum(r * (shapes[n][0] + shapes[n][1]) for n in names)

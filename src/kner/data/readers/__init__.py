@@ -18,6 +18,7 @@ import fnmatch
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from kner.data.readers import (
     conll,
@@ -144,7 +145,7 @@ def _format(fmt: str) -> Format:
     return FORMATS[fmt]
 
 
-def native_scheme(fmt: str, **opts) -> str | None:
+def native_scheme(fmt: str, **opts: Any) -> str | None:
     """Name of the label scheme a format's tags belong to; None for conll/jsonl (no fixed scheme)."""
     f = _format(fmt)
     if fmt == "multiconer" and str(opts.get("version", "")) in ("1", "v1"):
@@ -275,7 +276,7 @@ def _unique_ids(res: ReadResult, path: Path, seen: dict[str, tuple[Path, str]]) 
         seen[ex.id] = (path, line)
 
 
-def read_dataset(fmt: str, path: str | Path, **opts) -> ReadResult:
+def read_dataset(fmt: str, path: str | Path, **opts: Any) -> ReadResult:
     f = _format(fmt)
     bad = sorted(set(opts) - set(f.options))
     if bad:

@@ -17,6 +17,7 @@ import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 from kner.data.example import strip_span
 from kner.data.readers.base import Problem, ReadResult
@@ -123,7 +124,18 @@ class SpanChecker:
                 )
         return out
 
-    def _unit(self, text, u2c, s, e, stext, line, sid, where, lab) -> tuple[int, int]:
+    def _unit(
+        self,
+        text: str,
+        u2c: list[int] | None,
+        s: int,
+        e: int,
+        stext: str | None,
+        line: int | None,
+        sid: str,
+        where: str,
+        lab: str,
+    ) -> tuple[int, int]:
         if u2c is None:
             return s, e
         if stext is None:
@@ -153,7 +165,7 @@ def json_array_items(path: Path, text: str) -> Iterator[tuple[int, int, object]]
             pos += 1
         return pos
 
-    def fail(msg: str, pos: int):
+    def fail(msg: str, pos: int) -> NoReturn:
         raise DataError(msg, path, line_of(pos))
 
     pos = skip(0)

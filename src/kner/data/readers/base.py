@@ -9,9 +9,10 @@ counted in ``skipped`` and has a problem row saying why.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from kner import textio
 from kner.data.example import Entity, Example
@@ -40,7 +41,7 @@ class ReadResult:
     skipped: int = 0  # sentences not converted; each has a problem row with the reason
     scheme: str | None = None  # native label scheme of what was read (None: unknown, e.g. generic CoNLL)
     files: int = 0
-    notes: Counter = field(default_factory=Counter)  # counts of deliberate changes, e.g. particles trimmed
+    notes: Counter[str] = field(default_factory=Counter)  # counts of deliberate changes, e.g. particles trimmed
 
     def extend(self, other: ReadResult) -> None:
         self.examples.extend(other.examples)
@@ -51,7 +52,7 @@ class ReadResult:
         if self.scheme is None:
             self.scheme = other.scheme
 
-    def problem_counts(self) -> Counter:
+    def problem_counts(self) -> Counter[str]:
         return Counter(p.kind for p in self.problems)
 
     def write_problems(self, path: str | Path) -> None:
@@ -67,7 +68,7 @@ def numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
     return textio.numbered_lines(path)
 
 
-def build_entities(text: str, spans: list[tuple[int, int, str]]) -> tuple[list, list[tuple[str, str]]]:
+def build_entities(text: str, spans: list[tuple[int, int, str]]) -> tuple[list[Any], list[tuple[str, str]]]:
     """Spans -> sorted ``Entity`` list; a repeated span keeps its first label and the rest are reported."""
     seen: dict[tuple[int, int], str] = {}
     notes: list[tuple[str, str]] = []
@@ -82,5 +83,5 @@ def build_entities(text: str, spans: list[tuple[int, int, str]]) -> tuple[list, 
     return sorted(ents), notes
 
 
-def describe_spans(text: str, spans) -> str:
+def describe_spans(text: str, spans: Iterable[tuple[int, int, str]]) -> str:
     return ", ".join(f"{lab} {text[s:e]!r} [{s},{e})" for s, e, lab in sorted(spans)) or "none"

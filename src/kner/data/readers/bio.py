@@ -8,6 +8,7 @@ the reader can count and report it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 _PREFIX = {"B": "B", "I": "I", "E": "E", "S": "S", "L": "E", "U": "S", "M": "I"}
 
@@ -42,9 +43,9 @@ def decode(tags: list[Tag]) -> tuple[list[tuple[int, int, str]], list[tuple[int,
     """Spans ``(first_token, last_token + 1, label)`` and repairs ``(token_index, message)``."""
     spans: list[tuple[int, int, str]] = []
     repairs: list[tuple[int, str]] = []
-    cur: list | None = None  # [start, end, label]
+    cur: list[Any] | None = None  # [start, end, label]
 
-    def close():
+    def close() -> None:
         nonlocal cur
         if cur is not None:
             spans.append((cur[0], cur[1], cur[2]))

@@ -13,6 +13,7 @@ with ``#`` whose last column is not a tag are comments.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from kner.data.example import Example, strip_span
 from kner.data.readers.base import Problem, ReadResult, build_entities, numbered_lines
@@ -27,10 +28,10 @@ def read(path: Path, level: str = "word", space_token: str | None = None) -> Rea
     res = ReadResult(scheme=None, files=1)
     ncols = None
     doc_no = 0
-    sent: list = []
+    sent: list[Any] = []
     k = 0
 
-    def flush():
+    def flush() -> None:
         nonlocal sent, k
         if sent:
             k += 1
@@ -62,7 +63,9 @@ def read(path: Path, level: str = "word", space_token: str | None = None) -> Rea
     return res
 
 
-def _sentence(path: Path, k: int, sent, sep: str, space_token, doc: str, res: ReadResult) -> None:
+def _sentence(
+    path: Path, k: int, sent: list[Any], sep: str, space_token: str | None, doc: str, res: ReadResult
+) -> None:
     sid = f"{path.name}:{k}"
     toks = [" " if space_token is not None and t == space_token else t for _, t, _ in sent]
     starts, pos = [], 0

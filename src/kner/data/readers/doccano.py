@@ -19,6 +19,7 @@ writer puts one there).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from kner.data.example import Example
 from kner.data.readers.annotation import SpanChecker, check_offsets_option, jsonl_records
@@ -58,7 +59,7 @@ def read(path: Path, offsets: str = "utf16") -> ReadResult:
     return res
 
 
-def _raw_spans(d: dict) -> tuple[list, str | None]:
+def _raw_spans(d: dict[str, Any]) -> tuple[list[Any], str | None]:
     keys = [k for k in _SPAN_KEYS if k in d and d[k] is not None]
     if not keys:
         return [], None  # an example nobody labelled has no span key in some versions

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 from kner.data.example import Example, strip_span
 from kner.data.readers.base import Problem, ReadResult, build_entities
@@ -31,7 +32,7 @@ _HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 LEVELS = ("auto", "word", "char")
 
 
-def load(path: Path, split: str | None = None, name: str | None = None):
+def load(path: Path, split: str | None = None, name: str | None = None) -> tuple[Any, str]:
     """The ``datasets.Dataset`` at ``path`` (folder or Hub id) and the split name it came from."""
     try:
         import datasets  # noqa: PLC0415  lazy: datasets takes a second to import; only this format needs it
@@ -67,7 +68,7 @@ def load(path: Path, split: str | None = None, name: str | None = None):
     return ds, str(ds.split) if ds.split is not None else path.name
 
 
-def _tag_names(ds, column: str, path: Path) -> list[str] | None:
+def _tag_names(ds: Any, column: str, path: Path) -> list[str] | None:
     from datasets import ClassLabel  # noqa: PLC0415  lazy: as in load()
 
     feat = ds.features[column]

@@ -65,7 +65,9 @@ def read(path: Path, check_bio: bool = True) -> ReadResult:
     return res
 
 
-def _sentence(path: Path, lineno: int, k: int, raw: str, markup: str, morphs, res: ReadResult) -> None:
+def _sentence(
+    path: Path, lineno: int, k: int, raw: str, markup: str, morphs: list[tuple[int, str, Tag]] | None, res: ReadResult
+) -> None:
     sid = f"{path.name}:{k}"
     at = {"sentence": lineno + 1, "raw": lineno, "markup": lineno + 1}
     try:

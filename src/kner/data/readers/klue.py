@@ -19,7 +19,7 @@ from pathlib import Path
 
 from kner.data.example import Example
 from kner.data.readers.base import Problem, ReadResult, numbered_lines
-from kner.data.readers.bio import split_tag
+from kner.data.readers.bio import Tag, split_tag
 from kner.data.readers.markup import MarkupError, from_tokens, read_marked
 from kner.errors import DataError
 
@@ -56,7 +56,9 @@ def read(path: Path, check_bio: bool = True) -> ReadResult:
     return res
 
 
-def _sentence(path: Path, lineno: int, sid: str, markup: str, chars, res: ReadResult) -> None:
+def _sentence(
+    path: Path, lineno: int, sid: str, markup: str, chars: list[tuple[int, str, Tag]] | None, res: ReadResult
+) -> None:
     meta = {"doc": sid, "source": f"{path.name}:{lineno}"}
     try:
         mk = read_marked(markup, LABELS, tokens=chars, unit="chars")

@@ -74,7 +74,9 @@ def read(path: Path, check_bio: bool = True) -> ReadResult:
     return res
 
 
-def _sentence(path: Path, lineno: int, num: str, raw: str, markup: str, morphs, res: ReadResult) -> None:
+def _sentence(
+    path: Path, lineno: int, num: str, raw: str, markup: str, morphs: list[tuple[int, str, Tag]] | None, res: ReadResult
+) -> None:
     sid = f"{path.stem}:{num}"
     at = {"sentence": lineno, "raw": lineno + 1, "markup": lineno + 2}
     try:

@@ -33,6 +33,7 @@ the task starts and the task id. Each task is its own document unless its
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from kner.data.example import Example
 from kner.data.readers.annotation import SpanChecker, check_offsets_option, json_array_items
@@ -90,7 +91,7 @@ def read(path: Path, text_key: str = "text", predictions: bool = False, offsets:
     return res
 
 
-def _text(data: dict, key: str, res: ReadResult):
+def _text(data: dict[str, Any], key: str, res: ReadResult) -> Any:
     if key in data:
         return data[key]
     strings = [k for k, v in data.items() if isinstance(v, str)]
@@ -100,13 +101,13 @@ def _text(data: dict, key: str, res: ReadResult):
     return None
 
 
-def _when(a: dict) -> tuple:
+def _when(a: dict[str, Any]) -> tuple[Any, ...]:
     stamp = a.get("updated_at") or a.get("created_at") or ""
     aid = a.get("id")
     return (str(stamp), aid if isinstance(aid, (int, float)) else -1, str(aid))
 
 
-def _choose(task: dict, use_predictions: bool, res: ReadResult) -> tuple[list, tuple[str, str] | None]:
+def _choose(task: dict[str, Any], use_predictions: bool, res: ReadResult) -> tuple[list[Any], tuple[str, str] | None]:
     anns = [a for a in task.get("annotations") or [] if isinstance(a, dict)]
     ok = [a for a in anns if not a.get("was_cancelled")]
     if ok:
@@ -127,14 +128,14 @@ def _choose(task: dict, use_predictions: bool, res: ReadResult) -> tuple[list, t
     return [], ("unannotated", f"the task has no annotation{hint}")
 
 
-def _results(a: dict) -> list:
+def _results(a: dict[str, Any]) -> list[Any]:
     r = a.get("result")
     return r if isinstance(r, list) else []
 
 
-def _latest_min(items: list, res: ReadResult) -> list:
+def _latest_min(items: list[Any], res: ReadResult) -> list[Any]:
     """JSON-MIN has one object per annotation: of objects with the same task id keep the latest."""
-    best: dict = {}
+    best: dict[str, Any] = {}
     for k, _line, task in items:
         if isinstance(task, dict) and not isinstance(task.get("data"), dict) and "id" in task:
             key = str(task["id"])
@@ -155,7 +156,7 @@ def _latest_min(items: list, res: ReadResult) -> list:
     ]
 
 
-def _min_results(task: dict) -> list:
+def _min_results(task: dict[str, Any]) -> list[Any]:
     out = []
     for v in task.values():
         if isinstance(v, list) and any(isinstance(x, dict) and "labels" in x for x in v):

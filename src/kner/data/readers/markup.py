@@ -183,7 +183,7 @@ def from_tokens(tokens: list[tuple[int, str, Tag]]) -> Marked:
     return Marked(text, ents, notes + [(kind, msg, "markup") for kind, msg in dup])
 
 
-def _starts(tokens, shift: int) -> list[int]:
+def _starts(tokens: list[tuple[int, str, Tag]], shift: int) -> list[int]:
     """Character offset of each token's start, and of the end of the last."""
     starts = [shift]
     for _, surface, _ in tokens:
@@ -191,12 +191,14 @@ def _starts(tokens, shift: int) -> list[int]:
     return starts
 
 
-def _decoded(tokens) -> tuple[list[tuple[int, int, str]], list[tuple[str, str, Where]]]:
+def _decoded(tokens: list[tuple[int, str, Tag]]) -> tuple[list[tuple[int, int, str]], list[tuple[str, str, Where]]]:
     spans, repairs = decode([t for _, _, t in tokens])
     return spans, [("i-without-b", msg, tokens[k][0]) for k, msg in repairs]
 
 
-def _check_spelled(text: str, spans, tokens, unit: str) -> list[tuple[str, str, Where]]:
+def _check_spelled(
+    text: str, spans: list[tuple[int, int, str]], tokens: list[tuple[int, str, Tag]], unit: str
+) -> list[tuple[str, str, Where]]:
     """BIO spans, re-aligned to characters, must equal the markup spans."""
     spelled = "".join(s for _, s, _ in tokens)
     shift = 0
@@ -227,14 +229,16 @@ def _check_spelled(text: str, spans, tokens, unit: str) -> list[tuple[str, str, 
     return notes
 
 
-def _check_lemmas(text: str, spans, tokens) -> list[tuple[str, str, Where]]:
+def _check_lemmas(
+    text: str, spans: list[tuple[int, int, str]], tokens: list[tuple[int, str, Tag]]
+) -> list[tuple[str, str, Where]]:
     """Entity strings of the BIO column (lemmas joined) must equal the markup's, in order."""
     tok_spans, notes = _decoded(tokens)
     bio = [(lab, "".join(t[1] for t in tokens[a:b])) for a, b, lab in tok_spans]
     gold = [(lab, text[s:e]) for s, e, lab in spans]
     if [(lab, _key(x)) for lab, x in bio] != [(lab, _key(x)) for lab, x in gold]:
 
-        def shown(xs):
+        def shown(xs: list[tuple[str, str]]) -> str:
             return ", ".join(f"{lab} {x!r}" for lab, x in xs) or "none"
 
         notes.append(

@@ -75,8 +75,8 @@ _COLS = re.compile(r"[ \t]+")  # not str.split(): a token may hold a no-break or
 
 def read(path: Path, version: int | str | None = None) -> ReadResult:
     version = _version(version)
-    raw: list[tuple[int, str | None, str, list]] = []  # (line, id, domain, [(line, token, tag)])
-    cur: tuple[int, str | None, str, list] | None = None
+    raw: list[tuple[int, str | None, str, list[tuple[int, str, Tag]]]] = []  # (line, id, domain, [(line, token, tag)])
+    cur: tuple[int, str | None, str, list[tuple[int, str, Tag]]] | None = None
     width = None  # 4 (token _ _ TAG) or 3 (blind test file: token _ _), from the first token line
     for lineno, line in numbered_lines(path):
         if not line.strip():
@@ -143,7 +143,7 @@ def read(path: Path, version: int | str | None = None) -> ReadResult:
     return res
 
 
-def _version(v) -> int | None:
+def _version(v: int | str | None) -> int | None:
     if v in (None, "", "auto"):
         return None
     if str(v) in ("1", "v1"):

@@ -43,6 +43,7 @@ from __future__ import annotations
 import re
 from functools import cache, lru_cache
 from pathlib import Path
+from typing import Any
 
 from kner.data.example import Example
 from kner.data.readers.base import Problem, ReadResult, build_entities, numbered_lines
@@ -133,7 +134,7 @@ def read(path: Path, trim_particles: bool | str = False, trim_punct: bool = Fals
     sent: list[tuple[int, str, str]] = []  # (line, word, tag)
     k = 0
 
-    def flush():
+    def flush() -> None:
         nonlocal sent, k
         if sent:
             k += 1
@@ -235,7 +236,9 @@ def _method(trim: bool | str) -> str | None:
     raise ConfigError(f"trim_particles must be true/false, 'kiwi' or 'list', not {trim!r}")
 
 
-def _sentence(path: Path, k: int, sent, method: str | None, punct: bool, res: ReadResult) -> None:
+def _sentence(
+    path: Path, k: int, sent: list[tuple[int, str, str]], method: str | None, punct: bool, res: ReadResult
+) -> None:
     sid = f"{path.name}:{k}"
     tags = []
     for lineno, _, tag in sent:
@@ -367,7 +370,7 @@ def _list_particle_len(word: str) -> int:
 
 
 @cache
-def _kiwi():
+def _kiwi() -> Any:
     from kiwipiepy import Kiwi  # noqa: PLC0415  lazy: optional (see _method)
 
     return Kiwi()

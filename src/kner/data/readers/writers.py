@@ -32,6 +32,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from kner.data.example import Example, strip_span
 from kner.data.readers.annotation import chars_to_utf16, check_offsets_option
@@ -50,13 +51,13 @@ def _doc(ex: Example) -> str:
     return str(ex.meta.get("doc", ex.id))
 
 
-def _lines(out: Path, rows: Iterable[dict]) -> None:
+def _lines(out: Path, rows: Iterable[dict[str, Any]]) -> None:
     with atomic_write(out) as f:
         for r in rows:
             f.write(json_line(r) + "\n")
 
 
-def write_doccano(examples: list[Example], out: Path, form: str = "label", offsets: str = "utf16") -> Counter:
+def write_doccano(examples: list[Example], out: Path, form: str = "label", offsets: str = "utf16") -> Counter[str]:
     if form not in ("label", "entities"):
         raise ConfigError(f"doccano form must be 'label' or 'entities', not {form!r}")
     check_offsets_option(offsets)
@@ -64,7 +65,7 @@ def write_doccano(examples: list[Example], out: Path, form: str = "label", offse
     for ex in examples:
         m = chars_to_utf16(ex.text) if offsets == "utf16" else None
         spans = [(m[e.start], m[e.end], e.label) if m else (e.start, e.end, e.label) for e in ex.entities]
-        row: dict = {"id": ex.id, "text": ex.text}
+        row: dict[str, Any] = {"id": ex.id, "text": ex.text}
         if form == "label":
             row["label"] = [list(s) for s in spans]
         else:
@@ -78,7 +79,7 @@ def write_doccano(examples: list[Example], out: Path, form: str = "label", offse
     return Counter()
 
 
-def write_labelstudio(examples: list[Example], out: Path, predictions: bool = False) -> Counter:
+def write_labelstudio(examples: list[Example], out: Path, predictions: bool = False) -> Counter[str]:
     tasks = []
     for ex in examples:
         result = [
@@ -102,7 +103,7 @@ def write_labelstudio(examples: list[Example], out: Path, predictions: bool = Fa
     return Counter()
 
 
-def write_prodigy(examples: list[Example], out: Path) -> Counter:
+def write_prodigy(examples: list[Example], out: Path) -> Counter[str]:
     _lines(
         out,
         (
@@ -118,7 +119,7 @@ def write_prodigy(examples: list[Example], out: Path) -> Counter:
     return Counter()
 
 
-def write_spacy(examples: list[Example], out: Path) -> Counter:
+def write_spacy(examples: list[Example], out: Path) -> Counter[str]:
     from kner.baselines.spacy_ner import examples_to_docbin  # noqa: PLC0415  lazy: imports spaCy (seconds)
 
     db, report = examples_to_docbin(examples, "whitespace", "split")
@@ -129,7 +130,7 @@ def write_spacy(examples: list[Example], out: Path) -> Counter:
     return notes
 
 
-def _non_overlapping(ex: Example, notes: Counter) -> list[tuple[int, int, str]]:
+def _non_overlapping(ex: Example, notes: Counter[str]) -> list[tuple[int, int, str]]:
     kept: list[tuple[int, int, str]] = []
     for e in sorted(ex.entities, key=lambda e: (e.start, -e.end)):
         if kept and e.start < kept[-1][1]:
@@ -139,12 +140,12 @@ def _non_overlapping(ex: Example, notes: Counter) -> list[tuple[int, int, str]]:
     return kept
 
 
-def write_conll(examples: list[Example], out: Path, level: str = "char", space_token: str = "_") -> Counter:
+def write_conll(examples: list[Example], out: Path, level: str = "char", space_token: str = "_") -> Counter[str]:
     if level not in ("char", "word"):
         raise ConfigError(f"conll level must be 'char' or 'word', not {level!r}")
     if level == "char" and (len(space_token) != 1 or space_token.isspace()):
         raise ConfigError(f"space_token must be one visible character, not {space_token!r}")
-    notes: Counter = Counter()
+    notes: Counter[str] = Counter()
     lines: list[str] = []
     for ex in examples:
         if not ex.text.strip():
@@ -196,7 +197,7 @@ def write_conll(examples: list[Example], out: Path, level: str = "char", space_t
     return notes
 
 
-WRITERS: dict[str, Callable[..., Counter]] = {
+WRITERS: dict[str, Callable[..., Counter[str]]] = {
     "doccano": write_doccano,
     "labelstudio": write_labelstudio,
     "prodigy": write_prodigy,
@@ -212,7 +213,7 @@ OPTIONS = {
 }
 
 
-def write(fmt: str, examples: list[Example], out: str | Path, **opts) -> Counter:
+def write(fmt: str, examples: list[Example], out: str | Path, **opts: Any) -> Counter[str]:
     if fmt not in WRITERS:
         raise ConfigError(f"cannot export to {fmt!r}; export formats: {', '.join(WRITERS)}")
     bad = sorted(set(opts) - set(OPTIONS[fmt]))
