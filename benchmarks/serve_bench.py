@@ -95,7 +95,6 @@ def build_extractor(args):
         dev = ext.model.get_input_embeddings().weight.device
     else:
         import infer_bench  # after import_kner: its sys.path entry must not replace PYTHONPATH's kner
-
         from kner.model.loading import load_tokenizer
 
         tok_dir = Path(args.tokenizer).resolve()

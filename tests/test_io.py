@@ -359,7 +359,7 @@ def test_server_answers_422_naming_the_text_with_a_lone_surrogate():
         calls.append(list(texts))
         return [[] for _ in texts]
 
-    with BackgroundServer(create_app(extractor, ServeSettings(max_wait_ms=1), model_name="fake")) as srv:
+    with BackgroundServer(create_app(extractor, ServeSettings(), model_name="fake")) as srv:
         body = '{"texts": ["서울", "깨진 \\ud800", "부산"]}'.encode()
         r = httpx.post(srv.url + "/extract", content=body, headers={"content-type": "application/json"}, timeout=30)
         assert r.status_code == 422, r.text

@@ -93,14 +93,14 @@ def fake():
     return FakeExtractor()
 
 
-@pytest.mark.parametrize("max_batch_texts, expected_calls", [(64, [16]), (5, [4, 4, 4, 4]), (1, [2] * 8)])
-def test_concurrent_requests_share_extractor_calls(fake, max_batch_texts, expected_calls):
-    settings = ServeSettings(max_batch_texts=max_batch_texts, max_wait_ms=5)
-    with BackgroundServer(create_app(fake, settings, model_name="fake", scheme="spacy19")) as srv:
+def test_concurrent_requests_each_get_their_own_results(fake):
+    with BackgroundServer(create_app(fake, ServeSettings(), model_name="fake", scheme="spacy19")) as srv:
         warm, out = hold_extractor(fake, srv.url)
         payloads = {i: {"texts": [f"요청{i} 이순신", f"{i} 서울 {i * 11}"]} for i in range(8)}
         threads = [in_thread(post, srv.url, payloads[i], out, i) for i in range(8)]
         wait_for(lambda: health(srv.url)["queue_depth"] == 8, "8 queued requests")
+        h = health(srv.url)
+        assert h["busy"] and h["running_texts"] == 1 and h["queued_texts"] == 16
         fake.gate.set()
         for t in [warm, *threads]:
             t.join(30)
@@ -113,21 +113,17 @@ def test_concurrent_requests_share_extractor_calls(fake, max_batch_texts, expect
             assert [res["text"] for res in body["results"]] == payload["texts"]  # own texts, in order
             for res in body["results"]:
                 assert res["entities"] == [e.to_dict() for e in fake_entities(res["text"])]
-        # 8 requests, fewer calls: the first call held the warm-up request alone.
+        # A plain callable is called once per request, in arrival order.
         assert fake.calls[0] == ["warm up"]
-        assert [len(c) for c in fake.calls[1:]] == expected_calls
-        assert sorted(t for c in fake.calls[1:] for t in c) == sorted(t for p in payloads.values() for t in p["texts"])
-        for call in fake.calls[1:]:  # whole requests: both texts of a request in the same call, adjacent
-            for a, b in zip(call[::2], call[1::2]):
-                assert a.split()[0] == "요청" + b.split()[0]
+        assert sorted(map(tuple, fake.calls[1:])) == sorted(tuple(p["texts"]) for p in payloads.values())
         h = health(srv.url)
         assert h["requests_served"] == 9 and h["texts_served"] == 17 and h["queue_depth"] == 0
-        assert h["batching"]["extractor_calls"] == 1 + len(expected_calls)
-        assert h["batching"]["largest_call_texts"] == max(expected_calls)
+        assert not h["busy"] and h["running_texts"] == 0
+        assert h["batching"]["requests"] == 9 and h["batching"]["texts"] == 17
 
 
 def test_extractor_errors_fail_only_their_request(fake):
-    with BackgroundServer(create_app(fake, ServeSettings(max_wait_ms=5), model_name="fake")) as srv:
+    with BackgroundServer(create_app(fake, ServeSettings(), model_name="fake")) as srv:
         warm, out = hold_extractor(fake, srv.url)
         good = in_thread(post, srv.url, {"texts": ["이순신 장군"]}, out, "good")
         wait_for(lambda: health(srv.url)["queue_depth"] == 1, "the good request to queue")
@@ -139,9 +135,8 @@ def test_extractor_errors_fail_only_their_request(fake):
         assert out["good"].status_code == 200
         assert out["good"].json()["results"][0]["entities"][0]["text"] == "이순신"
         assert out["bad"].status_code == 500
-        assert "cannot read 'boom'" in out["bad"].json()["error"]
-        # One shared call failed, then each request ran alone.
-        assert fake.calls == [["warm up"], ["이순신 장군", "boom 123"], ["이순신 장군"], ["boom 123"]]
+        assert out["bad"].json() == {"error": "extraction failed: RuntimeError: cannot read 'boom'"}
+        assert fake.calls == [["warm up"], ["이순신 장군"], ["boom 123"]]
 
         r = post(srv.url, {"texts": ["a", "drop one"]})
         assert r.status_code == 500 and "returned 1 results for 2 texts" in r.json()["error"]
@@ -212,7 +207,7 @@ def test_limits_answer_4xx_naming_the_limit(fake):
 
 
 def test_full_queue_answers_503(fake):
-    with BackgroundServer(create_app(fake, ServeSettings(max_queue_texts=2, max_wait_ms=0))) as srv:
+    with BackgroundServer(create_app(fake, ServeSettings(max_queue_texts=2))) as srv:
         warm, out = hold_extractor(fake, srv.url)
         waiting = in_thread(post, srv.url, {"texts": ["a", "b"]}, out, "waiting")
         wait_for(lambda: health(srv.url)["queued_texts"] == 2, "two queued texts")
@@ -227,7 +222,7 @@ def test_full_queue_answers_503(fake):
 
 
 def test_timeout_answers_504_and_drops_the_work(fake):
-    with BackgroundServer(create_app(fake, ServeSettings(timeout_s=0.5, max_wait_ms=0))) as srv:
+    with BackgroundServer(create_app(fake, ServeSettings(timeout_s=0.5))) as srv:
         warm, out = hold_extractor(fake, srv.url)
         waiting = in_thread(post, srv.url, {"texts": ["a", "b"]}, out, "waiting")
         # The extractor is held past both requests' timeout_s: 504 for each, and the
@@ -332,45 +327,125 @@ TEXTS = [
 ]
 
 
-def test_real_model_served_entities_are_exact_spans(model_folder):
+LONG = "세종대왕은 조선의 네 번째 임금이다. " * 3  # 112 tokens: split into pieces by max_chunk_tokens=48
+
+
+class HeldHook:
+    """The tag bias, held inside a forward while ``gate`` is closed: requests sent meanwhile wait in the
+    inbox, and join the rows already decoding when it opens. ``max_rows``: injected out of memory."""
+
+    def __init__(self, ex, max_rows: int | None = None):
+        self.bias, self.max_rows = tag_bias(ex), max_rows
+        self.gate, self.entered = threading.Event(), threading.Event()
+        self.gate.set()
+        self.rows: list[int] = []
+
+    def __call__(self, logits):
+        import torch
+
+        self.entered.set()
+        assert self.gate.wait(60), "test never opened the gate"
+        if self.max_rows is not None and logits.shape[0] > self.max_rows:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+        self.rows.append(logits.shape[0])
+        return self.bias(logits)
+
+
+def serve_joining(ex, hook, requests: dict) -> dict:
+    """Request 0 first, held in the engine; the others queue meanwhile, then all run. Returns key -> response."""
+    out: dict = {}
+    with BackgroundServer(create_app(ex, ServeSettings(), model_name="tiny")) as srv:
+        hook.gate.clear()
+        hook.entered.clear()
+        first = in_thread(post, srv.url, requests[0], out, 0)
+        assert hook.entered.wait(30)
+        rest = [in_thread(post, srv.url, requests[k], out, k) for k in list(requests)[1:]]
+        wait_for(lambda: health(srv.url)["queue_depth"] == len(rest), "the other requests to queue")
+        hook.gate.set()
+        for t in [first, *rest]:
+            t.join(120)
+        out["health"] = health(srv.url)
+    return out
+
+
+def entity_dicts(preds) -> list[list[dict]]:
+    return [[e.to_dict() for e in p.entities] for p in preds]
+
+
+def test_real_model_requests_join_the_running_engine_and_equal_predict(model_folder):
     from kner.inference import Extractor
 
-    ex = Extractor.load(model_folder, max_new_tokens=16, batch_size=16)
-    ex.config.logits_hook = tag_bias(ex)
-    calls: list[list[str]] = []
-    gate = threading.Event()
+    ex = Extractor.load(model_folder, max_new_tokens=16, batch_size=8, max_chunk_tokens=48)
+    hook = ex.config.logits_hook = HeldHook(ex)
+    texts = [*TEXTS, LONG]
+    want = dict(zip(texts, entity_dicts(ex.predict(texts))))  # the batch API over the same engine
+    assert ex.last_stats.split_texts == 1 and sum(map(len, want.values())) > 0  # the bias made it write tags
+    requests = {0: {"texts": [LONG]}, 1: {"texts": TEXTS[:3]}, 2: {"texts": ["", TEXTS[3]]}, 3: {"texts": TEXTS[4:]}}
+    hook.rows.clear()
+    out = serve_joining(ex, hook, requests)
+    for k, payload in requests.items():
+        r = out[k]
+        assert r.status_code == 200, r.text
+        for text, res in zip(payload["texts"], r.json()["results"]):
+            assert res["text"] == text
+            assert res["entities"] == want.get(text, [])
+            assert all(text[e["start"] : e["end"]] == e["text"] for e in res["entities"])
+    b = out["health"]["batching"]
+    assert b["requests"] == 4 and b["texts"] == 7 and b["decode_steps"] > 0  # the blank text never queues
+    # The long text's pieces were decoding when the other requests arrived: they shared its steps.
+    assert b["most_rows"] > len(ex.predict([LONG])[0].outputs)
 
-    def held(texts):  # the real extractor behind a gate, so the test decides what is batched
-        calls.append(list(texts))
-        gate.wait(60)
-        return ex(texts)
 
-    with BackgroundServer(create_app(held, ServeSettings(max_wait_ms=5), model_name="tiny", scheme=ex.scheme)) as srv:
-        out: dict = {}
-        warm = in_thread(post, srv.url, {"text": "워밍업"}, out, "warm")
-        wait_for(lambda: health(srv.url)["busy"], "the extractor to be busy")
-        requests = {i: {"texts": TEXTS[i::3]} for i in range(3)}
-        threads = [in_thread(post, srv.url, requests[i], out, i) for i in range(3)]
-        wait_for(lambda: health(srv.url)["queue_depth"] == 3, "3 queued requests")
-        gate.set()
-        for t in [warm, *threads]:
-            t.join(120)
-        assert len(calls) == 2 and sorted(calls[1]) == sorted(TEXTS)
-        n = 0
-        served = {}
-        for i, payload in requests.items():
-            r = out[i]
-            assert r.status_code == 200, r.text
-            for text, res in zip(payload["texts"], r.json()["results"]):
-                assert res["text"] == text
-                for e in res["entities"]:
-                    assert text[e["start"] : e["end"]] == e["text"] and e["label"] in ex.scheme.names
-                    n += 1
-                served[text] = res["entities"]
-        assert n > 0  # the bias made the random model write tags
-        # The shared call computed exactly what one direct call on the same texts computes.
-        direct = ex(calls[1])
-        assert {t: [e.to_dict() for e in ents] for t, ents in zip(calls[1], direct)} == served
+def test_real_model_out_of_memory_halves_the_rows_and_keeps_the_answers(model_folder):
+    from kner.inference import Extractor
+
+    ex = Extractor.load(model_folder, max_new_tokens=16, batch_size=8, max_chunk_tokens=48)
+    hook = ex.config.logits_hook = HeldHook(ex)
+    texts = [*TEXTS, LONG]
+    want = dict(zip(texts, entity_dicts(ex.predict(texts))))
+    hook.max_rows = 2  # from now on, a forward over more than 2 rows runs out of memory
+    hook.rows.clear()
+    requests = {0: {"texts": [LONG]}, 1: {"texts": TEXTS[:3]}, 2: {"texts": TEXTS[3:]}}
+    out = serve_joining(ex, hook, requests)
+    for k, payload in requests.items():
+        assert out[k].status_code == 200, out[k].text
+        assert [res["entities"] for res in out[k].json()["results"]] == [want[t] for t in payload["texts"]]
+    assert ex._batch_cap == 2 and max(hook.rows) == 2  # 8 -> 4 -> 2 rows, as predict does
+
+
+def test_engine_feed_adds_rows_while_decoding_and_drops_given_up_ones(model_folder):
+    """The engine alone: B joins A's run and is answered first; C is given up mid-decode."""
+    from kner.inference import Extractor
+    from kner.inference.engine import EngineStats, GreedyChooser, Request
+
+    ex = Extractor.load(model_folder, ignore_eos=True)
+    enc, p = ex.encoder, len(ex.prefix_ids)
+    a, b, c = (enc.prompt_ids(t).input_ids[p:] for t in TEXTS[:3])
+    prefix = ex._prefix(p)
+    plan = ex._plan([len(a) + 12] * 4, len(a), p)
+
+    def run(requests, feed=None):
+        done: dict[int, list[int]] = {}
+        stats = EngineStats()
+        ex._engine(prefix, plan).run(requests, GreedyChooser(len(ex.tokenizer)), done.__setitem__, feed, stats)
+        return done, stats
+
+    want, _ = run([Request(0, a, 12), Request(1, b, 3), Request(2, c, 10)])
+
+    class Feed:
+        calls = 0
+
+        def more(self, idle):
+            self.calls += 1
+            return [Request(1, b, 3), Request(2, c, 10)] if self.calls == 3 else None
+
+        def dropped(self):
+            return {2} if self.calls == 5 else set()
+
+    got, stats = run([Request(0, a, 12)], Feed())
+    assert list(got) == [1, 0]  # B, admitted after A's second step with a budget of 3, finished first
+    assert got == {0: want[0], 1: want[1]}  # what a run with all of them from the start decodes
+    assert stats.dropped == 1 and stats.peak_rows == 3 and stats.new_tokens == 15
 
 
 def free_port() -> int:
@@ -434,6 +509,25 @@ def test_kner_serve_command(model_folder, tmp_path):
     assert "warm-up:" in logged and f"serving tiny on http://127.0.0.1:{port}" in logged
 
 
+def test_kner_serve_refuses_a_busy_port_before_loading_the_model(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        # The model folder does not exist: the port is checked first, so that is never reported.
+        proc = subprocess.run(
+            [sys.executable, "-c", "from kner.cli import main; main()", "serve", "--model", str(tmp_path / "none")]
+            + ["--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"error: port {port} on 127.0.0.1 is already in use (another kner serve?); pick another with --port"
+    ]
+
+
 def test_missing_fastapi_is_a_user_error(monkeypatch):
     from typer.testing import CliRunner
 
@@ -446,11 +540,11 @@ def test_missing_fastapi_is_a_user_error(monkeypatch):
     assert 'pip install "kner[serve]"' in str(res.exception)
 
 
-def test_loadtest_reports_batching(fake):
+def test_loadtest_reports_throughput_and_latency(fake):
     from loadtest import run as loadtest
 
-    with BackgroundServer(create_app(fake, ServeSettings(max_wait_ms=5))) as srv:
+    with BackgroundServer(create_app(fake, ServeSettings())) as srv:
         rep = loadtest(srv.url, [f"문장 {i}" for i in range(20)], clients=4, texts_per_request=2)
-    assert rep["requests"] == 10 and rep["statuses"] == {200: 10} and rep["entities"] == 40
-    assert rep["extractor_calls"] == len(fake.calls) and sum(map(len, fake.calls)) == 20
-    assert rep["texts_per_call"] == round(20 / len(fake.calls), 2)
+    assert rep["requests"] == 10 and rep["texts"] == 20 and rep["statuses"] == {200: 10} and rep["entities"] == 40
+    assert rep["requests_per_s"] > 0 and 0 < rep["latency_ms"]["p50"] <= rep["latency_ms"]["p95"]
+    assert sum(map(len, fake.calls)) == 20

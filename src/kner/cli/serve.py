@@ -29,13 +29,7 @@ def serve(
     max_text_chars: int = typer.Option(2000, help="Longest text accepted, in characters (413 beyond)."),
     max_texts: int = typer.Option(64, help="Most texts in one request (413 beyond)."),
     max_body_bytes: int = typer.Option(1_048_576, help="Largest request body in bytes (413 beyond)."),
-    max_batch_texts: int = typer.Option(
-        64, help="Most texts per extractor call; concurrent requests share calls up to this many texts."
-    ),
-    max_wait_ms: float = typer.Option(
-        10.0, help="How long a request waits for others to share its call, counted from its arrival."
-    ),
-    max_queue_texts: int = typer.Option(4096, help="Texts allowed to wait; requests beyond get 503."),
+    max_queue_texts: int = typer.Option(4096, help="Texts allowed to wait for the engine; requests beyond get 503."),
     timeout: float = typer.Option(300.0, help="Seconds a request may wait for its result (504 beyond; 0: no limit)."),
     constrain: bool = typer.Option(True, "--constrain/--no-constrain", help="Grammar-constrained decoding (default)."),
     batch_size: int | None = typer.Option(
@@ -62,20 +56,21 @@ def serve(
         ) from None
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     from kner.inference import Extractor
-    from kner.serve import ServeSettings, create_app
+    from kner.serve import ServeSettings, create_app, port_problem
 
     # Settings are checked before the model loads: a typo should not cost a minute of loading.
     settings = ServeSettings(
         max_text_chars=max_text_chars,
         max_texts=max_texts,
         max_body_bytes=max_body_bytes,
-        max_batch_texts=max_batch_texts,
-        max_wait_ms=max_wait_ms,
         max_queue_texts=max_queue_texts,
         timeout_s=timeout or None,
     )
     if not 0 <= port < 65536:
         raise ConfigError(f"--port must be between 0 and 65535, not {port}")
+    problem = port_problem(host, port)
+    if problem is not None:
+        raise ConfigError(problem)
     memory = parse_gib(max_memory)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     typer.echo(f"loading {model} ...", err=True)

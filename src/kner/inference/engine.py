@@ -20,7 +20,9 @@ from the start. Here instead:
   soft-capping, so this one engine serves every model), never copied into the pool.
 
 ``PagedEngine.run`` is admit + prefill, make room, decode step, retire, over an
-:class:`EngineState`; each step is a method.
+:class:`EngineState`; each step is a method. Given a :class:`Feed`, a run also takes
+new requests between decode steps and drops those given up (``kner serve``: requests
+join the running batch instead of waiting for it to end).
 
 Each decode step writes every row's new K/V at its own position and gathers the
 rows' K/V into a padded ``(rows, kv_heads, longest, head_dim)`` view for the
@@ -33,7 +35,7 @@ from __future__ import annotations
 import math
 import weakref
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -62,6 +64,7 @@ class EngineStats:
     peak_rows: int = 0
     row_steps: int = 0  # sum over decode steps of rows in the batch
     pool_tokens: int = 0
+    dropped: int = 0  # requests given up by the feed before they finished
 
 
 @dataclass(eq=False)
@@ -85,6 +88,19 @@ class Chooser(Protocol):
     def choose(self, logits: torch.Tensor, rows: Sequence[int]) -> list[int]: ...
     def done(self, row: int) -> bool: ...
     def reset(self, row: int) -> None: ...
+
+
+class Feed(Protocol):
+    """New work for a running engine, asked for between decode steps on the engine's thread."""
+
+    def more(self, idle: bool) -> list[Request] | None:
+        """Requests to add (each passed ``PagedEngine.check_fits``). ``idle``: nothing is decoding, so it
+        may block until work comes. None: the feed is closed; the run ends when its rows are done."""
+        ...
+
+    def dropped(self) -> Collection[int]:
+        """Keys given up since the last call: they leave the queue, or their row, unfinished."""
+        ...
 
 
 class GreedyChooser:
@@ -221,11 +237,20 @@ class PagedEngine:
 
     @torch.inference_mode()
     def run(
-        self, requests: Sequence[Request], chooser: Chooser, on_done: Callable[[int, list[int]], None]
+        self,
+        requests: Sequence[Request],
+        chooser: Chooser,
+        on_done: Callable[[int, list[int]], None],
+        feed: Feed | None = None,
+        stats: EngineStats | None = None,
     ) -> EngineStats:
-        """Decode every request; ``on_done(key, tokens)`` as each finishes (EOS not included)."""
-        self._check_fits(requests)
+        """Decode every request, and those ``feed`` adds until it closes; ``on_done(key, tokens)`` as each
+        finishes (EOS not included). ``stats``: counters to add to (read live by another thread)."""
+        self.check_fits(requests)
         cache = _make_cache(self.prefix, self.n_blocks * self.block)
+        if stats is None:
+            stats = EngineStats()
+        stats.pool_tokens = self.n_blocks * self.block
         st = EngineState(
             cache=cache,
             cache_arg=compat.cache_kwargs(self.model, cache),
@@ -233,11 +258,16 @@ class PagedEngine:
             on_done=on_done,
             waiting=deque(requests),
             free=list(range(self.n_blocks - 1, -1, -1)),
-            stats=EngineStats(pool_tokens=self.n_blocks * self.block),
+            stats=stats,
         )
         try:
             with shared_prefix_attention_active(self.model, cache):
-                while st.waiting or st.active:
+                while True:
+                    closed = feed is None or not self._refill(st, feed)
+                    if not (st.waiting or st.active):
+                        if closed:
+                            break
+                        continue
                     while st.waiting and not (st.hold and st.active):  # all that fit (everything, at first)
                         group = self._admit(st)
                         if not group:
@@ -246,7 +276,7 @@ class PagedEngine:
                     if not st.active:
                         if st.waiting:
                             raise KnerError("the K/V pool cannot hold a single text; lower --max-chunk-tokens")
-                        break
+                        continue
                     self._make_room(st)
                     self._decode_step(st)
         finally:
@@ -256,6 +286,24 @@ class PagedEngine:
         return st.stats
 
     # -- steps ---------------------------------------------------------------------
+    def _refill(self, st: EngineState, feed: Feed) -> bool:
+        """The feed's new requests join the queue, its given-up ones leave; False once it is closed."""
+        new = feed.more(idle=not (st.waiting or st.active))
+        if new:
+            st.waiting.extend(new)
+        gone = feed.dropped()
+        if gone:
+            kept = deque(r for r in st.waiting if r.key not in gone)
+            st.stats.dropped += len(st.waiting) - len(kept)
+            st.waiting = kept
+            for row in [r for r in st.active if r.req.key in gone]:
+                st.active.remove(row)
+                self._release(st, row)
+                st.chooser.reset(row.req.key)
+                st.stats.dropped += 1
+                st.hold = False
+        return new is not None
+
     def _admit(self, st: EngineState) -> list[_Row]:
         """The next group of waiting texts that fits the pool, the prefill chunk and the transient bound."""
         group: list[_Row] = []
@@ -409,7 +457,8 @@ class PagedEngine:
         st.free.extend(row.blocks)
         row.blocks = []
 
-    def _check_fits(self, requests: Sequence[Request]) -> None:
+    def check_fits(self, requests: Sequence[Request]) -> None:
+        """KnerError if a request could never fit the pool, even alone."""
         bs = self.block
         for r in requests:
             if math.ceil((len(r.ids) + r.max_new) / bs) + 1 > self.n_blocks:

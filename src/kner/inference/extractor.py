@@ -42,7 +42,9 @@ from kner.model.prompt import PromptEncoder, PromptFormat, parse_tags
 from kner.textio import text_problem
 
 if TYPE_CHECKING:
+    from kner.inference.engine import EngineStats
     from kner.inference.prefix_cache import PrefixKV
+    from kner.inference.stream import JobSource
 
 log = logging.getLogger(__name__)
 
@@ -257,6 +259,14 @@ class Extractor:
         self.last_stats = stats
         return preds
 
+    def serve(self, source: JobSource, stats: EngineStats | None = None) -> None:
+        """Extract the jobs ``source`` hands over until it closes, each joining the running engine and
+        finished as soon as its own texts are (``kner serve``'s engine thread; :mod:`kner.inference.stream`).
+        ``stats``: the engine's counters, updated as it runs."""
+        from kner.inference.stream import serve  # noqa: PLC0415  lazy: torch; kner.config imports kner.inference
+
+        serve(self, source, stats)
+
     # -- internals ------------------------------------------------------------------
     def _decode(self, pieces, order, prefix, stats: RunStats, progress) -> None:
         """Decode ``pieces`` (in ``order``) with the paged engine; out of memory: redo the unfinished ones
@@ -270,33 +280,39 @@ class Extractor:
             except Exception as err:  # noqa: BLE001 -- only OOM is handled, the rest re-raised
                 if not is_oom(err):
                     raise
-            release_memory()
-            if plan.max_rows == 1 and self._pool_scale < 1 / 64:
-                raise KnerError(
-                    "out of GPU memory with a single sequence; lower --max-chunk-tokens "
-                    "or --max-new-tokens, or free GPU memory"
-                )
-            self._batch_cap = max(1, plan.max_rows // 2)
-            self._pool_scale /= 2
+            self._after_oom(plan.max_rows)
             stats.oom_retries += 1
-            log.warning("out of GPU memory with up to %d rows; retrying with %d", plan.max_rows, self._batch_cap)
             remaining = [k for k in remaining if k not in finished]
         if progress is not None:
             progress(len(finished), len(pieces))
 
-    def _run_engine(self, pieces, keys, prefix, plan, stats: RunStats, finished: set, progress) -> None:
-        from kner.inference.engine import GreedyChooser, PagedEngine, Request  # noqa: PLC0415  lazy: torch; kner.config imports kner.inference
+    def _after_oom(self, max_rows: int) -> None:
+        """Half the rows and half the pool, for the retry and every later run; KnerError at a single row."""
+        release_memory()
+        if max_rows == 1 and self._pool_scale < 1 / 64:
+            raise KnerError(
+                "out of GPU memory with a single sequence; lower --max-chunk-tokens "
+                "or --max-new-tokens, or free GPU memory"
+            )
+        self._batch_cap = max(1, max_rows // 2)
+        self._pool_scale /= 2
+        log.warning("out of GPU memory with up to %d rows; retrying with %d", max_rows, self._batch_cap)
+
+    def _chooser(self, texts: dict[int, str]):
+        """The grammar over ``texts`` (key -> piece text; the engine's keys) or plain argmax."""
+        from kner.inference.engine import GreedyChooser  # noqa: PLC0415  lazy: torch; kner.config imports kner.inference
 
         cfg = self.config
-        chooser: ConstrainedChooser | GreedyChooser
         if cfg.constrained:
-            chooser = ConstrainedChooser(
-                self.grammar(cfg.ignore_eos), {k: pieces[k].text for k in keys}, cycle=cfg.ignore_eos
-            )
-        else:
-            chooser = GreedyChooser(len(self.tokenizer))
+            return ConstrainedChooser(self.grammar(cfg.ignore_eos), texts, cycle=cfg.ignore_eos)
+        return GreedyChooser(len(self.tokenizer))
+
+    def _engine(self, prefix, plan):
+        from kner.inference.engine import PagedEngine  # noqa: PLC0415  lazy: torch; kner.config imports kner.inference
+
+        cfg = self.config
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        engine = PagedEngine(
+        return PagedEngine(
             self.model,
             prefix,
             pool_tokens=plan.pool_tokens,
@@ -308,6 +324,12 @@ class Extractor:
             ignore_eos=cfg.ignore_eos,
             logits_hook=cfg.logits_hook,
         )
+
+    def _run_engine(self, pieces, keys, prefix, plan, stats: RunStats, finished: set, progress) -> None:
+        from kner.inference.engine import Request  # noqa: PLC0415  lazy: torch; kner.config imports kner.inference
+
+        chooser = self._chooser({k: pieces[k].text for k in keys})
+        engine = self._engine(prefix, plan)
         last = 0.0
 
         def on_done(k: int, toks: list[int]) -> None:
@@ -343,6 +365,11 @@ class Extractor:
             pc.truncated = len(toks) >= pc.max_new
 
     def _engine_plan(self, pieces, keys, prefix_len):
+        foot = [len(pieces[k].ids) - prefix_len + pieces[k].max_new for k in keys]
+        return self._plan(foot, max(len(pieces[k].ids) - prefix_len for k in keys), prefix_len)
+
+    def _plan(self, foot: list[int], suffix_max: int, prefix_len: int):
+        """Rows and pool for texts of these footprints (prompt after the prefix + new-token budget)."""
         cfg = self.config
         cap = cfg.batch_size or cfg.max_batch_size
         if self._batch_cap is not None:
@@ -354,12 +381,11 @@ class Extractor:
         if not hasattr(self, "_dims"):
             self._dims = ModelDims.from_model(self.model)
             self._largest = largest_linear_elems(self.model)
-        foot = [len(pieces[k].ids) - prefix_len + pieces[k].max_new for k in keys]
         plan = plan_engine(
             self._dims,
             prefix_len=prefix_len,
             footprints=foot,
-            suffix_max=max(len(pieces[k].ids) - prefix_len for k in keys),
+            suffix_max=suffix_max,
             usable=usable,
             max_rows=cap,
             prefill_chunk_tokens=cfg.prefill_chunk_tokens,

@@ -5,18 +5,19 @@ does not import FastAPI, only :func:`create_app` and :class:`BackgroundServer` d
 """
 
 from kner.serve.app import create_app, entity_dict
-from kner.serve.batcher import Batcher, BatcherStats, ExtractionError, QueueFull
 from kner.serve.limits import RequestError, ServeSettings
-from kner.serve.server import BackgroundServer
+from kner.serve.scheduler import ExtractionError, QueueFull, Scheduler, SchedulerStats
+from kner.serve.server import BackgroundServer, port_problem
 
 __all__ = [
     "create_app",
     "entity_dict",
-    "Batcher",
-    "BatcherStats",
+    "Scheduler",
+    "SchedulerStats",
     "ExtractionError",
     "QueueFull",
     "RequestError",
     "ServeSettings",
     "BackgroundServer",
+    "port_problem",
 ]

@@ -1,9 +1,11 @@
 """The FastAPI application around an extractor.
 
-``create_app(extractor)`` takes anything callable as ``extractor(list_of_texts)``
-returning one list of entities per text (``kner.inference.Extractor``, or a
-stand-in in tests); entities may be :class:`kner.data.example.Entity` objects or dicts
-with ``start``, ``end``, ``label`` (and ``text``).
+``create_app(extractor)`` takes a ``kner.inference.Extractor`` (whose engine
+decodes the texts of concurrent requests together, :mod:`kner.serve.scheduler`),
+or anything callable as ``extractor(list_of_texts)`` returning one list of entities
+per text (a stand-in in tests; called one request at a time); entities may be
+:class:`kner.data.example.Entity` objects or dicts with ``start``, ``end``, ``label``
+(and ``text``).
 
 Endpoints: ``POST /extract`` (JSON), ``GET /health``, ``GET|POST /`` (demo page
 drawn with displaCy), ``GET|POST /render`` (the displaCy HTML alone).
@@ -23,8 +25,8 @@ from urllib.parse import parse_qs
 
 from kner.data.schemes import load_scheme
 from kner.serve import render
-from kner.serve.batcher import Batcher, ExtractionError, QueueFull
 from kner.serve.limits import RequestError, ServeSettings, check_body_size, check_texts, texts_from_payload
+from kner.serve.scheduler import ExtractionError, QueueFull, Scheduler
 from kner.textio import text_problem
 
 log = logging.getLogger(__name__)
@@ -70,22 +72,22 @@ def create_app(
     model_name: str = "model",
     scheme=None,
 ):
-    """A FastAPI app serving ``extractor``; the batcher starts and stops with the app's lifespan."""
+    """A FastAPI app serving ``extractor``; the scheduler's thread starts and stops with the app's lifespan."""
     from fastapi import FastAPI  # noqa: PLC0415  lazy: fastapi is optional (kner[serve])
 
     service = Service(extractor, settings or ServeSettings(), model_name, scheme)
 
     @asynccontextmanager
     async def lifespan(_app):
-        await service.batcher.start()
+        await service.scheduler.start()
         try:
             yield
         finally:
-            await service.batcher.stop()
+            await service.scheduler.stop()
 
     app = FastAPI(title="kner", summary="Korean named-entity extraction", lifespan=lifespan)
     app.state.service = service
-    app.state.batcher = service.batcher
+    app.state.scheduler = service.scheduler
     app.state.settings = service.settings
     app.state.counters = service.counters
     _add_error_handlers(app, service)
@@ -95,7 +97,7 @@ def create_app(
 
 
 class Service:
-    """What the routes share: the batcher in front of the extractor, the limits, the counters."""
+    """What the routes share: the scheduler in front of the extractor, the limits, the counters."""
 
     def __init__(self, extractor, settings: ServeSettings, model_name: str, scheme=None):
         if scheme is None:
@@ -105,12 +107,7 @@ class Service:
         self.settings, self.model_name, self.scheme = settings, model_name, scheme
         self.labels = list(scheme.names) if scheme is not None else []
         self.colors = render.label_colors(self.labels)
-        self.batcher = Batcher(
-            extractor,
-            max_batch_texts=settings.max_batch_texts,
-            max_wait_ms=settings.max_wait_ms,
-            max_queue_texts=settings.max_queue_texts,
-        )
+        self.scheduler = Scheduler(extractor, max_queue_texts=settings.max_queue_texts)
         self.counters = {"requests_served": 0, "texts_served": 0, "requests_rejected": 0, "requests_failed": 0}
         self.started = time.time()
 
@@ -152,9 +149,9 @@ class Service:
     # -- extraction -------------------------------------------------------------------------------------
 
     async def extract(self, texts: list[str]) -> list[dict]:
-        """``{"text", "entities"}`` per text, through the batcher; every failure is a RequestError."""
+        """``{"text", "entities"}`` per text, through the scheduler; every failure is a RequestError."""
         # A text no tokenizer can take (a lone surrogate, sent as a JSON escape) fails the whole
-        # request with 422 naming it, before it can fail a batch shared with other requests.
+        # request with 422 naming it, before it is queued.
         for i, t in enumerate(texts):
             why = text_problem(t)
             if why is not None:
@@ -178,7 +175,7 @@ class Service:
     async def _submit(self, texts: list[str]):
         settings = self.settings
         try:
-            return await asyncio.wait_for(self.batcher.submit(texts), settings.timeout_s)
+            return await asyncio.wait_for(self.scheduler.submit(texts), settings.timeout_s)
         except QueueFull as err:
             raise RequestError(
                 503, f"server busy: {err}", limit="max_queue_texts", max=settings.max_queue_texts
@@ -191,7 +188,7 @@ class Service:
             raise RequestError(500, f"extraction failed: {err}") from None
 
     def health(self) -> dict:
-        b = self.batcher
+        b = self.scheduler
         return {
             "status": "ok",
             "model": self.model_name,
@@ -199,9 +196,10 @@ class Service:
             "labels": self.labels,
             "queue_depth": b.queued_requests,
             "queued_texts": b.queued_texts,
+            "running_texts": b.running_texts,
             "busy": b.busy,
             **self.counters,
-            "batching": b.stats.to_dict(),
+            "batching": b.stats_dict(),
             "limits": self.settings.to_dict(),
             "uptime_s": round(time.time() - self.started, 1),
         }

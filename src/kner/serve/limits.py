@@ -19,17 +19,13 @@ class ServeSettings:
     # Large enough for any request within the two limits above even if every
     # character is sent as a 6-byte \uXXXX escape (64 x 2000 x 6 = 768,000 bytes).
     max_body_bytes: int = 1_048_576
-    max_batch_texts: int = 64  # most texts per extractor call (a request is never split)
-    max_wait_ms: float = 10.0  # how long the first queued request waits for company
-    max_queue_texts: int = 4096  # texts waiting beyond this: 503, so a flood fails fast
+    max_queue_texts: int = 4096  # texts waiting for the engine beyond this: 503, so a flood fails fast
     timeout_s: float | None = 300.0  # a request waiting longer gets 504 (None: wait forever)
 
     def __post_init__(self):
-        for name in ("max_text_chars", "max_texts", "max_body_bytes", "max_batch_texts", "max_queue_texts"):
+        for name in ("max_text_chars", "max_texts", "max_body_bytes", "max_queue_texts"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)}")
-        if self.max_wait_ms < 0:
-            raise ConfigError(f"max_wait_ms must be >= 0, not {self.max_wait_ms}")
         if self.timeout_s is not None and self.timeout_s <= 0:
             raise ConfigError(f"timeout_s must be positive (or None), not {self.timeout_s}")
 
