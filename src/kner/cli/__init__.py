@@ -36,7 +36,7 @@ app.add_typer(baseline_app, name="baseline")
 
 def _register() -> None:
     # Imported for their side effect of adding commands.
-    for name in ("data", "evaluate", "train", "predict", "baseline", "run", "serve"):
+    for name in ("data", "evaluate", "train", "predict", "hub", "baseline", "run", "serve"):
         try:
             importlib.import_module(f"kner.cli.{name}")
         except ModuleNotFoundError as err:

@@ -1,4 +1,4 @@
-"""``kner predict`` (texts -> entity spans) and ``kner export --merge`` (adapter -> 16-bit weights)."""
+"""``kner predict``: texts -> entity spans (``kner export`` is in kner.cli.hub)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 import typer
 
 from kner.cli import app
-from kner.errors import DataError
+from kner.errors import ConfigError, DataError
 from kner.model.shape import parse_gib
 from kner.textio import ENCODING_HELP, check_output, reads_text
 
@@ -187,7 +187,8 @@ def predict(
         ...,
         "--model",
         "-m",
-        help="Output folder of `kner train`/`kner export`, or a base model (hub id or folder) with --adapter.",
+        help="Output folder of `kner train`/`kner export`, a Hub repo id written by `kner export --hub`, "
+        "or a base model (hub id or folder) with --adapter.",
     ),
     input: Path = typer.Option(
         ..., "--input", "-i", help="Texts: plain text (one per line), canonical JSONL, or a dataset in --format."
@@ -220,6 +221,9 @@ def predict(
         None, "--quantize/--no-quantize", help="Override the 4-bit loading recorded in the model folder."
     ),
     dtype: str | None = typer.Option(None, help="Compute dtype override: auto, bf16, fp16, fp32."),
+    allow_pickle: bool = typer.Option(
+        False, "--allow-pickle", help="Also load pickled .bin weights (they can run code: only from sources you trust)."
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Live progress bar."),
     gpus: str | None = typer.Option(
         None,
@@ -260,6 +264,8 @@ def predict(
         raise DataError("no texts to predict: the input is empty", input)
     failed = check_inputs(examples, where)
     if gpus is not None or devices is not None:
+        if allow_pickle:
+            raise ConfigError("--allow-pickle is for one process: leave out --gpus/--devices")
         from kner.inference.devices import resolve_devices
         from kner.inference.sharding import predict_sharded
 
@@ -302,6 +308,7 @@ def predict(
         max_memory=parse_gib(max_memory),
         max_chunk_tokens=max_chunk_tokens,
         max_new_tokens=max_new_tokens,
+        allow_pickle=allow_pickle,
     )
     with _Bar(progress, len(examples)) as bar:
         preds = ext.predict_examples(examples, progress=bar)
@@ -319,47 +326,3 @@ def _exit_on_failures(failed: list[tuple[int, str]], total: int, output: Path) -
             err=True,
         )
         raise typer.Exit(1)
-
-
-@app.command()
-@reads_text
-def export(
-    merge: Path = typer.Option(..., "--merge", help="Output folder of `kner train` whose adapter is merged."),
-    output: Path = typer.Option(..., "--output", "-o", help="Folder for the merged model."),
-    into: str = typer.Option(
-        "16bit",
-        help="16bit: merge into the original 16-bit base (default); dequantized: "
-        "into the dequantized 4-bit base the adapter was trained on (exact).",
-    ),
-    dtype: str = typer.Option("auto", help="Saved dtype: auto (bf16 where supported, else fp16), fp16, bf16, fp32."),
-    check_input: Path | None = typer.Option(
-        None, help="Texts (one per line) to measure the merge on (default: 8 built-in sentences)."
-    ),
-    overwrite: bool = typer.Option(False, help="Replace a non-empty output folder."),
-    encoding: str | None = typer.Option(None, "--encoding", help="Encoding of --check-input (default utf-8)."),
-) -> None:
-    """Merge a LoRA adapter into 16-bit weights, measure how much outputs change, save a loadable folder."""
-    from kner.inference.export import export_merged
-
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    texts = None
-    if check_input is not None:
-        from kner.textio import numbered_lines
-
-        texts = [line for _, line in numbered_lines(check_input) if line.strip()]
-        if not texts:
-            raise DataError("no non-empty lines to check the merge on", check_input)
-    rep = export_merged(merge, output, into=into, dtype=dtype, check_texts=texts, overwrite=overwrite)
-    c = rep["check"]
-    typer.echo(f"merged model written to {output} ({rep['dtype']}, merged into the {into} base)")
-    typer.echo(
-        f"check on {c['positions']} prompt positions vs {c['reference']}: greedy next token differs at "
-        f"{c['differing']} ({100 * c['differ_share']:.2f}%), max |logit difference| {c['max_logit_diff']:.4g}"
-    )
-    if c["differing"]:
-        hint = "; `--into dequantized` merges into the weights the adapter was trained on" if into == "16bit" else ""
-        typer.echo(
-            f"warning: the merged model's greedy choices differ from the trained model at "
-            f"{100 * c['differ_share']:.2f}% of sampled positions{hint}",
-            err=True,
-        )

@@ -1,4 +1,5 @@
-"""``kner export --merge``: fold the LoRA adapter into 16-bit weights for fast serving.
+"""``kner export --merge``: fold the LoRA adapter into 16-bit weights for fast serving; ``kner export --hub``:
+a folder ready to upload to the Hugging Face Hub (layout in :mod:`kner.model.hub`).
 
 A QLoRA adapter was trained against the NF4-quantized base, ``dequant(W4) + BA``.
 Merging it into the original 16-bit base gives ``W16 + BA``, which differs by
@@ -23,6 +24,7 @@ loads it in 16-bit with no adapter and no bitsandbytes.
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import shutil
 from collections.abc import Sequence
@@ -33,8 +35,8 @@ import torch
 from torch import nn
 
 from kner.errors import ConfigError, KnerError
-from kner.model import compat
-from kner.model.artifacts import ModelManifest
+from kner.model import compat, hub
+from kner.model.artifacts import MANIFEST, ModelManifest
 from kner.model.loading import choose_compute_dtype, load_model, load_tokenizer
 from kner.model.prompt import PromptEncoder
 
@@ -218,3 +220,147 @@ def export_merged(
     )
     man_out.save(merged_dir)
     return report
+
+
+# Not published: peft's own card (README.md is kner's), the manifest (rewritten), pickles.
+_NOT_PUBLISHED = {"README.md", MANIFEST}
+
+
+def _publish_files(src: Path, dst: Path, move: bool) -> list[str]:
+    names = []
+    for f in sorted(src.iterdir()):
+        if not f.is_file() or f.name in _NOT_PUBLISHED or any(f.match(p) for p in hub.PICKLE_PATTERNS):
+            continue
+        if (dst / f.name).exists():
+            raise KnerError(f"{f}: a file of that name is already in the Hub folder (from the weights or tokenizer)")
+        (shutil.move if move else shutil.copy2)(f, dst / f.name)
+        names.append(f.name)
+    return names
+
+
+def _card_dataset(info: hub.CardInfo, run: dict) -> None:
+    """The evaluation set's name and Hub id from a `kner run` config, where the user gave none."""
+    data = run.get("data") or {}
+    name = data.get("dataset") or data.get("format")
+    if isinstance(name, str):
+        info.dataset_name = info.dataset_name or name
+        if not info.datasets and name in hub.HUB_DATASETS:
+            info.datasets = [hub.HUB_DATASETS[name]]
+
+
+def export_hub(
+    model_dir: str | Path,
+    hub_dir: str | Path,
+    *,
+    merge: bool = False,
+    metrics: str | Path | None = None,
+    system: str | None = None,
+    base_model: str | None = None,
+    license: str = "other",
+    language: Sequence[str] = ("ko",),
+    datasets: Sequence[str] = (),
+    dataset_name: str | None = None,
+    split: str = "test",
+    tags: Sequence[str] = (),
+    repo_id: str | None = None,
+    overwrite: bool = False,
+    into: str = "16bit",
+    dtype: str = "auto",
+    check_texts: Sequence[str] | None = None,
+) -> dict:
+    """Write ``hub_dir``: ``model_dir``'s adapter (merged weights with ``merge``, or its full weights), tokenizer,
+    kner.json and a model card whose model-index holds the scores of ``metrics`` (default: found in a
+    `kner run` folder whose train/ is ``model_dir``). Returns what was written and any warnings."""
+    src, out = Path(model_dir), Path(hub_dir)
+    man = ModelManifest.load_from(src)
+    if out.resolve() == src.resolve() or out.resolve() in src.resolve().parents:
+        raise KnerError(f"{out}: the Hub folder must be a new folder, not {src} or one holding it")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise KnerError(f"{out} is not empty; pass --overwrite to replace it")
+        shutil.rmtree(out)
+    warnings: list[str] = []
+    run = hub.run_config(src.resolve().parent) if src.resolve().name == "train" else {}
+    scores_path = Path(metrics) if metrics is not None else hub.find_scores_file(src)
+    scores = hub.read_scores(scores_path, system, run) if scores_path is not None else None
+    if scores is None:
+        warnings.append("no evaluation scores in the card: pass --metrics FILE (metrics.json of `kner evaluate`)")
+    base = base_model or (man.load.model if hub.looks_like_repo_id(man.load.model) else None)
+
+    source, source_man, merge_report = src, man, None
+    if merge:
+        source = out.with_name(f".{out.name}.merging")
+        merge_report = export_merged(src, source, into=into, dtype=dtype, check_texts=check_texts, overwrite=True)
+        source_man = ModelManifest.load_from(source)
+    adapter = source_man.model_dir is None
+    weights = source / (source_man.adapter_dir if adapter else source_man.model_dir)  # type: ignore[operator]
+    if not weights.is_dir():
+        raise KnerError(f"{weights}: {'adapter' if adapter else 'weights'} folder not found")
+    hub.require_safetensors(weights)
+    if not any(weights.glob("*.safetensors")):
+        raise KnerError(f"{weights}: no safetensors weights to publish")
+    if adapter and base is None:
+        warnings.append(
+            f"the adapter's base model is a local path ({man.load.model}); pass --base-model ORG/NAME so that "
+            f"others can load it"
+        )
+
+    out.mkdir(parents=True, exist_ok=True)
+    files = _publish_files(weights, out, move=merge)
+    tok_dir = source / source_man.tokenizer_dir
+    if tok_dir.is_dir():
+        files += _publish_files(tok_dir, out, move=merge)
+    else:
+        load_tokenizer(
+            man.load.model, trust_remote_code=man.load.trust_remote_code, revision=man.load.revision
+        ).save_pretrained(out)
+    if merge:
+        shutil.rmtree(source)
+    load = source_man.load
+    if base_model is not None:
+        load = replace(load, model=base_model)
+        cfg = out / "adapter_config.json"
+        if adapter and cfg.is_file():  # what peft's AutoPeftModel reads
+            d = json.loads(cfg.read_text(encoding="utf-8"))
+            d["base_model_name_or_path"] = base_model
+            cfg.write_text(json.dumps(d, indent=2), encoding="utf-8")
+    extra = dict(source_man.extra)
+    if merge_report is not None:  # without the local path it was merged from
+        extra["merged"] = {k: v for k, v in merge_report.items() if k != "source"}
+    ModelManifest(
+        load=load,
+        method=man.method,
+        scheme=man.scheme,
+        prompt=man.prompt,
+        adapter_dir="." if adapter else None,
+        model_dir=None if adapter else ".",
+        tokenizer_dir=".",
+        extra=extra,
+    ).save(out)
+
+    info = hub.CardInfo(
+        model_name=repo_id.split("/")[-1] if repo_id else out.resolve().name,
+        method=man.method,
+        scheme=man.scheme.name,
+        labels=list(man.scheme.names),
+        adapter=adapter,
+        base_model=base,
+        license=license,
+        language=list(language),
+        datasets=list(datasets),
+        tags=list(tags),
+        repo_id=repo_id,
+        dataset_name=dataset_name,
+        split=split,
+    )
+    _card_dataset(info, run)
+    (out / "README.md").write_text(hub.card_text(info, scores), encoding="utf-8")
+    return {
+        "dir": str(out),
+        "weights": "adapter" if adapter else "merged" if merge else "full",
+        "files": sorted([*files, "README.md", MANIFEST]),
+        "base_model": base,
+        "scores": None if scores is None else {"source": str(scores.source), "system": scores.system, **scores.micro},
+        "merge": merge_report,
+        "warnings": warnings,
+    }
