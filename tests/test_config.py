@@ -301,3 +301,12 @@ def test_run_config_schema_holds_every_section():
         "report",
     }
     assert RunConfig.model_fields["train"].annotation is TrainConfig  # kner train's schema, not a copy
+
+
+def test_mapping_of_a_format_without_a_scheme_targets_the_scheme_prepare_writes():
+    # jsonl has no label scheme of its own: map_from alone maps to the default target (spacy19),
+    # the scheme prepare writes and train learns, not to "None".
+    data = RunConfig.model_validate({"data": {"format": "jsonl", "path": "x.jsonl", "map_from": "kmou"}}).data
+    assert data.target_scheme() == "spacy19"
+    assert data.mapping() == ("kmou", "spacy19")
+    assert RunConfig.model_validate({"data": {"format": "kmou"}}).data.mapping() is None
