@@ -114,7 +114,7 @@ def load_model(spec: LoadSpec, device_map=None, allow_pickle: bool = False):
     except (OSError, ValueError) as err:
         msg = str(err).splitlines()[0]
         if not allow_pickle and "safetensors" in msg:
-            msg += f" (kner loads safetensors weights only; if the model has only pickled .bin files, {hub.PICKLE_HINT})"
+            msg += f" (kner loads safetensors weights only; if it has only pickled .bin files, {hub.PICKLE_HINT})"
         raise KnerError(f"cannot load model {spec.model!r}: {msg}") from None
     return model
 
