@@ -34,7 +34,7 @@ from kner.inference.constrained import ConstrainedChooser, TagGrammar
 from kner.inference.memory import ModelDims, largest_linear_elems, plan_engine, release_memory, usable_memory
 from kner.inference.results import Prediction, RunStats
 from kner.inference.vocab import TokenTable, eos_token_ids
-from kner.model import compat
+from kner.model import compat, hub
 from kner.model.artifacts import MANIFEST, ModelManifest
 from kner.model.loading import LoadSpec, load_model, load_tokenizer
 from kner.model.oom import is_oom
@@ -142,18 +142,28 @@ class Extractor:
         prompt: PromptFormat | None = None,
         quantize_4bit: bool | None = None,
         compute_dtype: str | None = None,
+        allow_pickle: bool = False,
         **opts,
     ) -> Extractor:
         """Load the output folder of ``kner train`` (or ``kner export``), or a base model plus ``adapter``.
 
-        Without a ``kner.json`` in ``path``, ``path`` is a base model (hub name or
-        folder) and ``scheme`` (default ``spacy19``) and ``prompt`` (default
-        :class:`PromptFormat`) say how the adapter was trained.
+        ``path`` may be a Hub repo id: a repo with a ``kner.json`` (``kner export --hub``) is
+        downloaded (or read from the cache under ``HF_HUB_OFFLINE=1``) and loaded like a folder.
+        Without a ``kner.json``, ``path`` is a base model (hub name or folder) and ``scheme``
+        (default ``spacy19``) and ``prompt`` (default :class:`PromptFormat`) say how the
+        adapter was trained. Weights load from safetensors only unless ``allow_pickle``.
         """
         path = Path(path) if not isinstance(path, Path) else path
         adapter_dir: Path | None = Path(adapter) if adapter else None
+        repo_id = None
+        if not (path / MANIFEST).is_file() and hub.looks_like_repo_id(path):
+            local = hub.fetch(str(path), allow_pickle=allow_pickle)
+            if local is not None:
+                repo_id, path = str(path), local
         if (path / MANIFEST).is_file():
             man = ModelManifest.load_from(path)
+            if repo_id is not None:
+                hub.refuse_remote_code(repo_id, man.load.trust_remote_code)
             if scheme is not None and load_scheme(scheme).names != man.scheme.names:
                 raise ConfigError(
                     f"{path} was trained with scheme {man.scheme.name!r}; "
@@ -182,8 +192,10 @@ class Extractor:
             spec = replace(spec, compute_dtype=compute_dtype)
         if adapter_dir is not None and not adapter_dir.is_dir():
             raise KnerError(f"{adapter_dir}: adapter folder not found")
+        if adapter_dir is not None:  # before the base model's minutes of loading
+            hub.require_safetensors(adapter_dir, allow_pickle)
         tokenizer = load_tokenizer(tok_src, trust_remote_code=spec.trust_remote_code, revision=spec.revision)
-        model = load_model(spec)
+        model = load_model(spec, allow_pickle=allow_pickle)
         if not spec.quantize_4bit:
             import torch  # noqa: PLC0415  lazy: torch; kner.config imports kner.inference
 
