@@ -265,6 +265,14 @@ def test_pickled_weights_need_allow_pickle(hub_cache, trained, tmp_path):
     assert outputs(Extractor.load(folder, allow_pickle=True, max_new_tokens=8)) == outputs(
         Extractor.load(trained, max_new_tokens=8)
     )
+    cache_repo(hub_cache, "me/bin-adapter", folder)
+    with pytest.raises(KnerError) as err:
+        Extractor.load("me/bin-adapter")
+    assert str(err.value) == (
+        "me/bin-adapter: no safetensors weights (pickled ones are not downloaded); "
+        "pass --allow-pickle to load it if you trust its source"
+    )
+    assert Extractor.load("me/bin-adapter", allow_pickle=True).model is not None
 
     # A base model with pytorch_model.bin only, through the CLI.
     base = tmp_path / "bin_base"

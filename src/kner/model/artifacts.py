@@ -9,6 +9,9 @@ Layout::
       tokenizer/
       train_config.yaml  # the resolved training config
       metrics.json, log.jsonl, checkpoints/
+
+``kner export --hub`` writes the same manifest with every folder ``"."`` (weights and tokenizer
+at the top, as the Hub expects; :mod:`kner.model.hub`).
 """
 
 from __future__ import annotations

@@ -104,9 +104,12 @@ def fetch(repo_id: str, *, revision: str | None = None, allow_pickle: bool = Fal
         raise KnerError(f"{repo_id}: {str(err).splitlines()[0]}") from None
     ignore = list(UNUSED_PATTERNS) + ([] if allow_pickle else list(PICKLE_PATTERNS))
     try:
-        return Path(snapshot_download(repo_id, revision=revision, ignore_patterns=ignore))
+        folder = Path(snapshot_download(repo_id, revision=revision, ignore_patterns=ignore))
     except LocalEntryNotFoundError:
         raise KnerError(_unreachable(repo_id)) from None
+    if not allow_pickle and not any(folder.rglob("*.safetensors")):
+        raise KnerError(f"{repo_id}: no safetensors weights (pickled ones are not downloaded); {PICKLE_HINT}")
+    return folder
 
 
 def refuse_remote_code(repo_id: str, trust_remote_code: bool) -> None:
