@@ -112,6 +112,21 @@ def sync(device):
         torch.cuda.synchronize()
 
 
+def spread(items: list) -> list:
+    """All of ``items`` (sorted by answer length), in an order any prefix of which spans the whole range.
+
+    Golden-ratio steps through the sorted items, so whatever is timed before the clock runs
+    out looks like the set: a plain random sample of 27 sentences came out 27 % short.
+    """
+    out, seen = [], set()
+    for k in range(len(items)):
+        j = int(((k + 0.5) * 0.6180339887498949) % 1.0 * len(items))
+        if j not in seen:
+            seen.add(j)
+            out.append(items[j])
+    return out + [x for j, x in enumerate(items) if j not in seen]  # the few steps missed: last
+
+
 def baseline(model, tok, texts, budgets, device, n_max, seconds):
     """One sentence at a time through ``model.generate``: the study's way."""
     import torch
@@ -133,17 +148,7 @@ def baseline(model, tok, texts, budgets, device, n_max, seconds):
         )
         return out.shape[1] - ids.shape[1]
 
-    # Any prefix of this order is spread over the whole range of answer lengths (golden-ratio
-    # steps through the sentences sorted by budget), so the sentences timed before the clock
-    # runs out look like the set: a plain random sample of 27 came out 27 % short.
-    by_len = sorted(range(len(texts)), key=lambda i: (budgets[i], i))
-    sample, seen = [], set()
-    for k in range(len(texts)):
-        j = by_len[int(((k + 0.5) * 0.6180339887498949) % 1.0 * len(texts))]
-        if j not in seen:
-            seen.add(j)
-            sample.append(j)
-    sample = sample[:n_max]
+    sample = spread(sorted(range(len(texts)), key=lambda i: (budgets[i], i)))[:n_max]
     gen(sample[-1])  # warm-up
     sync(device)
     t0 = time.perf_counter()

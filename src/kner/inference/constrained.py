@@ -393,8 +393,6 @@ class ConstrainedChooser:
         self._rows.pop(key, None)
 
     def choose(self, logits, keys: Sequence[int]) -> list[int]:
-        import torch  # noqa: PLC0415  lazy: torch; kner.config imports kner.inference
-
         rows = [self.row(k) for k in keys]
         arrays = [r.allowed() for r in rows]
         lens = np.fromiter((len(a) for a in arrays), dtype=np.int64, count=len(arrays))
@@ -402,13 +400,7 @@ class ConstrainedChooser:
         chosen = [fill] * len(rows)
         live = np.nonzero(lens)[0]
         if len(live):
-            toks = torch.from_numpy(np.concatenate([arrays[i] for i in live]))
-            ridx = torch.from_numpy(np.repeat(live, lens[live]))
-            dev = logits.device
-            toks, ridx = toks.to(dev, non_blocking=True), ridx.to(dev, non_blocking=True)
-            masked = torch.full_like(logits, float("-inf"))
-            masked[ridx, toks] = logits[ridx, toks]
-            best = masked.argmax(dim=-1).tolist()
+            best = allowed_only(logits, live, [arrays[i] for i in live]).argmax(dim=-1).tolist()
             for i in live.tolist():
                 chosen[i] = best[i]
         for i, r in enumerate(rows):
@@ -426,26 +418,36 @@ class TagLogitsProcessor:
     """The same constraint as a ``transformers`` ``LogitsProcessor`` for ``model.generate``.
 
     ``texts`` are the inputs of the batch rows, in order; ``prompt_len`` the
-    (padded) prompt length, so the processor knows which ids are generated.
-    Slower than :class:`ConstrainedChooser` (it masks the full vocabulary), but
-    handy for ``generate``'s beam search or sampling.
+    (padded) prompt length, so the processor knows which ids are generated (left
+    padding: every row's new tokens start there). ``cycle`` as in
+    :class:`TextContext` (benchmarks with EOS ignored). The mask is the one
+    :class:`ConstrainedChooser` applies, so greedy ``generate`` picks the engine's
+    tokens. Each row keeps its own state, so beam search (which reorders rows) is
+    not supported; greedy decoding and sampling are.
     """
 
-    def __init__(self, grammar: TagGrammar, texts: Sequence[str], prompt_len: int):
-        self.rows = [TagConstraint(grammar, t) for t in texts]
+    def __init__(self, grammar: TagGrammar, texts: Sequence[str], prompt_len: int, cycle: bool = False):
+        self.rows = [TagConstraint(grammar, t, cycle) for t in texts]
         self.prompt_len = prompt_len
-        self.eos = next(iter(grammar.table.eos_ids), 0)
+        self.eos = np.array([next(iter(grammar.table.eos_ids), 0)], dtype=np.int64)
 
     def __call__(self, input_ids, scores):
-        import torch  # noqa: PLC0415  lazy: torch; kner.config imports kner.inference
+        if input_ids.shape[1] > self.prompt_len:
+            for row, tid in zip(self.rows, input_ids[:, -1].tolist()):
+                if not row.done:
+                    row.advance(tid)
+        arrays = [a if len(a := row.allowed()) else self.eos for row in self.rows]
+        return allowed_only(scores, np.arange(len(arrays)), arrays)
 
-        gen = input_ids.shape[1] - self.prompt_len
-        mask = torch.ones_like(scores, dtype=torch.bool)
-        for i, row in enumerate(self.rows):
-            if gen > 0 and not row.done:
-                row.advance(int(input_ids[i, -1]))
-            allowed = row.allowed()
-            if len(allowed) == 0:
-                allowed = np.array([self.eos])
-            mask[i, torch.from_numpy(allowed).to(scores.device)] = False
-        return scores.masked_fill(mask, float("-inf"))
+
+def allowed_only(logits, rows: np.ndarray, arrays: Sequence[np.ndarray]):
+    """``logits`` with -inf everywhere but each listed row's allowed token ids (one scatter for the batch)."""
+    import torch  # noqa: PLC0415  lazy: torch; kner.config imports kner.inference
+
+    lens = np.fromiter((len(a) for a in arrays), dtype=np.int64, count=len(arrays))
+    dev = logits.device
+    toks = torch.from_numpy(np.concatenate(arrays)).to(dev, non_blocking=True)
+    ridx = torch.from_numpy(np.repeat(np.asarray(rows, dtype=np.int64), lens)).to(dev, non_blocking=True)
+    masked = torch.full_like(logits, float("-inf"))
+    masked[ridx, toks] = logits[ridx, toks]
+    return masked
