@@ -121,3 +121,42 @@ def test_interrupted_training_resumes_from_its_checkpoint(tmp_path):
     resumed = {e["step"]: e["loss"] for e in log2 if e.get("event") == "step"}
     for step, loss in resumed.items():
         assert loss == pytest.approx(losses[step], abs=1e-6), step
+
+
+def test_stop_after_each_stage_stops_there(tmp_path, monkeypatch):
+    # The stage bodies are replaced by stand-ins that leave their output file: only the stopping is tested.
+    import kner.pipeline as pipeline
+
+    ran = []
+
+    def fake(name, output):
+        def body(*args):
+            ran.append(name)
+            out = [a for a in args if isinstance(a, Path) and not a.suffix][-1]  # the stage's own folder
+            (out / output).write_text("", encoding="utf-8")
+
+        return body
+
+    monkeypatch.setattr(pipeline, "stage_train", fake("train", "model.txt"))
+    monkeypatch.setattr(pipeline, "stage_predict", fake("predict", "preds.jsonl"))
+    monkeypatch.setattr(pipeline, "stage_baseline", fake("baseline", "preds.jsonl"))
+    monkeypatch.setattr(pipeline, "stage_report", fake("report", "report.json"))
+    cfg = _write(tmp_path, TINY)
+    for stop, expected in [
+        ("prepare", []),
+        ("train", ["train"]),
+        ("predict", ["train", "predict"]),
+        ("baseline", ["train", "predict", "baseline"]),
+    ]:
+        ran.clear()
+        summary = run(cfg, tmp_path / "run", force=("train", "predict", "baseline"), stop_after=stop)
+        assert ran == expected, stop
+        assert list(_status(summary)) == ["prepare", *expected]
+
+
+def test_stop_after_an_unknown_stage_is_refused_before_any_work(tmp_path):
+    from kner.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--stop-after takes one of prepare, train, predict, baseline, not 'eval'"):
+        run(_write(tmp_path, TINY), tmp_path / "run", stop_after="eval")
+    assert not (tmp_path / "run").exists()

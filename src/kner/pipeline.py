@@ -39,6 +39,7 @@ from kner.data.check import check_prepared
 from kner.data.example import read_jsonl, write_jsonl
 from kner.data.schemes import Mapping, load_scheme, map_examples
 from kner.data.splits import split_by_document
+from kner.errors import ConfigError
 from kner.evaluation.report import compare
 from kner.evaluation.scoring import read_for_scoring
 from kner.inference import Extractor
@@ -147,6 +148,8 @@ def run(
     dry_run: bool = False,
 ) -> dict:
     """Run the stages (``dry_run``: only say, per stage, whether it would run); the whole config is checked first."""
+    if stop_after is not None and stop_after not in STAGES[:-1]:
+        raise ConfigError(f"--stop-after takes one of {', '.join(STAGES[:-1])}, not {stop_after!r}")
     cfg = load_run_config(config_path)
     out = Path(output_dir or cfg.output_dir or Path("runs") / Path(config_path).stem)
     if not dry_run:
@@ -184,6 +187,8 @@ def run(
         lambda d, _: stage_predict(cfg.predict, model_dir, splits["test"], d),
     )
     systems = {cfg.predict.name: preds / "preds.jsonl"}
+    if stop_after == "predict":
+        return _summary(r)
 
     if cfg.baseline.spacy.enabled:
         bdir = r.stage(
@@ -193,6 +198,8 @@ def run(
             lambda d, _: stage_baseline(cfg.baseline.spacy, splits, d, seed),
         )
         systems["spacy"] = bdir / "preds.jsonl"
+    if stop_after == "baseline":
+        return _summary(r)
 
     rep = r.stage(
         "report",

@@ -17,7 +17,7 @@ def run_cmd(
         None, "--data-dir", help="Local dataset copies (else $KNER_DATA_DIR, cache, download)"
     ),
     force: list[str] = typer.Option([], "--force", help="Rerun this stage even if up to date (repeatable)"),
-    stop_after: str | None = typer.Option(None, "--stop-after", help="prepare | train | predict"),
+    stop_after: str | None = typer.Option(None, "--stop-after", help="prepare | train | predict | baseline"),
     dry_run: bool = typer.Option(
         False,
         "--dry-run",
