@@ -4,18 +4,18 @@ Same model, sentences, budgets and T4 emulation as ``infer_bench.py run`` (rando
 LLaMA-2-7B, NF4 + LoRA, 1,000 KMOU test sentences, each generating its gold answer
 length in tokens, EOS ignored, ``min_new_tokens = max_new_tokens``). Runs, in order:
 
-a. ``model.generate``, static batches: left padding (the tokenizer's ``pad``, pad token
+1. kner, constrained (``Extractor.predict`` on all sentences, as in ``infer_bench.py``);
+   its fused LoRA forward is then undone (``--fused-generate`` keeps it);
+2. ``model.generate``, static batches: left padding (the tokenizer's ``pad``, pad token
    set), sentences sorted by answer budget then prompt length (the order that wastes the
    fewest steps: a batch runs as long as its longest answer), each batch as many rows as
    fit ``--kv-share`` of the memory left after the weights under the cap, counting every
    row's K/V at the batch's padded prompt + longest budget (LLaMA-2-7B fp16: 0.5 MiB a
-   token) and at most ``--caps`` rows; greedy, no constraint; peft's own LoRA forward;
-b. the same with kner's grammar as a ``LogitsProcessor``
-   (:class:`kner.inference.constrained.TagLogitsProcessor`: the engine's per-row
-   constraint state and its mask, so greedy ``generate`` picks the tokens the engine
-   would); outputs are read and parsed as the engine's are;
-c. kner, constrained (``Extractor.predict``, as in ``infer_bench.py``); then kner
-   unconstrained if the clock allows.
+   token) and at most ``--caps`` rows; greedy; a. no constraint, b. kner's grammar as a
+   ``LogitsProcessor`` (:class:`kner.inference.constrained.TagLogitsProcessor`: the
+   engine's per-row constraint state and its mask, so greedy ``generate`` picks the
+   tokens the engine would), outputs read and parsed as the engine's are;
+3. kner unconstrained, if the clock (``--stop-after``) allows.
 
 Each ``generate`` run times whole batches, taken in an order any prefix of which spans all
 answer lengths (:func:`infer_bench.spread`), until ``--generate-seconds`` have passed, and
@@ -119,8 +119,10 @@ def generate_batch(model, tok, prompts, texts, budgets, batch, grammar, max_new=
     return outputs, len(batch) * steps
 
 
-def generate_run(model, tok, prompts, texts, budgets, batches, scheme, seconds, grammar=None) -> dict:
-    """Time whole batches (spread order) until ``seconds`` have passed; measured and extrapolated rates."""
+def generate_run(model, tok, prompts, texts, budgets, batches, scheme, seconds, grammar=None, reference=None) -> dict:
+    """Time whole batches (spread order) until ``seconds`` have passed; measured and extrapolated rates.
+
+    ``reference``: kner's tag texts per sentence (``kner_run(outputs=...)``), to count equal outputs."""
     from kner.inference.memory import release_memory
     from kner.model.oom import is_oom
     from kner.model.prompt import parse_tags
@@ -131,7 +133,7 @@ def generate_run(model, tok, prompts, texts, budgets, batches, scheme, seconds, 
     generate_batch(model, tok, prompts, texts, budgets, todo[0], grammar, max_new=2)  # warm-up
     sync(device)
     el = 0.0
-    n = useful = generated = forwards = unparsed = ooms = done_batches = 0
+    n = useful = generated = forwards = unparsed = ooms = done_batches = same = compared = 0
     rows = []
     while todo and (el < seconds or not done_batches):
         b = todo.pop(0)
@@ -139,6 +141,10 @@ def generate_run(model, tok, prompts, texts, budgets, batches, scheme, seconds, 
         try:
             outs, gen_tokens = generate_batch(model, tok, prompts, texts, budgets, b, grammar)
             unparsed += sum(not parse_tags(o, texts[i], scheme).ok for o, i in zip(outs, b))
+            if reference is not None:  # kner split texts over its piece limit: those are not compared
+                pairs = [(o, reference[i][0]) for o, i in zip(outs, b) if len(reference[i]) == 1]
+                same += sum(o == r for o, r in pairs)
+                compared += len(pairs)
             sync(device)
             oom = False
         except Exception as err:  # noqa: BLE001 -- only OOM is handled, the rest re-raised
@@ -172,6 +178,7 @@ def generate_run(model, tok, prompts, texts, budgets, batches, scheme, seconds, 
         "new_tokens": useful,
         "generated_tokens": generated,
         "unparsed": unparsed,
+        "same_output_as_kner": [same, compared] if reference is not None else None,
         "sentences_per_s": n / el,
         "tokens_per_s": useful / el,
         "complete": complete,
@@ -195,6 +202,7 @@ def run(args) -> None:
 
     from kner.data.schemes import load_scheme
     from kner.inference.constrained import TagGrammar
+    from kner.inference.fused import unfuse_lora
     from kner.inference.memory import release_memory
     from kner.inference.vocab import TokenTable
     from kner.model.prompt import PromptEncoder, PromptFormat
@@ -227,6 +235,13 @@ def run(args) -> None:
     table = TokenTable.cached(tok, out_emb.weight.shape[0] if out_emb is not None else None, model)
     grammar = TagGrammar(table, scheme.names, fmt.separator, ignore_eos=True)  # as Extractor.grammar(True)
 
+    # kner first (the number the issue tracks); its Extractor fuses the LoRA layers in place, undone for
+    # generate unless --fused-generate: a user's generate runs peft's own forward.
+    kner_out: list[list[str]] = []
+    save("t4_kner_constrained", kner_run(model, tok, texts, budgets, device, True, cap, 256, kner_out))
+    if not args.fused_generate:
+        unfuse_lora(model)
+    release_memory()  # kner's pool and prefix K/V back before measuring what the batches may use
     kv_tokens, mem = kv_token_budget(model, device, args.kv_share)
     save("memory", mem | {"cap_gib": cap, "prompt_tokens_mean": round(sum(map(len, prompts)) / len(prompts), 1)})
     for c in args.caps.split(","):
@@ -234,11 +249,9 @@ def run(args) -> None:
         batches = plan_batches([len(p) for p in prompts], budgets, kv_tokens, rows)
         for g in (None, grammar):
             key = f"t4_generate_{'constrained' if g is not None else 'unconstrained'}_{c}"
-            save(key, generate_run(model, tok, prompts, texts, budgets, batches, scheme, args.generate_seconds, g))
-
-    # kner last: the Extractor fuses the LoRA layers in place (generate above ran peft's own forward).
-    release_memory()  # generate's cached blocks back, so kner plans from what infer_bench.py's run sees
-    save("t4_kner_constrained", kner_run(model, tok, texts, budgets, device, True, cap, 256))
+            ref = kner_out if g is not None else None
+            save(key, generate_run(model, tok, prompts, texts, budgets, batches, scheme, args.generate_seconds, g, ref))
+    release_memory()
     if time.perf_counter() - ib.T0 < args.stop_after:
         save("t4_kner_unconstrained", kner_run(model, tok, texts, budgets, device, False, cap, 256))
     else:
@@ -271,6 +284,7 @@ def main() -> None:
     ap.add_argument("--kv-share", type=float, default=0.75, help="share of the memory left after the weights for K/V")
     ap.add_argument("--generate-seconds", type=float, default=40.0, help="time each generate run this long")
     ap.add_argument("--stop-after", type=float, default=170.0, help="skip kner unconstrained after this many s")
+    ap.add_argument("--fused-generate", action="store_true", help="generate through kner's fused LoRA forward too")
     ap.add_argument("--cpu-rows", type=int, default=8, help="row cap of 'fitted' on CPU (no memory to fit)")
     run(ap.parse_args())
 

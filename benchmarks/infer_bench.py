@@ -176,7 +176,8 @@ def baseline(model, tok, texts, budgets, device, n_max, seconds):
     }
 
 
-def kner_run(model, tok, texts, budgets, device, constrained, max_memory, max_batch):
+def kner_run(model, tok, texts, budgets, device, constrained, max_memory, max_batch, outputs=None):
+    """``Extractor.predict`` on all texts after a warm-up; ``outputs`` (a list) gets each text's tag texts."""
     import torch
 
     from kner.inference import Extractor
@@ -188,7 +189,9 @@ def kner_run(model, tok, texts, budgets, device, constrained, max_memory, max_ba
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     sync(device)
-    ex.predict(texts, new_tokens=budgets)
+    preds = ex.predict(texts, new_tokens=budgets)
+    if outputs is not None:
+        outputs.extend(p.outputs for p in preds)
     st = ex.last_stats
     out = st.to_dict()
     out.pop("labels", None)

@@ -62,11 +62,14 @@ def test_generate_run_times_whole_batches_and_extrapolates_by_forwards(setup):
     scheme = load_scheme("spacy19")
     gb.left_padding(tok)
     prompts = [e.input_ids for e in PromptEncoder(tok, PromptFormat(), scheme).prompt_ids_many(TEXTS)]
-    grammar = Extractor(model, tok, scheme, fuse_lora=False).grammar(True)
+    ex = Extractor(model, tok, scheme, constrained=True, ignore_eos=True)
+    ref = [p.outputs for p in ex.predict(TEXTS, new_tokens=BUDGETS)]
+    ref[0] = ["split", "in two"]  # a text kner cut into pieces is not compared
     batches = gb.plan_batches([len(p) for p in prompts], BUDGETS, None, 2)
     assert batches == [[1, 2], [0, 3]]  # budgets 6, 17 | 23, 30
-    full = gb.generate_run(model, tok, prompts, TEXTS, BUDGETS, batches, scheme, 1e9, grammar)
+    full = gb.generate_run(model, tok, prompts, TEXTS, BUDGETS, batches, scheme, 1e9, ex.grammar(True), ref)
     assert full["complete"] and full["sentences"] == 4 and full["unparsed"] == 0
+    assert full["same_output_as_kner"] == [3, 3]
     assert (full["new_tokens"], full["generated_tokens"]) == (sum(BUDGETS), 2 * 17 + 2 * 30)
     assert full["extrapolated_seconds_for_all"] == pytest.approx(full["seconds"], abs=0.06)  # all timed
     one = gb.generate_run(model, tok, prompts, TEXTS, BUDGETS, batches, scheme, 0.0, None)  # one batch, then stop
