@@ -2,9 +2,9 @@
 
 ``Extractor.predict`` hands the engine a fixed list of pieces; here the engine's
 :class:`~kner.inference.engine.Feed` is a :class:`JobSource`. Between decode steps
-the engine asks for more: waiting jobs are taken (while fewer than two batches of
-pieces are in flight, so the rest wait where a client's cancellation can still
-remove them), split and tokenized as ``predict`` does, and their pieces join the
+the engine asks for more: waiting jobs are taken (up to two batches of pieces in
+flight; the rest wait in the source, where they count against its queue limit),
+split and tokenized as ``predict`` does, and their pieces join the
 queue of the running engine; a job is finished as soon as its own pieces are, with
 the same :class:`~kner.inference.results.Prediction` objects ``predict`` returns for
 the same texts. Jobs given up (a client gone or timed out) leave the engine at once,
@@ -43,8 +43,8 @@ class Job(Protocol):
 
 
 class JobSource(Protocol):
-    def take(self, wait: bool) -> list[Job] | None:
-        """Jobs waiting (``wait``: block until there is one); None once closed."""
+    def take(self, wait: bool, most: int | None = None) -> list[Job] | None:
+        """Up to ``most`` waiting jobs, oldest first (``wait``: block until there is one); None once closed."""
         ...
 
     def dropped(self) -> list[Job]:
@@ -80,9 +80,10 @@ class _Stream:
     def more(self, idle: bool) -> list[Request] | None:
         if self.closed:
             return None
-        if not idle and len(self.pieces) >= self.room:
+        room = self.room - len(self.pieces)
+        if not idle and room <= 0:
             return []
-        jobs = self.source.take(wait=idle)
+        jobs = self.source.take(wait=idle, most=max(1, room))
         if jobs is None:
             self.closed = True
             return None
