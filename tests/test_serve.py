@@ -1,8 +1,10 @@
 """``kner serve``: a real uvicorn server on a free port, real HTTP requests.
 
-Most tests use a fake extractor that records its calls and can be held inside a
-call (``gate``): while it is held, requests pile up in the queue, so which
-requests share a call is decided by the test, not by timing.
+Most tests use a fake extractor (a plain callable, called once per request) that
+records its calls and can be held inside a call (``gate``): while it is held,
+requests pile up in the queue, so what waits is decided by the test, not by
+timing. The real tiny model's tests hold the engine inside a forward the same way
+(``HeldHook``), so requests join a running engine by construction.
 """
 
 from __future__ import annotations
