@@ -5,19 +5,16 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
-import click
 import pytest
 import torch
-from click.testing import CliRunner
 
+from helpers import run_kner, tiny_char_model
 from kner.data.schemes import load_scheme
 from kner.errors import KnerError
 from kner.model.artifacts import ModelManifest
 from kner.model.loading import LoadSpec
-from kner.model.prompt import PromptFormat
 
 BASE_ID = "kner-test/tiny-base"
 TEXTS = ["이순신은 조선의 장군이다.", "서울 부산"]
@@ -32,20 +29,6 @@ METRICS = {
     },
     "micro": {"precision": 0.5555555555555556, "recall": 0.6, "f1": 0.5769230769230769, "support": 10},
 }
-
-
-@click.command(context_settings={"ignore_unknown_options": True, "help_option_names": []})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def _kner(args):
-    """``kner ARGS`` through ``kner.cli.main``: user errors become its one ``error:`` line and exit 2."""
-    from kner.cli import main
-
-    sys.argv = ["kner", *args]
-    main()
-
-
-def run(args):
-    return CliRunner().invoke(_kner, [str(a) for a in args])
 
 
 def one_line_error(res) -> str:
@@ -72,23 +55,12 @@ def hub_cache(tmp_path_factory):
     """An offline Hugging Face cache holding the tiny base model as ``kner-test/tiny-base``."""
     from huggingface_hub import constants
 
-    from kner.model.scratch import build_scratch_model, prompt_pieces, train_tokenizer
-
     cache = tmp_path_factory.mktemp("hf_cache")
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(constants, "HF_HUB_CACHE", str(cache))
         mp.setattr(constants, "HF_HUB_OFFLINE", True)
         mp.setenv("HF_HUB_OFFLINE", "1")
-        scheme = load_scheme("spacy19")
-        prefix, suffix = PromptFormat().parts(scheme)
-        tok = train_tokenizer(
-            ["이순신은 조선의 장군이다. 서울 부산"],
-            extra_texts=[prefix + suffix],
-            kind="char",
-            min_count=1,
-            pieces=prompt_pieces(prefix, suffix, scheme.names),
-        )
-        base = build_scratch_model(tok, hidden=32, layers=1, heads=2, max_positions=1024, seed=0)
+        base, tok = tiny_char_model(["이순신은 조선의 장군이다. 서울 부산"])
         src = tmp_path_factory.mktemp("base") / "base"
         base.save_pretrained(src)
         tok.save_pretrained(src)
@@ -133,9 +105,9 @@ def test_export_hub_card_holds_the_scores_and_the_folder_predicts_the_same(train
     metrics = tmp_path / "metrics.json"
     metrics.write_text(json.dumps(METRICS), encoding="utf-8")
     hub_dir = tmp_path / "hub"
-    res = run(
-        ["export", "--hub", hub_dir, trained, "--metrics", metrics, "--license", "apache-2.0",
-         "--dataset", "klue/klue", "--dataset-name", "KLUE-NER dev", "--split", "validation", "--repo", "me/tiny"]
+    res = run_kner(
+        "export", "--hub", hub_dir, trained, "--metrics", metrics, "--license", "apache-2.0",
+        "--dataset", "klue/klue", "--dataset-name", "KLUE-NER dev", "--split", "validation", "--repo", "me/tiny",
     )  # fmt: skip
     assert res.exit_code == 0, res.output
     assert f"Hub folder written to {hub_dir} (adapter, " in res.output
@@ -177,7 +149,7 @@ def test_export_hub_finds_the_run_report_and_names_the_run_dataset(trained, tmp_
     from huggingface_hub import ModelCard
 
     hub_dir = tmp_path / "hub"
-    res = run(["export", "--hub", hub_dir, trained])
+    res = run_kner("export", "--hub", hub_dir, trained)
     assert res.exit_code == 0, res.output
     assert f"card scores from {trained.parent / 'report' / 'report.json'}: micro F1 57.69" in res.output
     assert "warning: the card's licence is 'other': pass --license" in res.output
@@ -187,7 +159,7 @@ def test_export_hub_finds_the_run_report_and_names_the_run_dataset(trained, tmp_
     assert f1 == [METRICS["micro"]["f1"]]  # the run's system, not spacy's 0.1
     assert {r.dataset_name for r in d.eval_results} == {"klue"}
     # Not empty: refused without --overwrite.
-    err = one_line_error(run(["export", "--hub", hub_dir, trained]))
+    err = one_line_error(run_kner("export", "--hub", hub_dir, trained))
     assert err == f"error: {hub_dir} is not empty; pass --overwrite to replace it"
 
 
@@ -197,7 +169,7 @@ def test_export_hub_merge_writes_full_weights(trained, tmp_path):
     from kner.inference import Extractor
 
     hub_dir = tmp_path / "merged"
-    res = run(["export", "--hub", hub_dir, "--merge", trained, "--dtype", "fp32", "--license", "mit"])
+    res = run_kner("export", "--hub", hub_dir, "--merge", trained, "--dtype", "fp32", "--license", "mit")
     assert res.exit_code == 0, res.output
     assert "(merged, " in res.output and "check on " in res.output
     names = {p.name for p in hub_dir.iterdir()}
@@ -213,18 +185,18 @@ def test_a_repo_id_loads_from_the_cache_and_an_uncached_one_is_one_line(hub_cach
     from kner.inference import Extractor
 
     hub_dir = tmp_path / "hub"
-    assert run(["export", "--hub", hub_dir, trained]).exit_code == 0
+    assert run_kner("export", "--hub", hub_dir, trained).exit_code == 0
     cache_repo(hub_cache, "me/kner-tiny", hub_dir)
     from_hub = Extractor.load("me/kner-tiny", max_new_tokens=8)
     assert outputs(from_hub) == outputs(Extractor.load(trained, max_new_tokens=8))
 
     src = tmp_path / "in.txt"
     src.write_text(TEXTS[0] + "\n", encoding="utf-8")
-    res = run(["predict", "-m", "me/kner-tiny", "-i", src, "-o", tmp_path / "p.jsonl", "--max-new-tokens", 8,
-               "--no-progress"])  # fmt: skip
+    res = run_kner("predict", "-m", "me/kner-tiny", "-i", src, "-o", tmp_path / "p.jsonl", "--max-new-tokens", 8,
+                   "--no-progress")  # fmt: skip
     assert res.exit_code == 0, res.output
 
-    err = one_line_error(run(["predict", "-m", "me/missing", "-i", src, "-o", tmp_path / "q.jsonl"]))
+    err = one_line_error(run_kner("predict", "-m", "me/missing", "-i", src, "-o", tmp_path / "q.jsonl"))
     assert err == (
         f"error: me/missing: not in the Hugging Face cache ({hub_cache}) and offline mode is on (HF_HUB_OFFLINE=1); "
         f"download it once with network access (`hf download me/missing`) or pass a local folder"
@@ -284,16 +256,16 @@ def test_pickled_weights_need_allow_pickle(hub_cache, trained, tmp_path):
     src.write_text(TEXTS[0] + "\n", encoding="utf-8")
     args = ["predict", "-m", base, "-i", src, "-o", tmp_path / "p.jsonl", "--max-new-tokens", 4, "--no-progress",
             "--no-quantize"]  # fmt: skip
-    err_line = one_line_error(run(args))
+    err_line = one_line_error(run_kner(*args))
     assert err_line.startswith(f"error: {base / 'pytorch_model.bin'}: pickled weights") and "--allow-pickle" in err_line
-    res = run([*args, "--allow-pickle"])
+    res = run_kner(*args, "--allow-pickle")
     assert res.exit_code == 0, res.output
 
 
 def test_push_offline_is_one_line(trained, tmp_path):
     hub_dir = tmp_path / "hub"
-    assert run(["export", "--hub", hub_dir, trained]).exit_code == 0
-    err = one_line_error(run(["push", hub_dir, "--repo", "me/tiny"]))
+    assert run_kner("export", "--hub", hub_dir, trained).exit_code == 0
+    err = one_line_error(run_kner("push", hub_dir, "--repo", "me/tiny"))
     assert err == "error: cannot push to me/tiny: offline mode is on (HF_HUB_OFFLINE=1); unset it and run again"
-    err = one_line_error(run(["push", trained, "--repo", "me/tiny"]))
+    err = one_line_error(run_kner("push", trained, "--repo", "me/tiny"))
     assert err == f"error: {trained}: not a Hub folder (no README.md); write one with `kner export --hub`"

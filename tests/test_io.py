@@ -4,33 +4,17 @@ work, and texts no model can take (lone surrogates) skipped and reported instead
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
-import click
 import pytest
-from click.testing import CliRunner
 
+from helpers import run_kner, tiny_model_folder
 from kner.data.example import Entity, Example, read_jsonl, write_jsonl
 from kner.errors import ConfigError, DataError
 from kner.textio import atomic_write, check_output, input_encoding, numbered_lines, read_text, text_problem
 
 KMOU = Path(__file__).resolve().parent / "fixtures" / "readers" / "kmou"
 SURROGATE_LINE = '{"id": "b", "text": "깨진 \\ud800 글자"}'  # a JSON escape: the file itself is UTF-8
-
-
-@click.command(context_settings={"ignore_unknown_options": True, "help_option_names": []})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def _kner(args):
-    """``kner ARGS`` through ``kner.cli.main``: user errors become its one ``error:`` line and exit 2."""
-    from kner.cli import main
-
-    sys.argv = ["kner", *args]
-    main()
-
-
-def run(args):
-    return CliRunner().invoke(_kner, [str(a) for a in args])
 
 
 def one_line_error(res, code: int = 2) -> str:
@@ -156,8 +140,8 @@ def cp949_kmou(tmp_path) -> Path:
 def test_convert_cp949_kmou_equals_the_utf8_result(tmp_path):
     folder = cp949_kmou(tmp_path)
     want, got = tmp_path / "utf8.jsonl", tmp_path / "cp949.jsonl"
-    assert run(["data", "convert", "kmou", KMOU, "-o", want]).exit_code == 0
-    res = run(["data", "convert", "kmou", folder, "-o", got, "--encoding", "cp949"])
+    assert run_kner("data", "convert", "kmou", KMOU, "-o", want).exit_code == 0
+    res = run_kner("data", "convert", "kmou", folder, "-o", got, "--encoding", "cp949")
     assert res.exit_code == 0, res.output
 
     def strip_source(p):  # meta.source names the file read, which differs
@@ -167,7 +151,7 @@ def test_convert_cp949_kmou_equals_the_utf8_result(tmp_path):
         ]
 
     assert strip_source(got) == strip_source(want) and len(strip_source(want)) > 3
-    err = one_line_error(run(["data", "convert", "kmou", folder, "-o", tmp_path / "x.jsonl"]))
+    err = one_line_error(run_kner("data", "convert", "kmou", folder, "-o", tmp_path / "x.jsonl"))
     first = sorted(folder.glob("*.txt"))[0]
     assert err.startswith(f"error: {first}:")
     line = int(err.split(f"{first}:")[1].split(":")[0])
@@ -180,10 +164,10 @@ def test_convert_cp949_kmou_equals_the_utf8_result(tmp_path):
 def test_convert_empty_input_and_bad_output_are_errors(tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("")
-    err = one_line_error(run(["data", "convert", "kmou", empty, "-o", tmp_path / "e.jsonl"]))
+    err = one_line_error(run_kner("data", "convert", "kmou", empty, "-o", tmp_path / "e.jsonl"))
     assert err == f"error: {empty}: no sentences read from 1 file(s); is it empty, or not in the kmou format?"
     assert not (tmp_path / "e.jsonl").exists()
-    err = one_line_error(run(["data", "convert", "kmou", KMOU, "-o", tmp_path]))
+    err = one_line_error(run_kner("data", "convert", "kmou", KMOU, "-o", tmp_path))
     assert err == f"error: output {tmp_path} is a folder; give a file name"
     assert leftovers(tmp_path) == []
 
@@ -204,23 +188,23 @@ def test_stats_split_evaluate_on_cp949_or_a_folder(tmp_path):
         ["evaluate", "--gold", cp, "--pred", utf8, "--out", tmp_path / "ev"],
         ["compare", "--gold", utf8, "--pred", f"x={cp}", "--out", tmp_path / "cmp"],
     ):
-        err = one_line_error(run(args))
+        err = one_line_error(run_kner(*args))
         assert err.startswith(f"error: {cp}:1: not UTF-8 text") and err.endswith(hint), err
     for args in (
         ["data", "stats", tmp_path],
         ["data", "split", tmp_path, "-o", tmp_path / "sp"],
         ["evaluate", "--gold", tmp_path, "--pred", utf8, "--out", tmp_path / "ev"],
     ):
-        assert one_line_error(run(args)) == f"error: {tmp_path}: is a folder; a file was expected here"
-    res = run(["data", "stats", cp, "--encoding", "cp949"])
+        assert one_line_error(run_kner(*args)) == f"error: {tmp_path}: is a folder; a file was expected here"
+    res = run_kner("data", "stats", cp, "--encoding", "cp949")
     assert res.exit_code == 0 and "sentences" in res.output
-    res = run(["evaluate", "--gold", cp, "--pred", utf8, "--out", tmp_path / "ev", "--encoding", "cp949"])
+    res = run_kner("evaluate", "--gold", cp, "--pred", utf8, "--out", tmp_path / "ev", "--encoding", "cp949")
     assert res.exit_code != 0  # --encoding applies to every input of the command: utf8 is not cp949 here
-    res = run(["evaluate", "--gold", cp, "--pred", cp, "--out", tmp_path / "ev", "--encoding", "cp949"])
+    res = run_kner("evaluate", "--gold", cp, "--pred", cp, "--out", tmp_path / "ev", "--encoding", "cp949")
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["micro"]["f1"] == 1.0
     # An --out that is a file: refused before anything is read or written.
-    err = one_line_error(run(["data", "split", utf8, "-o", cp]))
+    err = one_line_error(run_kner("data", "split", utf8, "-o", cp))
     assert err == f"error: output {cp} is a file; a folder is expected here"
     assert leftovers(tmp_path) == []
 
@@ -231,33 +215,9 @@ def test_stats_split_evaluate_on_cp949_or_a_folder(tmp_path):
 @pytest.fixture(scope="module")
 def model_folder(tmp_path_factory):
     """A tiny random full model with a character tokenizer (kner.model.scratch), as `kner export` writes it."""
-    from kner.data.schemes import load_scheme
-    from kner.model.artifacts import ModelManifest
-    from kner.model.loading import LoadSpec
-    from kner.model.prompt import PromptFormat
-    from kner.model.scratch import build_scratch_model, prompt_pieces, train_tokenizer
-
-    scheme = load_scheme("spacy19")
-    prefix, suffix = PromptFormat().parts(scheme)
-    tok = train_tokenizer(
-        ["이순신은 조선의 장군이다. 서울 부산 깨진 글자"],
-        extra_texts=[prefix + suffix],
-        kind="char",
-        min_count=1,
-        pieces=prompt_pieces(prefix, suffix, scheme.names),
+    return tiny_model_folder(
+        tmp_path_factory.mktemp("kner_io") / "out", ["이순신은 조선의 장군이다. 서울 부산 깨진 글자"]
     )
-    model = build_scratch_model(tok, hidden=32, layers=1, heads=2, max_positions=1024, seed=0)
-    out = tmp_path_factory.mktemp("kner_io") / "out"
-    model.save_pretrained(out / "model", safe_serialization=True)
-    tok.save_pretrained(out / "tokenizer")
-    ModelManifest(
-        load=LoadSpec(model="unused", quantize_4bit=False, compute_dtype="fp32"),
-        method="full",
-        scheme=scheme,
-        adapter_dir=None,
-        model_dir="model",
-    ).save(out)
-    return out
 
 
 def test_predict_skips_a_lone_surrogate_and_reports_its_line(model_folder, tmp_path):
@@ -267,7 +227,7 @@ def test_predict_skips_a_lone_surrogate_and_reports_its_line(model_folder, tmp_p
         encoding="utf-8",
     )
     dst = tmp_path / "preds.jsonl"
-    res = run(["predict", "-m", model_folder, "-i", src, "-o", dst, "--max-new-tokens", 4, "--no-progress"])
+    res = run_kner("predict", "-m", model_folder, "-i", src, "-o", dst, "--max-new-tokens", 4, "--no-progress")
     assert res.exit_code == 1, res.output
     assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
     assert "Traceback" not in res.output
@@ -284,7 +244,7 @@ def test_predict_plain_text_with_bom_and_crlf(model_folder, tmp_path):
     src = tmp_path / "in.txt"
     src.write_bytes("\ufeff이순신은 장군이다.\r\n\r\n서울\r\n".encode("utf-8"))
     dst = tmp_path / "preds.jsonl"
-    res = run(["predict", "-m", model_folder, "-i", src, "-o", dst, "--max-new-tokens", 4, "--no-progress"])
+    res = run_kner("predict", "-m", model_folder, "-i", src, "-o", dst, "--max-new-tokens", 4, "--no-progress")
     assert res.exit_code == 0, res.output
     preds = read_jsonl(dst)
     assert [(p.id, p.text) for p in preds] == [("1", "이순신은 장군이다."), ("2", ""), ("3", "서울")]
@@ -292,23 +252,21 @@ def test_predict_plain_text_with_bom_and_crlf(model_folder, tmp_path):
         assert all(p.text[e.start : e.end] == e.text for e in p.entities)
     cp = tmp_path / "cp.txt"
     cp.write_bytes("이순신은 장군이다.\r\n서울\r\n".encode("cp949"))
-    err = one_line_error(run(["predict", "-m", model_folder, "-i", cp, "-o", dst, "--no-progress"]))
+    err = one_line_error(run_kner("predict", "-m", model_folder, "-i", cp, "-o", dst, "--no-progress"))
     assert err.startswith(f"error: {cp}:1: not UTF-8 text") and err.endswith("try --encoding cp949")
-    res = run(
-        [
-            "predict",
-            "-m",
-            model_folder,
-            "-i",
-            cp,
-            "-o",
-            dst,
-            "--max-new-tokens",
-            4,
-            "--no-progress",
-            "--encoding",
-            "cp949",
-        ]
+    res = run_kner(
+        "predict",
+        "-m",
+        model_folder,
+        "-i",
+        cp,
+        "-o",
+        dst,
+        "--max-new-tokens",
+        4,
+        "--no-progress",
+        "--encoding",
+        "cp949",
     )
     assert res.exit_code == 0, res.output
     assert [p.text for p in read_jsonl(dst)] == ["이순신은 장군이다.", "서울"]
@@ -329,14 +287,14 @@ def test_predict_checks_output_and_input_before_loading_the_model(tmp_path, monk
         (tmp_path, f"output {tmp_path} is a folder; give a file name"),
         (blocker / "p.jsonl", f"cannot write output {blocker / 'p.jsonl'}: {blocker} is a file, not a folder"),
     ):
-        err = one_line_error(run(["predict", "-m", tmp_path / "no-model", "-i", src, "-o", bad, "--no-progress"]))
+        err = one_line_error(run_kner("predict", "-m", tmp_path / "no-model", "-i", src, "-o", bad, "--no-progress"))
         assert err == f"error: {msg}"
     empty = tmp_path / "empty.txt"
     empty.write_text("")
-    err = one_line_error(run(["predict", "-m", "no-model", "-i", empty, "-o", tmp_path / "p.jsonl"]))
+    err = one_line_error(run_kner("predict", "-m", "no-model", "-i", empty, "-o", tmp_path / "p.jsonl"))
     assert err == f"error: {empty}: no texts to predict: the input is empty"
     # Duplicate ids: a warning naming them, then the work goes on (to the model load, refused here).
-    res = run(["predict", "-m", "no-model", "-i", src, "-o", tmp_path / "p.jsonl", "--no-progress"])
+    res = run_kner("predict", "-m", "no-model", "-i", src, "-o", tmp_path / "p.jsonl", "--no-progress")
     assert (
         f"warning: 1 id(s) appear more than once (id 'a' at {src}:1, {src}:2); `kner evaluate` pairs "
         f"predictions with gold by id and will refuse them"

@@ -14,6 +14,7 @@ import pytest
 import spacy
 from spacy import displacy
 
+from helpers import tiny_model_folder
 from kner.baselines.component import KnerComponent
 from kner.data.example import Entity
 from kner.errors import ConfigError
@@ -203,33 +204,8 @@ def test_to_disk_and_load_keep_the_config_and_displacy_renders(fake, tmp_path):
 @pytest.fixture(scope="module")
 def model_folder(tmp_path_factory):
     """A tiny random full model with a character tokenizer (kner.model.scratch), as `kner export` writes it."""
-    from kner.data.schemes import load_scheme
-    from kner.model.artifacts import ModelManifest
-    from kner.model.loading import LoadSpec
-    from kner.model.prompt import PromptFormat
-    from kner.model.scratch import build_scratch_model, prompt_pieces, train_tokenizer
-
-    scheme = load_scheme("spacy19")
-    prefix, suffix = PromptFormat().parts(scheme)
-    tok = train_tokenizer(
-        [TEXT + " 서울 부산 세종대왕은 한글을 만들었다"],
-        extra_texts=[prefix + suffix],
-        kind="char",
-        min_count=1,
-        pieces=prompt_pieces(prefix, suffix, scheme.names),
-    )
-    model = build_scratch_model(tok, hidden=32, layers=1, heads=2, max_positions=1024, seed=3)
-    out = tmp_path_factory.mktemp("kner_spacy") / "out"
-    model.save_pretrained(out / "model", safe_serialization=True)
-    tok.save_pretrained(out / "tokenizer")
-    ModelManifest(
-        load=LoadSpec(model="unused", quantize_4bit=False, compute_dtype="fp32"),
-        method="full",
-        scheme=scheme,
-        adapter_dir=None,
-        model_dir="model",
-    ).save(out)
-    return out
+    texts = [TEXT + " 서울 부산 세종대왕은 한글을 만들었다"]
+    return tiny_model_folder(tmp_path_factory.mktemp("kner_spacy") / "out", texts, seed=3)
 
 
 TEXTS = [TEXT, "서울 부산", "세종대왕은 한글을 만들었다", ""]
