@@ -15,10 +15,12 @@ from unittest import mock
 import click
 from click.testing import CliRunner, Result
 
-KNER_MAIN = "from kner.cli import main; main()"
-
-
 # -- running kner ------------------------------------------------------------------------------
+
+
+def kner_command(*args) -> list[str]:
+    """The command line of ``kner ARGS`` with this interpreter (no installed script needed)."""
+    return [sys.executable, "-c", "from kner.cli import main; main()", *map(str, args)]
 
 
 def kner_process(
@@ -26,7 +28,7 @@ def kner_process(
 ) -> subprocess.CompletedProcess[str]:
     """``kner ARGS`` in a process of its own, as a shell runs it: stdout and stderr apart, as text."""
     return subprocess.run(
-        [sys.executable, "-c", KNER_MAIN, *map(str, args)],
+        kner_command(*args),
         capture_output=True,
         text=True,
         cwd=cwd,

@@ -25,6 +25,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
+from helpers import kner_command, kner_process, run_app, save_full_model  # noqa: E402
 from kner.data.example import Entity  # noqa: E402
 from kner.errors import KnerError  # noqa: E402
 from kner.serve import BackgroundServer, ServeSettings, create_app  # noqa: E402
@@ -295,26 +296,14 @@ def model_folder(tmp_path_factory, llama_dir):
     """What `kner export` writes: kner.json + model/ (16/32-bit weights) + tokenizer/ (LLaMA-2-style)."""
     import torch
 
-    from kner.data.schemes import load_scheme
-    from kner.model.artifacts import ModelManifest
-    from kner.model.loading import LoadSpec, build_model_from_config, load_tokenizer, tiny_config
+    from kner.model.loading import build_model_from_config, load_tokenizer, tiny_config
 
-    out = tmp_path_factory.mktemp("kner_serve") / "out"
     tok = load_tokenizer(str(llama_dir))
     torch.manual_seed(0)
     model = build_model_from_config(
         tiny_config("llama", vocab_size=len(tok), hidden=32, intermediate=64, layers=1, heads=2, kv_heads=1)
     )
-    model.save_pretrained(out / "model", safe_serialization=True)
-    tok.save_pretrained(out / "tokenizer")
-    ModelManifest(
-        load=LoadSpec(model="unused", quantize_4bit=False, compute_dtype="fp32"),
-        method="full",
-        scheme=load_scheme("spacy19"),
-        adapter_dir=None,
-        model_dir="model",
-    ).save(out)
-    return out
+    return save_full_model(tmp_path_factory.mktemp("kner_serve") / "out", model, tok)
 
 
 from test_inference_decoding import tag_bias  # noqa: E402
@@ -462,24 +451,21 @@ def test_kner_serve_command(model_folder, tmp_path):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     log = (tmp_path / "serve.log").open("w")
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "from kner.cli import main; main()",
+        kner_command(
             "serve",
             "--model",
-            str(model_folder),
+            model_folder,
             "--port",
-            str(port),
+            port,
             "--name",
             "tiny",
             "--max-new-tokens",
-            "8",
+            8,
             "--max-text-chars",
-            "50",
+            50,
             "--log-level",
             "warning",
-        ],
+        ),
         stdout=log,
         stderr=subprocess.STDOUT,
         env=env,
@@ -517,13 +503,7 @@ def test_kner_serve_refuses_a_busy_port_before_loading_the_model(tmp_path):
         busy.listen()
         port = busy.getsockname()[1]
         # The model folder does not exist: the port is checked first, so that is never reported.
-        proc = subprocess.run(
-            [sys.executable, "-c", "from kner.cli import main; main()", "serve", "--model", str(tmp_path / "none")]
-            + ["--port", str(port)],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        proc = kner_process("serve", "--model", tmp_path / "none", "--port", port, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines() == [
         f"error: port {port} on 127.0.0.1 is already in use (another kner serve?); pick another with --port"
@@ -531,13 +511,8 @@ def test_kner_serve_refuses_a_busy_port_before_loading_the_model(tmp_path):
 
 
 def test_missing_fastapi_is_a_user_error(monkeypatch):
-    from typer.testing import CliRunner
-
-    from kner.cli import _register, app
-
-    _register()
     monkeypatch.setitem(sys.modules, "uvicorn", None)  # import uvicorn -> ImportError
-    res = CliRunner().invoke(app, ["serve", "--model", "whatever"])
+    res = run_app("serve", "--model", "whatever")
     assert isinstance(res.exception, KnerError)
     assert 'pip install "kner[serve]"' in str(res.exception)
 
