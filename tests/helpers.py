@@ -6,6 +6,7 @@ Each test keeps its own data: texts and seeds are arguments.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterable, Mapping
@@ -26,13 +27,17 @@ def kner_command(*args) -> list[str]:
 def kner_process(
     *args, cwd: Path | None = None, env: Mapping[str, str] | None = None, timeout: float | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """``kner ARGS`` in a process of its own, as a shell runs it: stdout and stderr apart, as text."""
+    """``kner ARGS`` in a process of its own, as a shell runs it: stdout and stderr apart, as text.
+
+    ``env``: the environment (default this one's). COLUMNS is 200 in it: rich wraps tables at 80 columns
+    when not on a terminal, and the tests read a row as a line.
+    """
     return subprocess.run(
         kner_command(*args),
         capture_output=True,
         text=True,
         cwd=cwd,
-        env=env,
+        env={**(os.environ if env is None else env), "COLUMNS": "200"},
         timeout=timeout,
     )
 

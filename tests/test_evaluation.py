@@ -4,13 +4,11 @@ perturbed KLUE-NER sentences, plus hand-computed cases for the error causes and 
 from __future__ import annotations
 
 import json
-import os
 import random
-import subprocess
-import sys
 
 import pytest
 
+from helpers import kner_process
 from klue_data import load_klue  # noqa: E402
 from kner.data.example import Entity, Example, write_jsonl
 from kner.errors import KnerError
@@ -294,20 +292,11 @@ def test_outputs_are_json_and_markdown(klue):
 # -- command line -------------------------------------------------------------------
 
 
-def run_kner(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-c", "from kner.cli import main; main()", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "COLUMNS": "200"},
-    )
-
-
 def test_cli_evaluate_writes_metrics(tmp_path, klue):
     gold, pred = klue[:40], perturb(klue[:40], 1)
     write_jsonl(tmp_path / "gold.jsonl", gold)
     write_jsonl(tmp_path / "run" / "pred.jsonl", pred)
-    p = run_kner("evaluate", "--gold", str(tmp_path / "gold.jsonl"), "--pred", str(tmp_path / "run" / "pred.jsonl"))
+    p = kner_process("evaluate", "--gold", str(tmp_path / "gold.jsonl"), "--pred", str(tmp_path / "run" / "pred.jsonl"))
     assert p.returncode == 0, p.stderr
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["micro"]["f1"] == pytest.approx(evaluate(gold, pred).micro["f1"])
@@ -315,7 +304,7 @@ def test_cli_evaluate_writes_metrics(tmp_path, klue):
     assert "micro" in p.stdout and "KLUE" in p.stdout and "wrong boundary" in p.stdout
 
     out = tmp_path / "custom"
-    p = run_kner(
+    p = kner_process(
         "evaluate",
         "--gold",
         str(tmp_path / "gold.jsonl"),
@@ -335,7 +324,7 @@ def test_cli_evaluate_writes_metrics(tmp_path, klue):
 def test_cli_evaluate_reports_mismatch_in_one_line(tmp_path):
     write_jsonl(tmp_path / "gold.jsonl", [ex(TEXT, id="a")])
     write_jsonl(tmp_path / "pred.jsonl", [ex(TEXT, id="b")])
-    p = run_kner("evaluate", "--gold", str(tmp_path / "gold.jsonl"), "--pred", str(tmp_path / "pred.jsonl"))
+    p = kner_process("evaluate", "--gold", str(tmp_path / "gold.jsonl"), "--pred", str(tmp_path / "pred.jsonl"))
     assert p.returncode == 2
     assert p.stderr.strip().count("\n") == 0 and "no prediction" in p.stderr
     assert not (tmp_path / "metrics.json").exists()

@@ -4,12 +4,10 @@ KLUE's whitespace rule, and labels that occur nowhere (listed with --labels) cha
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
+from helpers import kner_process
 from kner.data.example import Entity, Example
 from kner.evaluation.scoring import evaluate, read_for_scoring
 
@@ -36,15 +34,6 @@ def scores(r) -> dict:
 
 def write(path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-
-
-def run_kner(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-c", "from kner.cli import main; main()", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "COLUMNS": "200"},
-    )
 
 
 # -- labels that occur nowhere ---------------------------------------------------------
@@ -76,8 +65,8 @@ def test_cli_labels_with_an_absent_label_leave_metrics_identical(tmp_path):
     write(tmp_path / "gold.jsonl", [g.to_dict() for g in GOLD])
     write(tmp_path / "pred.jsonl", [p.to_dict() for p in PRED])
     base = ["evaluate", "--gold", str(tmp_path / "gold.jsonl"), "--pred", str(tmp_path / "pred.jsonl")]
-    p1 = run_kner(*base, "--out", str(tmp_path / "one"), "--labels", "PS,LC,OG")
-    p2 = run_kner(*base, "--out", str(tmp_path / "two"), "--labels", "PS,LC,OG,QT", "--labels", "TI")
+    p1 = kner_process(*base, "--out", str(tmp_path / "one"), "--labels", "PS,LC,OG")
+    p2 = kner_process(*base, "--out", str(tmp_path / "two"), "--labels", "PS,LC,OG,QT", "--labels", "TI")
     assert p1.returncode == 0 and p2.returncode == 0, p1.stderr + p2.stderr
     m1, m2 = (json.loads((tmp_path / d / "metrics.json").read_text(encoding="utf-8")) for d in ("one", "two"))
     for key in ("micro", "macro", "char_accuracy", "exact_match", "klue_char_macro_f1", "klue_char_tag_f1"):
@@ -194,7 +183,7 @@ def test_cli_evaluate_scores_duplicates_and_two_label_spans(tmp_path):
     gold, pred = _rows_with_duplicates()
     write(tmp_path / "gold.jsonl", gold)
     write(tmp_path / "pred.jsonl", pred)
-    p = run_kner("evaluate", "--gold", str(tmp_path / "gold.jsonl"), "--pred", str(tmp_path / "pred.jsonl"))
+    p = kner_process("evaluate", "--gold", str(tmp_path / "gold.jsonl"), "--pred", str(tmp_path / "pred.jsonl"))
     assert p.returncode == 0, p.stderr
     assert "Traceback" not in p.stderr
     m = json.loads((tmp_path / "metrics.json").read_text(encoding="utf-8"))
@@ -210,7 +199,7 @@ def test_cli_compare_scores_duplicates_and_two_label_spans(tmp_path):
     gold, pred = _rows_with_duplicates()
     write(tmp_path / "gold.jsonl", gold)
     write(tmp_path / "pred.jsonl", pred)
-    p = run_kner(
+    p = kner_process(
         "compare",
         "--gold",
         str(tmp_path / "gold.jsonl"),
@@ -235,7 +224,7 @@ def test_cli_still_refuses_bad_offsets_with_file_and_line(tmp_path):
     (tmp_path / "pred.jsonl").write_text(
         "\n" + "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in pred), encoding="utf-8"
     )
-    p = run_kner("evaluate", "--gold", str(tmp_path / "gold.jsonl"), "--pred", str(tmp_path / "pred.jsonl"))
+    p = kner_process("evaluate", "--gold", str(tmp_path / "gold.jsonl"), "--pred", str(tmp_path / "pred.jsonl"))
     assert p.returncode == 2
     line = p.stderr.strip()
     assert "\n" not in line and "pred.jsonl" in line and ":3" in line and "outside the text" in line
