@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import json
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("spacy")
 
-from typer.testing import CliRunner  # noqa: E402
-
+from helpers import kner_process, run_app  # noqa: E402
 from kner.baselines.spacy_ner import (  # noqa: E402
     examples_to_docbin,
     parse_label_map,
@@ -23,14 +20,11 @@ from kner.baselines.spacy_ner import (  # noqa: E402
     train_spacy,
 )
 from kner.baselines.tokenization import alignment_report, make_doc, token_offsets, tokenize  # noqa: E402
-from kner.cli import _register, app  # noqa: E402
 from kner.data.example import Entity, Example, read_jsonl, validate, write_jsonl  # noqa: E402
 from kner.data.schemes import Mapping  # noqa: E402
 from kner.errors import ConfigError, DataError  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures" / "spacy"
-runner = CliRunner()
-_register()
 
 TEXTS = [
     "이순신은 조선의 장군이다.",
@@ -188,6 +182,10 @@ def test_predict_api_offsets_and_mapping(trained):
     assert {e.label for p in fb for e in p.entities} <= {"PER"}
 
 
+def predict_args(model, inp, out) -> list[str]:
+    return ["baseline", "spacy", "predict", "--model", str(model), "--input", str(inp), "--output", str(out)]
+
+
 @pytest.mark.slow
 def test_cli_predict_in_fresh_process(trained, tmp_path):
     # A fresh interpreter proves the saved pipeline finds kner's tokenizer through the CLI.
@@ -195,23 +193,7 @@ def test_cli_predict_in_fresh_process(trained, tmp_path):
     inp, pred = tmp_path / "in.jsonl", tmp_path / "pred.jsonl"
     test = synthetic(20, 4)
     write_jsonl(inp, test)
-    cmd = [
-        sys.executable,
-        "-c",
-        "from kner.cli import main; main()",
-        "baseline",
-        "spacy",
-        "predict",
-        "--model",
-        str(out),
-        "--input",
-        str(inp),
-        "--output",
-        str(pred),
-        "--map-file",
-        "klue-to-spacy19",
-    ]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    res = kner_process(*predict_args(out, inp, pred), "--map-file", "klue-to-spacy19", timeout=120)
     assert res.returncode == 0, res.stderr
     preds = read_jsonl(pred)  # validates text[start:end] == entity.text
     assert [p.id for p in preds] == [t.id for t in test]
@@ -224,35 +206,12 @@ def test_cli_predict_errors(trained, tmp_path):
     out, _ = trained
     inp = tmp_path / "in.jsonl"
     write_jsonl(inp, synthetic(3, 5))
-    base = [
-        "baseline",
-        "spacy",
-        "predict",
-        "--model",
-        str(out),
-        "--input",
-        str(inp),
-        "--output",
-        str(tmp_path / "p.jsonl"),
-    ]
-    res = runner.invoke(app, base + ["--label-map", "PS=PER"])
+    base = predict_args(out, inp, tmp_path / "p.jsonl")
+    res = run_app(*base, "--label-map", "PS=PER")
     assert res.exit_code != 0 and "does not cover" in str(res.exception)
-    res = runner.invoke(app, base + ["--label-map", "PS=PER", "--fallback", "MISC"])
+    res = run_app(*base, "--label-map", "PS=PER", "--fallback", "MISC")
     assert res.exit_code == 0, res.output
-    res = runner.invoke(
-        app,
-        [
-            "baseline",
-            "spacy",
-            "predict",
-            "--model",
-            str(tmp_path / "nope"),
-            "--input",
-            str(inp),
-            "--output",
-            str(tmp_path / "p.jsonl"),
-        ],
-    )
+    res = run_app(*predict_args(tmp_path / "nope", inp, tmp_path / "p.jsonl"))
     assert res.exit_code != 0 and "no spaCy pipeline" in str(res.exception)
 
 
@@ -261,26 +220,21 @@ def test_cli_train_rejects_bad_input(tmp_path):
     write_jsonl(good, synthetic(5, 6))
     empty = tmp_path / "e.jsonl"
     write_jsonl(empty, [Example("a", "텍스트", [])])
-    res = runner.invoke(
-        app,
-        [
-            "baseline",
-            "spacy",
-            "train",
-            "--train",
-            str(good),
-            "--dev",
-            str(good),
-            "--out",
-            str(tmp_path / "o"),
-            "--tokenizer",
-            "mecab",
-        ],
+    res = run_app(
+        "baseline",
+        "spacy",
+        "train",
+        "--train",
+        str(good),
+        "--dev",
+        str(good),
+        "--out",
+        str(tmp_path / "o"),
+        "--tokenizer",
+        "mecab",
     )
     assert isinstance(res.exception, ConfigError) and "mecab" in str(res.exception)
-    res = runner.invoke(
-        app, ["baseline", "spacy", "train", "--train", str(empty), "--dev", str(good), "--out", str(tmp_path / "o")]
-    )
+    res = run_app("baseline", "spacy", "train", "--train", str(empty), "--dev", str(good), "--out", str(tmp_path / "o"))
     assert isinstance(res.exception, DataError) and "no entities" in str(res.exception)
 
 

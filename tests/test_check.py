@@ -7,15 +7,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from typer.testing import CliRunner
 
-import kner.cli.data  # noqa: F401  (registers the commands)
-from kner.cli import app
+from helpers import run_app
 from kner.data.check import check_files, check_folder, check_splits
 from kner.data.example import Entity, Example
 from kner.errors import ConfigError, DataError
 
-runner = CliRunner()
 NAMES = ["김민준", "이서연", "박지훈", "최수아", "정하늘", "강도윤"]
 PLACES = ["서울", "부산", "대구", "광주", "전주", "강릉"]
 
@@ -61,7 +58,7 @@ def kinds(report) -> dict:
 
 
 def check(*args):
-    return runner.invoke(app, ["data", "check", *map(str, args)], catch_exceptions=False)
+    return run_app("data", "check", *args, catch_exceptions=False)
 
 
 def test_clean_split_passes_with_counts(tmp_path):
@@ -206,11 +203,11 @@ def test_named_files_and_json_output(tmp_path):
     assert {(f["split"], f["kind"]) for f in data["findings"]} == {("test", "tiny"), ("test", "leak")}
     assert data["verdict"] == "check passed: 0 errors, 2 warnings"
     # Two files with the same stem need names; a folder does not mix with files.
-    r = runner.invoke(app, ["data", "check", str(folder / "train.jsonl"), str(folder / "train.jsonl")])
+    r = run_app("data", "check", str(folder / "train.jsonl"), str(folder / "train.jsonl"))
     assert isinstance(r.exception, ConfigError) and "two files for split 'train'" in str(r.exception)
-    r = runner.invoke(app, ["data", "check", str(folder), str(folder / "dev.jsonl")])
+    r = run_app("data", "check", str(folder), str(folder / "dev.jsonl"))
     assert isinstance(r.exception, ConfigError) and "give one split folder alone" in str(r.exception)
-    r = runner.invoke(app, ["data", "check", str(tmp_path / "nope.jsonl")])
+    r = run_app("data", "check", str(tmp_path / "nope.jsonl"))
     assert isinstance(r.exception, DataError) and str(r.exception) == f"{tmp_path / 'nope.jsonl'}: file not found"
     rep = check_files({"a": folder / "dev.jsonl", "b": folder / "test.jsonl"})
     assert rep.notes == ["no split named train: labels unseen in training were not checked"]

@@ -7,6 +7,7 @@ import json
 import pytest
 import yaml
 
+from helpers import run_app
 from kner.errors import ConfigError, KnerError
 from kner.model.shape import GiB, ModelShape, parse_bytes
 from kner.training.config import TrainConfig
@@ -83,16 +84,11 @@ def test_plan_refuses_when_nothing_fits(llama7b):
 
 
 def test_kner_plan_cli(llama7b):
-    from typer.testing import CliRunner
-
-    from kner.cli import _register, app
-
-    _register()
-    res = CliRunner().invoke(app, ["plan", "--model", str(LLAMA_TOK), "--gpu-memory", "15GiB", "--json"])
+    res = run_app("plan", "--model", str(LLAMA_TOK), "--gpu-memory", "15GiB", "--json")
     assert res.exit_code == 0, res.output
     d = json.loads(res.output)
     assert d["budget"] >= 1024 and d["device_total_bytes"] <= 15 * GiB
-    res = CliRunner().invoke(app, ["plan", "--model", str(LLAMA_TOK), "--gpu-memory", "15GiB", "--budget", "1024"])
+    res = run_app("plan", "--model", str(LLAMA_TOK), "--gpu-memory", "15GiB", "--budget", "1024")
     assert res.exit_code == 0 and "1024" in res.output and "fits" in res.output
 
 

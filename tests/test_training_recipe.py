@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import run_app
 from kner.data.example import write_jsonl
 from kner.errors import DataError
 from kner.model.loading import LoadSpec, build_model_from_config, load_model, tiny_config
@@ -216,31 +217,23 @@ def test_labels_outside_the_scheme_are_an_error_unless_mapped(base_dir, data, tm
 
 
 def test_kner_train_cli(base_dir, data, tmp_path):
-    from typer.testing import CliRunner
-
-    from kner.cli import _register, app
-
-    _register()
     write_jsonl(tmp_path / "train.jsonl", data[0][:8])
     (tmp_path / "train.yaml").write_text(f"model: {base_dir}\nscheme: kmou\nmax_steps: 5\nexamples_per_step: 4\n")
-    res = CliRunner().invoke(
-        app,
-        [
-            "train",
-            "--config",
-            str(tmp_path / "train.yaml"),
-            "--train",
-            str(tmp_path / "train.jsonl"),
-            "--max-steps",
-            "1",
-            "--batch-tokens",
-            "1100",
-            "--output",
-            str(tmp_path / "cli"),
-            "--no-progress",
-            "--save-every",
-            "0",
-        ],
+    res = run_app(
+        "train",
+        "--config",
+        str(tmp_path / "train.yaml"),
+        "--train",
+        str(tmp_path / "train.jsonl"),
+        "--max-steps",
+        "1",
+        "--batch-tokens",
+        "1100",
+        "--output",
+        str(tmp_path / "cli"),
+        "--no-progress",
+        "--save-every",
+        "0",
     )
     assert res.exit_code == 0, res.output
     assert "model written to" in res.output
