@@ -1,22 +1,17 @@
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-import kner.cli.data  # noqa: F401  (registers the commands)
-from kner.cli import app
+from helpers import kner_process, run_app
 from kner.data.example import read_jsonl
 from kner.errors import KnerError
 
 FIX = Path(__file__).parent / "fixtures" / "readers"
-runner = CliRunner()
 
 
 def invoke(*args):
-    return runner.invoke(app, ["data", *map(str, args)], catch_exceptions=True)
+    return run_app("data", *args)
 
 
 def test_convert_reports_counts_and_problems(tmp_path):
@@ -116,12 +111,7 @@ def test_split_writes_three_files(tmp_path):
     ],
 )
 def test_bad_input_exits_2_with_one_line(tmp_path, args, message):
-    p = subprocess.run(
-        [sys.executable, "-c", "from kner.cli import main; main()", "data", *args],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-    )
+    p = kner_process("data", *args, cwd=tmp_path)
     assert p.returncode == 2
     assert "Traceback" not in p.stderr
     err = p.stderr.strip().splitlines()

@@ -7,13 +7,12 @@ import io
 import json
 import logging
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from helpers import kner_process
 from kner.cli import LOG_HANDLER, color_allowed, configure_logging
 from kner.data.example import Entity, Example
 from kner.evaluation.scoring import evaluate
@@ -161,12 +160,7 @@ def test_kner_run_into_a_file(tmp_path):
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump(TINY, allow_unicode=True), encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "ANSI_COLORS_DISABLED", "WASABI_NO_PRETTY")}
-    p = subprocess.run(
-        [sys.executable, "-c", "from kner.cli import main; main()", "run", str(cfg), "-o", str(tmp_path / "run")],
-        capture_output=True,
-        text=True,
-        env={**env, "TERM": "xterm-256color"},
-    )
+    p = kner_process("run", cfg, "-o", tmp_path / "run", env={**env, "TERM": "xterm-256color"})
     assert p.returncode == 0, p.stderr[-2000:]
     assert ESC not in p.stdout and ESC not in p.stderr
     assert (p.stdout + p.stderr).count("Set up nlp object from config") == 1

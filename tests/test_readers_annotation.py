@@ -11,17 +11,13 @@ import random
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-import kner.cli.data  # noqa: F401  (registers the commands)
-from kner.cli import app
+from helpers import run_app
 from kner.data.example import Entity, Example, read_jsonl, write_jsonl
 from kner.data.readers import read_dataset
 from kner.data.readers.annotation import chars_to_utf16
 from kner.data.readers.writers import write
 from kner.errors import ConfigError, DataError
-
-runner = CliRunner()
 
 PS = ["김민수", "이서연", "박지훈", "최유진", "정하늘", "한 지민"]
 LC = ["서울", "부산", "제주도", "강릉", "대전역", "영동고속도로"]
@@ -66,7 +62,7 @@ def jsonl(path: Path, rows) -> Path:
 
 
 def invoke(*args):
-    return runner.invoke(app, ["data", *map(str, args)], catch_exceptions=True)
+    return run_app("data", *args)
 
 
 # ---------------------------------------------------------------------------- doccano

@@ -9,22 +9,15 @@ in both tag spellings.
 import json
 import logging
 import random
-import subprocess
-import sys
 
 import pytest
-from typer.testing import CliRunner
 
-import kner.cli.data  # noqa: F401  (registers the commands)
-import kner.cli.evaluate  # noqa: F401
-from kner.cli import app
+from helpers import kner_process, run_app
 from kner.cli.predict import read_inputs
 from kner.data.example import Example, read_jsonl, write_jsonl
 from kner.data.readers import read_dataset
 from kner.data.splits import doc_of, split_by_document
 from kner.errors import ConfigError, DataError
-
-runner = CliRunner()
 
 # Made-up sentence material: (word, label) with None outside any entity; multi-word entities are lists.
 _PEOPLE = ["김하늘", "박도윤", "이서연", "최민준", "정유진"]
@@ -73,19 +66,6 @@ def spans(res):
     return [(ex.text, [(e.start, e.end, e.label) for e in ex.entities]) for ex in res.examples]
 
 
-def invoke(*args):
-    return runner.invoke(app, [*map(str, args)], catch_exceptions=True)
-
-
-def kner(*args, cwd=None):
-    return subprocess.run(
-        [sys.executable, "-c", "from kner.cli import main; main()", *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-    )
-
-
 # ---- NAVER -----------------------------------------------------------------------------------------
 
 
@@ -111,10 +91,10 @@ def test_naver_three_layouts_give_the_same_examples(tmp_path):
 
 def test_naver_one_file_converts_and_splits_into_three_non_empty_parts(tmp_path):
     src = write_naver(tmp_path / "train_data", naver_sentences(), "index")
-    r = invoke("data", "convert", "naver", src, "-o", tmp_path / "n.jsonl")
+    r = run_app("data", "convert", "naver", src, "-o", tmp_path / "n.jsonl")
     assert r.exit_code == 0, r.output
     assert "read 1000 sentences" in r.output and "'index<TAB>word<TAB>tag' lines: 1000" in r.output
-    r = invoke("data", "split", tmp_path / "n.jsonl", "-o", tmp_path / "s")
+    r = run_app("data", "split", tmp_path / "n.jsonl", "-o", tmp_path / "s")
     assert r.exit_code == 0, r.output
     sizes = {k: len(read_jsonl(tmp_path / "s" / f"{k}.jsonl")) for k in ("train", "dev", "test")}
     assert sizes == {"train": 800, "dev": 100, "test": 100}
@@ -194,11 +174,11 @@ def test_naver_trim_punct(tmp_path):
 def test_convert_trim_punct_flag(tmp_path):
     p = tmp_path / "n.tsv"
     p.write_text("“김하늘”, 부산에서\tPER_B LOC_B\n", encoding="utf-8")
-    r = invoke("data", "convert", "naver", p, "-o", tmp_path / "n.jsonl", "--trim-punct", "--trim-particles")
+    r = run_app("data", "convert", "naver", p, "-o", tmp_path / "n.jsonl", "--trim-punct", "--trim-particles")
     assert r.exit_code == 0, r.output
     assert "entity-edge punctuation trimmed: 1" in r.output and "particles trimmed" in r.output
     assert [e.text for e in read_jsonl(tmp_path / "n.jsonl")[0].entities] == ["김하늘", "부산"]
-    r = invoke("data", "convert", "multiconer", p, "-o", tmp_path / "m.jsonl", "--trim-punct")
+    r = run_app("data", "convert", "multiconer", p, "-o", tmp_path / "m.jsonl", "--trim-punct")
     assert isinstance(r.exception, ConfigError) and "naver format only" in str(r.exception)
 
 
@@ -217,7 +197,7 @@ def test_folder_read_passes_over_files_that_are_not_data(tmp_path):
     note = [k for k in res.notes if k.startswith("files passed over")]
     assert len(note) == 1 and res.notes[note[0]] == 5
     assert "README.md" in note[0] and "label.txt" in note[0]
-    r = invoke("data", "convert", "naver", d, "-o", tmp_path / "n.jsonl")
+    r = run_app("data", "convert", "naver", d, "-o", tmp_path / "n.jsonl")
     assert r.exit_code == 0, r.output
     assert (
         "files passed over as not data (.DS_Store, LICENSE, README.md, label.txt, prepare.py; "
@@ -240,7 +220,7 @@ def test_split_refuses_an_empty_split_and_exits_2(tmp_path):
     with pytest.raises(ConfigError, match="would leave dev and test empty.*1 document.*own document"):
         split_by_document(exs)
     write_jsonl(tmp_path / "old.jsonl", exs)
-    p = kner("data", "split", tmp_path / "old.jsonl", "-o", tmp_path / "s")
+    p = kner_process("data", "split", tmp_path / "old.jsonl", "-o", tmp_path / "s")
     assert p.returncode == 2 and "Traceback" not in p.stderr
     assert p.stderr.startswith("error: splitting 0.8, 0.1, 0.1 would leave dev and test empty")
     assert not (tmp_path / "s").exists()
@@ -270,7 +250,7 @@ def test_split_warns_about_a_split_under_one_percent(caplog):
 
 def test_split_warning_reaches_the_cli(tmp_path):
     write_jsonl(tmp_path / "a.jsonl", [Example(str(i), "가") for i in range(1000)])
-    p = kner("data", "split", tmp_path / "a.jsonl", "-o", tmp_path / "s", "--ratios", "0.985,0.01,0.005")
+    p = kner_process("data", "split", tmp_path / "a.jsonl", "-o", tmp_path / "s", "--ratios", "0.985,0.01,0.005")
     assert p.returncode == 0, p.stderr
     assert "test gets 5 of 1000 sentences" in p.stderr
 
@@ -302,7 +282,7 @@ def test_multiconer_blind_test_file_reads_as_texts(tmp_path):
     assert res.notes["sentences from a blind test file (no tags; read as texts without entities)"] == 2
     exs, note = read_inputs(p, "multiconer")[:2]  # what `kner predict -f multiconer` reads
     assert [e.text for e in exs] == ["김하늘 부산에서 .", "( 새솔 )"] and note is None
-    r = invoke("data", "convert", "multiconer", p, "-o", tmp_path / "t.jsonl")
+    r = run_app("data", "convert", "multiconer", p, "-o", tmp_path / "t.jsonl")
     assert r.exit_code == 0, r.output
     assert "read 2 sentences, 0 entities" in r.output
     p.write_text(BLIND.replace("새솔 _ _", "새솔 _ _ B-GRP"), encoding="utf-8")
@@ -327,10 +307,10 @@ def test_multiconer_duplicate_ids_are_reported_and_made_unique(tmp_path):
     assert len(dups) == 3 and {pr.kind for pr in res.problems} == {"duplicate-id"}
     assert res.examples[0].meta["domain"] == "train"
     out = tmp_path / "dup.jsonl"
-    r = invoke("data", "convert", "multiconer", p, "-o", out, "-O", "version=1")
+    r = run_app("data", "convert", "multiconer", p, "-o", out, "-O", "version=1")
     assert r.exit_code == 0, r.output
     assert "duplicate-id: 3" in r.output and "id aa already used at line 1" in r.output
-    r = invoke("evaluate", "--gold", out, "--pred", out, "--out", tmp_path / "ev")
+    r = run_app("evaluate", "--gold", out, "--pred", out, "--out", tmp_path / "ev")
     assert r.exit_code == 0, r.output
     assert json.loads((tmp_path / "ev" / "metrics.json").read_text(encoding="utf-8"))["micro"]["f1"] == 1.0
 

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import random
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 from html.parser import HTMLParser
 
 import pytest
 
+from helpers import kner_process
 from klue_data import KLUE, load_klue  # noqa: E402
 from kner.data.example import Entity, Example, validate, write_jsonl
 from kner.errors import KnerError
@@ -161,10 +160,7 @@ def test_cli_compare(tmp_path, klue):
     write_jsonl(tmp_path / "gold.jsonl", klue[:30])
     write_jsonl(tmp_path / "a.jsonl", noisy(klue[:30], 1))
     write_jsonl(tmp_path / "b.jsonl", noisy(klue[:30], 2))
-    cmd = [
-        sys.executable,
-        "-c",
-        "from kner.cli import main; main()",
+    args = [
         "compare",
         "--gold",
         str(tmp_path / "gold.jsonl"),
@@ -177,13 +173,13 @@ def test_cli_compare(tmp_path, klue):
         "--sample",
         "3",
     ]
-    p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
+    p = kner_process(*args)
     assert p.returncode == 0, p.stderr
     rep = json.loads((tmp_path / "r" / "report.json").read_text(encoding="utf-8"))
     assert list(rep["systems"]) == ["llm", "b"]  # a bare path is named after its file
     assert rep["disagreements"]["shown"] == 3
     assert "llm" in p.stdout and "report.html" in p.stdout
-    p = subprocess.run(cmd + ["--pred", f"llm={tmp_path / 'b.jsonl'}"], capture_output=True, text=True)
+    p = kner_process(*args, "--pred", f"llm={tmp_path / 'b.jsonl'}")
     assert p.returncode == 2 and "given twice" in p.stderr
 
 
