@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
+from helpers import run_app
 from kner.data.example import Entity, Example, read_jsonl, write_jsonl
 from kner.data.schemes import load_scheme
 from kner.errors import KnerError
@@ -51,31 +51,13 @@ def folders(tmp_path_factory):
     return root
 
 
-def run(args):
-    from kner.cli import _register, app
-
-    _register()
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
 def test_predict_plain_text_keeps_every_line(folders, tmp_path):
     lines = ["이순신은 조선의 장군이다.", "", "서울 <특별시> 종로구", "   ", "오에 겐자부로"]
     src = tmp_path / "in.txt"
     src.write_text("\n".join(lines) + "\n", encoding="utf-8")
     dst = tmp_path / "preds.jsonl"
-    res = run(
-        [
-            "predict",
-            "--model",
-            folders / "out",
-            "--input",
-            src,
-            "--output",
-            dst,
-            "--max-new-tokens",
-            12,
-            "--no-progress",
-        ]
+    res = run_app(
+        "predict", "--model", folders / "out", "--input", src, "--output", dst, "--max-new-tokens", 12, "--no-progress"
     )
     assert res.exit_code == 0, res.output
     preds = read_jsonl(dst)
@@ -95,7 +77,7 @@ def test_predict_jsonl_and_dataset_format(folders, tmp_path, datasets_dir):
     src = tmp_path / "gold.jsonl"
     write_jsonl(src, gold)
     dst = tmp_path / "p.jsonl"
-    res = run(["predict", "-m", folders / "out", "-i", src, "-o", dst, "--max-new-tokens", 8, "--no-progress"])
+    res = run_app("predict", "-m", folders / "out", "-i", src, "-o", dst, "--max-new-tokens", 8, "--no-progress")
     assert res.exit_code == 0, res.output
     preds = read_jsonl(dst)
     assert [(p.id, p.text, p.meta) for p in preds] == [(g.id, g.text, g.meta) for g in gold]
@@ -105,21 +87,19 @@ def test_predict_jsonl_and_dataset_format(folders, tmp_path, datasets_dir):
     kmou_file = sorted((datasets_dir / "kmou" / "corpus").glob("*.txt"))[0]
     n = len(read_dataset("kmou", kmou_file).examples)
     dst2 = tmp_path / "k.jsonl"
-    res = run(
-        [
-            "predict",
-            "-m",
-            folders / "out",
-            "-i",
-            kmou_file,
-            "-o",
-            dst2,
-            "--format",
-            "kmou",
-            "--max-new-tokens",
-            4,
-            "--no-progress",
-        ]
+    res = run_app(
+        "predict",
+        "-m",
+        folders / "out",
+        "-i",
+        kmou_file,
+        "-o",
+        dst2,
+        "--format",
+        "kmou",
+        "--max-new-tokens",
+        4,
+        "--no-progress",
     )
     assert res.exit_code == 0, res.output
     assert len(read_jsonl(dst2)) == n
@@ -147,11 +127,11 @@ def test_base_model_plus_adapter_equals_output_folder(folders):
 
 
 def test_cli_errors_are_user_errors(folders, tmp_path):
-    res = run(["predict", "-m", tmp_path / "nope", "-i", tmp_path / "x.txt", "-o", tmp_path / "o.jsonl"])
+    res = run_app("predict", "-m", tmp_path / "nope", "-i", tmp_path / "x.txt", "-o", tmp_path / "o.jsonl")
     assert isinstance(res.exception, KnerError)
     src = tmp_path / "in.txt"
     src.write_text("이순신\n", encoding="utf-8")
-    res = run(["predict", "-m", folders / "out", "-i", src, "-o", tmp_path / "o.jsonl", "--max-memory", "lots"])
+    res = run_app("predict", "-m", folders / "out", "-i", src, "-o", tmp_path / "o.jsonl", "--max-memory", "lots")
     assert isinstance(res.exception, KnerError)
 
 
@@ -161,7 +141,7 @@ def test_export_merge_measures_the_change(folders, tmp_path):
     from kner.inference.export import export_merged
 
     merged = tmp_path / "merged"
-    res = run(["export", "--merge", folders / "out", "-o", merged])
+    res = run_app("export", "--merge", folders / "out", "-o", merged)
     assert res.exit_code == 0, res.output
     man = json.loads((merged / "kner.json").read_text(encoding="utf-8"))
     assert man["model_dir"] == "model" and man["adapter_dir"] is None and man["load"]["quantize_4bit"] is False

@@ -13,12 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import run_app
 from kner.data.splits import balance
 from kner.errors import ConfigError, DataError, KnerError
 from kner.inference import sharding
 from kner.inference.devices import resolve_devices
 from kner.inference.shard_files import MANIFEST_NAME, differences, model_fingerprint, scan_shards
-from test_inference_cli import LLAMA2, run, write_qlora_folder
+from test_inference_cli import LLAMA2, write_qlora_folder
 
 TEXTS = [
     "이순신은 조선 중기의 무신이다.",
@@ -54,7 +55,7 @@ def folders(tmp_path_factory):
     write_qlora_folder(root)
     (root / "in.txt").write_text("\n".join(TEXTS) + "\n", encoding="utf-8")
     # The reference: the usual in-process path (no --gpus/--devices), one process.
-    res = run(["predict", "-m", root / "out", "-i", root / "in.txt", "-o", root / "ref.jsonl", *OPTS])
+    res = run_app("predict", "-m", root / "out", "-i", root / "in.txt", "-o", root / "ref.jsonl", *OPTS)
     assert res.exit_code == 0, res.output
     return root
 
@@ -84,11 +85,11 @@ def test_two_shards_merge_to_the_single_process_output_and_restart_discards_stal
         encoding="utf-8",
     )
     args = ["predict", "-m", folders / "out", "-i", folders / "in.txt", "-o", out, "--devices", "cpu,cpu", *OPTS]
-    res = run(args)
+    res = run_app(*args)
     assert isinstance(res.exception, KnerError) and "input changed" in str(res.exception)
     assert "--restart" in str(res.exception) and not out.exists()
 
-    res = run(args + ["--restart"])
+    res = run_app(*args, "--restart")
     assert res.exit_code == 0, res.output
     assert out.read_text(encoding="utf-8") == ref  # same lines, same (input) order
     assert not stale.exists()  # merged, then removed
@@ -104,7 +105,7 @@ def test_crashed_shard_resumes_without_recomputing_and_a_changed_input_is_refuse
 
     crashing = [sys.executable, str(Path(__file__).with_name("crashing_shard_worker.py")), "1:4"]
     monkeypatch.setattr(sharding, "WORKER_COMMAND", crashing)  # worker 1 dies after its first 4 results, mid-line
-    res = run(args + ["--devices", "cpu,cpu"])
+    res = run_app(*args, "--devices", "cpu,cpu")
     monkeypatch.undo()
     msg = str(res.exception)
     assert isinstance(res.exception, KnerError) and res.exit_code != 0, res.output
@@ -122,12 +123,12 @@ def test_crashed_shard_resumes_without_recomputing_and_a_changed_input_is_refuse
     changed = tmp_path / "changed.txt"
     changed.write_text("\n".join(TEXTS[:-1] + ["다른 문장"]) + "\n", encoding="utf-8")
     before = {p.name: p.read_bytes() for p in shards.iterdir()}
-    res = run(["predict", "-m", folders / "out", "-i", changed, "-o", out, "--devices", "cpu", *OPTS])
+    res = run_app("predict", "-m", folders / "out", "-i", changed, "-o", out, "--devices", "cpu", *OPTS)
     assert isinstance(res.exception, KnerError) and "input changed" in str(res.exception)
     assert {p.name: p.read_bytes() for p in shards.iterdir()} == before
 
     # Same input and settings on one worker: only the missing texts are computed.
-    res = run(args + ["--devices", "cpu", "--keep-shards"])
+    res = run_app(*args, "--devices", "cpu", "--keep-shards")
     assert res.exit_code == 0, res.output
     assert out.read_text(encoding="utf-8") == ref
     assert f"resumed: {finished} of {len(TEXTS)}" in res.output and "half-written" in res.output
@@ -140,7 +141,7 @@ def test_crashed_shard_resumes_without_recomputing_and_a_changed_input_is_refuse
     ]
 
     # Everything finished and kept: a rerun computes nothing and writes the same output.
-    res = run(args + ["--devices", "cpu,cpu"])
+    res = run_app(*args, "--devices", "cpu,cpu")
     assert res.exit_code == 0, res.output
     assert out.read_text(encoding="utf-8") == ref and f"resumed: {len(TEXTS)} of" in res.output
     assert not shards.exists()
