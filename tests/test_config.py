@@ -3,13 +3,12 @@ with the file, line and dotted key; `kner run --dry-run` says what each stage wo
 
 import inspect
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from kner.cli import main
+from helpers import run_kner
 from kner.config import RunConfig, ScratchSection, SpacySection, TokenizerSection, load_run_config
 from kner.data.example import Entity, Example, write_jsonl
 from kner.errors import ConfigError
@@ -65,13 +64,10 @@ def workdir(tmp_path, monkeypatch):
     return tmp_path
 
 
-def kner(monkeypatch, capsys, *args) -> tuple[int, str, str]:
+def kner(*args) -> tuple[int, str, str]:
     """The real entry point (`kner ...`) in-process: exit status, stdout, stderr."""
-    monkeypatch.setattr(sys, "argv", ["kner", *map(str, args)])
-    with pytest.raises(SystemExit) as ex:
-        main()
-    out = capsys.readouterr()
-    return ex.value.code or 0, out.out, out.err
+    res = run_kner(*args)
+    return res.exit_code, res.stdout, res.stderr
 
 
 def _config(workdir: Path, old: str = "", new: str = "") -> Path:
@@ -125,8 +121,8 @@ def _config(workdir: Path, old: str = "", new: str = "") -> Path:
         ("seed: 13", "sed: 13", "cfg.yaml:1: sed: unknown key (did you mean 'seed'?)"),
     ],
 )
-def test_dry_run_names_the_bad_key_and_exits_2(workdir, monkeypatch, capsys, old, new, error):
-    code, out, err = kner(monkeypatch, capsys, "run", _config(workdir, old, new).name, "--dry-run")
+def test_dry_run_names_the_bad_key_and_exits_2(workdir, old, new, error):
+    code, out, err = kner("run", _config(workdir, old, new).name, "--dry-run")
     assert code == 2, out
     assert "Traceback" not in err
     assert len(err.strip().splitlines()) == 1 and err.startswith(f"error: {error}")
@@ -143,10 +139,10 @@ def test_every_problem_is_on_the_one_line(workdir):
     ).replace("cfg.yaml", str(p))
 
 
-def test_numbers_written_as_yaml_1_1_strings_are_numbers(workdir, monkeypatch, capsys):
+def test_numbers_written_as_yaml_1_1_strings_are_numbers(workdir):
     p = _config(workdir, "lr: 1.0e-3", "lr: 2e-4")
     assert yaml.safe_load(p.read_text())["train"]["lr"] == "2e-4"  # what PyYAML hands us
-    code, out, err = kner(monkeypatch, capsys, "run", p.name, "--dry-run")
+    code, out, err = kner("run", p.name, "--dry-run")
     assert code == 0, err
     resolved = yaml.safe_load(out.split("\nstages (")[0])
     assert resolved["train"]["lr"] == 2e-4 and resolved["train"]["max_seq_len"] == 1024  # defaults filled in
@@ -155,15 +151,15 @@ def test_numbers_written_as_yaml_1_1_strings_are_numbers(workdir, monkeypatch, c
     assert (cfg.lr, cfg.warmup_ratio, cfg.lora_r) == (2e-4, 0.1, 8)
 
 
-def test_kner_train_reads_the_same_schema(workdir, monkeypatch, capsys):
+def test_kner_train_reads_the_same_schema(workdir):
     (workdir / "t.yaml").write_text("lr: 2e-4\nepoch: 3\nprompt: {templat: x}\n", encoding="utf-8")
-    code, _, err = kner(monkeypatch, capsys, "train", "--config", "t.yaml")
+    code, _, err = kner("train", "--config", "t.yaml")
     assert code == 2
     assert err.strip() == (
         "error: t.yaml:2: epoch: unknown key (did you mean 'epochs'?); "
         "t.yaml:3: prompt.templat: unknown key (did you mean 'template'?)"
     )
-    code, _, err = kner(monkeypatch, capsys, "train", "--model", "./my-model", "--train", "data.jsonl")
+    code, _, err = kner("train", "--model", "./my-model", "--train", "data.jsonl")
     assert (code, err.strip()) == (2, "error: model folder not found: ./my-model")
 
 
@@ -249,11 +245,11 @@ def _stages(out: str) -> dict[str, str]:
     return {ln.split()[0]: ln.split(None, 1)[1] for ln in lines if ln.strip()}
 
 
-def test_dry_run_lists_stages_and_runs_nothing(workdir, monkeypatch, capsys):
+def test_dry_run_lists_stages_and_runs_nothing(workdir):
     from kner.pipeline import run
 
     p = _config(workdir)
-    code, out, err = kner(monkeypatch, capsys, "run", p.name, "--dry-run", "-o", "out")
+    code, out, err = kner("run", p.name, "--dry-run", "-o", "out")
     assert code == 0, err
     assert _stages(out) == {
         "prepare": "would run",
@@ -264,18 +260,16 @@ def test_dry_run_lists_stages_and_runs_nothing(workdir, monkeypatch, capsys):
     assert not (workdir / "out").exists()
 
     assert [e["status"] for e in run(p, "out", stop_after="prepare")["stages"]] == ["ran"]
-    _, out, _ = kner(monkeypatch, capsys, "run", p.name, "--dry-run", "-o", "out")
+    _, out, _ = kner("run", p.name, "--dry-run", "-o", "out")
     assert _stages(out) == {
         "prepare": "up to date",
         "train": "would run",
         "predict": "would run (after train)",
         "report": "would run (after predict)",
     }
-    _, out, _ = kner(monkeypatch, capsys, "run", p.name, "--dry-run", "-o", "out", "--force", "prepare")
+    _, out, _ = kner("run", p.name, "--dry-run", "-o", "out", "--force", "prepare")
     assert _stages(out)["prepare"] == "would run (forced)"
     _, out, _ = kner(
-        monkeypatch,
-        capsys,
         "run",
         _config(workdir, "dev: 2", "dev: 1").name,
         "--dry-run",
