@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import pytest
 
+from helpers import char_tokenizer
 from kner.data.augment import AugmentConfig, mention_pool, replace_mentions, training_variants
 from kner.data.example import Entity, Example, validate
 from kner.data.schemes import load_scheme
 from kner.errors import ConfigError
 from kner.model.prompt import PromptFormat, render_tags
-from kner.model.scratch import prompt_pieces, train_tokenizer
 
 SCHEME = load_scheme("spacy19")
 TEXTS = [
@@ -36,14 +36,7 @@ def _examples() -> list[Example]:
 
 
 def _char_tokenizer(exs):
-    prefix, suffix = PromptFormat().parts(SCHEME)
-    return train_tokenizer(
-        [e.text for e in exs],
-        extra_texts=[prefix + suffix] + [render_tags(e.entities) for e in exs],
-        kind="char",
-        min_count=1,
-        pieces=prompt_pieces(prefix, suffix, SCHEME.names),
-    )
+    return char_tokenizer([e.text for e in exs], SCHEME, [render_tags(e.entities) for e in exs])
 
 
 def test_char_tokenizer_spells_entities_as_in_the_text_and_the_instruction_in_few_pieces():
