@@ -146,17 +146,15 @@ def test_engine_matches_full_prompts(tok, arch, kv):
     p = len(enc.prefix_ids)
     budgets = [6, 3, 5, 6]
     ref = [full_prompt_greedy(m, f, b, tok.eos_token_id, len(tok)) for f, b in zip(full, budgets)]
+
+    def run(**opts):
+        prefix = PrefixKV.encode(m, enc.prefix_ids)
+        return engine_tokens(
+            m, prefix, [f[p:] for f in full], budgets, tok.eos_token_id, tok.pad_token_id, len(tok), **opts
+        )
+
     first = []
-    got, _, _ = engine_tokens(
-        m,
-        PrefixKV.encode(m, enc.prefix_ids),
-        [f[p:] for f in full],
-        budgets,
-        tok.eos_token_id,
-        tok.pad_token_id,
-        len(tok),
-        hook=lambda lg: first.append(lg.clone()) or lg,
-    )
+    got, _, _ = run(hook=lambda lg: first.append(lg.clone()) or lg)
     assert got == [r[0] for r in ref]
     # Every row used its whole budget or stopped at EOS, which is never part of the output.
     for toks, (_, ended, _), b in zip(got, ref, budgets):
@@ -165,16 +163,7 @@ def test_engine_matches_full_prompts(tok, arch, kv):
     # The first forward is the prefill of all four rows, in request order.
     torch.testing.assert_close(first[0], torch.cat([r[2] for r in ref]), atol=1e-4, rtol=1e-4)
     if arch == "llama":  # one row at a time (no padding at all) gives the same tokens as the batch
-        alone, _, _ = engine_tokens(
-            m,
-            PrefixKV.encode(m, enc.prefix_ids),
-            [f[p:] for f in full],
-            budgets,
-            tok.eos_token_id,
-            tok.pad_token_id,
-            len(tok),
-            max_rows=1,
-        )
+        alone, _, _ = run(max_rows=1)
         assert alone == got
 
 
