@@ -32,6 +32,7 @@ attention; that gather is transient, one layer at a time, and admission keeps
 
 from __future__ import annotations
 
+import functools
 import math
 import weakref
 from collections import deque
@@ -138,13 +139,20 @@ class EngineState:
 
 
 def _make_cache(prefix: PrefixKV, pool_tokens: int):
+    return _cache_class()(prefix, pool_tokens)
+
+
+@functools.cache
+def _cache_class():
+    """The paged cache class, made once: a class is a reference cycle, so one made per run (closing over
+    that run's prefix K/V) kept the prefix alive after its extractor was gone, until a ``gc.collect()``."""
     Cache, CacheLayerMixin = compat.cache_classes()
 
     class PagedLayer(CacheLayerMixin):  # type: ignore[misc, valid-type]  # a base from compat, at run time
         is_compileable = False
         is_sliding = False
 
-        def __init__(self, owner, pk, pv):
+        def __init__(self, owner, pk, pv, pool_tokens: int):
             super().__init__()
             self.owner, self.pk, self.pv = owner, pk, pv
             _, kvh, _, d = pk.shape
@@ -182,9 +190,9 @@ def _make_cache(prefix: PrefixKV, pool_tokens: int):
         current = None
 
     class PagedCache(Cache):  # type: ignore[misc, valid-type]  # as PagedLayer
-        def __init__(self):
+        def __init__(self, prefix: PrefixKV, pool_tokens: int):
             self.ops = Ops()
-            super().__init__(layers=[PagedLayer(self.ops, k, v) for k, v in prefix.layers])
+            super().__init__(layers=[PagedLayer(self.ops, k, v, pool_tokens) for k, v in prefix.layers])
             self.positions = None  # (query positions, own-key positions) of the current forward: windows
 
         @property
@@ -197,9 +205,9 @@ def _make_cache(prefix: PrefixKV, pool_tokens: int):
 
         def free(self) -> None:
             for lay in self.layers:
-                lay.kpool = lay.vpool = None
+                lay.kpool = lay.vpool = lay.pk = lay.pv = None
 
-    return PagedCache()
+    return PagedCache
 
 
 class PagedEngine:

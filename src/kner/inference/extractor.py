@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -93,9 +94,13 @@ class _Piece:
 class Extractor:
     """Batched, constrained entity extraction with a fine-tuned causal LM.
 
-    >>> ex = Extractor.load("runs/kmou-qlora")            # doctest: +SKIP
-    >>> ex(["이순신은 조선의 장군이다."])                     # doctest: +SKIP
+    >>> with Extractor.load("runs/kmou-qlora") as ex:     # doctest: +SKIP
+    ...     ex(["이순신은 조선의 장군이다."])
     [[Entity(start=0, end=3, label='PER', text='이순신'), ...]]
+
+    The model, the prefix K/V and (during a run) the K/V pool are given back when the
+    extractor is closed (:meth:`close`, the end of a ``with`` block) or its last reference
+    goes: nothing of it waits for a ``gc.collect()``.
     """
 
     def __init__(
@@ -107,6 +112,7 @@ class Extractor:
         config: ExtractorConfig | None = None,
         **opts,
     ):
+        self._closed = False
         self.model = model
         self.tokenizer = tokenizer
         self.scheme = load_scheme(scheme)
@@ -130,6 +136,8 @@ class Extractor:
         from kner.inference.fused import fuse_lora  # noqa: PLC0415  lazy: torch; kner.config imports kner.inference
 
         self.fused_layers = fuse_lora(model) if self.config.fuse_lora else 0
+        if self.fused_layers:
+            _fused_users[model] = _fused_users.get(model, 0) + 1
 
     # -- loading ------------------------------------------------------------------
     @classmethod
@@ -209,6 +217,55 @@ class Extractor:
         model.eval()
         return cls(model, tokenizer, sch, pr, **opts)
 
+    # -- lifetime -------------------------------------------------------------------
+    def close(self) -> None:
+        """Give back the model and the prefix K/V now (the K/V pool lives only during a run); idempotent.
+
+        The LoRA layers this extractor fused get peft's forward back (unless another open
+        extractor fused the same model): a fused forward is a bound method stored on its own
+        layer, a reference cycle that kept the layer's weights alive until a ``gc.collect()``.
+        On CUDA the caching allocator's free blocks go back to the device, for other processes
+        and for ``nvidia-smi``. Using the extractor afterwards raises :class:`KnerError`.
+        """
+        if getattr(self, "_closed", True):
+            return
+        self._closed = True
+        model = self.model
+        if getattr(self, "fused_layers", 0):
+            users = _fused_users.pop(model, 1) - 1
+            if users > 0:
+                _fused_users[model] = users
+            else:
+                from kner.inference.fused import unfuse_lora  # noqa: PLC0415  lazy: torch; kner.config imports kner.inference
+
+                unfuse_lora(model)
+        self.model = None
+        self._prefix_cache = None
+        self._grammars.clear()
+        self._table = None
+        del model
+        import torch  # noqa: PLC0415  lazy: torch; kner.config imports kner.inference
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def __enter__(self) -> Extractor:
+        self._check_open()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001, S110 -- at interpreter exit torch may be half torn down
+            pass
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise KnerError("extractor is closed: load a new one (Extractor.load) to predict again")
+
     # -- public API ---------------------------------------------------------------
     def __call__(self, texts: Sequence[str] | str) -> list[list[Entity]]:
         if isinstance(texts, str):
@@ -249,6 +306,7 @@ class Extractor:
         """
         import torch  # noqa: PLC0415  lazy: torch; kner.config imports kner.inference
 
+        self._check_open()
         t0 = time.perf_counter()
         stats = RunStats(texts=len(texts))
         failed = {i: why for i, t in enumerate(texts) if (why := text_problem(t)) is not None}
@@ -277,6 +335,7 @@ class Extractor:
         ``stats``: the engine's counters, updated as it runs."""
         from kner.inference.stream import serve  # noqa: PLC0415  lazy: torch; kner.config imports kner.inference
 
+        self._check_open()
         serve(self, source, stats)
 
     # -- internals ------------------------------------------------------------------
@@ -515,6 +574,10 @@ class Extractor:
             pred.entities.sort()
             stats.labels.update(e.label for e in pred.entities)
         return preds
+
+
+# model -> how many open extractors fused its LoRA layers: the last one to close unfuses them.
+_fused_users: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def match_adapter_dtype(model) -> int:

@@ -158,6 +158,8 @@ class _Stream:
         jobs = {id(o.job): o.job for o in self.owner.values()}
         for k in list(self.pieces):
             self._forget(k)
+        if jobs:  # a job keeps its error as long as its client does: not the frames of the failed run
+            err.__traceback__ = err.__context__ = err.__cause__ = None
         for job in jobs.values():
             _call(job.fail, err)
         return len(jobs)
@@ -169,7 +171,7 @@ def serve(ex: Extractor, source: JobSource, stats: EngineStats | None = None) ->
     stream = _Stream(ex, source, prefix.length)
     foot, suffix_max = _worst_piece(ex)
     rows = ex.config.batch_size or ex.config.max_batch_size
-    while not stream.closed:
+    while not stream.closed or stream.pieces:  # closed while out of memory: the pieces in flight still finish
         plan = ex._plan([foot] * rows, suffix_max, prefix.length)
         # Room for the largest piece at least (the pool is halved after each out-of-memory error): a
         # text that arrives later must never be refused for a pool smaller than it.
@@ -189,7 +191,7 @@ def serve(ex: Extractor, source: JobSource, stats: EngineStats | None = None) ->
             else:
                 log.exception("the engine failed; failing the requests in flight")
             if not stream.fail_all(err):
-                raise
+                raise err  # the out-of-memory floor's KnerError, not the error it was raised in
 
 
 def _worst_piece(ex: Extractor) -> tuple[int, int]:
