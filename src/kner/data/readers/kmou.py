@@ -20,10 +20,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from kner.data.example import Example
-from kner.data.readers.base import Problem, ReadResult, numbered_lines
+from kner.data.readers.base import ReadResult, numbered_lines
 from kner.data.readers.bio import Tag, split_tag
-from kner.data.readers.markup import MarkupError, read_marked
+from kner.data.readers.markup import add_marked
 from kner.errors import DataError
 
 LABELS = ("PER", "ORG", "LOC", "POH", "DAT", "TIM", "DUR", "MNY", "PNT", "NOH")
@@ -77,13 +76,6 @@ def read(path: Path, check_bio: bool = True) -> ReadResult:
 def _sentence(
     path: Path, lineno: int, num: str, raw: str, markup: str, morphs: list[tuple[int, str, Tag]] | None, res: ReadResult
 ) -> None:
-    sid = f"{path.stem}:{num}"
     at = {"sentence": lineno, "raw": lineno + 1, "markup": lineno + 2}
-    try:
-        mk = read_marked(markup, LABELS, raw=raw, tokens=morphs, unit="morphemes")
-    except MarkupError as err:
-        res.problems.append(Problem(str(path), at["markup"], sid, f"markup not converted: {err}", "unparseable"))
-        res.skipped += 1
-        return
-    res.problems += mk.problems(path, sid, at)
-    res.examples.append(Example(sid, mk.text, mk.entities, {"doc": path.stem, "source": f"{path.name}:{lineno}"}))
+    meta = {"doc": path.stem, "source": f"{path.name}:{lineno}"}
+    add_marked(res, path, f"{path.stem}:{num}", at, markup, LABELS, meta, raw=raw, tokens=morphs, unit="morphemes")

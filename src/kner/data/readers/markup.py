@@ -30,10 +30,10 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from kner.data.example import Entity, strip_span
-from kner.data.readers.base import Problem, build_entities, describe_spans
+from kner.data.example import Entity, Example, strip_span
+from kner.data.readers.base import Problem, ReadResult, build_entities, describe_spans
 from kner.data.readers.bio import Tag, decode
 
 _CLOSER = re.compile(r":([^\s<>:]{1,32})>")
@@ -172,6 +172,31 @@ def read_marked(
     ents, dup = build_entities(text, spans)
     notes += [(kind, msg, "markup") for kind, msg in dup]
     return Marked(text, ents, notes)
+
+
+def add_marked(
+    res: ReadResult,
+    path: Path,
+    sid: str,
+    lines: dict[str, int],
+    markup: str,
+    labels: Collection[str],
+    meta: dict[str, Any],
+    *,
+    raw: str | None,
+    tokens: list[tuple[int, str, Tag]] | None,
+    unit: Literal["morphemes", "chars", "lemmas"],
+) -> None:
+    """One sentence into ``res`` (KMOU, 2016klp): the example and its notes as problem rows (``lines`` as
+    for :meth:`Marked.problems`), or, if the markup cannot be read, a skipped sentence with the reason."""
+    try:
+        mk = read_marked(markup, labels, raw=raw, tokens=tokens, unit=unit)
+    except MarkupError as err:
+        res.problems.append(Problem(str(path), lines["markup"], sid, f"markup not converted: {err}", "unparseable"))
+        res.skipped += 1
+        return
+    res.problems += mk.problems(path, sid, lines)
+    res.examples.append(Example(sid, mk.text, mk.entities, meta))
 
 
 def from_tokens(tokens: list[tuple[int, str, Tag]]) -> Marked:
