@@ -202,7 +202,7 @@ def run(args) -> None:
 
     from kner.data.schemes import load_scheme
     from kner.inference.constrained import TagGrammar
-    from kner.inference.fused import unfuse_lora
+    from kner.inference.fused import fuse_lora
     from kner.inference.memory import release_memory
     from kner.inference.vocab import TokenTable
     from kner.model.prompt import PromptEncoder, PromptFormat
@@ -235,12 +235,13 @@ def run(args) -> None:
     table = TokenTable.cached(tok, out_emb.weight.shape[0] if out_emb is not None else None, model)
     grammar = TagGrammar(table, scheme.names, fmt.separator, ignore_eos=True)  # as Extractor.grammar(True)
 
-    # kner first (the number the issue tracks); its Extractor fuses the LoRA layers in place, undone for
-    # generate unless --fused-generate: a user's generate runs peft's own forward.
+    # kner first (the number the issue tracks). Its Extractor fuses the LoRA layers in place and gives
+    # peft's own forward back when it is dropped (what a user's generate runs); --fused-generate fuses
+    # them again, to separate the engine's gain from the fusion's.
     kner_out: list[list[str]] = []
     save("t4_kner_constrained", kner_run(model, tok, texts, budgets, device, True, cap, 256, kner_out))
-    if not args.fused_generate:
-        unfuse_lora(model)
+    if args.fused_generate:
+        fuse_lora(model)
     release_memory()  # kner's pool and prefix K/V back before measuring what the batches may use
     kv_tokens, mem = kv_token_budget(model, device, args.kv_share)
     save("memory", mem | {"cap_gib": cap, "prompt_tokens_mean": round(sum(map(len, prompts)) / len(prompts), 1)})
