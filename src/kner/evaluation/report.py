@@ -526,14 +526,18 @@ def to_html(report: dict[str, Any], results: dict[str, EvalResult], png: bytes) 
         + "".join(f"<th>{CAUSE_NAMES[c]}</th>" for c in FN_CAUSES)
         + "</tr>"
     )
-    for n, r in results.items():
-        t = r.error_totals
-        H.append(
-            f"<tr><td class=l>{esc(n)}</td>"
-            + "".join(f"<td>{t['fp'][c]}</td>" for c in FP_CAUSES)
-            + "".join(f"<td>{t['fn'][c]}</td>" for c in FN_CAUSES)
+
+    def cause_row(name: str, fp: dict[str, int], fn: dict[str, int]) -> str:
+        return (
+            f"<tr><td class=l>{esc(name)}</td>"
+            + "".join(f"<td>{fp[c]}</td>" for c in FP_CAUSES)
+            + "".join(f"<td>{fn[c]}</td>" for c in FN_CAUSES)
             + "</tr>"
         )
+
+    for n, r in results.items():
+        t = r.error_totals
+        H.append(cause_row(n, t["fp"], t["fn"]))
     H.append("</table>")
     for n, r in results.items():
         H.append(
@@ -545,12 +549,7 @@ def to_html(report: dict[str, Any], results: dict[str, EvalResult], png: bytes) 
         for lab in labels:
             s = r.per_label[lab]
             if s.fp or s.fn:
-                H.append(
-                    f"<tr><td class=l>{esc(lab)}</td>"
-                    + "".join(f"<td>{s.fp_causes[c]}</td>" for c in FP_CAUSES)
-                    + "".join(f"<td>{s.fn_causes[c]}</td>" for c in FN_CAUSES)
-                    + "</tr>"
-                )
+                H.append(cause_row(lab, s.fp_causes, s.fn_causes))
         H.append("</table></details>")
     notes = [(n, note) for n, r in results.items() for note in r.notes()]
     if notes:
