@@ -32,7 +32,6 @@ finishes.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import time
 from pathlib import Path
 
@@ -198,8 +197,6 @@ def ratios(kner: dict, base: dict) -> dict:
 
 
 def run(args) -> None:
-    import torch
-
     from kner.data.schemes import load_scheme
     from kner.inference.constrained import TagGrammar
     from kner.inference.fused import fuse_lora
@@ -207,20 +204,8 @@ def run(args) -> None:
     from kner.inference.vocab import TokenTable
     from kner.model.prompt import PromptEncoder, PromptFormat
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.float16 if device.type == "cuda" else torch.float32
-    import peft
-    import transformers
-
-    res = {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "peft": peft.__version__,
-        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-        "tiny": args.tiny,
-        "argv": vars(args),
-    }
+    device, dtype, res = ib.run_start(args)
+    res["argv"] = vars(args)
     save = results_writer(Path(args.out), res)
     tok, exs, budgets = load_set(args.n)
     texts = [e.text for e in exs]

@@ -286,23 +286,30 @@ def profile(args) -> None:
     Path(args.out).write_text(table)
 
 
-def run(args) -> None:
+def run_start(args):
+    """(device, dtype, results header) of a run: fp16 on the GPU, fp32 on the CPU; date and versions."""
+    import peft
     import torch
+    import transformers
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     res = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
         "tiny": args.tiny,
     }
+    return device, dtype, res
+
+
+def run(args) -> None:
+    import torch
+
+    device, dtype, res = run_start(args)
     save = results_writer(Path(args.out), res)
-
-    import peft
-    import transformers
-
-    res["transformers"], res["peft"] = transformers.__version__, peft.__version__
     tok, exs, budgets = load_set(args.n)
     texts = [e.text for e in exs]
     save("data", budget_summary(budgets))
