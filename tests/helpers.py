@@ -14,6 +14,7 @@ from pathlib import Path
 from unittest import mock
 
 import click
+import torch
 from click.testing import CliRunner, Result
 
 # -- running kner ------------------------------------------------------------------------------
@@ -111,6 +112,25 @@ def save_full_model(out: Path, model, tokenizer, scheme: str = "spacy19") -> Pat
         model_dir="model",
     ).save(out)
     return out
+
+
+class InjectedOOM(torch.nn.Module):
+    """``inner``, raising like CUDA does for batches of more than ``limit`` rows (``limit`` may be changed)."""
+
+    def __init__(self, inner, limit: int):
+        super().__init__()
+        self.inner, self.limit = inner, limit
+
+    def forward(self, input_ids=None, **kw):
+        if input_ids.shape[0] > self.limit:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+        return self.inner(input_ids=input_ids, **kw)
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.inner, name)
 
 
 def tiny_model_folder(out: Path, texts: Iterable[str], seed: int = 0) -> Path:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from helpers import InjectedOOM
 from kner.data.schemes import load_scheme
 from kner.inference import Extractor
 from kner.inference.chunking import split_document
@@ -240,24 +241,7 @@ def test_out_of_memory_halves_the_batch_and_retries(tok, model):
     ref.config.logits_hook = tag_bias(ref)
     want = ref.predict(texts)
 
-    class OOM(torch.nn.Module):  # raises like CUDA does when a batch is too large
-        def __init__(self, inner, limit):
-            super().__init__()
-            self.inner, self.limit, self.calls = inner, limit, 0
-
-        def forward(self, input_ids=None, **kw):
-            self.calls += 1
-            if input_ids.shape[0] > self.limit:
-                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
-            return self.inner(input_ids=input_ids, **kw)
-
-        def __getattr__(self, name):
-            try:
-                return super().__getattr__(name)
-            except AttributeError:
-                return getattr(self.inner, name)
-
-    wrapped = OOM(model, 3)
+    wrapped = InjectedOOM(model, 3)
     ex = Extractor(wrapped, tok, "spacy19", batch_size=12, max_new_tokens=10)
     ex.config.logits_hook = ref.config.logits_hook
     got = ex.predict(texts)
