@@ -10,6 +10,7 @@ import pytest
 from helpers import kner_process
 from kner.data.example import Entity, Example
 from kner.evaluation.scoring import evaluate, read_for_scoring
+from test_evaluation import char_bio_without_spaces
 
 TEXT = "AAAA BBBB CCCC DDDD"
 
@@ -94,16 +95,10 @@ def test_klue_char_f1_with_mixed_whitespace_matches_sklearn():
     pred = [ex(text, (0, 1, "PS"), (7, 12, "LC"))]
     r = evaluate(gold, pred)
 
-    def klue_tags(x: Example) -> list[str]:  # as KLUE's reader: every character but " " gets a tag
-        tags = ["O"] * len(x.text)
-        for e in x.entities:
-            inside = [i for i in range(e.start, e.end) if x.text[i] != " "]
-            for j, i in enumerate(inside):
-                tags[i] = ("I-" if j else "B-") + e.label
-        return [t for t, ch in zip(tags, x.text) if ch != " "]
-
+    # As KLUE's reader: every character but " " gets a tag.
+    tags = [char_bio_without_spaces(gold[0]), char_bio_without_spaces(pred[0])]
     tagset = [f"{bi}-{lab}" for lab in r.labels for bi in "BI"] + ["O"]
-    want = f1_score(klue_tags(gold[0]), klue_tags(pred[0]), labels=tagset, average="macro", zero_division=1)
+    want = f1_score(*tags, labels=tagset, average="macro", zero_division=1)
     assert r.klue_char_macro_f1 == pytest.approx(want, abs=1e-12)
     assert r.char_total == len(text) - text.count(" ")
 
