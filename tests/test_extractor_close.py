@@ -16,7 +16,7 @@ import pytest
 import torch
 from peft import LoraConfig
 
-from helpers import tiny_char_model, tiny_model_folder
+from helpers import InjectedOOM, tiny_char_model, tiny_model_folder
 from kner.errors import KnerError
 from kner.inference import Extractor, engine
 from kner.model.compat import get_peft_model
@@ -130,29 +130,10 @@ def test_closing_one_extractor_keeps_the_model_of_another_fused():
     assert not [m for m in model.modules() if "forward" in vars(m)]  # peft's own forward again
 
 
-class _OutOfMemory(torch.nn.Module):
-    """Raises like CUDA does for batches of more than ``limit`` rows."""
-
-    def __init__(self, inner, limit):
-        super().__init__()
-        self.inner, self.limit = inner, limit
-
-    def forward(self, input_ids=None, **kw):
-        if input_ids.shape[0] > self.limit:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
-        return self.inner(input_ids=input_ids, **kw)
-
-    def __getattr__(self, name):
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(self.inner, name)
-
-
 @pytest.mark.parametrize("close", [True, False])
 def test_freed_after_an_out_of_memory_retry(pools, no_gc, close):
     model, tok = tiny_char_model(TEXTS)
-    ex = Extractor(_OutOfMemory(model, 4), tok, "spacy19", batch_size=8, max_new_tokens=8)
+    ex = Extractor(InjectedOOM(model, 4), tok, "spacy19", batch_size=8, max_new_tokens=8)
     del model
     assert ex.predict(TEXTS * 4) and ex.last_stats.oom_retries == 1
     refs = held(ex, pools)
