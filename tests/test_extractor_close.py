@@ -13,7 +13,6 @@ import gc
 import weakref
 
 import pytest
-import torch
 from peft import LoraConfig
 
 from helpers import InjectedOOM, tiny_char_model, tiny_model_folder
@@ -188,7 +187,7 @@ def test_serve_then_close(folder, pools, no_gc):
 def test_a_job_failed_by_out_of_memory_does_not_hold_the_model(pools, no_gc):
     """The error a failed job keeps (for its client) carries no frames of the run: no model, no prefix K/V."""
     model, tok = tiny_char_model(TEXTS)
-    ex = Extractor(_OutOfMemory(model, 1), tok, "spacy19", max_new_tokens=8)
+    ex = Extractor(InjectedOOM(model, 1), tok, "spacy19", max_new_tokens=8)
     del model
     refs = [weakref.ref(ex.model), *(weakref.ref(p) for p in ex.model.parameters())]
     ex._prefix(len(ex.prefix_ids))  # encoded; from now on every forward runs out of memory
