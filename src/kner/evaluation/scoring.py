@@ -12,7 +12,7 @@ Definitions (docs/evaluation.md explains them with examples):
   ideographic spaces U+3000 and the like stay). A character covered by several
   (overlapping) spans takes the label of the one starting first, the longer
   one on a tie; spans that lose characters this way are counted in
-  ``overlaps_resolved``.
+  ``overlaps_resolved``. The per-character views are in ``kner.evaluation.chars``.
 * ``klue_char_macro_f1`` reproduces the KLUE baseline's metric: every
   character gets a BIO tag, F1 is computed per tag (``B-X``, ``I-X`` for every
   label and ``O``) and averaged unweighted; a tag absent from both gold and
@@ -35,8 +35,7 @@ from typing import Any
 
 from kner.data.example import Example, numbered_jsonl, validate
 from kner.errors import KnerError
-
-Span = tuple[int, int, str]
+from kner.evaluation.chars import Span, char_tags, klue_tag_f1
 
 FP_CAUSES = ("wrong_boundary", "wrong_type", "wrong_boundary_type", "spurious")
 FN_CAUSES = ("wrong_boundary", "wrong_type", "wrong_boundary_type", "missed")
@@ -383,57 +382,6 @@ def _spans(
         out.add(key)
     per_span = Counter((s, e) for s, e, _ in out)
     multi[side] += sum(1 for n in per_span.values() if n > 1)
-    return out
-
-
-# -- character level ------------------------------------------------------------
-
-
-def char_tags(text: str, spans: set[Span] | list[Span]) -> tuple[list[tuple[str, str]], int]:
-    """(BIO tag, label) for every character but " ", and how many spans lost characters.
-
-    A character belongs to the first span covering it in (start, longer first)
-    order, so a nested span disappears inside its outer span and a crossing
-    span keeps only its characters past the earlier one. A character starts a
-    new entity (B) when the previous kept character belongs to a different
-    span or to none, so a span starting with a space still gets a B. Only
-    U+0020 is dropped: KLUE's reader skips exactly the ``" "`` characters when it
-    builds its per-character labels, so other whitespace is a character here too.
-    """
-    owner: list[int] = [-1] * len(text)
-    order = sorted(spans, key=lambda s: (s[0], -(s[1] - s[0]), s[2]))
-    hidden = 0
-    for k, (start, end, _) in enumerate(order):
-        lost = False
-        for i in range(max(start, 0), min(end, len(text))):
-            if owner[i] < 0:
-                owner[i] = k
-            else:
-                lost = True
-        hidden += lost
-    out = []
-    prev = -1
-    for i, ch in enumerate(text):
-        if ch == " ":
-            continue
-        k = owner[i]
-        if k < 0:
-            out.append(("O", "O"))
-        else:
-            label = order[k][2]
-            out.append((("I-" if k == prev else "B-") + label, label))
-        prev = k
-    return out, hidden
-
-
-def klue_tag_f1(
-    gold_tags: Counter[str], pred_tags: Counter[str], tp_tags: Counter[str], tagset: list[str]
-) -> dict[str, float]:
-    """Per-tag F1 as sklearn ``f1_score(..., zero_division=1)``: 2TP / (gold + pred), 1 when both are 0."""
-    out = {}
-    for t in tagset:
-        den = gold_tags[t] + pred_tags[t]
-        out[t] = 2 * tp_tags[t] / den if den else 1.0
     return out
 
 
