@@ -17,7 +17,9 @@ from helpers import kner_process
 from klue_data import KLUE, load_klue  # noqa: E402
 from kner.data.example import Entity, Example, validate, write_jsonl
 from kner.errors import KnerError
-from kner.evaluation.report import compare, highlight, markup
+from kner.evaluation.render_html import highlight
+from kner.evaluation.render_markdown import markup
+from kner.evaluation.report import compare
 from kner.evaluation.scoring import evaluate
 
 

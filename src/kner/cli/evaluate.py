@@ -156,8 +156,8 @@ def compare(
     from rich.console import Console
     from rich.markup import escape
 
+    from kner.evaluation.headline import print_headline
     from kner.evaluation.report import compare as run_compare
-    from kner.evaluation.report import print_headline
     from kner.evaluation.scoring import read_for_scoring
 
     systems = _systems(pred)

@@ -65,7 +65,7 @@ def print_summary(summary: dict, console=None) -> None:
 
     from rich.console import Console
 
-    from kner.evaluation.report import print_headline
+    from kner.evaluation.headline import print_headline
 
     con = console if console is not None else Console()
     # Plain lines (soft_wrap): a path must not be broken at 80 columns in a log file.
