@@ -141,18 +141,18 @@ def test_epochs_cycle_through_tokenized_copies():
     from kner.model.prompt import PromptEncoder
     from kner.training.batching import tokenize_examples
     from kner.training.config import TrainConfig
-    from kner.training.recipe import _augmented_sets
+    from kner.training.data import augmented_sets
 
     exs = _examples()
     tok = _char_tokenizer(exs)
     enc = PromptEncoder(tok, PromptFormat(), SCHEME)
     base, _ = tokenize_examples(exs, enc, 1024)
     cfg = TrainConfig(augment={"mention_replace": 1.0, "variants": 2}, seed=3)
-    sets = _augmented_sets(exs, base, enc, cfg, " ")
+    sets = augmented_sets(exs, base, enc, cfg, " ")
     assert len(sets) == 3 and sets[0] is base
     assert all(len(s) == len(exs) for s in sets)
     assert sets[1] != sets[2] and [e.input_ids for e in sets[1]] != [e.input_ids for e in base]
     # Every copy keeps the prompt/answer boundary: the answer decodes to well-formed tags.
     for e in sets[1]:
         assert tok.decode(e.input_ids[e.prompt_len : -1]).startswith("<")
-    assert _augmented_sets(exs, base, enc, TrainConfig(), " ") == [base]
+    assert augmented_sets(exs, base, enc, TrainConfig(), " ") == [base]

@@ -5,7 +5,8 @@ mapped to the scheme, checked), the tokenizer and model, the tokenized examples,
 the memory plan, the optimizer and schedule, the checkpoint to resume from and
 with it the token budget, and the step runner. ``TrainingRecipe.train`` is the
 loop; ``TrainingRecipe.save`` writes the output folder. The components are built
-in ``kner.training.setup``; one optimizer step is ``kner.training.step``.
+in ``kner.training.setup`` (the data in ``kner.training.data``); one optimizer step is
+``kner.training.step``.
 
 The loop is written by hand (no ``Trainer``) because it does three things a stock
 loop does not: micro-batches cut to a token budget, an out-of-memory retry that
@@ -19,24 +20,23 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from kner.data.augment import AugmentConfig, training_variants
-from kner.data.example import Example, read_jsonl
-from kner.data.schemes import Mapping, load_scheme, map_examples
-from kner.errors import ConfigError, DataError, KnerError
+from kner.data.example import Example
+from kner.data.schemes import load_scheme
+from kner.errors import KnerError
 from kner.model import compat
 from kner.model.artifacts import ModelManifest
 from kner.model.loading import choose_compute_dtype, dtype_name
 from kner.model.prompt import PromptEncoder, PromptFormat
 from kner.training import distributed as dist
 from kner.training import setup
-from kner.training.batching import Batching, TokenizedExample, TokenizeReport, epoch_steps, tokenize_examples
+from kner.training.batching import Batching, epoch_steps
 from kner.training.checkpoint import Position, latest_checkpoint, load_checkpoint, rng_state, save_checkpoint
 from kner.training.config import TrainConfig
+from kner.training.data import load_examples, tokenize
 from kner.training.forward import ModelParts
 from kner.training.progress import JsonlLog, Progress, peak_memory_gib
 from kner.training.step import StepModel, StepResult, StepRunner
@@ -70,25 +70,6 @@ def train(
     return recipe.save()
 
 
-@dataclass
-class TrainData:
-    """The tokenized examples of a run."""
-
-    train: list[TokenizedExample]
-    epoch_sets: list[list[TokenizedExample]]  # ``train`` and its augmented copies; epochs cycle through them
-    dev: list[TokenizedExample]
-    report: TokenizeReport  # of ``train``: what was skipped
-
-    @property
-    def all_train(self) -> list[TokenizedExample]:
-        return [e for tok in self.epoch_sets for e in tok]
-
-    @property
-    def longest(self) -> int:
-        """Tokens of the longest example, prefix included: no micro-batch budget may be smaller."""
-        return max(e.length for e in self.all_train + self.dev)
-
-
 class TrainingRecipe:
     """One run: ``setup`` builds the components, ``train`` runs the loop, ``save`` writes the output folder."""
 
@@ -114,8 +95,8 @@ class TrainingRecipe:
         # 1. Data: read, map to the target scheme, check labels (before any model is loaded).
         self.scheme = load_scheme(cfg.scheme)
         self.prompt_format = PromptFormat.from_dict(cfg.prompt)
-        train_exs = _load_examples(cfg.train, train_examples, cfg, self.scheme, "train")
-        dev_exs = _load_examples(cfg.dev, dev_examples, cfg, self.scheme, "dev") if (cfg.dev or dev_examples) else []
+        train_exs = load_examples(cfg.train, train_examples, cfg, self.scheme, "train")
+        dev_exs = load_examples(cfg.dev, dev_examples, cfg, self.scheme, "dev") if (cfg.dev or dev_examples) else []
 
         # 2. Tokenizer and model: frozen base, LoRA (or all weights) trainable.
         self.load_spec = setup.load_spec(cfg)
@@ -126,7 +107,7 @@ class TrainingRecipe:
 
         # 3. Tokenized examples: answer-only labels, the shared instruction prefix.
         self.encoder = PromptEncoder(self.tokenizer, self.prompt_format, self.scheme)
-        self.data = _tokenize(train_exs, dev_exs, self.encoder, cfg, self.prompt_format.separator)
+        self.data = tokenize(train_exs, dev_exs, self.encoder, cfg, self.prompt_format.separator)
 
         # 4. Memory plan, before the optimizer allocates anything (it may cap the allocator).
         self.plan = setup.memory_plan(
@@ -418,101 +399,3 @@ def _maybe_next_epoch(pos: Position, n_steps: int) -> None:
     if pos.step_in_epoch >= n_steps:
         pos.epoch += 1
         pos.step_in_epoch = 0
-
-
-# ---------------------------------------------------------------------------
-# Data
-
-
-def _load_examples(path, given, cfg: TrainConfig, scheme, what: str) -> list[Example]:
-    if given is not None:
-        exs = list(given)
-        where = f"<{what} examples>"
-    else:
-        if not path:
-            raise ConfigError(f"no {what} data: pass --{what} FILE.jsonl")
-        exs = read_jsonl(path)
-        where = str(path)
-    if not exs:
-        raise DataError(f"no examples in the {what} data", where)
-    if cfg.map:
-        exs, rep = map_examples(exs, Mapping.load(cfg.map, scheme.name), cfg.map_fallback)
-        if rep.dropped:
-            log.info("%s: dropped entities by mapping: %s", what, dict(rep.dropped))
-        if rep.fallback:
-            log.info("%s: entities mapped by the fallback label: %s", what, dict(rep.fallback))
-    unknown: dict[str, int] = {}
-    fixed = []
-    for ex in exs:
-        ents = []
-        for e in ex.entities:
-            lab = scheme.canonical(e.label)
-            if lab is None:
-                unknown[e.label] = unknown.get(e.label, 0) + 1
-            else:
-                ents.append(e if lab == e.label else type(e)(e.start, e.end, lab, e.text))
-        fixed.append(Example(ex.id, ex.text, ents, ex.meta) if ents != ex.entities else ex)
-    if unknown:
-        raise DataError(
-            f"labels not in scheme {scheme.name!r}: "
-            + ", ".join(f"{k} x{v}" for k, v in sorted(unknown.items()))
-            + "; pass --map SOURCE_SCHEME to map them, or choose --scheme",
-            where,
-        )
-    return fixed
-
-
-def _tokenize(
-    train_exs: list[Example], dev_exs: list[Example], encoder: PromptEncoder, cfg: TrainConfig, separator: str
-) -> TrainData:
-    train_tok, report = tokenize_examples(train_exs, encoder, cfg.max_seq_len, separator)
-    epoch_sets = _augmented_sets(train_exs, train_tok, encoder, cfg, separator)
-    dev_tok, dev_report = tokenize_examples(dev_exs, encoder, cfg.max_seq_len, separator)
-    for name, rep in (("train", report), ("dev", dev_report)):
-        if rep.too_long:
-            log.warning(
-                "%s: skipped %d example(s) longer than max_seq_len=%d tokens (e.g. %s)",
-                name,
-                len(rep.too_long),
-                cfg.max_seq_len,
-                ", ".join(rep.too_long[:5]),
-            )
-        if rep.fallbacks:
-            log.info("%s: %d example(s) tokenized piecewise (no clean token boundary)", name, rep.fallbacks)
-    if not train_tok:
-        raise DataError("no training example left (all longer than max_seq_len?)", cfg.train)
-    return TrainData(train_tok, epoch_sets, dev_tok, report)
-
-
-def _augmented_sets(train_exs, train_tok, encoder, cfg: TrainConfig, separator: str) -> list:
-    """The tokenized training sets epochs cycle through (``augment``); ``[train_tok]`` without it."""
-    aug = AugmentConfig.from_dict(cfg.augment)
-    if not aug.active:
-        return [train_tok]
-    t0 = time.perf_counter()
-    sets, changed, copy = [], 0, 0
-    for exs in training_variants(train_exs, aug, cfg.seed):
-        if exs is train_exs:  # the original, already tokenized
-            sets.append(train_tok)
-            continue
-        copy += 1
-        changed += sum(1 for a, b in zip(train_exs, exs) if a is not b)
-        tok, rep = tokenize_examples(exs, encoder, cfg.max_seq_len, separator)
-        if rep.too_long:
-            log.warning(
-                "augmented copy %d: skipped %d example(s) longer than max_seq_len=%d tokens",
-                copy,
-                len(rep.too_long),
-                cfg.max_seq_len,
-            )
-        sets.append(tok)
-    log.info(
-        "augment: %d copies of the training set with mentions replaced (p=%.2f), %d of %d sentences "
-        "changed, tokenized in %.1f s",
-        aug.variants,
-        aug.mention_replace,
-        changed,
-        len(train_exs) * aug.variants,
-        time.perf_counter() - t0,
-    )
-    return sets
