@@ -91,7 +91,7 @@ def build(args, tok, device, dtype):
     )
     model.eval()
     # What Extractor does anyway (fp32 LoRA weights -> fp16); done here so the baseline runs the same weights.
-    from kner.inference.extractor import match_adapter_dtype
+    from kner.inference.loader import match_adapter_dtype
 
     match_adapter_dtype(model)
     if device.type == "cuda":

@@ -23,7 +23,7 @@ from kner.data.acquire import SOURCES
 from kner.data.schemes import Mapping, load_scheme
 from kner.data.splits import parse_ratios
 from kner.errors import ConfigError, KnerError
-from kner.inference.extractor import ExtractorConfig
+from kner.inference.options import ExtractorConfig
 from kner.model.loading import TINY_ARCHS
 from kner.training.config import (
     Settings,

@@ -3,7 +3,7 @@
 Pipeline for a list of texts:
 
 1. empty texts get no entities and no generation; long texts are split into
-   pieces that fit the context window (:mod:`kner.inference.chunking`);
+   pieces that fit the context window (:mod:`kner.inference.pieces`, :mod:`kner.inference.chunking`);
 2. every piece's prompt is tokenized; the instruction prefix is the part all
    prompts share, and its K/V is computed once (:mod:`kner.inference.prefix_cache`);
 3. pieces are greedy-decoded by the paged engine (:mod:`kner.inference.engine`),
@@ -19,25 +19,23 @@ Pipeline for a list of texts:
 from __future__ import annotations
 
 import logging
-import math
 import time
 import weakref
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kner.data.example import Entity, Example
 from kner.data.schemes import Scheme, load_scheme
 from kner.errors import ConfigError, KnerError
-from kner.inference.chunking import split_document
 from kner.inference.constrained import ConstrainedChooser, TagGrammar
+from kner.inference.loader import load_parts, match_adapter_dtype
 from kner.inference.memory import ModelDims, largest_linear_elems, plan_engine, release_memory, usable_memory
+from kner.inference.options import ExtractorConfig
+from kner.inference.pieces import Piece, common_prefix, context_limit, make_pieces, max_text_tokens
 from kner.inference.results import Prediction, RunStats
 from kner.inference.vocab import TokenTable, eos_token_ids
-from kner.model import compat, hub
-from kner.model.artifacts import MANIFEST, ModelManifest
-from kner.model.loading import LoadSpec, load_model, load_tokenizer
 from kner.model.oom import is_oom
 from kner.model.prompt import PromptEncoder, PromptFormat, parse_tags
 from kner.textio import text_problem
@@ -48,47 +46,6 @@ if TYPE_CHECKING:
     from kner.inference.stream import JobSource
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class ExtractorConfig:
-    constrained: bool = True
-    batch_size: int | None = None  # fixed rows per batch; None = plan from free memory
-    max_batch_size: int = 256
-    cpu_batch_size: int = 16
-    max_memory: float | None = None  # GiB this process may use on the GPU (None: all that is free)
-    memory_safety: float = (
-        0.92  # share of free memory planned; 0.85 left 3.8 GiB of a 15 GiB cap unused (docs/inference.md)
-    )
-    new_tokens_factor: float = 1.2  # new-token budget = ceil(text tokens x factor) + overhead
-    new_tokens_overhead: int = 16
-    max_new_tokens: int | None = None  # hard cap on the budget
-    max_chunk_tokens: int = 384  # longer texts are split (and anything not fitting the context)
-    prefill_chunk_tokens: int = 2048
-    ignore_eos: bool = False  # benchmarks: always generate the whole budget
-    logits_hook: Callable | None = None  # tests: adjust logits before choosing
-    adapter_dtype: str = "model"  # model: cast fp32 LoRA weights to the model's 16-bit dtype; keep
-    fuse_lora: bool = True  # inference-only LoRA forward with fewer kernels (kner.inference.fused)
-
-    @classmethod
-    def from_options(cls, **opts) -> ExtractorConfig:
-        names = {f.name for f in fields(cls)}
-        unknown = set(opts) - names
-        if unknown:
-            raise ConfigError(f"unknown extractor option(s): {', '.join(sorted(unknown))}")
-        return cls(**opts)
-
-
-@dataclass
-class _Piece:
-    doc: int
-    offset: int
-    text: str
-    ids: list[int] = field(default_factory=list)  # full prompt ids
-    text_tokens: int = 0
-    max_new: int = 0
-    output: str = ""
-    truncated: bool = False
 
 
 class Extractor:
@@ -161,60 +118,15 @@ class Extractor:
         (default ``spacy19``) and ``prompt`` (default :class:`PromptFormat`) say how the
         adapter was trained. Weights load from safetensors only unless ``allow_pickle``.
         """
-        path = Path(path) if not isinstance(path, Path) else path
-        adapter_dir: Path | None = Path(adapter) if adapter else None
-        repo_id = None
-        if not (path / MANIFEST).is_file() and hub.looks_like_repo_id(path):
-            local = hub.fetch(str(path), allow_pickle=allow_pickle)
-            if local is not None:
-                repo_id, path = str(path), local
-        if (path / MANIFEST).is_file():
-            man = ModelManifest.load_from(path)
-            if repo_id is not None:
-                hub.refuse_remote_code(repo_id, man.load.trust_remote_code)
-            if scheme is not None and load_scheme(scheme).names != man.scheme.names:
-                raise ConfigError(
-                    f"{path} was trained with scheme {man.scheme.name!r}; "
-                    f"predicting with {load_scheme(scheme).name!r} would misread its labels"
-                )
-            sch, pr, spec = man.scheme, prompt or man.prompt, man.load
-            tok_dir = path / man.tokenizer_dir
-            tok_src = str(tok_dir) if tok_dir.is_dir() else spec.model
-            if man.model_dir:
-                spec = replace(spec, model=str(path / man.model_dir))
-            elif adapter_dir is None and man.adapter_dir and (path / man.adapter_dir).is_dir():
-                adapter_dir = path / man.adapter_dir
-        else:
-            name = str(path)
-            if not path.exists() and (name.startswith(("/", ".", "~")) or name.count("/") != 1):
-                raise KnerError(f"{path}: no such model folder (and not a hub id like 'org/name')")
-            sch = load_scheme(scheme or "spacy19")
-            pr = prompt or PromptFormat()
-            spec = LoadSpec(model=str(path))
-            tok_src = (
-                str(adapter_dir) if adapter_dir and (adapter_dir / "tokenizer_config.json").is_file() else str(path)
-            )
-        if quantize_4bit is not None:
-            spec = replace(spec, quantize_4bit=quantize_4bit)
-        if compute_dtype is not None:
-            spec = replace(spec, compute_dtype=compute_dtype)
-        if adapter_dir is not None and not adapter_dir.is_dir():
-            raise KnerError(f"{adapter_dir}: adapter folder not found")
-        if adapter_dir is not None:  # before the base model's minutes of loading
-            hub.require_safetensors(adapter_dir, allow_pickle)
-        tokenizer = load_tokenizer(tok_src, trust_remote_code=spec.trust_remote_code, revision=spec.revision)
-        model = load_model(spec, allow_pickle=allow_pickle)
-        if not spec.quantize_4bit:
-            import torch  # noqa: PLC0415  lazy: torch; kner.config imports kner.inference
-
-            if torch.cuda.is_available():
-                model = model.to("cuda")
-        if adapter_dir is not None:
-            try:
-                model = compat.load_adapter(model, adapter_dir)
-            except (OSError, ValueError) as err:
-                raise KnerError(f"cannot load adapter {adapter_dir}: {str(err).splitlines()[0]}") from None
-        model.eval()
+        model, tokenizer, sch, pr = load_parts(
+            path,
+            adapter=adapter,
+            scheme=scheme,
+            prompt=prompt,
+            quantize_4bit=quantize_4bit,
+            compute_dtype=compute_dtype,
+            allow_pickle=allow_pickle,
+        )
         return cls(model, tokenizer, sch, pr, **opts)
 
     # -- lifetime -------------------------------------------------------------------
@@ -314,7 +226,7 @@ class Extractor:
         pieces = self._pieces(texts, stats, new_tokens, skip=failed)
         stats.pieces = len(pieces)
         if pieces:
-            prefix = self._prefix(min(_common_prefix(p.ids, self.prefix_ids) for p in pieces))
+            prefix = self._prefix(min(common_prefix(p.ids, self.prefix_ids) for p in pieces))
             # Longest work first: prompt plus new-token budget (which decides how many decode
             # steps a text holds a row). A text with a short prompt but a long answer admitted
             # last would decode alone at the end for hundreds of steps.
@@ -426,7 +338,7 @@ class Extractor:
             )
         )
 
-    def _decode_output(self, pc: _Piece, key: int, chooser, toks: list[int]) -> None:
+    def _decode_output(self, pc: Piece, key: int, chooser, toks: list[int]) -> None:
         """A finished piece's tag text: the grammar's own bytes when constrained, else the tokenizer's decode."""
         if self.config.constrained:
             pc.output, pc.truncated = chooser.output(key)
@@ -482,62 +394,22 @@ class Extractor:
             )
         return g
 
-    def _context_limit(self) -> int | None:
-        lim = ModelDims.from_model(self.model).max_positions
-        tml = getattr(self.tokenizer, "model_max_length", None)
-        if tml and tml < 1_000_000:
-            lim = min(lim, tml) if lim else tml
-        return lim
-
     def _max_text_tokens(self) -> int:
-        cfg = self.config
-        limit = cfg.max_chunk_tokens
-        ctx = self._context_limit()
-        if ctx:
-            suffix = len(self.tokenizer(self.suffix_text, add_special_tokens=False)["input_ids"])
-            room = ctx - len(self.prefix_ids) - suffix - cfg.new_tokens_overhead - 2
-            fit = int(room / (1 + cfg.new_tokens_factor))
-            if fit < 8:
-                raise KnerError(
-                    f"the model's context ({ctx} tokens) leaves no room for text after the "
-                    f"{len(self.prefix_ids)}-token instruction"
-                )
-            limit = min(limit, fit)
-        return limit
+        ctx = context_limit(self.model, self.tokenizer)
+        return max_text_tokens(self.config, ctx, self.tokenizer, len(self.prefix_ids), self.suffix_text)
 
-    def _pieces(self, texts: Sequence[str], stats: RunStats, new_tokens: Sequence[int] | None, skip=()) -> list[_Piece]:
-        cfg = self.config
-        tok = self.tokenizer
+    def _pieces(self, texts: Sequence[str], stats: RunStats, new_tokens: Sequence[int] | None, skip=()) -> list[Piece]:
         max_text = self._max_text_tokens()
-        pieces: list[_Piece] = []
-        todo = [(i, t) for i, t in enumerate(texts) if i not in skip and t.strip()]
-        stats.empty = len(texts) - len(todo) - len(skip)
-        if new_tokens is not None and len(new_tokens) != len(texts):
-            raise ValueError("new_tokens needs one budget per text")
-        counts = tok([t for _, t in todo], add_special_tokens=False)["input_ids"] if todo else []
-
-        def count(s: str) -> int:
-            return len(tok(s, add_special_tokens=False)["input_ids"])
-
-        for (i, t), ids in zip(todo, counts):
-            if len(ids) <= max_text:
-                pieces.append(_Piece(i, 0, t, text_tokens=len(ids)))
-            else:
-                stats.split_texts += 1
-                for pc in split_document(t, count, max_text):
-                    pieces.append(_Piece(i, pc.offset, pc.text, text_tokens=count(pc.text)))
-        if pieces:
-            for p in pieces:
-                p.ids = self.encoder.prompt_ids(p.text).input_ids
-                if new_tokens is not None:
-                    p.max_new = int(new_tokens[p.doc])
-                else:
-                    p.max_new = math.ceil(p.text_tokens * cfg.new_tokens_factor) + cfg.new_tokens_overhead
-                if cfg.max_new_tokens:
-                    p.max_new = min(p.max_new, cfg.max_new_tokens)
-                p.max_new = max(1, p.max_new)
-            stats.prompt_tokens = sum(len(p.ids) for p in pieces)
-        return pieces
+        return make_pieces(
+            texts,
+            stats,
+            new_tokens,
+            skip,
+            cfg=self.config,
+            tokenizer=self.tokenizer,
+            encoder=self.encoder,
+            max_text=max_text,
+        )
 
     def _prefix(self, n: int):
         from kner.inference.prefix_cache import PrefixKV  # noqa: PLC0415  lazy: torch; kner.config imports kner.inference
@@ -554,7 +426,7 @@ class Extractor:
     def _eos_ids(self) -> set[int]:
         return eos_token_ids(self.tokenizer, self.model)
 
-    def _assemble(self, texts, pieces: list[_Piece], stats: RunStats) -> list[Prediction]:
+    def _assemble(self, texts, pieces: list[Piece], stats: RunStats) -> list[Prediction]:
         preds = [Prediction([]) for _ in texts]
         for pc in pieces:
             pred = preds[pc.doc]
@@ -578,35 +450,3 @@ class Extractor:
 
 # model -> how many open extractors fused its LoRA layers: the last one to close unfuses them.
 _fused_users: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def match_adapter_dtype(model) -> int:
-    """Cast fp32 LoRA weights to the 16-bit dtype the model computes in; returns how many tensors changed.
-
-    peft keeps adapters in fp32 on a 16-bit base, so every LoRA layer casts its
-    input up and its output down: two extra kernels per linear layer per step,
-    a large share of a decode step's launch overhead. In 16-bit the adapter's
-    contribution changes by rounding only (as in a merged 16-bit model).
-    """
-    import torch  # noqa: PLC0415  lazy: torch; kner.config imports kner.inference
-
-    try:
-        target = model.get_input_embeddings().weight.dtype
-    except AttributeError:
-        return 0
-    if target not in (torch.float16, torch.bfloat16):
-        return 0
-    n = 0
-    for name, prm in model.named_parameters():
-        if "lora_" in name and prm.dtype == torch.float32:
-            prm.data = prm.data.to(target)
-            n += 1
-    return n
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i

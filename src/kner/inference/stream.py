@@ -30,7 +30,8 @@ from kner.textio import text_problem
 
 if TYPE_CHECKING:
     from kner.inference.engine import EngineStats, Request
-    from kner.inference.extractor import Extractor, _Piece
+    from kner.inference.extractor import Extractor
+    from kner.inference.pieces import Piece
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ class JobSource(Protocol):
 @dataclass(eq=False)
 class _Open:
     job: Job
-    pieces: list[_Piece]
+    pieces: list[Piece]
     failed: dict[int, str]
     stats: RunStats
     left: int = 0
@@ -67,7 +68,7 @@ class _Stream:
 
     def __init__(self, ex: Extractor, source: JobSource, prefix_len: int):
         self.ex, self.source, self.prefix_len = ex, source, prefix_len
-        self.pieces: dict[int, _Piece] = {}  # key -> piece in flight
+        self.pieces: dict[int, Piece] = {}  # key -> piece in flight
         self.owner: dict[int, _Open] = {}
         self.texts: dict[int, str] = {}  # the chooser's view: key -> piece text
         self.next_key = 0
