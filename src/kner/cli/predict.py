@@ -45,7 +45,7 @@ def read_inputs(path: Path, fmt: str = "auto"):
 
     res = read_dataset(fmt, path)
     note = None
-    skipped = getattr(res, "skipped", None)
+    skipped = res.skipped
     if res.problems or skipped:
         note = (
             f"{path}: the {fmt} reader reported {len(res.problems)} problem(s)"

@@ -24,7 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from kner.errors import KnerError
+from kner.textio import read_text
 
 # What snapshot_download skips unless pickles are allowed (also TF/Flax/ONNX copies kner never reads).
 PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.pkl", "*.ckpt")
@@ -137,8 +140,6 @@ class Scores:
 
 
 def run_config(run_dir: Path) -> dict[str, Any]:
-    import yaml  # noqa: PLC0415  lazy: only for a `kner run` folder
-
     p = run_dir / "config.yaml"
     if not p.is_file():
         return {}
@@ -163,8 +164,6 @@ def find_scores_file(model_dir: Path) -> Path | None:
 def read_scores(path: str | Path, system: str | None = None, run: dict | None = None) -> Scores:
     """Scores from a ``metrics.json`` (`kner evaluate`) or a ``report.json`` (`kner run`, `kner compare`:
     ``system``, else the run's predict.name, else its only system other than spacy)."""
-    from kner.textio import read_text  # noqa: PLC0415  lazy: keeps this module import-light
-
     path = Path(path)
     try:
         data = json.loads(read_text(path))
