@@ -74,8 +74,13 @@ def import_kner():
             "kner.model.prompt": "kner.prompt",
             "kner.data.example": "kner.example",
             "kner.data.schemes": "kner.schemes",
+            "kner.inference.loader": "kner.inference.extractor",  # match_adapter_dtype
         }.items():
-            sys.modules.setdefault(new.rsplit(".", 1)[0], types.ModuleType(new.rsplit(".", 1)[0]))
+            parent = new.rsplit(".", 1)[0]
+            try:
+                importlib.import_module(parent)  # a real package in both trees (kner.inference)
+            except ImportError:
+                sys.modules.setdefault(parent, types.ModuleType(parent))  # kner.model, kner.data: not in 17a3897
             sys.modules[new] = importlib.import_module(old)
     return kner
 
@@ -114,6 +119,7 @@ def build_extractor(args):
 
 
 def serve(args) -> None:
+    import_kner()  # this checkout's src when PYTHONPATH has none
     from kner.serve import BackgroundServer, ServeSettings, create_app
 
     ext, info = build_extractor(args)

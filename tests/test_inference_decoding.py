@@ -389,3 +389,27 @@ def test_paged_engine_rows_joining_leaving_and_evicted(tok):
         assert engine.cache_ref() is None  # the pool is freed on return, without waiting for gc
         preempted += st.preemptions
     assert preempted > 0  # the small pool forced evictions, and the redone rows still match
+
+
+def test_usable_memory_honours_the_cap_for_a_device_without_an_index(monkeypatch):
+    """``device="cuda"`` (no index) must still read the per-process cap: torch refuses such a device."""
+    from kner.inference.memory import usable_memory
+
+    gib = 1 << 30
+
+    def fraction(dev):
+        if torch.device(dev).index is None:
+            raise ValueError("Expected a torch.device with a specified index")
+        return 15 / 140
+
+    for name, fn in {
+        "is_available": lambda: True,
+        "current_device": lambda: 0,
+        "mem_get_info": lambda dev: (130 * gib, 140 * gib),
+        "memory_allocated": lambda dev: 4 * gib,
+        "memory_reserved": lambda dev: 4 * gib,
+        "get_per_process_memory_fraction": fraction,
+    }.items():
+        monkeypatch.setattr(torch.cuda, name, fn)
+    assert usable_memory("cuda") == 11 * gib
+    assert usable_memory(torch.device("cuda", 0), cap_bytes=8 * gib) == 4 * gib

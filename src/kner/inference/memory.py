@@ -69,6 +69,8 @@ def usable_memory(device, cap_bytes: int | None = None) -> int | None:
     if device is None or torch.device(device).type != "cuda" or not torch.cuda.is_available():
         return None
     dev = torch.device(device)
+    if dev.index is None:  # "cuda": get_per_process_memory_fraction refuses a device without an index
+        dev = torch.device("cuda", torch.cuda.current_device())
     free, total = torch.cuda.mem_get_info(dev)
     allocated = torch.cuda.memory_allocated(dev)
     reserved = torch.cuda.memory_reserved(dev)
