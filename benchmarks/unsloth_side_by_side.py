@@ -29,7 +29,22 @@ bf16 TFLOP/s.
         --tokenizer .device/infer/tokenizer --site /tmp/sbs --out $OUT/unsloth_side_by_side.json
     python benchmarks/unsloth_side_by_side.py --tiny --n 48 --out /tmp/sbs.json   # CPU smoke test
 
-``--site``: a folder with Unsloth, unsloth_zoo, TRL and their dependencies, appended to
+The wheels (``.whl/sbs``, 30 MB; the device has torch, transformers, peft, accelerate, pyarrow, triton)::
+
+    pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
+        --abi cp312 --abi abi3 --abi none -d .whl/sbs "unsloth_zoo==2026.10.9" "trl==1.15.0" \
+        "datasets==4.8.5" dill multiprocess xxhash aiohttp multidict yarl propcache frozenlist aiosignal \
+        aiohappyeyeballs attrs pandas python-dateutil pytz tzdata six sentencepiece psutil protobuf torchao \
+        hf_transfer tyro docstring_parser shtab typeguard json5 nest_asyncio structlog cut_cross_entropy fsspec
+    pip download --no-deps "unsloth==2026.10.9" -d /tmp/u && unzip -q /tmp/u/unsloth-*.whl -d /tmp/u/x
+    tar -C /tmp/u/x -czf .whl/sbs/unsloth-2026.10.9-trimmed.tar.gz unsloth unsloth-2026.10.9.dist-info
+    # on the device machine: unpack both into --site
+    pip install -q --no-index --no-deps --target /tmp/sbs .whl/sbs/*.whl
+    tar -xzf .whl/sbs/unsloth-2026.10.9-trimmed.tar.gz -C /tmp/sbs
+
+(The Unsloth wheel is 28.6 MB, nearly all of it ``studio/``, a web UI it does not import for
+training.) ``--site``: a folder with Unsloth, unsloth_zoo, TRL and their dependencies, appended to
 ``sys.path`` of the TRL and Unsloth processes only (what the machine has wins; kner's process
 never sees TRL's ``datasets`` pin).
 """
