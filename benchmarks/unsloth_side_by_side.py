@@ -288,6 +288,7 @@ def side_kner(args, device, dtype, cap) -> dict:
     run = train(cfg, model=model, tokenizer=tok, train_examples=examples)
     wall = time.perf_counter() - t
     hist = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    start = next((h for h in hist if h.get("event") == "start"), {})
     hist = [h for h in hist if "event" not in h and "examples" in h]  # the optimizer steps
     timed = hist[WARMUP_STEPS:] or hist
     secs = sum(h["time_s"] for h in timed)
@@ -302,6 +303,10 @@ def side_kner(args, device, dtype, cap) -> dict:
         first_logged_loss=hist[0]["loss"] if hist else None,
         train_wall_s=round(wall, 1),
         budget=metrics.get("budget"),
+        # Where the peak is reached: kner's log keeps the running peak after each step, next to the plan.
+        planned_peak_gib=start.get("planned_peak_gib"),
+        peak_gib_after_steps=[round(h["peak_mem_gib"], 3) for h in hist[:4]],
+        micro_batches_per_step=[h["micro_batches"] for h in hist[:4]],
         examples_per_step=cfg.examples_per_step,
         **peak(device),
     )
