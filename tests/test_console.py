@@ -132,6 +132,20 @@ def test_logging_is_configured_once_plain_when_not_a_terminal(clean_root, capsys
     assert ESC not in out and out.count("\n") == 1 and out.rstrip().endswith(long) and " INFO " in out
 
 
+def test_logging_of_commands_other_than_run_goes_to_stderr(clean_root, capsys):
+    """predict, serve, train and export log to stderr (their stdout may be read by a program), at
+    their level, through the same one handler as `kner run`."""
+    import sys
+
+    configure_logging()
+    configure_logging(logging.WARNING, sys.stderr)  # what `kner predict` does: replaces run's handler
+    assert [h.get_name() for h in clean_root.handlers].count(LOG_HANDLER) == 1
+    logging.getLogger("kner.test").info("not shown at WARNING")
+    logging.getLogger("kner.test").warning("the pool was halved")
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and " WARNING " in err and err.rstrip().endswith("the pool was halved")
+
+
 def test_spacy_log_lines_print_once(clean_root, capfd):
     import spacy.util
 

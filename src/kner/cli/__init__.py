@@ -14,6 +14,7 @@ import os
 import sys
 
 import typer
+from rich.console import Console
 from rich.logging import RichHandler
 
 from kner.errors import KnerError
@@ -64,18 +65,21 @@ def _no_color_for_libraries() -> None:
 LOG_HANDLER = "kner"
 
 
-def configure_logging(level: int = logging.INFO) -> logging.Handler:
-    """The one handler on the root logger, writing to stdout: rich's on a terminal, else plain
-    one-line records (no colour codes, no wrapping at 80 columns). Calling it again replaces this
-    handler instead of adding a second one, so no record prints twice."""
+def configure_logging(level: int = logging.INFO, stream=None) -> logging.Handler:
+    """The one handler on the root logger, for every command: rich's on a terminal, else plain
+    one-line records (no colour codes, no wrapping at 80 columns). ``stream``: stdout for ``kner run``
+    (its whole output is a log, kept with ``> log.txt``), stderr for the commands whose stdout may be
+    read by a program. Calling it again replaces this handler instead of adding a second one, so no
+    record prints twice."""
+    stream = stream if stream is not None else sys.stdout
     root = logging.getLogger()
     for h in [h for h in root.handlers if h.get_name() == LOG_HANDLER]:
         root.removeHandler(h)
-    if color_allowed():
-        handler: logging.Handler = RichHandler(show_path=False)
+    if color_allowed(stream):
+        handler: logging.Handler = RichHandler(show_path=False, console=Console(file=stream))
         handler.setFormatter(logging.Formatter("%(message)s"))
     else:
-        handler = logging.StreamHandler(sys.stdout)
+        handler = logging.StreamHandler(stream)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%Y-%m-%d %H:%M:%S"))
     handler.set_name(LOG_HANDLER)
     root.addHandler(handler)

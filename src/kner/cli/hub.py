@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import typer
 
-from kner.cli import app
+from kner.cli import app, configure_logging
 from kner.errors import ConfigError, DataError
 from kner.textio import reads_text
 
@@ -79,7 +80,7 @@ def export(
 ) -> None:
     """Merge a LoRA adapter into 16-bit weights (--merge OUT -o DIR), or write a Hub folder
     (--hub DIR MODEL: the adapter; --hub DIR --merge MODEL: merged weights) with a model card."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    configure_logging(logging.WARNING, sys.stderr)
     if hub is None:
         if model is not None or output is None or merge is None:
             raise ConfigError("kner export needs --merge OUT -o DIR, or --hub DIR MODEL (or --hub DIR --merge MODEL)")

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from kner.cli import app
+from kner.cli import app, configure_logging
 from kner.errors import ConfigError, DataError
 from kner.model.shape import parse_gib
 from kner.textio import ENCODING_HELP, check_output, reads_text
@@ -255,7 +256,7 @@ def predict(
     from kner.data.example import write_jsonl
     from kner.inference import Extractor
 
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    configure_logging(logging.WARNING, sys.stderr)
     check_output(output)  # before any GPU work: a bad -o must not cost a whole run
     examples, note, where = read_inputs(input, fmt)
     if note:

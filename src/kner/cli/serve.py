@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from pathlib import Path
 
 import typer
 
-from kner.cli import app
+from kner.cli import app, configure_logging
 from kner.errors import ConfigError, KnerError
 from kner.model.shape import parse_gib
 
@@ -72,7 +73,7 @@ def serve(
     if problem is not None:
         raise ConfigError(problem)
     memory = parse_gib(max_memory)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    configure_logging(logging.WARNING, sys.stderr)
     typer.echo(f"loading {model} ...", err=True)
     ext = Extractor.load(
         model,

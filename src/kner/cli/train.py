@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import typer
 
-from kner.cli import app
+from kner.cli import app, configure_logging
 
 
 @app.command()
@@ -47,7 +48,7 @@ def train(
     from kner.training.config import TrainConfig
     from kner.training.recipe import train as run
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    configure_logging(logging.INFO, sys.stderr)
     cfg = TrainConfig.load(
         config,
         train=_s(train_file),
