@@ -338,13 +338,7 @@ def side_unsloth(args, device, dtype, cap) -> dict:
     examples, toks = tokenized(args, tok)
     first = loss_check(model, toks, device, dtype)
     clock = StepClock(device)
-    trainer = SFTTrainer(
-        model=model,
-        processing_class=tok,
-        train_dataset=hf_dataset(toks),
-        args=sft_args(args, Path(args.work) / f"unsloth_{args.mode}", dtype, device.type == "cuda"),
-        callbacks=[clock.callback()],
-    )
+    trainer = sft_trainer(SFTTrainer, args, model, tok, toks, device, dtype, clock)
     return _train_sft(trainer, clock, toks, device, first)
 
 
@@ -374,16 +368,8 @@ def side_trl(args, device, dtype, cap) -> dict:
     )
     examples, toks = tokenized(args, tok)
     clock = StepClock(device)
-    trainer = SFTTrainer(
-        model=model,
-        processing_class=tok,
-        train_dataset=hf_dataset(toks),
-        args=sft_args(args, Path(args.work) / f"trl_{args.mode}", dtype, device.type == "cuda"),
-        peft_config=LoraConfig(
-            r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM"
-        ),
-        callbacks=[clock.callback()],
-    )
+    lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
+    trainer = sft_trainer(SFTTrainer, args, model, tok, toks, device, dtype, clock, peft_config=lora)
     # peft leaves these LoRA weights in bf16 whatever `dtype` says, and fp16 loss scaling then fails
     # ("_amp_foreach_non_finite_check_and_unscale_cuda" not implemented for 'BFloat16'); LLaMA-Factory
     # upcasts trainable parameters to fp32 for the same reason, and so do kner and Unsloth.
@@ -392,6 +378,18 @@ def side_trl(args, device, dtype, cap) -> dict:
             prm.data = prm.data.float()
     first = loss_check(trainer.model, toks, device, dtype)
     return _train_sft(trainer, clock, toks, device, first)
+
+
+def sft_trainer(cls, args, model, tok, toks, device, dtype, clock: StepClock, **extra):
+    """TRL's (or Unsloth's patched) ``SFTTrainer`` on the shared tokens, timed by ``clock``."""
+    return cls(
+        model=model,
+        processing_class=tok,
+        train_dataset=hf_dataset(toks),
+        args=sft_args(args, Path(args.work) / f"{args.side}_{args.mode}", dtype, device.type == "cuda"),
+        callbacks=[clock.callback()],
+        **extra,
+    )
 
 
 def _train_sft(trainer, clock: StepClock, toks, device, first: float) -> dict:
