@@ -370,7 +370,8 @@ def side_trl(args, device, dtype, cap) -> dict:
     clock = StepClock(device)
     lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
     trainer = sft_trainer(SFTTrainer, args, model, tok, toks, device, dtype, clock, peft_config=lora)
-    # peft leaves these LoRA weights in bf16 whatever `dtype` says, and fp16 loss scaling then fails
+    # These LoRA weights come out in bf16 whatever `dtype` says (peft or TRL's preparation: not traced),
+    # and fp16 loss scaling then fails
     # ("_amp_foreach_non_finite_check_and_unscale_cuda" not implemented for 'BFloat16'); LLaMA-Factory
     # upcasts trainable parameters to fp32 for the same reason, and so do kner and Unsloth.
     for prm in trainer.model.parameters():
