@@ -373,7 +373,7 @@ def side_trl(args, device, dtype, cap) -> dict:
     # These LoRA weights come out in bf16 whatever `dtype` says (peft or TRL's preparation: not traced),
     # and fp16 loss scaling then fails
     # ("_amp_foreach_non_finite_check_and_unscale_cuda" not implemented for 'BFloat16'); LLaMA-Factory
-    # upcasts trainable parameters to fp32 for the same reason, and so do kner and Unsloth.
+    # upcasts trainable parameters to fp32 for the same reason, and so does kner (training/setup.py).
     for prm in trainer.model.parameters():
         if prm.requires_grad:
             prm.data = prm.data.float()
