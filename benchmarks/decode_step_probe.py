@@ -141,6 +141,9 @@ def probe(args) -> dict:
     for rows in args.rows:
         inp = decode_inputs(prefix.length, rows, args.own_tokens, device)
         cache = _make_cache(prefix, rows * (args.own_tokens + 1))
+        for layer in cache.layers:  # the pool is uninitialised (new_empty); the engine's prefill fills it
+            layer.kpool.normal_()
+            layer.vpool.normal_()
         rec: dict = {}
         with torch.no_grad(), shared_prefix_attention_active(model, cache):
             step = forward_fn(model, cache, inp)
