@@ -71,7 +71,12 @@ def prepare(args) -> None:
 
 def build(args, tok, device, dtype):
     import torch
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig
+
+    try:  # kner's wrapper: quiet about peft's own deprecation warnings on the newest transformers
+        from kner.model.compat import get_peft_model
+    except ImportError:  # an older kner tree (serve_bench.py measures commit 17a3897 too)
+        from peft import get_peft_model
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from kner.model.loading import quantize_4bit_inplace, tiny_config
