@@ -504,18 +504,18 @@ def drive(args) -> None:
             cmd = [sys.executable, str(HERE), "_side", side, mode, str(out), str(params), *_common(args)]
             t = time.perf_counter()
             try:
-                proc = subprocess.run(cmd, timeout=left, capture_output=True, text=True)
-                err = proc.stderr
+                # One stream: libraries print their banners and warnings on either.
+                proc = subprocess.run(cmd, timeout=left, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                err = proc.stdout
             except subprocess.TimeoutExpired as e:
-                proc, err = (
-                    None,
-                    (e.stderr or b"").decode("utf-8", "replace") if isinstance(e.stderr, bytes) else (e.stderr or ""),
-                )
+                proc, err = None, _text(e.stdout)
             rec = json.loads(out.read_text()) if out.is_file() else {}
             rec.update(ok=out.is_file(), process_s=round(time.perf_counter() - t, 1))
             if not out.is_file():
                 rec["error"] = "timed out" if proc is None else f"exit {proc.returncode}"
                 rec["stderr_tail"] = err[-4000:]
+            else:  # what the library says it runs with (Unsloth's banner: xformers, flash attention, ...)
+                rec["banner"] = [ln.strip()[:200] for ln in err.splitlines() if "unsloth" in ln.lower()][:12]
             results["runs"][key] = rec
             log(f"{key}: " + json.dumps({k: v for k, v in rec.items() if k != "stderr_tail"})[:900])
             if not rec["ok"]:
@@ -523,6 +523,10 @@ def drive(args) -> None:
             save()
     save()
     log("summary: " + json.dumps(results["summary"]))
+
+
+def _text(b) -> str:
+    return b.decode("utf-8", "replace") if isinstance(b, bytes) else (b or "")
 
 
 def summary(runs: dict) -> dict:
