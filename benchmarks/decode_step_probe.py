@@ -52,7 +52,6 @@ def fused_rmsnorm(model):
     """transformers' Llama RMSNorm: fp32 variance, normalise, cast back, times the weight."""
     import types
 
-    import torch
     import torch.nn.functional as F
 
     def forward(self, x):
@@ -69,7 +68,6 @@ def fused_rmsnorm(model):
         for m, _ in mods:
             m.__dict__.pop("forward", None)
             del m._kner_eps
-        torch.cuda.synchronize() if torch.cuda.is_available() else None
 
 
 def decode_inputs(prefix_len: int, rows: int, own: int, device):
