@@ -419,6 +419,10 @@ def run_side(args) -> None:
     if args.side != "kner" and args.site:
         sys.path.append(args.site)  # after the machine's own packages: only what it lacks comes from here
     sys.path.insert(0, str(ROOT / "src"))
+    if args.side == "kner":  # what the kner command line does before torch touches CUDA
+        from kner.model.oom import prefer_expandable_segments
+
+        prefer_expandable_segments()
     device, dtype, cap = emulate(args.mode)
     import torch
 

@@ -49,3 +49,54 @@ def test_bitsandbytes_kernels_hint_is_dropped_only_without_cuda(monkeypatch, cap
         monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
         log.warning(hint)
     assert [r.getMessage()[:14] for r in caplog.records] == ["something else", "Failed to load"]
+
+
+def test_plain_rmsnorms_are_exactly_llamas():
+    """The classes lean_rmsnorms switches must compute Llama's formula: a release that changes one fails here."""
+    import importlib
+
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    ref = inspect.getsource(LlamaRMSNorm.forward)
+    found = 0
+    for name in compat.PLAIN_RMSNORMS:
+        arch = name[: -len("RMSNorm")].lower()
+        try:
+            mod = importlib.import_module(f"transformers.models.{arch}.modeling_{arch}")
+        except ImportError:
+            continue
+        cls = getattr(mod, name, None)
+        if cls is None:
+            continue
+        found += 1
+        assert inspect.getsource(cls.forward) == ref, name
+    assert found >= 5
+
+
+def _rms_layer_out(model, x):
+    layer = compat.decoder_layers(model)[0]
+    pos = torch.arange(x.shape[1])[None]
+    rot = model.model.rotary_emb(x, pos)
+    out = layer(x, attention_mask=None, position_ids=pos, position_embeddings=rot)
+    return out[0] if isinstance(out, tuple) else out
+
+
+def test_lean_rmsnorms_give_the_same_values_and_gradients():
+    torch.manual_seed(0)
+    model = build_model_from_config(tiny_config("llama", vocab_size=64, hidden=64, layers=1, heads=4, kv_heads=2))
+    for m in model.modules():  # non-trivial weights, fp32 (as prepare_model_for_kbit_training leaves them)
+        if type(m).__name__ == "LlamaRMSNorm":
+            m.weight.data.uniform_(0.5, 1.5)
+    x = torch.randn(2, 7, 64, requires_grad=True)
+    ref = _rms_layer_out(model, x)
+    (g_ref,) = torch.autograd.grad(ref.square().sum(), x)
+    assert compat.lean_rmsnorms(model) == 3  # two in the layer, the final one
+    out = _rms_layer_out(model, x)
+    (g,) = torch.autograd.grad(out.square().sum(), x)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-4)
+    # In half precision the output stays half (transformers' returns fp32 with an fp32 weight).
+    norm = model.model.norm
+    assert norm(torch.randn(3, 64, dtype=torch.bfloat16)).dtype == torch.bfloat16
+    gemma = build_model_from_config(tiny_config("gemma", vocab_size=64, hidden=64, layers=1, heads=4, kv_heads=2))
+    assert compat.lean_rmsnorms(gemma) == 0  # (1 + weight): not Llama's formula, left alone

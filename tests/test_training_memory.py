@@ -146,3 +146,51 @@ def test_the_token_budget_is_decided_in_one_place():
     assert token_budget(TrainConfig(batch_tokens=3000), plan, 700, on_gpu=True, checkpoint_budget=2048) == 3000
     with pytest.raises(ConfigError, match=r"batch_tokens=600 is smaller than the longest example \(700 tokens"):
         token_budget(TrainConfig(batch_tokens=600), None, 700, on_gpu=True)
+
+
+def test_offloaded_layer_inputs_leave_the_device_estimate(llama7b):
+    kept = estimate(llama7b, 2048, offload_activations=False).components["activations"]
+    off = estimate(llama7b, 2048, offload_activations=True).components["activations"]
+    assert kept - off == 2048 * llama7b.layers * llama7b.hidden * 2  # fp16 layer inputs, 32 layers
+    assert estimate(llama7b, 2048, offload_activations=True, on_gpu=False).components["activations"] == kept
+
+
+def _saved_bytes_per_token_and_unit(dropout: float, lean: bool) -> float:
+    """What one LoRA'd decoder layer keeps for its backward (the recompute under checkpointing)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from kner.model import compat
+    from kner.model.loading import build_model_from_config, tiny_config
+
+    torch.manual_seed(0)
+    d, tokens = 128, 64
+    model = build_model_from_config(tiny_config("llama", vocab_size=64, hidden=d, layers=1, heads=4, kv_heads=4))
+    model.requires_grad_(False)
+    lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=dropout, target_modules="all-linear", task_type="CAUSAL_LM")
+    model = get_peft_model(model, lora).train()
+    if lean:
+        compat.lean_rmsnorms(model)
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in params:
+            seen[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    base = model.get_base_model().model
+    x = torch.randn(1, tokens, d, requires_grad=True)
+    pos = torch.arange(tokens)[None]
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        base.layers[0](x, attention_mask=None, position_ids=pos, position_embeddings=base.rotary_emb(x, pos))
+    return sum(seen.values()) / tokens / d
+
+
+def test_lora_dropout_keeps_a_copy_of_every_lora_input():
+    """Why lora_dropout defaults to 0: dropout keeps a masked copy of every projection's input."""
+    assert TrainConfig().lora_dropout == 0.0
+    with_dropout = _saved_bytes_per_token_and_unit(0.05, lean=False)
+    without = _saved_bytes_per_token_and_unit(0.0, lean=False)
+    assert with_dropout > 1.4 * without

@@ -88,6 +88,9 @@ def configure_logging(level: int = logging.INFO, stream=None) -> logging.Handler
 
 
 def main() -> None:
+    from kner.model.oom import prefer_expandable_segments
+
+    prefer_expandable_segments()  # before any command imports torch
     _no_color_for_libraries()
     _register()
     try:

@@ -249,10 +249,6 @@ def predict(
     A text no model can take (e.g. a lone surrogate in JSONL) is reported with its input line and
     written with no entities and ``meta.error``; the others are predicted, and the exit status is 1.
     """
-    import os
-
-    # Before torch touches CUDA: the K/V pool and per-step buffers fragment the default allocator.
-    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     from kner.data.example import write_jsonl
     from kner.inference import Extractor
 

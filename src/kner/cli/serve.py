@@ -46,8 +46,6 @@ def serve(
     log_level: str = typer.Option("info", help="uvicorn log level: critical, error, warning, info, debug."),
 ) -> None:
     """Serve entity extraction over HTTP: POST /extract, GET /health, and a demo page at /."""
-    import os
-
     try:
         import fastapi  # noqa: F401
         import uvicorn
@@ -55,7 +53,6 @@ def serve(
         raise KnerError(
             f'kner serve needs FastAPI and uvicorn ({err.name} is missing): pip install "kner[serve]"'
         ) from None
-    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     from kner.inference import Extractor
     from kner.serve import ServeSettings, create_app, port_problem
 

@@ -101,6 +101,9 @@ def plan(
     dtype: str = typer.Option("fp16", help="Compute dtype: fp16 (T4/V100) or bf16 (2 bytes), fp32 (4)."),
     optimizer: str = typer.Option("paged_adamw_8bit"),
     row_tokens: int = typer.Option(2560, help="packed: longest row, as kner train's row_tokens (0: the budget)."),
+    offload: bool = typer.Option(
+        True, "--offload/--no-offload", help="Layer inputs in host memory, as kner train's offload_activations."
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
 ):
     """Predict peak GPU memory from the model's config and choose the micro-batch token budget."""
@@ -128,6 +131,7 @@ def plan(
         optimizer=optimizer,
         layout=layout,
         row_tokens=max(row_tokens, seq_len) if row_tokens else None,
+        offload_activations=offload,
     )
     typer.echo(json.dumps(p.to_dict(), indent=2) if json_out else format_plan(p))
 

@@ -145,13 +145,54 @@ def decoder_layers(model) -> list:
     return [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
 
 
-def enable_checkpointing(model, **checkpoint_kwargs) -> None:
-    """Turn on checkpointing of the decoder layers; ``checkpoint_kwargs`` go to ``torch.utils.checkpoint``."""
+def enable_checkpointing(model, offload: bool = False, **checkpoint_kwargs) -> None:
+    """Turn on checkpointing of the decoder layers; ``checkpoint_kwargs`` go to ``torch.utils.checkpoint``.
+
+    ``offload``: the layer inputs kept for the recompute live in pinned host memory (transformers'
+    own option, ``torch.autograd.graph.save_on_cpu`` around each layer's checkpoint): one
+    ``layers x tokens x hidden`` copy out in the forward and back in the backward, for that much less
+    device memory (LLaMA-2-7B: 0.25 MiB a token)."""
     new = getattr(model, "activation_checkpointing_enable", None)
     if new is not None:
-        new(activation_checkpointing_kwargs=checkpoint_kwargs)
+        new(activation_checkpointing_kwargs=checkpoint_kwargs, offload=offload)
     else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpoint_kwargs)
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpoint_kwargs, offload=offload)
+
+
+# RMSNorm classes whose forward is exactly Llama's: ``weight * (x32 * rsqrt(mean(x32^2) + eps)).to(dtype)``
+# (tests/test_compat.py checks each one's source against LlamaRMSNorm's, so a release that changes one
+# fails there). Gemma's ``(1 + weight)`` form is not among them and keeps its own forward.
+PLAIN_RMSNORMS = ("LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm", "Exaone4RMSNorm", "Phi3RMSNorm")
+
+
+def _lean_rmsnorm_forward(self, hidden_states):
+    import torch
+    import torch.nn.functional as F
+
+    # Autocast off: it would run the norm in fp32 and hand the next layers fp32 again.
+    with torch.autocast(hidden_states.device.type, enabled=False):
+        y = F.rms_norm(hidden_states, (hidden_states.shape[-1],), None, self.variance_epsilon)
+        return y * self.weight.to(y.dtype)
+
+
+def lean_rmsnorms(model) -> int:
+    """Training: every plain RMSNorm computed by ``torch.nn.functional.rms_norm`` in the input's dtype.
+
+    The same values up to rounding (the fused op also reduces in fp32; where the weight is exactly an
+    fp16/bf16 number, as in fp16 and bf16 checkpoints, the final product rounds the same), but
+    transformers' version keeps an fp32 copy of its input for the backward, returns fp32 (the weight is
+    fp32 after ``prepare_model_for_kbit_training``), and autocast then casts that output once for every
+    projection reading it. On CUDA ``rms_norm`` is one fused kernel that keeps only its half-precision
+    input and one fp32 number a token. Returns the number of norms switched.
+    """
+    import types
+
+    n = 0
+    for m in model.modules():
+        if type(m).__name__ in PLAIN_RMSNORMS and hasattr(m, "variance_epsilon"):
+            m.forward = types.MethodType(_lean_rmsnorm_forward, m)
+            n += 1
+    return n
 
 
 # ---------------------------------------------------------------------------

@@ -15,8 +15,9 @@ Terms (all in bytes):
 * ``optimizer``: AdamW states (8-bit: 2 bytes a parameter, fp32: 8). The paged
   8-bit optimizer keeps them in CUDA unified memory, outside PyTorch's allocator:
   counted in the device total, not in the allocator's peak.
-* ``activations``: per computed token, the checkpointed input of every layer,
-  plus one layer's recomputed activations and their gradients during backward.
+* ``activations``: per computed token, the checkpointed input of every layer
+  (none when offloaded to host memory), plus one layer's recomputed activations
+  and their gradients during backward.
 * ``attention``: the packed layout's block mask (tokens x row length).
 * ``logits``: only answer positions reach the LM head (fp16 logits, fp32 copy,
   fp32 gradient).
@@ -73,6 +74,7 @@ def estimate(
     answer_fraction: float = 0.2,
     double_quant: bool = True,
     gradient_checkpointing: bool = True,
+    offload_activations: bool = False,
     on_gpu: bool = True,
     row_tokens: int | None = None,
 ) -> Estimate:
@@ -100,7 +102,8 @@ def estimate(
 
     per_layer = ACT_PER_HIDDEN * d + ACT_PER_INTER * I
     if gradient_checkpointing:
-        act = tokens * (L * d * compute_bytes + per_layer)
+        kept = 0 if offload_activations and on_gpu else L * d * compute_bytes  # offloaded: in host memory
+        act = tokens * (kept + per_layer)
     else:
         act = tokens * L * per_layer
     c["activations"] = int(act)

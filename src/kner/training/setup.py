@@ -108,7 +108,10 @@ def _adopt_model(model, tokenizer, cfg: TrainConfig, out: Path, dtype) -> Path |
 
 def prepare_for_training(model, cfg: TrainConfig, dtype):
     """Freeze, gradient checkpointing, LoRA (or everything trainable for ``full``)."""
-    ckpt_kwargs = {"use_reentrant": False}  # torch.autograd.grad needs non-reentrant checkpoints
+    ckpt_kwargs: dict = {"use_reentrant": False}  # torch.autograd.grad needs non-reentrant checkpoints
+    if cfg.offload_activations and next(model.parameters()).device.type == "cuda":
+        ckpt_kwargs["offload"] = True  # host memory only means something next to a GPU
+    compat.lean_rmsnorms(model)
     if cfg.method == "full":
         model.float()  # fp32 master weights; compute runs under autocast
         for p in model.parameters():
@@ -193,6 +196,7 @@ def memory_plan(
             answer_fraction=answer_fraction,
             double_quant=cfg.double_quant,
             gradient_checkpointing=cfg.gradient_checkpointing,
+            offload_activations=cfg.offload_activations,
             on_gpu=on_gpu,
             row_tokens=row_tokens(cfg, longest),
         )
