@@ -413,3 +413,52 @@ def test_usable_memory_honours_the_cap_for_a_device_without_an_index(monkeypatch
         monkeypatch.setattr(torch.cuda, name, fn)
     assert usable_memory("cuda") == 11 * gib
     assert usable_memory(torch.device("cuda", 0), cap_bytes=8 * gib) == 4 * gib
+
+
+def test_bucketed_static_decode_steps_give_the_same_tokens(tok, monkeypatch):
+    """What a CUDA graph replays, on the CPU: each decode step padded to its (rows, keys) bucket, padded
+    rows writing to the spare block, admission counting padded sizes. Only the capture itself is left out
+    (replaced by an eager forward over the same static inputs), so the tokens must equal eager decoding's,
+    also with evictions (a small pool) and a transient bound that the padding makes bind sooner."""
+    from kner.inference import engine as eng
+
+    captured: list[tuple[int, int]] = []
+    padded = []
+
+    def replay_eagerly(self, st, inputs):
+        captured.append(inputs["gather"].shape)
+        padded.append(int((inputs["lens"] == 1).sum()))  # a real row holds at least its prompt and a token
+        return self.engine._decode_logits(st, self.engine._device_inputs(inputs))
+
+    monkeypatch.setattr(eng._DecodeGraphs, "logits", replay_eagerly)
+    torch.manual_seed(2)
+    model = build_model_from_config(
+        tiny_config("llama", vocab_size=len(tok), hidden=32, intermediate=64, layers=1, heads=2, kv_heads=2)
+    ).eval()
+    enc = PromptEncoder(tok, PromptFormat(), load_scheme("spacy19"))
+    texts = TEXTS + ["나쓰메 소세키(1867~1916)의 대표작", "세종대왕", "부산 해운대에서 열린 국제영화제"] * 2
+    budgets = [14, 5, 11, 18, 8, 15, 6, 9, 3, 12]
+    full = [enc.prompt_ids(t).input_ids for t in texts]
+    p = len(enc.prefix_ids)
+    prefix = PrefixKV.encode(model, enc.prefix_ids)
+    args = ([f[p:] for f in full], budgets, tok.eos_token_id, tok.pad_token_id, len(tok))
+    longest = max(len(f) - p + b for f, b in zip(full, budgets))
+    for opts in [{}, {"pool_tokens": longest + 40}, {"transient_tokens": 3 * 64}]:
+        ref, _, _ = engine_tokens(model, prefix, *args, cuda_graphs=False, **opts)
+        captured.clear()
+        padded.clear()
+        got, st, engine = engine_tokens(model, prefix, *args, cuda_graphs=True, **opts)
+        assert got == ref, opts
+        assert captured and all(r == eng.rows_bucket(r) and k % 64 == 0 for r, k in captured)
+        if not opts:
+            assert any(padded)  # steps with padded rows happened
+        if "transient_tokens" in opts:
+            assert all(r * k <= 3 * 64 for r, k in captured)
+        assert engine.cache_ref() is None
+
+
+def test_decode_buckets():
+    from kner.inference.engine import keys_bucket, rows_bucket
+
+    assert [rows_bucket(n) for n in (1, 2, 3, 5, 8, 9, 16, 17, 100)] == [1, 2, 4, 8, 8, 16, 16, 32, 112]
+    assert [keys_bucket(n) for n in (1, 64, 65, 130)] == [64, 64, 128, 192]

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import functools
 import math
+import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Collection, Sequence
@@ -66,6 +67,9 @@ class EngineStats:
     row_steps: int = 0  # sum over decode steps of rows in the batch
     pool_tokens: int = 0
     dropped: int = 0  # requests given up by the feed before they finished
+    graph_steps: int = 0  # decode steps replayed from a CUDA graph
+    graphs: int = 0  # CUDA graphs captured (one per (rows, keys) bucket met)
+    capture_seconds: float = 0.0  # first steps of buckets: eager warm-up and capture
 
 
 @dataclass(eq=False)
@@ -136,6 +140,7 @@ class EngineState:
     active: list[_Row] = field(default_factory=list)
     admitted: int = 0
     hold: bool = False  # after an eviction, admit nothing until a row finishes
+    graphs: Any = None  # the run's _DecodeGraphs, or None for eager decode steps
 
 
 def _make_cache(prefix: PrefixKV, pool_tokens: int):
@@ -228,6 +233,7 @@ class PagedEngine:
         ignore_eos: bool = False,
         logits_hook: Callable | None = None,
         min_admit: int | None = None,
+        cuda_graphs: bool | None = None,
     ):
         self.model = model
         self.prefix = prefix
@@ -242,6 +248,8 @@ class PagedEngine:
         self.logits_hook = logits_hook
         self.min_admit = min_admit  # None: a fifth of the rows decoding at the time
         self.device = model.get_input_embeddings().weight.device
+        # None: on wherever the model is on a CUDA device (see _DecodeGraphs; False is the eager reference).
+        self.cuda_graphs = self.device.type == "cuda" if cuda_graphs is None else cuda_graphs
 
     @torch.inference_mode()
     def run(
@@ -259,14 +267,17 @@ class PagedEngine:
         if stats is None:
             stats = EngineStats()
         stats.pool_tokens = self.n_blocks * self.block
+        graphs = _DecodeGraphs(self, self.n_blocks * self.block) if self.cuda_graphs else None
         st = EngineState(
             cache=cache,
             cache_arg=compat.cache_kwargs(self.model, cache),
             chooser=chooser,
             on_done=on_done,
             waiting=deque(requests),
-            free=list(range(self.n_blocks - 1, -1, -1)),
+            # With graphs the last block is theirs: padded rows write their K/V there (see _DecodeGraphs).
+            free=list(range(self.n_blocks - 1 - (graphs is not None), -1, -1)),
             stats=stats,
+            graphs=graphs,
         )
         try:
             with shared_prefix_attention_active(self.model, cache):
@@ -288,6 +299,8 @@ class PagedEngine:
                     self._make_room(st)
                     self._decode_step(st)
         finally:
+            if graphs is not None:
+                graphs.close()
             cache.op = cache.positions = None
             cache.free()  # the pool is most of the free memory: give it back now, not at the next gc
             self.cache_ref = weakref.ref(cache)
@@ -326,7 +339,8 @@ class PagedEngine:
                 break
             b = max(bound, len(req.ids) + req.max_new)
             rows_after = len(st.active) + len(group) + 1
-            if self.transient_tokens is not None and rows_after * b > self.transient_tokens and rows_after > 1:
+            padded = rows_after * b if st.graphs is None else rows_bucket(rows_after) * keys_bucket(b + 1)
+            if self.transient_tokens is not None and padded > self.transient_tokens and rows_after > 1:
                 break
             st.waiting.popleft()
             row = _Row(req, st.admitted)
@@ -386,24 +400,30 @@ class PagedEngine:
 
     def _decode_step(self, st: EngineState) -> None:
         """One token for every active row; finished rows retire."""
-        dev, P, rows = self.device, self.prefix.length, st.active
+        P, rows = self.prefix.length, st.active
         n = len(rows)
         lmax = max(r.length for r in rows) + 1
-        gather = np.zeros((n, lmax), dtype=np.int64)
-        write = np.empty(n, dtype=np.int64)
-        lens = np.empty(n, dtype=np.int64)
+        if st.graphs is not None and st.graphs.usable:
+            # Static shapes: rows and keys rounded up to their buckets, padded rows writing to the spare block.
+            nb, lb = rows_bucket(n), keys_bucket(lmax)
+            spare = st.graphs.spare
+        else:
+            nb, lb, spare = n, lmax, 0
+        gather = np.full((nb, lb), spare, dtype=np.int64)
+        write = np.full(nb, spare, dtype=np.int64)
+        lens = np.ones(nb, dtype=np.int64)  # a padded row sees one key (its own slot): no empty softmax
+        ids = np.full(nb, self.pad_id, dtype=np.int64)
         for i, r in enumerate(rows):
             gather[i, : r.length + 1] = r.flat[: r.length + 1]
             write[i] = r.flat[r.length]
             lens[i] = r.length + 1
-        lens_t = torch.from_numpy(lens).to(dev)
-        keys = torch.arange(lmax, device=dev)
-        mask = (keys[None, :] < lens_t[:, None])[:, None, None, :]
-        pos = (lens_t - 1 + P)[:, None]
-        inp = torch.tensor([r.pending for r in rows], dtype=torch.long).to(dev)[:, None]
-        st.cache.op = ("decode", torch.from_numpy(write).to(dev), torch.from_numpy(gather).to(dev))
-        st.cache.positions = (pos, (keys + P)[None])
-        toks = self._next_tokens(st, inp, mask, pos, rows)
+            ids[i] = r.pending
+        inputs = {"ids": ids[:, None], "write": write, "gather": gather, "lens": lens, "prefix": P}
+        if st.graphs is not None and st.graphs.usable:
+            logits = st.graphs.logits(st, inputs)
+        else:
+            logits = self._decode_logits(st, self._device_inputs(inputs))
+        toks = self._choose(st, logits[:n], rows)
         st.stats.steps += 1
         st.stats.row_steps += n
         st.stats.peak_rows = max(st.stats.peak_rows, n)
@@ -418,14 +438,38 @@ class PagedEngine:
 
     # -- helpers -------------------------------------------------------------------
     def _next_tokens(self, st: EngineState, ids, mask, pos, rows: list[_Row]) -> list[int]:
+        return self._choose(st, self._logits(st, ids, mask, pos), rows)
+
+    def _logits(self, st: EngineState, ids, mask, pos):
         out = self.model(
             input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1, **st.cache_arg
         )
-        logits = out.logits[:, -1]
-        del out
+        return out.logits[:, -1]
+
+    def _choose(self, st: EngineState, logits, rows: list[_Row]) -> list[int]:
         if self.logits_hook is not None:
             logits = self.logits_hook(logits)
         return st.chooser.choose(logits, [r.req.key for r in rows])
+
+    def _device_inputs(self, inputs: dict) -> dict:
+        """The decode step's host arrays as the device tensors the forward reads."""
+        dev = self.device
+        lens = torch.from_numpy(inputs["lens"]).to(dev)
+        keys = torch.arange(inputs["gather"].shape[1], device=dev)
+        return {
+            "ids": torch.from_numpy(inputs["ids"]).to(dev),
+            "mask": (keys[None, :] < lens[:, None])[:, None, None, :],
+            "pos": (lens - 1 + inputs["prefix"])[:, None],
+            "write": torch.from_numpy(inputs["write"]).to(dev),
+            "gather": torch.from_numpy(inputs["gather"]).to(dev),
+            "key_pos": (keys + inputs["prefix"])[None],
+        }
+
+    def _decode_logits(self, st: EngineState, t: dict):
+        """The decode forward over device inputs ``t`` (what a CUDA graph captures and replays)."""
+        st.cache.op = ("decode", t["write"], t["gather"])
+        st.cache.positions = (t["pos"], t["key_pos"])
+        return self._logits(st, t["ids"], t["mask"], t["pos"])
 
     def _take(self, st: EngineState, row: _Row, tok: int) -> bool:
         """Record a chosen token; True if the row is done."""
@@ -468,10 +512,103 @@ class PagedEngine:
     def check_fits(self, requests: Sequence[Request]) -> None:
         """KnerError if a request could never fit the pool, even alone."""
         bs = self.block
+        blocks = self.n_blocks - (1 if self.cuda_graphs else 0)  # CUDA graphs keep one for padded rows
         for r in requests:
-            if math.ceil((len(r.ids) + r.max_new) / bs) + 1 > self.n_blocks:
+            if math.ceil((len(r.ids) + r.max_new) / bs) + 1 > blocks:
                 raise KnerError(
                     f"a text of {len(r.ids)} prompt tokens with a budget of {r.max_new} new tokens does "
                     f"not fit the K/V pool ({self.n_blocks * bs} tokens); lower --max-chunk-tokens or "
                     f"--max-new-tokens, or free GPU memory"
                 )
+
+
+# -- CUDA graphs ---------------------------------------------------------------------
+
+
+def rows_bucket(n: int) -> int:
+    """Decode rows rounded up for a CUDA graph: 1, 2, 4, 8, then multiples of 16 (a few graphs, < 20 % padding)."""
+    return n if n <= 2 else 4 if n <= 4 else 8 if n <= 8 else -(-n // 16) * 16
+
+
+def keys_bucket(n: int) -> int:
+    """Own keys per row (the gathered K/V length) rounded up to a multiple of 64."""
+    return -(-n // 64) * 64
+
+
+class _DecodeGraphs:
+    """The decode forward captured once per (rows, keys) bucket and replayed.
+
+    A 7B decode step launches about 2,300 small kernels and the GPU idles between them: replaying one
+    CUDA graph instead took one engine decode forward from 127 to 31 ms at 64 rows, bit for bit the same
+    logits (``benchmarks/decode_step_probe.py``, T4 emulation). A graph fixes every shape and address,
+    so a step rounds its rows and keys up to a bucket (``rows_bucket``, ``keys_bucket``; admission
+    counts the padded size against the transient bound) and copies its inputs into the bucket's static
+    tensors. Padded rows write their K/V into one spare pool block and attend to it alone; their logits
+    are dropped. A bucket's first step runs eagerly (most buckets are met once or twice as rows come
+    and go: capturing each at once cost more than it saved); its second runs eagerly on the static
+    tensors (the warm-up capture needs) and is then captured. All graphs share one memory pool,
+    released with them at the end of the run. If a capture fails (out of memory, or a model whose
+    forward cannot be captured) the run goes on eagerly, and says so once.
+    """
+
+    def __init__(self, engine: PagedEngine, pool_tokens: int):
+        self.engine = engine
+        self.spare = pool_tokens - engine.block  # first slot of the last block, never handed to a row
+        self.graphs: dict[tuple[int, int], tuple[Any, dict]] = {}
+        self.visits: dict[tuple[int, int], int] = {}
+        self.pool = None
+        self.out: torch.Tensor | None = None  # every graph's logits land here (outside the pool: see close)
+        self.usable = True
+
+    def logits(self, st: EngineState, inputs: dict):
+        nb, lb = inputs["gather"].shape
+        entry = self.graphs.get((nb, lb))
+        if entry is not None and self.out is not None:
+            graph, static = entry
+            t = self.engine._device_inputs(inputs)
+            for k, buf in static.items():
+                buf.copy_(t[k])
+            graph.replay()
+            st.stats.graph_steps += 1
+            return self.out[:nb]
+        self.visits[(nb, lb)] = seen = self.visits.get((nb, lb), 0) + 1
+        if seen == 1:  # a bucket met once is not worth a capture (rows and keys drift through many)
+            return self.engine._decode_logits(st, self.engine._device_inputs(inputs))
+        t0 = time.perf_counter()
+        try:
+            return self._capture(st, inputs, nb, lb)
+        finally:
+            st.stats.capture_seconds += time.perf_counter() - t0
+
+    def _capture(self, st: EngineState, inputs: dict, nb: int, lb: int):
+        static = self.engine._device_inputs(inputs)
+        side = torch.cuda.Stream(self.engine.device)
+        side.wait_stream(torch.cuda.current_stream(self.engine.device))
+        with torch.cuda.stream(side):  # warm-up off the default stream, as capture asks; this step's logits
+            logits = self.engine._decode_logits(st, static).clone()
+        torch.cuda.current_stream(self.engine.device).wait_stream(side)
+        try:
+            if self.out is None:
+                self.out = logits.new_empty((max(nb, rows_bucket(self.engine.max_rows)), logits.shape[-1]))
+                self.pool = torch.cuda.graph_pool_handle()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self.pool):
+                # Copied out, so nothing made in the capture outlives it: the next capture reuses its memory.
+                self.out[:nb].copy_(self.engine._decode_logits(st, static))
+        except Exception as err:  # noqa: BLE001 -- any failure to capture means: decode eagerly instead
+            self.close()
+            self.usable = False
+            import logging  # noqa: PLC0415  only on this rare path
+
+            logging.getLogger("kner.inference").warning(
+                "CUDA graphs off for this run (capture failed: %s); decoding eagerly",
+                str(err).splitlines()[0] if str(err) else type(err).__name__,
+            )
+            return logits
+        self.graphs[(nb, lb)] = (graph, static)
+        st.stats.graphs += 1
+        return logits
+
+    def close(self) -> None:
+        self.graphs.clear()
+        self.pool = self.out = None

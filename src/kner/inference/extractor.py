@@ -335,6 +335,9 @@ class Extractor:
                 preemptions=st.preemptions,
                 row_steps=st.row_steps,
                 pool_tokens=st.pool_tokens,
+                graphs=st.graphs,
+                graph_steps=st.graph_steps,
+                capture_seconds=st.capture_seconds,
             )
         )
 

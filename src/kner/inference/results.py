@@ -38,6 +38,9 @@ class RunStats:
     preemptions: int = 0
     row_steps: int = 0  # rows summed over decode steps: new tokens per step = new_tokens / steps
     pool_tokens: int = 0
+    graphs: int = 0  # CUDA graphs captured (decode buckets met)
+    graph_steps: int = 0  # decode steps replayed from one
+    capture_seconds: float = 0.0  # spent on a bucket's first step: eager warm-up plus capture
 
     @property
     def texts_per_s(self) -> float:
@@ -96,6 +99,9 @@ class RunStats:
             "labels": dict(self.labels.most_common()),
             "preemptions": self.preemptions,
             "pool_tokens": self.pool_tokens,
+            "graphs": self.graphs,
+            "graph_steps": self.graph_steps,
+            "capture_seconds": round(self.capture_seconds, 2),
             "mean_rows_per_decode_step": (
                 round(self.row_steps / max(1, self.steps - self.batches), 1) if self.row_steps else None
             ),
