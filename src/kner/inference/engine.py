@@ -556,7 +556,7 @@ class _DecodeGraphs:
         self.spare = pool_tokens - engine.block  # first slot of the last block, never handed to a row
         self.graphs: dict[tuple[int, int], tuple[Any, dict]] = {}
         self.visits: dict[tuple[int, int], int] = {}
-        self.pool = None
+        self.pool: Any = None  # torch.cuda.graph_pool_handle()
         self.out: torch.Tensor | None = None  # every graph's logits land here (outside the pool: see close)
         self.usable = True
 
