@@ -158,7 +158,7 @@ def test_offloaded_layer_inputs_leave_the_device_estimate(llama7b):
 def _saved_bytes_per_token_and_unit(dropout: float, lean: bool) -> float:
     """What one LoRA'd decoder layer keeps for its backward (the recompute under checkpointing)."""
     import torch
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig
 
     from kner.model import compat
     from kner.model.loading import build_model_from_config, tiny_config
@@ -168,7 +168,7 @@ def _saved_bytes_per_token_and_unit(dropout: float, lean: bool) -> float:
     model = build_model_from_config(tiny_config("llama", vocab_size=64, hidden=d, layers=1, heads=4, kv_heads=4))
     model.requires_grad_(False)
     lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=dropout, target_modules="all-linear", task_type="CAUSAL_LM")
-    model = get_peft_model(model, lora).train()
+    model = compat.get_peft_model(model, lora).train()  # peft's own warns on transformers 5.24
     if lean:
         compat.lean_rmsnorms(model)
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
