@@ -25,6 +25,7 @@ from kner.errors import KnerError
 from kner.inference import Extractor
 from kner.inference.results import RunStats
 from kner.inference.shard_files import DEFAULT_FLUSH_EVERY, MANIFEST_NAME, write_json_atomic
+from kner.model.oom import prefer_expandable_segments
 from kner.textio import json_line
 
 # Called after each chunk is on disk with the shard file and the texts written so far (tests crash here).
@@ -34,7 +35,7 @@ AfterFlush = Callable[[TextIO, int], None]
 def worker_main(
     shard_dir: Path, tag: str, run_no: int, position: int, flush_every: int, after_flush: AfterFlush | None = None
 ) -> int:
-    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    prefer_expandable_segments()
     import torch  # noqa: PLC0415  lazy: after PYTORCH_CUDA_ALLOC_CONF is set
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")

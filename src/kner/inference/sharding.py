@@ -61,6 +61,7 @@ from kner.inference.shard_files import (
     shard_tag,
     write_json_atomic,
 )
+from kner.model.oom import prefer_expandable_segments
 from kner.textio import atomic_write, json_line
 
 log = logging.getLogger(__name__)
@@ -136,7 +137,7 @@ def _child_env(device: str, n_cpu_workers: int) -> dict:
     src = str(Path(__file__).resolve().parents[2])
     paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     env["PYTHONPATH"] = os.pathsep.join(paths + ([src] if src not in paths else []))
-    env.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    prefer_expandable_segments(env)
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     if device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""
