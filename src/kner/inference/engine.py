@@ -140,7 +140,7 @@ class EngineState:
     active: list[_Row] = field(default_factory=list)
     admitted: int = 0
     hold: bool = False  # after an eviction, admit nothing until a row finishes
-    graphs: Any = None  # the run's _DecodeGraphs, or None for eager decode steps
+    graphs: Any = None  # the run's _DecodeGraphs; None: eager decode steps (also after a failed capture)
 
 
 def _make_cache(prefix: PrefixKV, pool_tokens: int):
@@ -250,6 +250,8 @@ class PagedEngine:
         self.device = model.get_input_embeddings().weight.device
         # None: on wherever the model is on a CUDA device (see _DecodeGraphs; False is the eager reference).
         self.cuda_graphs = self.device.type == "cuda" if cuda_graphs is None else cuda_graphs
+        # Blocks rows may hold: with graphs the last one is kept for padded rows (see _DecodeGraphs).
+        self.row_blocks = self.n_blocks - (1 if self.cuda_graphs else 0)
 
     @torch.inference_mode()
     def run(
@@ -267,15 +269,14 @@ class PagedEngine:
         if stats is None:
             stats = EngineStats()
         stats.pool_tokens = self.n_blocks * self.block
-        graphs = _DecodeGraphs(self, self.n_blocks * self.block) if self.cuda_graphs else None
+        graphs = _DecodeGraphs(self) if self.cuda_graphs else None
         st = EngineState(
             cache=cache,
             cache_arg=compat.cache_kwargs(self.model, cache),
             chooser=chooser,
             on_done=on_done,
             waiting=deque(requests),
-            # With graphs the last block is theirs: padded rows write their K/V there (see _DecodeGraphs).
-            free=list(range(self.n_blocks - 1 - (graphs is not None), -1, -1)),
+            free=list(range(self.row_blocks - 1, -1, -1)),
             stats=stats,
             graphs=graphs,
         )
@@ -400,10 +401,10 @@ class PagedEngine:
 
     def _decode_step(self, st: EngineState) -> None:
         """One token for every active row; finished rows retire."""
-        P, rows = self.prefix.length, st.active
+        rows = st.active
         n = len(rows)
         lmax = max(r.length for r in rows) + 1
-        if st.graphs is not None and st.graphs.usable:
+        if st.graphs is not None:
             # Static shapes: rows and keys rounded up to their buckets, padded rows writing to the spare block.
             nb, lb = rows_bucket(n), keys_bucket(lmax)
             spare = st.graphs.spare
@@ -418,11 +419,11 @@ class PagedEngine:
             write[i] = r.flat[r.length]
             lens[i] = r.length + 1
             ids[i] = r.pending
-        inputs = {"ids": ids[:, None], "write": write, "gather": gather, "lens": lens, "prefix": P}
-        if st.graphs is not None and st.graphs.usable:
+        inputs = {"ids": ids[:, None], "write": write, "gather": gather, "lens": lens}
+        if st.graphs is not None:
             logits = st.graphs.logits(st, inputs)
         else:
-            logits = self._decode_logits(st, self._device_inputs(inputs))
+            logits = self._decode_logits(st, self._upload(inputs))
         toks = self._choose(st, logits[:n], rows)
         st.stats.steps += 1
         st.stats.row_steps += n
@@ -451,25 +452,20 @@ class PagedEngine:
             logits = self.logits_hook(logits)
         return st.chooser.choose(logits, [r.req.key for r in rows])
 
-    def _device_inputs(self, inputs: dict) -> dict:
-        """The decode step's host arrays as the device tensors the forward reads."""
-        dev = self.device
-        lens = torch.from_numpy(inputs["lens"]).to(dev)
-        keys = torch.arange(inputs["gather"].shape[1], device=dev)
-        return {
-            "ids": torch.from_numpy(inputs["ids"]).to(dev),
-            "mask": (keys[None, :] < lens[:, None])[:, None, None, :],
-            "pos": (lens - 1 + inputs["prefix"])[:, None],
-            "write": torch.from_numpy(inputs["write"]).to(dev),
-            "gather": torch.from_numpy(inputs["gather"]).to(dev),
-            "key_pos": (keys + inputs["prefix"])[None],
-        }
+    def _upload(self, inputs: dict) -> dict:
+        """The decode step's host arrays on the device (a graph's static inputs are these)."""
+        return {k: torch.from_numpy(v).to(self.device) for k, v in inputs.items()}
 
     def _decode_logits(self, st: EngineState, t: dict):
-        """The decode forward over device inputs ``t`` (what a CUDA graph captures and replays)."""
+        """The decode forward over uploaded inputs ``t``: what a CUDA graph captures and replays, so the
+        mask and positions are derived here, on the device, from the rows' lengths."""
+        P, lens = self.prefix.length, t["lens"]
+        keys = torch.arange(t["gather"].shape[1], device=lens.device)
+        mask = (keys[None, :] < lens[:, None])[:, None, None, :]
+        pos = (lens - 1 + P)[:, None]
         st.cache.op = ("decode", t["write"], t["gather"])
-        st.cache.positions = (t["pos"], t["key_pos"])
-        return self._logits(st, t["ids"], t["mask"], t["pos"])
+        st.cache.positions = (pos, (keys + P)[None])
+        return self._logits(st, t["ids"], mask, pos)
 
     def _take(self, st: EngineState, row: _Row, tok: int) -> bool:
         """Record a chosen token; True if the row is done."""
@@ -512,9 +508,8 @@ class PagedEngine:
     def check_fits(self, requests: Sequence[Request]) -> None:
         """KnerError if a request could never fit the pool, even alone."""
         bs = self.block
-        blocks = self.n_blocks - (1 if self.cuda_graphs else 0)  # CUDA graphs keep one for padded rows
         for r in requests:
-            if math.ceil((len(r.ids) + r.max_new) / bs) + 1 > blocks:
+            if math.ceil((len(r.ids) + r.max_new) / bs) + 1 > self.row_blocks:
                 raise KnerError(
                     f"a text of {len(r.ids)} prompt tokens with a budget of {r.max_new} new tokens does "
                     f"not fit the K/V pool ({self.n_blocks * bs} tokens); lower --max-chunk-tokens or "
@@ -551,29 +546,27 @@ class _DecodeGraphs:
     forward cannot be captured) the run goes on eagerly, and says so once.
     """
 
-    def __init__(self, engine: PagedEngine, pool_tokens: int):
+    def __init__(self, engine: PagedEngine):
         self.engine = engine
-        self.spare = pool_tokens - engine.block  # first slot of the last block, never handed to a row
+        self.spare = engine.row_blocks * engine.block  # first slot of the block no row is given
         self.graphs: dict[tuple[int, int], tuple[Any, dict]] = {}
         self.visits: dict[tuple[int, int], int] = {}
         self.pool: Any = None  # torch.cuda.graph_pool_handle()
         self.out: torch.Tensor | None = None  # every graph's logits land here (outside the pool: see close)
-        self.usable = True
 
     def logits(self, st: EngineState, inputs: dict):
         nb, lb = inputs["gather"].shape
         entry = self.graphs.get((nb, lb))
         if entry is not None and self.out is not None:
             graph, static = entry
-            t = self.engine._device_inputs(inputs)
             for k, buf in static.items():
-                buf.copy_(t[k])
+                buf.copy_(torch.from_numpy(inputs[k]))
             graph.replay()
             st.stats.graph_steps += 1
             return self.out[:nb]
         self.visits[(nb, lb)] = seen = self.visits.get((nb, lb), 0) + 1
         if seen == 1:  # a bucket met once is not worth a capture (rows and keys drift through many)
-            return self.engine._decode_logits(st, self.engine._device_inputs(inputs))
+            return self.engine._decode_logits(st, self.engine._upload(inputs))
         t0 = time.perf_counter()
         try:
             return self._capture(st, inputs, nb, lb)
@@ -581,7 +574,7 @@ class _DecodeGraphs:
             st.stats.capture_seconds += time.perf_counter() - t0
 
     def _capture(self, st: EngineState, inputs: dict, nb: int, lb: int):
-        static = self.engine._device_inputs(inputs)
+        static = self.engine._upload(inputs)
         side = torch.cuda.Stream(self.engine.device)
         side.wait_stream(torch.cuda.current_stream(self.engine.device))
         with torch.cuda.stream(side):  # warm-up off the default stream, as capture asks; this step's logits
@@ -597,7 +590,7 @@ class _DecodeGraphs:
                 self.out[:nb].copy_(self.engine._decode_logits(st, static))
         except Exception as err:  # noqa: BLE001 -- any failure to capture means: decode eagerly instead
             self.close()
-            self.usable = False
+            st.graphs = None  # the rest of the run decodes eagerly
             import logging  # noqa: PLC0415  only on this rare path
 
             logging.getLogger("kner.inference").warning(
