@@ -24,10 +24,13 @@ from the start. Here instead:
 new requests between decode steps and drops those given up (``kner serve``: requests
 join the running batch instead of waiting for it to end).
 
-Each decode step writes every row's new K/V at its own position and gathers the
-rows' K/V into a padded ``(rows, kv_heads, longest, head_dim)`` view for the
-attention; that gather is transient, one layer at a time, and admission keeps
-``rows x longest`` under ``transient_tokens``.
+Each decode step writes every row's new K/V at its own pool slot and hands the
+attention each row's block table and length. On CUDA a Triton kernel reads the
+rows' K/V straight from the pool (:mod:`kner.inference.paged_attention`); the
+general path (the CPU, soft-capped or sliding-window attention) gathers them into
+a padded ``(rows, kv_heads, width x block, head_dim)`` view, transient, one layer
+at a time, and admission keeps ``rows x width x block`` under ``transient_tokens``
+(None when nothing is gathered).
 """
 
 from __future__ import annotations
@@ -141,6 +144,7 @@ class EngineState:
     admitted: int = 0
     hold: bool = False  # after an eviction, admit nothing until a row finishes
     graphs: Any = None  # the run's _DecodeGraphs; None: eager decode steps (also after a failed capture)
+    width: int = 1  # block-table columns of the decode steps so far (with graphs: never shrinks, see _decode_step)
 
 
 def _make_cache(prefix: PrefixKV, pool_tokens: int):
@@ -161,10 +165,12 @@ def _cache_class():
             super().__init__()
             self.owner, self.pk, self.pv = owner, pk, pv
             _, kvh, _, d = pk.shape
-            # (kv_heads, tokens, head_dim): a gather over tokens gives (kv_heads, rows, longest, head_dim)
-            # contiguous, which the attention multiplies per kv head without another copy.
-            self.kpool = pk.new_empty((kvh, pool_tokens, d))
-            self.vpool = pv.new_empty((kvh, pool_tokens, d))
+            # (kv_heads, tokens, head_dim): a token's K/V of one kv head is one contiguous run for the kernel,
+            # and a gather over tokens gives (kv_heads, rows, keys, head_dim) contiguous for the general path.
+            # Zeroed: the general path gathers whole blocks, and a never-written slot holding NaN bits would
+            # turn its zero attention weight into NaN (finite stale values from finished rows are harmless).
+            self.kpool = pk.new_zeros((kvh, pool_tokens, d))
+            self.vpool = pv.new_zeros((kvh, pool_tokens, d))
             self.is_initialized = True
 
         def lazy_initialization(self, key_states, value_states):
@@ -177,10 +183,10 @@ def _cache_class():
                 self.kpool[:, write] = key_states.transpose(0, 1)[:, valid]
                 self.vpool[:, write] = value_states.transpose(0, 1)[:, valid]
                 return key_states, value_states
-            _, write, gather = op
+            write = op[1]  # ("decode", write, table, lens, block): the attention reads the rest
             self.kpool[:, write] = key_states[:, :, 0].transpose(0, 1)
             self.vpool[:, write] = value_states[:, :, 0].transpose(0, 1)
-            return self.kpool[:, gather].transpose(0, 1), self.vpool[:, gather].transpose(0, 1)
+            return self.kpool[None], self.vpool[None]  # the pools: rows' K/V are read where they lie
 
         def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
             return self.pk.shape[-2] + query_length, 0
@@ -340,7 +346,10 @@ class PagedEngine:
                 break
             b = max(bound, len(req.ids) + req.max_new)
             rows_after = len(st.active) + len(group) + 1
-            padded = rows_after * b if st.graphs is None else rows_bucket(rows_after) * keys_bucket(b + 1)
+            if st.graphs is None:
+                padded = rows_after * math.ceil((b + 1) / self.block) * self.block
+            else:
+                padded = rows_bucket(rows_after) * self._width(st, b + 1) * self.block
             if self.transient_tokens is not None and padded > self.transient_tokens and rows_after > 1:
                 break
             st.waiting.popleft()
@@ -399,27 +408,35 @@ class PagedEngine:
             if row in st.active:
                 self._grow(st, row, row.length + 1)
 
+    def _width(self, st: EngineState, tokens: int) -> int:
+        """Block-table columns for rows of up to ``tokens`` own tokens. With graphs: a power of two, and
+        never less than before in this run, so a graph (fixed per rows bucket and width) is met again."""
+        need = math.ceil(tokens / self.block)
+        if st.graphs is None:
+            return need
+        return max(st.width, 1 << (need - 1).bit_length())
+
     def _decode_step(self, st: EngineState) -> None:
         """One token for every active row; finished rows retire."""
         rows = st.active
         n = len(rows)
-        lmax = max(r.length for r in rows) + 1
+        width = self._width(st, max(r.length for r in rows) + 1)
         if st.graphs is not None:
-            # Static shapes: rows and keys rounded up to their buckets, padded rows writing to the spare block.
-            nb, lb = rows_bucket(n), keys_bucket(lmax)
-            spare = st.graphs.spare
+            # Static shapes: rows rounded up to their bucket, padded rows writing to the spare block.
+            nb, spare = rows_bucket(n), st.graphs.spare_block
+            st.width = width
         else:
-            nb, lb, spare = n, lmax, 0
-        gather = np.full((nb, lb), spare, dtype=np.int64)
-        write = np.full(nb, spare, dtype=np.int64)
+            nb, spare = n, 0
+        table = np.full((nb, width), spare, dtype=np.int32)
+        write = np.full(nb, spare * self.block, dtype=np.int64)
         lens = np.ones(nb, dtype=np.int64)  # a padded row sees one key (its own slot): no empty softmax
         ids = np.full(nb, self.pad_id, dtype=np.int64)
         for i, r in enumerate(rows):
-            gather[i, : r.length + 1] = r.flat[: r.length + 1]
+            table[i, : len(r.blocks)] = r.blocks
             write[i] = r.flat[r.length]
             lens[i] = r.length + 1
             ids[i] = r.pending
-        inputs = {"ids": ids[:, None], "write": write, "gather": gather, "lens": lens}
+        inputs = {"ids": ids[:, None], "write": write, "table": table, "lens": lens}
         if st.graphs is not None:
             logits = st.graphs.logits(st, inputs)
         else:
@@ -458,12 +475,13 @@ class PagedEngine:
 
     def _decode_logits(self, st: EngineState, t: dict):
         """The decode forward over uploaded inputs ``t``: what a CUDA graph captures and replays, so the
-        mask and positions are derived here, on the device, from the rows' lengths."""
+        mask and positions are derived here, on the device, from the rows' lengths. (The mask and key
+        positions cover the table's blocks, for the general attention path; the kernel reads ``lens``.)"""
         P, lens = self.prefix.length, t["lens"]
-        keys = torch.arange(t["gather"].shape[1], device=lens.device)
+        keys = torch.arange(t["table"].shape[1] * self.block, device=lens.device)
         mask = (keys[None, :] < lens[:, None])[:, None, None, :]
         pos = (lens - 1 + P)[:, None]
-        st.cache.op = ("decode", t["write"], t["gather"])
+        st.cache.op = ("decode", t["write"], t["table"], lens, self.block)
         st.cache.positions = (pos, (keys + P)[None])
         return self._logits(st, t["ids"], mask, pos)
 
@@ -525,38 +543,34 @@ def rows_bucket(n: int) -> int:
     return n if n <= 2 else 4 if n <= 4 else 8 if n <= 8 else -(-n // 16) * 16
 
 
-def keys_bucket(n: int) -> int:
-    """Own keys per row (the gathered K/V length) rounded up to a multiple of 64."""
-    return -(-n // 64) * 64
-
-
 class _DecodeGraphs:
-    """The decode forward captured once per (rows, keys) bucket and replayed.
+    """The decode forward captured once per (rows bucket, table width) and replayed.
 
     A 7B decode step launches about 2,300 small kernels and the GPU idles between them: replaying one
     CUDA graph instead took one engine decode forward from 127 to 31 ms at 64 rows, bit for bit the same
     logits (``benchmarks/decode_step_probe.py``, T4 emulation). A graph fixes every shape and address,
-    so a step rounds its rows and keys up to a bucket (``rows_bucket``, ``keys_bucket``; admission
-    counts the padded size against the transient bound) and copies its inputs into the bucket's static
-    tensors. Padded rows write their K/V into one spare pool block and attend to it alone; their logits
-    are dropped. A bucket's first step runs eagerly (most buckets are met once or twice as rows come
-    and go: capturing each at once cost more than it saved); its second runs eagerly on the static
-    tensors (the warm-up capture needs) and is then captured. All graphs share one memory pool,
-    released with them at the end of the run. If a capture fails (out of memory, or a model whose
-    forward cannot be captured) the run goes on eagerly, and says so once.
+    so a step rounds its rows up to a bucket (``rows_bucket``) and its block table to a width that only
+    grows (``PagedEngine._width``; admission counts the padded size against the transient bound), and
+    copies its inputs into the graph's static tensors. The attention kernel stops at each row's own
+    length, so the rows' keys need no bucket. Padded rows write their K/V into one spare pool block and
+    attend to it alone; their logits are dropped. A graph's first step runs eagerly (a bucket met once
+    is not worth a capture); its second runs eagerly on the static tensors (the warm-up capture needs)
+    and is then captured. All graphs share one memory pool, released with them at the end of the run.
+    If a capture fails (out of memory, or a model whose forward cannot be captured) the run goes on
+    eagerly, and says so once.
     """
 
     def __init__(self, engine: PagedEngine):
         self.engine = engine
-        self.spare = engine.row_blocks * engine.block  # first slot of the block no row is given
+        self.spare_block = engine.row_blocks  # the block no row is given
         self.graphs: dict[tuple[int, int], tuple[Any, dict]] = {}
         self.visits: dict[tuple[int, int], int] = {}
         self.pool: Any = None  # torch.cuda.graph_pool_handle()
         self.out: torch.Tensor | None = None  # every graph's logits land here (outside the pool: see close)
 
     def logits(self, st: EngineState, inputs: dict):
-        nb, lb = inputs["gather"].shape
-        entry = self.graphs.get((nb, lb))
+        nb, width = inputs["table"].shape
+        entry = self.graphs.get((nb, width))
         if entry is not None and self.out is not None:
             graph, static = entry
             for k, buf in static.items():
@@ -564,16 +578,16 @@ class _DecodeGraphs:
             graph.replay()
             st.stats.graph_steps += 1
             return self.out[:nb]
-        self.visits[(nb, lb)] = seen = self.visits.get((nb, lb), 0) + 1
-        if seen == 1:  # a bucket met once is not worth a capture (rows and keys drift through many)
+        self.visits[(nb, width)] = seen = self.visits.get((nb, width), 0) + 1
+        if seen == 1:  # a bucket met once is not worth a capture (rows drift through many)
             return self.engine._decode_logits(st, self.engine._upload(inputs))
         t0 = time.perf_counter()
         try:
-            return self._capture(st, inputs, nb, lb)
+            return self._capture(st, inputs, nb, width)
         finally:
             st.stats.capture_seconds += time.perf_counter() - t0
 
-    def _capture(self, st: EngineState, inputs: dict, nb: int, lb: int):
+    def _capture(self, st: EngineState, inputs: dict, nb: int, width: int):
         static = self.engine._upload(inputs)
         side = torch.cuda.Stream(self.engine.device)
         side.wait_stream(torch.cuda.current_stream(self.engine.device))
@@ -598,7 +612,7 @@ class _DecodeGraphs:
                 str(err).splitlines()[0] if str(err) else type(err).__name__,
             )
             return logits
-        self.graphs[(nb, lb)] = (graph, static)
+        self.graphs[(nb, width)] = (graph, static)
         st.stats.graphs += 1
         return logits
 

@@ -365,8 +365,14 @@ class Extractor:
         if usable is None and cfg.batch_size is None:
             cap = min(cap, cfg.cpu_batch_size)
         if not hasattr(self, "_dims"):
+            from kner.inference import paged_attention  # noqa: PLC0415  lazy: torch; kner.config imports kner.inference
+
             self._dims = ModelDims.from_model(self.model)
             self._largest = largest_linear_elems(self.model)
+            # The decode attention reads the pool in place (no transient gather to plan for) where it can.
+            self._gathers = not (
+                paged_attention.kernel_available(dev) and paged_attention.model_supported(self.model.config)
+            )
         plan = plan_engine(
             self._dims,
             prefix_len=prefix_len,
@@ -377,6 +383,7 @@ class Extractor:
             prefill_chunk_tokens=cfg.prefill_chunk_tokens,
             safety=cfg.memory_safety,
             largest_weight_elems=self._largest,
+            gathers=self._gathers,
         )
         plan.pool_tokens = int(plan.pool_tokens * self._pool_scale)
         return plan

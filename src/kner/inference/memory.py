@@ -129,6 +129,7 @@ def plan_engine(
     safety: float = 0.85,
     largest_weight_elems: int = 0,
     transient_share: float = 0.2,
+    gathers: bool = True,
 ) -> EnginePlan:
     """Split free memory between the paged K/V pool and per-step transients.
 
@@ -137,7 +138,8 @@ def plan_engine(
     largest dequantized weight, logits of ``max_rows`` rows. The rest is the
     budget; ``transient_share`` of it bounds the padded per-layer K/V gather of a
     decode step (K and V of every row up to the longest row, fp32 scores and
-    the probabilities' copies per key), and the remainder is the pool.
+    the probabilities' copies per key), and the remainder is the pool. ``gathers=False``: the decode
+    attention reads the pool in place (:mod:`kner.inference.paged_attention`), so all of it is pool.
     """
     longest = max(footprints) if footprints else 1
     if usable is None:  # CPU: no planning, room for every row at its longest
@@ -153,6 +155,8 @@ def plan_engine(
     budget = int(usable * safety) - fixed
     layer_kv = dims.kv_heads * dims.head_dim * 2 * db
     per_row_key = layer_kv + layer_kv // 4 + dims.heads * 4 * 4
+    if not gathers:
+        return EnginePlan(int(max(0, budget) // dims.kv_bytes_per_token), max_rows, None, budget)
     transient = int(max(budget, 0) * transient_share)
     transient_tokens = max(longest, transient // per_row_key)
     pool = max(0, budget - transient) // dims.kv_bytes_per_token

@@ -24,6 +24,7 @@ from contextlib import contextmanager
 
 import torch
 
+from kner.inference import paged_attention
 from kner.model import compat
 
 ATTN_NAME = "kner_shared_prefix"
@@ -107,6 +108,16 @@ def shared_prefix_attention(
             **kwargs,
         )
     pk, pv = state.layers[module.layer_idx].pk, state.layers[module.layer_idx].pv
+    op = getattr(state, "op", None)
+    if op is not None and op[0] == "decode":  # key/value are the pools; op: ("decode", write, table, lens, block)
+        _, _, table, lens, block = op
+        if paged_attention.kernel_applies(query, softcap, sliding_window):
+            s = query.shape[-1] ** -0.5 if scaling is None else scaling
+            try:
+                return paged_attention.decode_attention(query, pk, pv, key[0], value[0], table, lens, block, s), None
+            except Exception as err:  # noqa: BLE001 -- a kernel that cannot compile here: the general path
+                paged_attention.switch_off("attention", err)
+        key, value = paged_attention.gathered(key[0], value[0], table, block)  # the general path below
     b, h, q, d = query.shape
     kvh = key.shape[1]
     g = h // kvh

@@ -1,0 +1,74 @@
+"""The decode attention kernel (Triton) against the general path it replaces on CUDA.
+
+Runs in Triton's interpreter on the CPU (``TRITON_INTERPRET=1``, numpy underneath) where Triton is
+installed, on the GPU where there is one; skipped where Triton is not installed (the CPU wheel of torch
+does not bring it)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kner.inference import paged_attention as pa
+
+
+@pytest.fixture()
+def kernel(monkeypatch):
+    if not torch.cuda.is_available():
+        monkeypatch.setenv("TRITON_INTERPRET", "1")  # read when the kernel is decorated: made afresh below
+    pytest.importorskip("triton")
+    pa._kernel.cache_clear()
+    yield "cuda" if torch.cuda.is_available() else "cpu"
+    pa._kernel.cache_clear()
+
+
+def reference(q, pk, pv, kpool, vpool, table, lens, block, scale):
+    """Softmax over [prefix keys, the row's own keys] per row and head, one at a time (fp32)."""
+    b, h, _, d = q.shape
+    g = h // pk.shape[1]
+    k_own, v_own = pa.gathered(kpool, vpool, table, block)
+    out = torch.empty(b, 1, h, d)
+    for r in range(b):
+        for hd in range(h):
+            kv, n = hd // g, int(lens[r])
+            keys = torch.cat([pk[0, kv], k_own[r, kv, :n]]).float()
+            vals = torch.cat([pv[0, kv], v_own[r, kv, :n]]).float()
+            out[r, 0, hd] = torch.softmax(keys @ q[r, hd, 0].float() * scale, 0) @ vals
+    return out
+
+
+@pytest.mark.parametrize(
+    "rows,heads,kv_heads,head_dim,prefix,block",
+    [(5, 4, 4, 32, 7, 16), (3, 8, 2, 64, 0, 16), (4, 4, 2, 16, 20, 8), (2, 2, 1, 16, 3, 2)],
+)
+def test_kernel_equals_softmax_over_prefix_and_own_blocks(kernel, rows, heads, kv_heads, head_dim, prefix, block):
+    """Grouped-query heads, no prefix, rows of 1 key to a full table, blocks in any order, the block
+    table wider than a row needs and a row's last block part-filled: the kernel stops at each length."""
+    gen = torch.Generator().manual_seed(rows * 100 + heads)
+    dt = torch.float16 if kernel == "cuda" else torch.float32
+    blocks, width = 40, 6
+    kpool, vpool = (torch.randn(kv_heads, blocks * block, head_dim, generator=gen) for _ in range(2))
+    pk, pv = (torch.randn(1, kv_heads, prefix, head_dim, generator=gen) for _ in range(2))
+    kpool[:, -1] = float("nan")  # a slot past every row's length: never read
+    table = torch.randperm(blocks - 1, generator=gen)[: rows * width].view(rows, width).to(torch.int32)
+    lens = torch.tensor([1, width * block, 17, 33, 5][:rows]).clamp(max=width * block)
+    q = torch.randn(rows, heads, 1, head_dim, generator=gen)
+    scale = head_dim**-0.5
+    ref = reference(q, pk, pv, kpool, vpool, table, lens, block, scale)
+    dev = torch.device(kernel)
+    args = [t.to(dev, dt) for t in (q, pk, pv, kpool, vpool)] + [table.to(dev), lens.to(dev)]
+    got = pa.decode_attention(*args, block, scale).float().cpu()
+    assert got.shape == (rows, 1, heads, head_dim)
+    torch.testing.assert_close(got, ref, atol=2e-3 if dt == torch.float16 else 1e-5, rtol=1e-3)
+
+
+def test_which_models_the_kernel_covers():
+    from transformers import AutoConfig
+
+    common = dict(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=1)
+    assert pa.model_supported(AutoConfig.for_model("llama", **common))
+    assert pa.model_supported(AutoConfig.for_model("qwen2", use_sliding_window=False, **common))
+    assert not pa.model_supported(AutoConfig.for_model("mistral", sliding_window=24, **common))
+    assert not pa.model_supported(AutoConfig.for_model("gemma2", attn_logit_softcapping=50.0, **common))
+    assert not pa.model_supported(AutoConfig.for_model("llama", hidden_size=80, num_attention_heads=4))  # head 20
+    assert not pa.kernel_available("cpu")
