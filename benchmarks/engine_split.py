@@ -86,7 +86,7 @@ def instrumented(clock: Clock):
             inside["prefill"] = False
 
     def logits(self, st, inputs):
-        nb, lb = inputs["gather"].shape
+        nb, lb = inputs["table"].shape
         key = (nb, lb)
         replay = key in self.graphs and self.out is not None
         first = not replay and self.visits.get(key, 0) == 0
@@ -147,10 +147,8 @@ def split_report(clock: Clock, total: float) -> dict:
 
 
 def linears(model, device, rows_list) -> dict:
-    """ms per call of each distinct 4-bit linear shape: bitsandbytes as the model runs it, fp16, kner's kernel."""
+    """ms per call of each distinct 4-bit linear shape: bitsandbytes as the model runs it vs fp16."""
     import torch
-
-    from kner.inference import nf4
 
     seen = {}
     for m in model.modules():
@@ -160,15 +158,10 @@ def linears(model, device, rows_list) -> dict:
     out = {}
     for (n_out, n_in), base in seen.items():
         w16 = torch.randn(n_out, n_in, device=device, dtype=torch.float16) / n_in**0.5
-        p = nf4.packed(base) if nf4.kernel_available(device) else None
         for m in rows_list:
             x = torch.randn(m, n_in, device=device, dtype=torch.float16)
             row = {}
             fns = [("bnb", lambda x=x: base(x)), ("fp16", lambda x=x: torch.nn.functional.linear(x, w16))]
-            if p is not None and m <= nf4.MAX_ROWS:
-                fns.append(("kner_nf4", lambda x=x: nf4.matmul(x, p)))
-                with torch.inference_mode():
-                    row["kner_nf4_max_abs_diff"] = float((nf4.matmul(x, p).float() - base(x).float()).abs().max())
             for name, fn in fns:
                 with torch.inference_mode():
                     for _ in range(3):

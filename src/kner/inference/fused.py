@@ -19,8 +19,6 @@ import types
 
 import torch
 
-from kner.inference import nf4
-
 _ATTR = "_kner_fused"
 
 
@@ -29,9 +27,9 @@ def _fused_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         return type(self).forward(self, x, *args, **kwargs)  # training or unusual calls: peft's own path
     name = getattr(self, _ATTR)
     a, b, scaling = self.lora_A[name].weight, self.lora_B[name].weight, self.scaling[name]  # (r, in), (out, r)
-    xin = x.reshape(-1, x.shape[-1])
-    result = _base(self.base_layer, x, xin, args, kwargs)
+    result = self.base_layer(x, *args, **kwargs)
     flat = result.view(-1, result.shape[-1])
+    xin = x.reshape(-1, x.shape[-1])
     if xin.dtype != a.dtype:
         xin = xin.to(a.dtype)
     if flat.dtype == a.dtype:
@@ -39,30 +37,6 @@ def _fused_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     else:
         flat.add_(((xin @ a.t()) @ b.t() * scaling).to(flat.dtype))
     return result
-
-
-def _base(base, x, xin, args, kwargs):
-    """The base layer's output: a decode step's few rows through kner's 4-bit kernel on CUDA
-    (:mod:`kner.inference.nf4`), anything else through the layer itself."""
-    if (
-        x.is_cuda
-        and not args
-        and not kwargs
-        and xin.shape[0] <= nf4.MAX_ROWS
-        and x.dtype in (torch.float16, torch.bfloat16)
-        and nf4.kernel_available(x.device)
-    ):
-        p = nf4.packed(base)
-        if p is not None and p.in_features == xin.shape[1]:
-            try:
-                out = nf4.matmul(xin if xin.is_contiguous() else xin.contiguous(), p)
-            except Exception as err:  # noqa: BLE001 -- a kernel that cannot compile here: bitsandbytes' path
-                nf4.switch_off("nf4", err)
-            else:
-                if base.bias is not None:
-                    out += base.bias.to(out.dtype)
-                return out.view(*x.shape[:-1], p.out_features)
-    return base(x, *args, **kwargs)
 
 
 def _fusable(module) -> str | None:
@@ -102,7 +76,6 @@ def unfuse_lora(model) -> int:
     for module in model.modules():
         if hasattr(module, _ATTR):
             delattr(module, _ATTR)
-            module.base_layer.__dict__.pop("_kner_packed", None)  # the kernel's views of its weight
             module.__dict__.pop("forward", None)
             n += 1
     return n
