@@ -70,19 +70,23 @@ def fused_rmsnorm(model):
             del m._kner_eps
 
 
-def decode_inputs(prefix_len: int, rows: int, own: int, device):
+def decode_inputs(prefix_len: int, rows: int, own: int, device, vocab: int = 32000):
     """Static decode inputs: ``rows`` rows that each hold ``own`` tokens after the prefix, decoding the next."""
     import torch
 
-    lmax = own + 1
-    slots = torch.arange(rows * lmax, device=device).view(rows, lmax)  # row i owns pool slots [i*lmax, (i+1)*lmax)
-    keys = torch.arange(lmax, device=device)
+    lmax, block = own + 1, 16
+    width = -(-lmax // block)
+    table = torch.arange(rows * width, device=device, dtype=torch.int32).view(rows, width)  # row i: its own blocks
+    keys = torch.arange(width * block, device=device)
+    lens = torch.full((rows,), lmax, device=device)
     return {
-        "ids": torch.randint(100, 1000, (rows, 1), device=device),
-        "mask": torch.ones(rows, 1, 1, lmax, dtype=torch.bool, device=device),
+        "ids": torch.randint(3, min(1000, vocab), (rows, 1), device=device),
+        "mask": (keys[None] < lens[:, None])[:, None, None, :],
         "pos": torch.full((rows, 1), prefix_len + own, device=device),
-        "write": slots[:, own].contiguous(),
-        "gather": slots,
+        "write": (table[:, own // block].long() * block + own % block).contiguous(),
+        "table": table,
+        "lens": lens,
+        "block": block,
         "key_pos": (keys + prefix_len)[None],
     }
 
@@ -93,7 +97,7 @@ def forward_fn(model, cache, inp):
     cache_arg = compat.cache_kwargs(model, cache)
 
     def step():
-        cache.op = ("decode", inp["write"], inp["gather"])
+        cache.op = ("decode", inp["write"], inp["table"], inp["lens"], inp["block"])
         cache.positions = (inp["pos"], inp["key_pos"])
         out = model(
             input_ids=inp["ids"],
@@ -137,8 +141,8 @@ def probe(args) -> dict:
     prefix = ex._prefix(len(ex.prefix_ids))
     res: dict = {"fused_lora_layers": ex.fused_layers, "prefix_tokens": prefix.length, "buckets": {}}
     for rows in args.rows:
-        inp = decode_inputs(prefix.length, rows, args.own_tokens, device)
-        cache = _make_cache(prefix, rows * (args.own_tokens + 1))
+        inp = decode_inputs(prefix.length, rows, args.own_tokens, device, len(tok))
+        cache = _make_cache(prefix, rows * -(-(args.own_tokens + 1) // 16) * 16)  # whole blocks, as decode_inputs
         for layer in cache.layers:  # the pool is uninitialised (new_empty); the engine's prefill fills it
             layer.kpool.normal_()
             layer.vpool.normal_()

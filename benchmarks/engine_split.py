@@ -161,7 +161,7 @@ def linears(model, device, rows_list) -> dict:
         for m in rows_list:
             x = torch.randn(m, n_in, device=device, dtype=torch.float16)
             row = {}
-            fns = [("bnb", lambda x=x: base(x)), ("fp16", lambda x=x: torch.nn.functional.linear(x, w16))]
+            fns = [("bnb", lambda x=x, b=base: b(x)), ("fp16", lambda x=x, w=w16: torch.nn.functional.linear(x, w))]
             for name, fn in fns:
                 with torch.inference_mode():
                     for _ in range(3):

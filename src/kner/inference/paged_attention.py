@@ -66,7 +66,8 @@ def kernel_available(device) -> bool:
 def kernel_applies(query, softcap, sliding_window) -> bool:
     """Whether this attention call is one the kernel computes (else: gather, the general path)."""
     d = query.shape[-1]
-    return softcap is None and sliding_window is None and d >= 16 and d & (d - 1) == 0 and kernel_available(query.device)
+    plain = softcap is None and sliding_window is None
+    return plain and d >= 16 and d & (d - 1) == 0 and kernel_available(query.device)
 
 
 def model_supported(config) -> bool:
@@ -160,10 +161,10 @@ def _kernel():
         W,
         B,
         H,
-        G: tl.constexpr,
-        D: tl.constexpr,
-        PAGE: tl.constexpr,
-        BLOCK_N: tl.constexpr,
+        G: tl.constexpr,  # type: ignore[name-defined]  # tl is Triton's, bound at run time
+        D: tl.constexpr,  # type: ignore[name-defined]  # tl is Triton's, bound at run time
+        PAGE: tl.constexpr,  # type: ignore[name-defined]  # tl is Triton's, bound at run time
+        BLOCK_N: tl.constexpr,  # type: ignore[name-defined]  # tl is Triton's, bound at run time
     ):
         # One program per (row, query head): online softmax over the row's own keys, starting from the
         # prefix part's state (max, sum, weighted values), which is laid out (kv_heads, rows x G).
