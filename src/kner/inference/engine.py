@@ -179,9 +179,10 @@ def _cache_class():
         def update(self, key_states, value_states, *args, **kwargs):
             op = self.owner.current
             if op[0] == "prefill":
-                _, write, valid = op
-                self.kpool[:, write] = key_states.transpose(0, 1)[:, valid]
-                self.vpool[:, write] = value_states.transpose(0, 1)[:, valid]
+                _, write, real = op  # real: flat (row x position) indices of the non-pad tokens, in order
+                kvh, d = self.kpool.shape[0], self.kpool.shape[2]
+                self.kpool[:, write] = key_states.transpose(0, 1).reshape(kvh, -1, d)[:, real]
+                self.vpool[:, write] = value_states.transpose(0, 1).reshape(kvh, -1, d)[:, real]
                 return key_states, value_states
             write = op[1]  # ("decode", write, table, lens, block): the attention reads the rest
             self.kpool[:, write] = key_states[:, :, 0].transpose(0, 1)
@@ -380,15 +381,19 @@ class PagedEngine:
             valid[i, s - k :] = True
         ids, valid = ids.to(dev), valid.to(dev)
         write = torch.from_numpy(np.concatenate([r.flat[: len(r.req.ids)] for r in group])).to(dev)
+        # Indices, not the boolean mask: indexing by a mask asks the device how many, a sync in every layer.
+        real = torch.from_numpy(
+            np.concatenate([i * s + np.arange(s - len(r.req.ids), s) for i, r in enumerate(group)])
+        ).to(dev)
         pos = (P + valid.long().cumsum(1) - 1).clamp_(min=max(P - 1, 0))
         causal = torch.ones((s, s), dtype=torch.bool, device=dev).tril_()
         # A pad query sees itself: no empty softmax row even without a prefix (pads are never keys of real tokens).
         mask = (causal[None, None] & valid[:, None, None, :]) | torch.eye(s, dtype=torch.bool, device=dev)
-        st.cache.op = ("prefill", write, valid)
+        st.cache.op = ("prefill", write, real)
         st.cache.positions = (pos, pos)
         toks = self._next_tokens(st, ids, mask, pos, group)
         st.stats.prefills += 1
-        st.stats.prefill_tokens += int(valid.sum())
+        st.stats.prefill_tokens += sum(len(r.req.ids) for r in group)
         for r, t in zip(group, toks):
             r.length = len(r.req.ids)
             if self._take(st, r, t):
