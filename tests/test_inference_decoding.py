@@ -323,6 +323,10 @@ def test_memory_plan_for_llama2_7b():
     assert 13_000 < plan.pool_tokens < 15_000 and plan.transient_tokens >= 230
     assert plan.pool_tokens * dims.kv_bytes_per_token <= 0.8 * plan.budget_bytes + dims.kv_bytes_per_token
     assert plan_engine(dims, usable=2 * 2**30, **kw).pool_tokens < plan.pool_tokens / 4
+    # The attention kernel reads the pool in place: nothing to gather, so the whole budget is pool.
+    free = plan_engine(dims, usable=11 * 2**30, gathers=False, **kw)
+    assert free.transient_tokens is None and free.budget_bytes == plan.budget_bytes
+    assert free.pool_tokens == plan.budget_bytes // dims.kv_bytes_per_token > plan.pool_tokens * 1.2
     cpu = plan_engine(dims, usable=None, **kw)  # no planning on CPU: every row at its longest
     assert cpu.pool_tokens == 256 * (230 + 32) + 64 and cpu.budget_bytes is None
     m = ModelDims.from_model(build_model_from_config(tiny_config("qwen2", vocab_size=500, kv_heads=1)))
