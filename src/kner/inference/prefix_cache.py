@@ -86,6 +86,9 @@ def shared_prefix_attention(
 ):
     """Attention over [shared prefix K/V] + [per-row K/V] without copying the prefix.
 
+    In a decode step ``key``/``value`` are the engine's whole pools and the cache's op carries the rows'
+    block tables and lengths: :mod:`kner.inference.paged_attention`'s kernel reads them in place where it
+    applies, else they are gathered and the code below runs. Otherwise (prefill)
     ``query``: (B, H, q, D); ``key``/``value``: the rows' own K/V (B, KVH, t, D);
     ``attention_mask``: bool (B, 1, q, t), True where a row's query may see its own key.
     The prefix is visible to every query, except outside a layer's ``sliding_window``
