@@ -82,3 +82,46 @@ def test_which_models_the_kernel_covers():
     assert not pa.model_supported(AutoConfig.for_model("gemma2", attn_logit_softcapping=50.0, **common))
     assert not pa.model_supported(AutoConfig.for_model("llama", hidden_size=80, num_attention_heads=4))  # head 20
     assert not pa.kernel_available("cpu")
+
+
+def test_a_kernel_that_fails_leaves_the_run_to_the_gathering_path(monkeypatch, caplog):
+    """A GPU or Triton build the kernel does not compile on: the step still gets the right attention
+    (the general path), the process says so once, and later steps go straight to the general path."""
+    from types import SimpleNamespace
+
+    from kner.inference import prefix_cache
+
+    calls = []
+
+    def broken(*args):
+        calls.append(1)
+        raise RuntimeError("PassManager::run failed\nmore detail")
+
+    monkeypatch.setattr(pa, "_off", [])
+    monkeypatch.setattr(pa, "_triton", lambda: object())  # "installed"
+    monkeypatch.setattr(pa, "_capability", lambda index: (7, 5))
+    monkeypatch.setattr(pa, "decode_attention", broken)
+    gen = torch.Generator().manual_seed(0)
+    rows, heads, d, block, width = 3, 2, 16, 4, 3
+    kpool, vpool = (torch.randn(heads, 12 * block, d, generator=gen) for _ in range(2))
+    pk, pv = (torch.randn(1, heads, 5, d, generator=gen) for _ in range(2))
+    table = torch.tensor([[0, 1, 2], [3, 4, 5], [6, 7, 8]], dtype=torch.int32)
+    lens = torch.tensor([1, 6, 12])
+    q = torch.randn(rows, heads, 1, d, generator=gen)
+    keys = torch.arange(width * block)
+    mask = (keys[None] < lens[:, None])[:, None, None, :]
+    state = SimpleNamespace(layers=[SimpleNamespace(pk=pk, pv=pv)], positions=None)
+    state.op = ("decode", None, table, lens, block)
+    module = SimpleNamespace(layer_idx=0)
+    monkeypatch.setattr(prefix_cache._active, "cache", state, raising=False)
+    monkeypatch.setattr(pa, "kernel_applies", lambda *a: pa.kernel_available("cuda:0"))
+    with caplog.at_level("WARNING", logger="kner.inference"):
+        first, _ = prefix_cache.shared_prefix_attention(module, q, kpool[None], vpool[None], mask, scaling=d**-0.5)
+        again, _ = prefix_cache.shared_prefix_attention(module, q, kpool[None], vpool[None], mask, scaling=d**-0.5)
+    ref = reference(q, pk, pv, kpool, vpool, table, lens, block, d**-0.5)
+    torch.testing.assert_close(first, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(again, ref, atol=1e-5, rtol=1e-5)
+    assert len(calls) == 1 and pa._off == ["PassManager::run failed"]
+    assert [r.message for r in caplog.records].count(
+        "kner's paged attention kernel is off for this process (PassManager::run failed); gathering the K/V instead"
+    ) == 1

@@ -36,31 +36,31 @@ def _triton():
     return triton, tl
 
 
-_broken: dict[str, str] = {}  # kernel name -> why it was switched off in this process
-
-
-def triton_usable(device, kernel: str) -> bool:
-    """Whether kner's Triton kernel ``kernel`` may run on ``device``: CUDA, Triton installed, a GPU
-    Triton compiles for (compute capability 7.0 or newer), and the kernel has not failed here before."""
-    dev = torch.device(device)
-    if dev.type != "cuda" or kernel in _broken or _triton() is None:
-        return False
-    return torch.cuda.get_device_capability(dev) >= (7, 0)
-
-
-def switch_off(kernel: str, err: BaseException) -> None:
-    """A kernel failed (compiling or running): the general path from now on, said once."""
-    import logging  # noqa: PLC0415  only on this rare path
-
-    _broken[kernel] = str(err).splitlines()[0] if str(err) else type(err).__name__
-    logging.getLogger("kner.inference").warning(
-        "kner's %s kernel is off for this process (%s); using the general path", kernel, _broken[kernel]
-    )
+_off: list[str] = []  # why the kernel was switched off in this process (empty: it is on)
 
 
 def kernel_available(device) -> bool:
-    """Whether the attention kernel can run on ``device``."""
-    return triton_usable(device, "attention")
+    """Whether the kernel may run on ``device``: CUDA, Triton installed, a GPU Triton compiles for
+    (compute capability 7.0 or newer), and the kernel has not failed in this process."""
+    dev = torch.device(device)
+    if dev.type != "cuda" or _off or _triton() is None:
+        return False
+    return _capability(dev.index if dev.index is not None else torch.cuda.current_device()) >= (7, 0)
+
+
+@functools.cache
+def _capability(index: int) -> tuple[int, int]:  # asked in every layer of every decode step: once per GPU
+    return torch.cuda.get_device_capability(index)
+
+
+def switch_off(err: BaseException) -> None:
+    """The kernel failed (compiling or running): the general path from now on, said once."""
+    import logging  # noqa: PLC0415  only on this rare path
+
+    _off.append(str(err).splitlines()[0] if str(err) else type(err).__name__)
+    logging.getLogger("kner.inference").warning(
+        "kner's paged attention kernel is off for this process (%s); gathering the K/V instead", _off[0]
+    )
 
 
 def kernel_applies(query, softcap, sliding_window) -> bool:

@@ -119,7 +119,7 @@ def shared_prefix_attention(
             try:
                 return paged_attention.decode_attention(query, pk, pv, key[0], value[0], table, lens, block, s), None
             except Exception as err:  # noqa: BLE001 -- a kernel that cannot compile here: the general path
-                paged_attention.switch_off("attention", err)
+                paged_attention.switch_off(err)
         key, value = paged_attention.gathered(key[0], value[0], table, block)  # the general path below
     b, h, q, d = query.shape
     kvh = key.shape[1]
