@@ -222,7 +222,7 @@ def test_a_repo_cannot_switch_on_remote_code(hub_cache, trained, tmp_path):
         Extractor.load("me/remote-code")
 
 
-def test_pickled_weights_need_allow_pickle(hub_cache, trained, tmp_path):
+def test_pickled_weights_need_allow_pickle(hub_cache, trained, tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
     from kner.inference import Extractor
@@ -265,6 +265,18 @@ def test_pickled_weights_need_allow_pickle(hub_cache, trained, tmp_path):
     assert err_line.startswith(f"error: {base / 'pytorch_model.bin'}: pickled weights") and "--allow-pickle" in err_line
     res = run_kner(*args, "--allow-pickle")
     assert res.exit_code == 0, res.output
+    # kner serve: the same refusal, and the same way past it (the server itself is not started here).
+    import uvicorn
+
+    served = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: served.append(kw["port"]))
+    sargs = ["serve", "-m", base, "--max-new-tokens", 4, "--no-quantize", "--port", 0]
+    res = run_kner(*sargs)
+    assert res.exit_code != 0 and res.output.strip().splitlines()[-1] == err_line  # after "loading ..."
+    assert not served
+    res = run_kner(*sargs, "--allow-pickle")
+    assert res.exit_code == 0, res.output
+    assert served == [0]
 
 
 def test_push_offline_is_one_line(trained, tmp_path):

@@ -44,6 +44,9 @@ def serve(
     ),
     dtype: str | None = typer.Option(None, help="Compute dtype override: auto, bf16, fp16, fp32."),
     log_level: str = typer.Option("info", help="uvicorn log level: critical, error, warning, info, debug."),
+    allow_pickle: bool = typer.Option(
+        False, "--allow-pickle", help="Also load pickled .bin weights (they can run code: only from sources you trust)."
+    ),
 ) -> None:
     """Serve entity extraction over HTTP: POST /extract, GET /health, and a demo page at /."""
     try:
@@ -83,6 +86,7 @@ def serve(
         max_memory=memory,
         max_chunk_tokens=max_chunk_tokens,
         max_new_tokens=max_new_tokens,
+        allow_pickle=allow_pickle,
     )
     # The first call builds the token table, the grammar and the prefix K/V (and, on a
     # GPU, initializes CUDA): pay for it here rather than in the first client's request.
