@@ -26,10 +26,9 @@ import collections
 import contextlib
 import statistics
 import time
-from pathlib import Path
 
 import infer_bench as ib
-from infer_bench import build, load_set, log, results_writer, sync, t4_emulation
+from infer_bench import log, sync, t4_emulation
 
 
 class Clock:
@@ -243,23 +242,13 @@ def kernels(ex, texts, budgets, device) -> str:
 def run(args) -> None:
     from kner.inference import Extractor
 
-    device, dtype, res = ib.run_start(args)
-    res["argv"] = vars(args)
-    save = results_writer(Path(args.out), res)
-    tok, exs, budgets = load_set(args.n)
-    texts = [e.text for e in exs]
-    save("data", ib.budget_summary(budgets))
-    model = build(args, tok, device, dtype)
+    b = ib.setup(args)
+    device, save, tok, texts, budgets, model = b.device, b.save, b.tok, b.texts, b.budgets, b.model
     cap = t4_emulation(device)
     try:
         save("attention_check", attention_check(device))
     except Exception as err:  # noqa: BLE001 -- a failed check is a result; the runs go on
         save("attention_check", {"error": repr(err)})
-    if args.linears_first:
-        try:
-            save("linears_ms", linears(model, device, [int(r) for r in args.rows.split(",")]))
-        except Exception as err:  # noqa: BLE001 -- as above
-            save("linears_ms", {"error": repr(err)})
     ex = Extractor(model, tok, "spacy19", constrained=True, ignore_eos=True, max_memory=cap, max_batch_size=256)
     ex.predict(texts[:8], new_tokens=budgets[:8])  # warm-up: kernels, token table, prefix K/V
     sync(device)
@@ -275,8 +264,7 @@ def run(args) -> None:
         ex.predict(texts, new_tokens=budgets)
         total = time.perf_counter() - t
     save("split", split_report(clock, total))
-    if not args.linears_first:
-        save("linears_ms", linears(model, device, [int(r) for r in args.rows.split(",")]))
+    save("linears_ms", linears(model, device, [int(r) for r in args.rows.split(",")]))
     if args.profile_n:
         table = kernels(ex, texts[: args.profile_n], budgets[: args.profile_n], device)
         print(table, flush=True)
@@ -290,7 +278,6 @@ def main() -> None:
     ap.add_argument("--tiny", action="store_true", help="tiny model (CPU smoke test)")
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--rows", default="1,16,64,128,256,1800", help="row counts for the linear shapes")
-    ap.add_argument("--linears-first", action="store_true", help="the linear shapes before the runs")
     ap.add_argument("--profile-n", type=int, default=200, help="sentences under torch.profiler (0: skip)")
     run(ap.parse_args())
 

@@ -33,10 +33,9 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import infer_bench as ib
-from infer_bench import GiB, build, kner_run, load_set, log, results_writer, spread, sync, t4_emulation
+from infer_bench import GiB, kner_run, log, spread, sync, t4_emulation
 
 DEFAULT_CAPS = "fitted"
 
@@ -204,13 +203,8 @@ def run(args) -> None:
     from kner.inference.vocab import TokenTable
     from kner.model.prompt import PromptEncoder, PromptFormat
 
-    device, dtype, res = ib.run_start(args)
-    res["argv"] = vars(args)
-    save = results_writer(Path(args.out), res)
-    tok, exs, budgets = load_set(args.n)
-    texts = [e.text for e in exs]
-    save("data", ib.budget_summary(budgets))
-    model = build(args, tok, device, dtype)
+    b = ib.setup(args)
+    device, res, save, tok, texts, budgets, model = b.device, b.res, b.save, b.tok, b.texts, b.budgets, b.model
     cap = t4_emulation(device)
 
     scheme, fmt = load_scheme("spacy19"), PromptFormat()

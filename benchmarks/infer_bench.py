@@ -34,7 +34,10 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 # As `kner predict` does: fewer fragmented blocks, so the planned pool fits under the cap (both sides get it).
 os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
@@ -310,15 +313,34 @@ def run_start(args):
     return device, dtype, res
 
 
+@dataclass
+class Bench:
+    """What every run of these scripts starts from."""
+
+    device: Any
+    res: dict  # the results, rewritten to --out by save()
+    save: Callable[[str, Any], None]
+    tok: Any
+    texts: list[str]
+    budgets: list[int]
+    model: Any
+
+
+def setup(args) -> Bench:
+    """Results header (date, versions, argv) and writer, the sentence set with its budgets, the model."""
+    device, dtype, res = run_start(args)
+    res["argv"] = vars(args)
+    save = results_writer(Path(args.out), res)
+    tok, exs, budgets = load_set(args.n)
+    save("data", budget_summary(budgets))
+    return Bench(device, res, save, tok, [e.text for e in exs], budgets, build(args, tok, device, dtype))
+
+
 def run(args) -> None:
     import torch
 
-    device, dtype, res = run_start(args)
-    save = results_writer(Path(args.out), res)
-    tok, exs, budgets = load_set(args.n)
-    texts = [e.text for e in exs]
-    save("data", budget_summary(budgets))
-    model = build(args, tok, device, dtype)
+    b = setup(args)
+    device, res, save, tok, texts, budgets, model = b.device, b.res, b.save, b.tok, b.texts, b.budgets, b.model
 
     # 1. T4 emulation.
     cap = t4_emulation(device)
