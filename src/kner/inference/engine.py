@@ -565,8 +565,6 @@ class _DecodeGraphs:
     eagerly, and says so once.
     """
 
-    capture_on_visit = 2  # a bucket's visit that is captured (earlier ones run eagerly)
-
     def __init__(self, engine: PagedEngine):
         self.engine = engine
         self.spare_block = engine.row_blocks  # the block no row is given
@@ -586,7 +584,7 @@ class _DecodeGraphs:
             st.stats.graph_steps += 1
             return self.out[:nb]
         self.visits[(nb, width)] = seen = self.visits.get((nb, width), 0) + 1
-        if seen < self.capture_on_visit:  # a bucket met once is not worth a capture (rows drift through many)
+        if seen == 1:  # a bucket met once is not worth a capture (rows drift through many)
             return self.engine._decode_logits(st, self.engine._upload(inputs))
         t0 = time.perf_counter()
         try:
