@@ -25,9 +25,7 @@ import argparse
 import contextlib
 import datetime as dt
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -35,6 +33,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "src"))
 
 import infer_bench as ib  # noqa: E402  after the path: it is a sibling script
+from infer_bench import timed  # noqa: E402  as above
 
 
 def rmsnorm_modules(model):
@@ -110,18 +109,6 @@ def forward_fn(model, cache, inp):
         return out.logits[:, -1]
 
     return step
-
-
-def timed(fn, steps: int, device) -> tuple[float, object]:
-    out = None
-    times = []
-    for _ in range(steps):
-        ib.sync(device)
-        t = time.perf_counter()
-        out = fn()
-        ib.sync(device)
-        times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times), out
 
 
 def probe(args) -> dict:

@@ -24,11 +24,11 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import statistics
 import time
+from types import SimpleNamespace
 
 import infer_bench as ib
-from infer_bench import log, sync, t4_emulation
+from infer_bench import log, sync, t4_emulation, timed
 
 
 class Clock:
@@ -163,16 +163,8 @@ def linears(model, device, rows_list) -> dict:
             fns = [("bnb", lambda x=x, b=base: b(x)), ("fp16", lambda x=x, w=w16: torch.nn.functional.linear(x, w))]
             for name, fn in fns:
                 with torch.inference_mode():
-                    for _ in range(3):
-                        fn()
-                    sync(device)
-                    ts = []
-                    for _ in range(20):
-                        t = time.perf_counter()
-                        fn()
-                        sync(device)
-                        ts.append(time.perf_counter() - t)
-                row[name] = round(statistics.median(ts) * 1e3, 4)
+                    timed(fn, 3, device)  # warm-up
+                    row[name] = round(timed(fn, 20, device)[0], 4)
             out[f"{n_out}x{n_in}@{m}"] = row
         del w16
     return out
@@ -183,7 +175,7 @@ def attention_check(device, rows=64, heads=32, head_dim=128, prefix=280, block=1
     import torch
 
     from kner.inference import paged_attention as pa
-    from kner.inference.prefix_cache import shared_prefix_attention
+    from kner.inference import prefix_cache
 
     if not pa.kernel_available(device):
         return {"skipped": "no CUDA or no Triton"}
@@ -198,15 +190,14 @@ def attention_check(device, rows=64, heads=32, head_dim=128, prefix=280, block=1
     scale = head_dim**-0.5
     keys = torch.arange(width * block, device=device)
     mask = (keys[None] < lens[:, None])[:, None, None, :]
-    state = type("S", (), {})()
-    lay = type("L", (), {"pk": pk, "pv": pv})()
-    state.layers, state.op, state.positions = [lay], None, None
-    module = type("M", (), {"layer_idx": 0})()
-    from kner.inference import prefix_cache
+    # The engine's cache as the attention reads it: the prefix K/V of one layer, no decode op (so the
+    # general path runs on the K/V gathered here, as it does on the CPU).
+    state = SimpleNamespace(layers=[SimpleNamespace(pk=pk, pv=pv)], op=None, positions=None)
+    module = SimpleNamespace(layer_idx=0)
 
     def gathered():
         k, v = pa.gathered(kpool, vpool, table, block)
-        return shared_prefix_attention(module, q, k, v, mask, scaling=scale)[0]
+        return prefix_cache.shared_prefix_attention(module, q, k, v, mask, scaling=scale)[0]
 
     def kernel():
         return pa.decode_attention(q, pk, pv, kpool, vpool, table, lens, block, scale)
@@ -229,13 +220,7 @@ def attention_check(device, rows=64, heads=32, head_dim=128, prefix=280, block=1
 
 
 def kernels(ex, texts, budgets, device) -> str:
-    from torch.profiler import ProfilerActivity, profile
-
-    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=acts) as prof:
-        ex.predict(texts, new_tokens=budgets)
-        sync(device)
-    sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+    prof, sort = ib.profiled(ex, texts, budgets, device)
     return prof.key_averages().table(sort_by=sort, row_limit=40, max_name_column_width=90)
 
 

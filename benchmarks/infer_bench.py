@@ -32,6 +32,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -118,6 +119,32 @@ def sync(device):
 
     if device.type == "cuda":
         torch.cuda.synchronize()
+
+
+def timed(fn, steps: int, device) -> tuple[float, object]:
+    """Median milliseconds of ``steps`` calls of ``fn``, each synchronised, and the last call's result."""
+    out = None
+    times = []
+    for _ in range(steps):
+        sync(device)
+        t = time.perf_counter()
+        out = fn()
+        sync(device)
+        times.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(times), out
+
+
+def profiled(ex, texts, budgets, device):
+    """``torch.profiler`` over one ``ex.predict`` (CUDA kernels too where there is a GPU); the profile
+    and the column to sort its kernels by."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with torch_profile(activities=acts) as prof:
+        ex.predict(texts, new_tokens=budgets)
+        sync(device)
+    return prof, "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
 
 
 def spread(items: list) -> list:
@@ -266,8 +293,6 @@ def t4_emulation(device) -> float | None:
 def profile(args) -> None:
     """Where a decode step's time goes: torch.profiler over kner's run on ``--n`` sentences (T4 emulation)."""
     import torch
-    from torch.profiler import ProfilerActivity
-    from torch.profiler import profile as torch_profile
 
     from kner.inference import Extractor
 
@@ -280,13 +305,9 @@ def profile(args) -> None:
     ex = Extractor(model, tok, "spacy19", constrained=True, ignore_eos=True, max_memory=cap, max_batch_size=256)
     ex.predict(texts[:8], new_tokens=budgets[:8])
     sync(device)
-    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with torch_profile(activities=acts) as prof:
-        ex.predict(texts, new_tokens=budgets)
-        sync(device)
+    prof, sort = profiled(ex, texts, budgets, device)
     st = ex.last_stats.to_dict()
     log(json.dumps({k: v for k, v in st.items() if not isinstance(v, (list, dict))}))
-    sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
     table = prof.key_averages().table(sort_by=sort, row_limit=45, max_name_column_width=70)
     print(table, flush=True)
     print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=25, max_name_column_width=70), flush=True)

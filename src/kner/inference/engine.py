@@ -72,7 +72,7 @@ class EngineStats:
     dropped: int = 0  # requests given up by the feed before they finished
     graph_steps: int = 0  # decode steps replayed from a CUDA graph
     graphs: int = 0  # CUDA graphs captured (one per (rows, keys) bucket met)
-    capture_seconds: float = 0.0  # first steps of buckets: eager warm-up and capture
+    capture_seconds: float = 0.0  # the steps that capture a graph (a bucket's second): eager warm-up and capture
 
 
 @dataclass(eq=False)
