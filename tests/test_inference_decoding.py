@@ -480,4 +480,5 @@ def test_bucketed_static_decode_steps_give_the_same_tokens(tok, monkeypatch):
 def test_decode_buckets():
     from kner.inference.engine import rows_bucket
 
-    assert [rows_bucket(n) for n in (1, 2, 3, 5, 8, 9, 16, 17, 100)] == [1, 2, 4, 8, 8, 16, 16, 32, 112]
+    ns = (1, 2, 3, 5, 8, 9, 16, 17, 64, 65, 100, 256, 257)
+    assert [rows_bucket(n) for n in ns] == [1, 2, 4, 8, 8, 16, 16, 32, 64, 96, 128, 256, 320]

@@ -72,7 +72,7 @@ class EngineStats:
     dropped: int = 0  # requests given up by the feed before they finished
     graph_steps: int = 0  # decode steps replayed from a CUDA graph
     graphs: int = 0  # CUDA graphs captured (one per (rows, keys) bucket met)
-    capture_seconds: float = 0.0  # the steps that capture a graph (a bucket's second): eager warm-up and capture
+    capture_seconds: float = 0.0  # the steps that capture a graph (a bucket's first): eager warm-up and capture
 
 
 @dataclass(eq=False)
@@ -287,6 +287,10 @@ class PagedEngine:
             stats=stats,
             graphs=graphs,
         )
+        if graphs is not None and self.transient_tokens is None:
+            # Nothing is gathered (the kernel reads the pool in place, and stops at each row's length), so
+            # the table is as wide as the longest request needs from the start: one graph per rows bucket.
+            st.width = self._width(st, max((len(r.ids) + r.max_new + 1 for r in requests), default=1))
         try:
             with shared_prefix_attention_active(self.model, cache):
                 while True:
@@ -544,8 +548,13 @@ class PagedEngine:
 
 
 def rows_bucket(n: int) -> int:
-    """Decode rows rounded up for a CUDA graph: 1, 2, 4, 8, then multiples of 16 (a few graphs, < 20 % padding)."""
-    return n if n <= 2 else 4 if n <= 4 else 8 if n <= 8 else -(-n // 16) * 16
+    """Decode rows rounded up for a CUDA graph: 1, 2, 4, 8, multiples of 16 to 64, of 32 to 256, then of 64.
+    Few graphs (each capture costs about two eager steps), and padded rows cost little: a decode step's
+    time is mostly reading the weights, the same for any number of rows."""
+    if n <= 8:
+        return n if n <= 2 else 4 if n <= 4 else 8
+    step = 16 if n <= 64 else 32 if n <= 256 else 64
+    return -(-n // step) * step
 
 
 class _DecodeGraphs:
@@ -557,10 +566,12 @@ class _DecodeGraphs:
     so a step rounds its rows up to a bucket (``rows_bucket``) and its block table to a width that only
     grows (``PagedEngine._width``; admission counts the padded size against the transient bound), and
     copies its inputs into the graph's static tensors. The attention kernel stops at each row's own
-    length, so the rows' keys need no bucket. Padded rows write their K/V into one spare pool block and
-    attend to it alone; their logits are dropped. A graph's first step runs eagerly (a bucket met once
-    is not worth a capture); its second runs eagerly on the static tensors (the warm-up capture needs)
-    and is then captured. All graphs share one memory pool, released with them at the end of the run.
+    length, so the rows' keys need no bucket (and when nothing is gathered the width is fixed for the
+    run, see ``PagedEngine.run``). Padded rows write their K/V into one spare pool block and attend to
+    it alone; their logits are dropped. A bucket's first step runs eagerly on the static tensors (the
+    warm-up capture needs; its logits are the step's) and is then captured. (A bucket met once pays for
+    a capture it never replays; with buckets this coarse, most are met many times.) All graphs share
+    one memory pool, released with them at the end of the run.
     If a capture fails (out of memory, or a model whose forward cannot be captured) the run goes on
     eagerly, and says so once.
     """
@@ -569,7 +580,6 @@ class _DecodeGraphs:
         self.engine = engine
         self.spare_block = engine.row_blocks  # the block no row is given
         self.graphs: dict[tuple[int, int], tuple[Any, dict]] = {}
-        self.visits: dict[tuple[int, int], int] = {}
         self.pool: Any = None  # torch.cuda.graph_pool_handle()
         self.out: torch.Tensor | None = None  # every graph's logits land here (outside the pool: see close)
 
@@ -583,9 +593,6 @@ class _DecodeGraphs:
             graph.replay()
             st.stats.graph_steps += 1
             return self.out[:nb]
-        self.visits[(nb, width)] = seen = self.visits.get((nb, width), 0) + 1
-        if seen == 1:  # a bucket met once is not worth a capture (rows drift through many)
-            return self.engine._decode_logits(st, self.engine._upload(inputs))
         t0 = time.perf_counter()
         try:
             return self._capture(st, inputs, nb, width)
