@@ -210,16 +210,18 @@ def nf4_sweep(model, device, rows_list, seconds: float) -> dict:
             for bn in (32, 64, 128)
             for sub in (1, 2)
             for programs in (1, 264, 528)
-            for warps, stages in ((4, 2), (4, 4), (8, 3))
+            for warps, stages in ((4, 2), (4, 3), (8, 3), (8, 4))
         ]
         random.Random(0).shuffle(grid)
         t_end = time.perf_counter() + seconds
         tried: dict[int, dict] = {r: {} for r in rows_list}
         errors = 0
-        for cfg in grid:
+        for bn, sub, programs, warps, stages in grid:
             for r in rows_list:
                 if time.perf_counter() > t_end:
                     break
+                bms = {16: (16,), 32: (32,), 64: (64,), 128: (64, 128)}.get(r, (128, 256))
+                cfg = (bms[len(tried[r]) % len(bms)], bn, sub, programs, warps, stages)
                 saved = nf.TUNED.get(max(16, nf._bucket(r) or 256))
                 nf.TUNED[max(16, nf._bucket(r) or 256)] = cfg
                 try:

@@ -32,7 +32,9 @@ def layer(n: int, k: int, nested: bool, seed: int):
 
     gen = torch.Generator().manual_seed(seed)
     w = torch.randn(n, k, generator=gen).half()
-    packed, qs = F.quantize_4bit(w, blocksize=64, compress_statistics=nested, quant_type="nf4")
+    # Stored in fp16 when double-quantized (as kner's loader does), in uint8 otherwise (bitsandbytes' default).
+    storage = torch.float16 if nested else torch.uint8
+    packed, qs = F.quantize_4bit(w, blocksize=64, compress_statistics=nested, quant_type="nf4", quant_storage=storage)
     weight = types.SimpleNamespace(data=packed, quant_state=qs, device=packed.device)
     bias = torch.randn(n, generator=gen).half()
     return types.SimpleNamespace(weight=weight, bias=bias, compute_dtype=torch.float16), F.dequantize_4bit(packed, qs)

@@ -8,24 +8,25 @@ import triton.language as tl
 
 
 @triton.jit
-def _step(acc, x_ptr, w_ptr, a_ptr, code_ptr, code2_ptr, a2_ptr, offset, rm, rn, mm, nm, K, sxm, b, BM, NESTED):
-    """One 64-value block of K: the two nibbles' products with their activations, times the absmax."""
+def _step(acc, x_ptr, w_ptr, a_ptr, code_ptr, code2_ptr, a2_ptr, offset, rm, rn, mm, nm, K, sxm, b, NESTED):
+    """One 64-value block of K: the block's weights decoded as bitsandbytes does (code x absmax, rounded
+    to the activations' dtype), then one product into ``acc``. The decoding costs the same for any
+    number of rows; only the activations' load and the product grow with them."""
     blocks = K // 64
     ok = b < blocks
-    j = tl.arange(0, 32)  # the 32 bytes of one 64-value block
     x = tl.load(x_ptr + rm[:, None] * sxm + (b * 64 + tl.arange(0, 64))[None, :], mask=mm[:, None] & ok, other=0.0)
-    xe, xo = tl.split(tl.reshape(x, (BM, 32, 2)))  # partners of the high and low nibbles
-    wb = tl.load(w_ptr + rn[:, None] * (K // 2) + (b * 32 + j)[None, :], mask=nm[:, None] & ok, other=0)
-    hi = tl.load(code_ptr + (wb >> 4))
-    lo = tl.load(code_ptr + (wb & 15))
-    part = tl.dot(xe, tl.trans(hi)) + tl.dot(xo, tl.trans(lo))
+    wb = tl.load(w_ptr + rn[:, None] * (K // 2) + (b * 32 + tl.arange(0, 32))[None, :], mask=nm[:, None] & ok, other=0)
     blk = rn * blocks + b
     if NESTED:
         q = tl.load(a_ptr + blk, mask=nm & ok, other=0).to(tl.int32)
         scale = tl.load(code2_ptr + q) * tl.load(a2_ptr + blk // 256, mask=nm & ok, other=0.0) + offset
     else:
         scale = tl.load(a_ptr + blk, mask=nm & ok, other=0.0)
-    return acc + part * scale[None, :]
+    hi = tl.load(code_ptr + (wb >> 4))  # fp32 code values of the even and the odd columns
+    lo = tl.load(code_ptr + (wb & 15))
+    w = tl.reshape(tl.join(hi, lo), (hi.shape[0], 64))  # back in column order: (BN, 64)
+    w = (w * scale[:, None]).to(x.dtype)
+    return tl.dot(x, tl.trans(w), acc)
 
 
 @triton.jit(do_not_specialize=["M"])  # one compiled kernel for every row count (none inside a graph capture)
@@ -33,7 +34,7 @@ def nf4_mm(
     x_ptr,  # (M, K) activations, row stride sxm
     w_ptr,  # (N * K / 2,) uint8: two 4-bit codes per byte, high nibble first
     a_ptr,  # (N * K / 64,) absmax: uint8 codes if NESTED, else fp32
-    code_ptr,  # (16,) the 4-bit code table, in the activations' dtype
+    code_ptr,  # (16,) fp32: the 4-bit code table
     code2_ptr,  # (256,) fp32: NESTED absmax code table
     a2_ptr,  # (N * K / 64 / 256,) fp32: NESTED absmax scales
     offset,  # fp32: NESTED absmax offset
@@ -76,7 +77,6 @@ def nf4_mm(
                     K,
                     sxm,
                     b_lo + i + s,
-                    BM,
                     NESTED,
                 )
     else:  # Triton's interpreter (the CPU test) cannot range() to a runtime bound
@@ -99,7 +99,6 @@ def nf4_mm(
                     K,
                     sxm,
                     b_lo + i + s,
-                    BM,
                     NESTED,
                 )
             i += SUB

@@ -50,8 +50,9 @@ class Weight:
     def __init__(self, module, dtype: torch.dtype):
         qs = module.weight.quant_state
         self.n, self.k = (int(v) for v in qs.shape)
-        self.packed = module.weight.data.view(-1)
-        self.code = qs.code.to(dtype)
+        # The packed bytes, whatever dtype holds them (kner and FSDP-style loading store them as fp16/bf16).
+        self.packed = module.weight.data.view(-1).view(torch.uint8)
+        self.code = qs.code.float()
         self.nested = bool(qs.nested)
         if self.nested:
             self.absmax, self.code2, self.absmax2 = qs.absmax, qs.state2.code.float(), qs.state2.absmax.float()
@@ -73,18 +74,18 @@ def applies(module) -> bool:
         return False
     if qs.nested and qs.state2.blocksize != 256:
         return False
-    return len(qs.shape) == 2 and int(qs.shape[1]) % BLOCK == 0 and w.data.dtype == torch.uint8
+    return len(qs.shape) == 2 and int(qs.shape[1]) % BLOCK == 0 and w.data.is_contiguous()
 
 
-# Rows bucket -> (BN output columns per tile, SUB 64-value blocks per loop step, programs aimed at by
-# the split-K choice, num_warps, num_stages), from the sweep in benchmarks/engine_split.py on the H200
-# (docs/benchmarks.md). A tile holds all the rows of a bucket up to 128, so the weight is read once.
-TUNED: dict[int, tuple[int, int, int, int, int]] = {
-    16: (64, 2, 264, 4, 3),
-    32: (64, 2, 264, 4, 3),
-    64: (64, 2, 264, 4, 3),
-    128: (32, 2, 264, 8, 3),
-    256: (32, 2, 264, 8, 3),
+# Rows bucket -> (BM rows and BN output columns per tile, SUB 64-value blocks per loop step, programs
+# aimed at by the split-K choice, num_warps, num_stages), from the sweep in benchmarks/engine_split.py
+# on the H200 (docs/benchmarks.md).
+TUNED: dict[int, tuple[int, int, int, int, int, int]] = {
+    16: (16, 128, 1, 528, 4, 2),
+    32: (32, 128, 1, 528, 4, 2),
+    64: (64, 128, 1, 264, 4, 4),
+    128: (128, 32, 1, 264, 4, 2),
+    256: (128, 32, 1, 264, 4, 2),
 }
 ROWS = (1, *TUNED)  # rows buckets calibrated; more rows than the last: bitsandbytes (prefill)
 
@@ -98,9 +99,7 @@ def _bucket(m: int) -> int | None:
 
 def _config(m: int, n: int) -> tuple[int, int, int, int, int, int]:
     """(BM, BN, SUB, SPLIT_K, num_warps, num_stages) for ``m`` rows and ``n`` output columns."""
-    r = max(16, _bucket(m) or max(TUNED))
-    bn, sub, programs, warps, stages = TUNED[r]
-    bm = min(r, 128)
+    bm, bn, sub, programs, warps, stages = TUNED[max(16, _bucket(m) or max(TUNED))]
     tiles = math.ceil(n / bn) * math.ceil(m / bm)
     split = 1
     while tiles * split * 2 <= programs and split < 16:  # split K until the programs fill the GPU
