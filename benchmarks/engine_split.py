@@ -7,7 +7,7 @@ constrained, EOS ignored, each sentence its gold answer length):
 
 1. ``plain``: ``Extractor.predict`` as users run it (the reference wall time);
 2. ``split``: the same run with the device synchronised around each phase, every phase's seconds
-   summed: prefill forwards, decode forwards (eager first visits, graph warm-up + capture, replays;
+   summed: prefill forwards, decode forwards (graph warm-up + capture on a bucket's first visit, replays;
    by rows bucket), the grammar's choice (allowed sets, mask, argmax, advance), the engine's own
    bookkeeping (the rest of a decode step, admission, room), and the extractor around the engine.
    Synchronising removes the host/device overlap, so the phases add up to a little more than ``plain``;
@@ -167,95 +167,6 @@ def linears(model, device, rows_list) -> dict:
     return out
 
 
-def nf4_sweep(model, device, rows_list, seconds: float) -> dict:
-    """kner's NF4 kernel (``kner.inference.nf4_matmul``) over launch settings, against bitsandbytes and
-    fp16, each product replayed in a CUDA graph (as decode steps run): per rows bucket, the settings
-    with the least time per layer (each shape weighted by its count in a layer) go into
-    ``nf4_matmul.TUNED`` for the runs that follow. Settings in a fixed shuffled order until ``seconds``."""
-    import random
-
-    import torch
-
-    from kner.inference import nf4_matmul as nf
-
-    if device.type != "cuda":
-        return {"skipped": "no CUDA"}
-    shapes: dict[tuple[int, int], list] = {}
-    for m in model.modules():
-        base = getattr(m, "base_layer", None)
-        if base is not None and nf.applies(base):
-            shapes.setdefault((base.out_features, base.in_features), []).append(base)
-    layers = max(1, sum(1 for m in model.modules() if type(m).__name__.endswith("DecoderLayer")))
-    weight = {k: len(v) / layers for k, v in shapes.items()}
-    ws = {k: nf.Weight(v[0], torch.float16) for k, v in shapes.items()}
-    xs = {(k, r): torch.randn(r, k[1], device=device, dtype=torch.float16) * 0.1 for k in shapes for r in rows_list}
-    out: dict = {"weights_per_layer": {f"{n}x{k}": c for (n, k), c in weight.items()}, "ms": {}}
-    with torch.inference_mode():
-        for (n, k), mods in shapes.items():
-            w16 = torch.randn(n, k, device=device, dtype=torch.float16) / k**0.5
-            for r in rows_list:
-                x = xs[((n, k), r)]
-                ref = nf._bnb(mods[0], x)
-                out["ms"][f"{n}x{k}@{r}"] = {
-                    "bnb": round(nf._timed(lambda x=x, b=mods[0]: nf._bnb(b, x)) * 1e3, 4),
-                    "fp16": round(nf._timed(lambda x=x, w=w16: torch.nn.functional.linear(x, w)) * 1e3, 4),
-                    "default_kernel": round(nf._timed(lambda x=x, w=ws[(n, k)]: nf.matmul(x, w)) * 1e3, 4),
-                    "default_max_abs_diff": round(
-                        float((nf.matmul(x, ws[(n, k)]).float() - ref.float()).abs().max()), 5
-                    ),
-                }
-            del w16
-        grid = [
-            (bn, sub, programs, warps, stages)
-            for bn in (32, 64, 128)
-            for sub in (1, 2)
-            for programs in (1, 264, 528)
-            for warps, stages in ((4, 2), (4, 3), (8, 3), (8, 4))
-        ]
-        random.Random(0).shuffle(grid)
-        t_end = time.perf_counter() + seconds
-        tried: dict[int, dict] = {r: {} for r in rows_list}
-        errors = 0
-        for bn, sub, programs, warps, stages in grid:
-            for r in rows_list:
-                if time.perf_counter() > t_end:
-                    break
-                bms = {16: (16,), 32: (32,), 64: (64,), 128: (64, 128)}.get(r, (128, 256))
-                cfg = (bms[len(tried[r]) % len(bms)], bn, sub, programs, warps, stages)
-                saved = nf.TUNED.get(max(16, nf._bucket(r) or 256))
-                nf.TUNED[max(16, nf._bucket(r) or 256)] = cfg
-                try:
-                    total = 0.0
-                    for key, w in ws.items():
-                        x = xs[(key, r)]
-                        total += nf._timed(lambda x=x, w=w: nf.matmul(x, w)) * 1e3 * weight[key]
-                    tried[r][str(cfg)] = round(total, 4)
-                except Exception as err:  # noqa: BLE001 -- a setting that does not compile or run: skipped
-                    errors += 1
-                    out.setdefault("first_errors", []).append(f"{cfg}@{r}: {str(err).splitlines()[0][:200]}")
-                    out["first_errors"] = out["first_errors"][:5]
-                finally:
-                    nf.TUNED[max(16, nf._bucket(r) or 256)] = saved
-        best = {}
-        for r in rows_list:
-            if not tried[r]:
-                continue
-            cfg, ms = min(tried[r].items(), key=lambda kv: kv[1])
-            bnb = sum(out["ms"][f"{n}x{k}@{r}"]["bnb"] * weight[(n, k)] for n, k in shapes)
-            fp16 = sum(out["ms"][f"{n}x{k}@{r}"]["fp16"] * weight[(n, k)] for n, k in shapes)
-            best[r] = {
-                "settings": cfg,
-                "ms_per_layer": ms,
-                "bnb_ms_per_layer": round(bnb, 4),
-                "fp16_ms_per_layer": round(fp16, 4),
-                "tried": len(tried[r]),
-            }
-            nf.TUNED[max(16, nf._bucket(r) or 256)] = tuple(int(v) for v in cfg.strip("()").split(","))
-    out.update({"best": best, "errors": errors, "all": {str(r): v for r, v in tried.items()}})
-    out["tuned_now"] = {str(k): v for k, v in nf.TUNED.items()}
-    return out
-
-
 def attention_check(device, rows=64, heads=32, head_dim=128, prefix=280, block=16, width=32) -> dict:
     """The paged decode kernel against the gathering path on one layer's shapes: max difference, ms."""
     import torch
@@ -305,14 +216,6 @@ def attention_check(device, rows=64, heads=32, head_dim=128, prefix=280, block=1
     return out | {"rows": rows, "heads": heads, "prefix": prefix, "keys_max": width * block}
 
 
-def nf4_choice() -> dict:
-    """Which rows buckets and shapes the extractor's calibration gave to the NF4 kernel."""
-    from kner.inference import nf4_matmul as nf
-
-    ms = {f"{n}x{k}@{r}": [round(a * 1e3, 4), round(b * 1e3, 4)] for (_, _, n, k, r), (a, b) in nf._timings.items()}
-    return {"off": list(nf._off), "kernel_and_bnb_ms": ms}
-
-
 def kernels(ex, texts, budgets, device) -> str:
     prof, sort = ib.profiled(ex, texts, budgets, device)
     return prof.key_averages().table(sort_by=sort, row_limit=40, max_name_column_width=90)
@@ -324,17 +227,13 @@ def run(args) -> None:
     b = ib.setup(args)
     device, save, tok, texts, budgets, model = b.device, b.save, b.tok, b.texts, b.budgets, b.model
     cap = t4_emulation(device)
-    if args.nf4_sweep:
-        save("nf4_sweep", nf4_sweep(model, device, [int(r) for r in args.nf4_rows.split(",")], args.nf4_sweep))
     try:
         save("attention_check", attention_check(device))
     except Exception as err:  # noqa: BLE001 -- a failed check is a result; the runs go on
         save("attention_check", {"error": repr(err)})
-    t = time.perf_counter()
     ex = Extractor(model, tok, "spacy19", constrained=True, ignore_eos=True, max_memory=cap, max_batch_size=256)
     ex.predict(texts[:8], new_tokens=budgets[:8])  # warm-up: kernels, token table, prefix K/V
     sync(device)
-    save("setup", {"nf4_calibrate_and_warmup_seconds": round(time.perf_counter() - t, 2), "nf4": nf4_choice()})
     t = time.perf_counter()
     ex.predict(texts, new_tokens=budgets)
     sync(device)
@@ -363,9 +262,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--rows", default="1,16,64,128,256,1800", help="row counts for the linear shapes")
     ap.add_argument("--profile-n", type=int, default=200, help="sentences under torch.profiler (0: skip)")
-    ap.add_argument("--nf4-sweep", type=float, default=0, help="seconds for the NF4 kernel sweep (0: skip)")
-    ap.add_argument("--nf4-rows", default="16,64,128,256", help="rows buckets of the NF4 sweep")
-    ap.add_argument("--skip-linears", action="store_true")
+    ap.add_argument("--skip-linears", action="store_true", help="leave out the per-shape linear timings")
     run(ap.parse_args())
 
 

@@ -178,11 +178,10 @@ def _cache_class():
 
         def update(self, key_states, value_states, *args, **kwargs):
             op = self.owner.current
-            if op[0] == "prefill":
-                _, write, real = op  # real: flat (row x position) indices of the non-pad tokens, in order
-                kvh, d = self.kpool.shape[0], self.kpool.shape[2]
-                self.kpool[:, write] = key_states.transpose(0, 1).reshape(kvh, -1, d)[:, real]
-                self.vpool[:, write] = value_states.transpose(0, 1).reshape(kvh, -1, d)[:, real]
+            if op[0] == "prefill":  # the packed prompts: (1, kv_heads, tokens, head_dim), in pool order
+                write = op[1]
+                self.kpool[:, write] = key_states[0]
+                self.vpool[:, write] = value_states[0]
                 return key_states, value_states
             write = op[1]  # ("decode", write, table, lens, block): the attention reads the rest
             self.kpool[:, write] = key_states[:, :, 0].transpose(0, 1)
@@ -374,30 +373,37 @@ class PagedEngine:
         return group
 
     def _prefill(self, st: EngineState, group: list[_Row]) -> None:
-        """One forward over the group's prompts (left-padded), writing their K/V; their first tokens."""
+        """One forward over the group's prompts packed end to end (no padding through the linear layers),
+        writing their K/V; their first tokens. The attention alone lays the rows out padded (see the
+        "prefill" op in :func:`kner.inference.prefix_cache.shared_prefix_attention`)."""
         dev, P = self.device, self.prefix.length
-        n, s = len(group), max(len(r.req.ids) for r in group)
-        ids = torch.full((n, s), self.pad_id, dtype=torch.long)
-        valid = torch.zeros((n, s), dtype=torch.bool)
-        for i, r in enumerate(group):
-            k = len(r.req.ids)
-            ids[i, s - k :] = torch.tensor(r.req.ids, dtype=torch.long)
-            valid[i, s - k :] = True
-        ids, valid = ids.to(dev), valid.to(dev)
-        write = torch.from_numpy(np.concatenate([r.flat[: len(r.req.ids)] for r in group])).to(dev)
-        # Indices, not the boolean mask: indexing by a mask asks the device how many, a sync in every layer.
-        real = torch.from_numpy(
-            np.concatenate([i * s + np.arange(s - len(r.req.ids), s) for i, r in enumerate(group)])
-        ).to(dev)
-        pos = (P + valid.long().cumsum(1) - 1).clamp_(min=max(P - 1, 0))
+        lens = np.array([len(r.req.ids) for r in group])
+        n, s, total = len(group), int(lens.max()), int(lens.sum())
+        starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
+        offs = np.arange(total) - np.repeat(starts, lens)  # each token's place in its own prompt
+        ids = torch.from_numpy(np.concatenate([r.req.ids for r in group]).astype(np.int64))[None].to(dev)
+        pos = torch.from_numpy(P + offs)[None].to(dev)
+        j = np.arange(s)
+        # The padded (rows, longest) layout of the attention: where each slot's token is in the packed
+        # sequence (a pad repeats its row's last token, masked out), and where each packed token lands.
+        gather = torch.from_numpy(starts[:, None] + np.minimum(j[None], lens[:, None] - 1)).to(dev)
+        back = torch.from_numpy(np.repeat(np.arange(n) * s, lens) + offs).to(dev)
+        valid = torch.from_numpy(j[None] < lens[:, None]).to(dev)
         causal = torch.ones((s, s), dtype=torch.bool, device=dev).tril_()
         # A pad query sees itself: no empty softmax row even without a prefix (pads are never keys of real tokens).
-        mask = (causal[None, None] & valid[:, None, None, :]) | torch.eye(s, dtype=torch.bool, device=dev)
-        st.cache.op = ("prefill", write, real)
-        st.cache.positions = (pos, pos)
-        toks = self._next_tokens(st, ids, mask, pos, group)
+        rows_mask = (causal[None, None] & valid[:, None, None, :]) | torch.eye(s, dtype=torch.bool, device=dev)
+        write = torch.from_numpy(np.concatenate([r.flat[: len(r.req.ids)] for r in group])).to(dev)
+        seg = torch.from_numpy(np.repeat(np.arange(n), lens)).to(dev)
+        o = torch.from_numpy(offs).to(dev)
+        # The packed sequence's own mask (block-diagonal causal), for transformers' mask handling only.
+        mask = ((seg[:, None] == seg[None, :]) & (o[:, None] >= o[None, :]))[None, None]
+        st.cache.op = ("prefill", write, gather, back, rows_mask)
+        padded_pos = (P + torch.arange(s, device=dev))[None].expand(n, s)
+        st.cache.positions = (padded_pos, padded_pos)
+        last = torch.from_numpy(starts + lens - 1).to(dev)
+        toks = self._choose(st, self._logits(st, ids, mask, pos, last), group)
         st.stats.prefills += 1
-        st.stats.prefill_tokens += sum(len(r.req.ids) for r in group)
+        st.stats.prefill_tokens += total
         for r, t in zip(group, toks):
             r.length = len(r.req.ids)
             if self._take(st, r, t):
@@ -464,14 +470,12 @@ class PagedEngine:
         st.active = still
 
     # -- helpers -------------------------------------------------------------------
-    def _next_tokens(self, st: EngineState, ids, mask, pos, rows: list[_Row]) -> list[int]:
-        return self._choose(st, self._logits(st, ids, mask, pos), rows)
-
-    def _logits(self, st: EngineState, ids, mask, pos):
+    def _logits(self, st: EngineState, ids, mask, pos, keep=1):
+        """Next-token logits at positions ``keep`` of the sequence (1: the last of each row)."""
         out = self.model(
-            input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1, **st.cache_arg
+            input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=keep, **st.cache_arg
         )
-        return out.logits[:, -1]
+        return out.logits[0] if isinstance(keep, torch.Tensor) else out.logits[:, -1]
 
     def _choose(self, st: EngineState, logits, rows: list[_Row]) -> list[int]:
         if self.logits_hook is not None:
@@ -568,9 +572,10 @@ class _DecodeGraphs:
     copies its inputs into the graph's static tensors. The attention kernel stops at each row's own
     length, so the rows' keys need no bucket (and when nothing is gathered the width is fixed for the
     run, see ``PagedEngine.run``). Padded rows write their K/V into one spare pool block and attend to
-    it alone; their logits are dropped. A bucket's first step runs eagerly on the static tensors (the
-    warm-up capture needs; its logits are the step's) and is then captured. (A bucket met once pays for
-    a capture it never replays; with buckets this coarse, most are met many times.) All graphs share
+    it alone; their logits are dropped. A bucket is captured on its first step: the run's first capture
+    runs that step eagerly on the static tensors before (the warm-up capture needs; its logits are the
+    step's), later ones skip the warm-up and replay at once (see ``_capture``). (A bucket met once pays
+    for a capture it never replays; with buckets this coarse, most are met many times.) All graphs share
     one memory pool, released with them at the end of the run.
     If a capture fails (out of memory, or a model whose forward cannot be captured) the run goes on
     eagerly, and says so once.
@@ -601,11 +606,18 @@ class _DecodeGraphs:
 
     def _capture(self, st: EngineState, inputs: dict, nb: int, width: int):
         static = self.engine._upload(inputs)
-        side = torch.cuda.Stream(self.engine.device)
-        side.wait_stream(torch.cuda.current_stream(self.engine.device))
-        with torch.cuda.stream(side):  # warm-up off the default stream, as capture asks; this step's logits
-            logits = self.engine._decode_logits(st, static).clone()
-        torch.cuda.current_stream(self.engine.device).wait_stream(side)
+        dev = self.engine.device
+        logits = None
+        if self.out is None:
+            # The run's first capture warms up first, eagerly off the default stream as capture asks (lazy
+            # set-up: cuBLAS workspaces, Triton compiles); this step's logits are the warm-up's. Later
+            # captures skip it (the same kernels, other shapes) and replay at once: a capture and a
+            # replay instead of an eager step and a capture.
+            side = torch.cuda.Stream(dev)
+            side.wait_stream(torch.cuda.current_stream(dev))
+            with torch.cuda.stream(side):
+                logits = self.engine._decode_logits(st, static).clone()
+            torch.cuda.current_stream(dev).wait_stream(side)
         try:
             if self.out is None:
                 self.out = logits.new_empty((max(nb, rows_bucket(self.engine.max_rows)), logits.shape[-1]))
@@ -623,9 +635,14 @@ class _DecodeGraphs:
                 "CUDA graphs off for this run (capture failed: %s); decoding eagerly",
                 str(err).splitlines()[0] if str(err) else type(err).__name__,
             )
-            return logits
+            # A capture records without running: this step has not happened unless the warm-up ran it.
+            return logits if logits is not None else self.engine._decode_logits(st, self.engine._upload(inputs))
         self.graphs[(nb, width)] = (graph, static)
         st.stats.graphs += 1
+        if logits is None:
+            graph.replay()
+            st.stats.graph_steps += 1
+            return self.out[:nb]
         return logits
 
     def close(self) -> None:

@@ -8,10 +8,6 @@ spends five of them on the adapter -- a defensive ``clone`` of the base output,
 variants and mixed batches that inference never uses. The fused forward does
 ``out.addmm_(x @ A^T, B^T, alpha=scaling)``: two kernels.
 
-The base product goes through :mod:`kner.inference.nf4_matmul` where that was measured faster
-than bitsandbytes (a 4-bit layer on a GPU, at decode-sized batches); elsewhere the base layer's
-own forward runs.
-
 Only plain LoRA with one active adapter is fused (no DoRA or other variants,
 no dropout at inference anyway); any other layer keeps peft's forward. The
 output differs from peft's by floating-point rounding only (tested).
@@ -23,8 +19,6 @@ import types
 
 import torch
 
-from kner.inference import nf4_matmul
-
 _ATTR = "_kner_fused"
 
 
@@ -33,9 +27,7 @@ def _fused_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         return type(self).forward(self, x, *args, **kwargs)  # training or unusual calls: peft's own path
     name = getattr(self, _ATTR)
     a, b, scaling = self.lora_A[name].weight, self.lora_B[name].weight, self.scaling[name]  # (r, in), (out, r)
-    result = nf4_matmul.linear(self.base_layer, x) if not (args or kwargs) else None
-    if result is None:
-        result = self.base_layer(x, *args, **kwargs)
+    result = self.base_layer(x, *args, **kwargs)
     flat = result.view(-1, result.shape[-1])
     xin = x.reshape(-1, x.shape[-1])
     if xin.dtype != a.dtype:
@@ -66,22 +58,16 @@ def fuse_lora(model) -> int:
 
     The forward reads the adapter's live weights (no copies: changed weights are
     used as they are). Training is unaffected: with gradients on, the layers run
-    peft's forward. ``unfuse_lora`` restores peft's forward everywhere. On a GPU the
-    fused layers' 4-bit base layers are also readied for (and timed against)
-    :mod:`kner.inference.nf4_matmul`.
+    peft's forward. ``unfuse_lora`` restores peft's forward everywhere.
     """
     n = 0
-    bases = []
     for module in model.modules():
         name = _fusable(module)
         if name is None:
             continue
         setattr(module, _ATTR, name)
         module.forward = types.MethodType(_fused_forward, module)
-        bases.append(module.base_layer)
         n += 1
-    if bases:
-        nf4_matmul.prepare(bases)
     return n
 
 
@@ -91,6 +77,5 @@ def unfuse_lora(model) -> int:
         if hasattr(module, _ATTR):
             delattr(module, _ATTR)
             module.__dict__.pop("forward", None)
-            nf4_matmul.forget(module.base_layer)
             n += 1
     return n

@@ -145,7 +145,9 @@ def decode_attention(query, pk, pv, kpool, vpool, table, lens, block: int, scali
 def _kernel():
     triton, tl = _triton()
 
-    @triton.jit
+    # One compiled kernel for every pool size, table width and rows bucket: a graph captured without a
+    # warm-up (see engine._DecodeGraphs) must not meet a new specialisation, whose compile cannot be captured.
+    @triton.jit(do_not_specialize=["T", "W", "B", "H"])
     def _own_keys_kernel(
         q_ptr,
         k_ptr,

@@ -88,9 +88,12 @@ def shared_prefix_attention(
 
     In a decode step ``key``/``value`` are the engine's whole pools and the cache's op carries the rows'
     block tables and lengths: :mod:`kner.inference.paged_attention`'s kernel reads them in place where it
-    applies, else they are gathered and the code below runs. Otherwise (prefill)
-    ``query``: (B, H, q, D); ``key``/``value``: the rows' own K/V (B, KVH, t, D);
-    ``attention_mask``: bool (B, 1, q, t), True where a row's query may see its own key.
+    applies, else they are gathered and the code below runs. In a prefill the rows' prompts come packed
+    into one sequence, and the op ``("prefill", write, gather, back, mask)`` lays them out padded here
+    (``gather``: (B, t) packed index of each slot; ``back``: each packed token's flat slot; ``mask``:
+    bool (B, 1, t, t), True where a row's query may see its own key), so the linear layers never see
+    padding. The code below then has ``query``: (B, H, q, D); ``key``/``value``: the rows' own K/V
+    (B, KVH, t, D); ``attention_mask``: as ``mask``.
     The prefix is visible to every query, except outside a layer's ``sliding_window``
     (transformers passes it per layer; the engine sets ``cache.positions`` =
     query positions (B, q) and own-key positions (B or 1, t)). Returns (B, q, H, D)
@@ -121,6 +124,13 @@ def shared_prefix_attention(
             except Exception as err:  # noqa: BLE001 -- a kernel that cannot compile here: the general path
                 paged_attention.switch_off(err)
         key, value = paged_attention.gathered(key[0], value[0], table, block)  # the general path below
+    packed = op is not None and op[0] == "prefill"
+    if packed:  # the engine's packed prompts (1, heads, tokens, head_dim): laid out (rows, heads, longest, head_dim)
+        _, _, gather, back, attention_mask = op
+        n, s = gather.shape
+        query, key, value = (
+            t[0][:, gather.view(-1)].view(t.shape[1], n, s, -1).transpose(0, 1) for t in (query, key, value)
+        )
     b, h, q, d = query.shape
     kvh = key.shape[1]
     g = h // kvh
@@ -155,6 +165,8 @@ def shared_prefix_attention(
     vt = vt if vt.is_contiguous() else vt.contiguous()
     out += torch.bmm(probs[..., p:].reshape(kvh * b, g * q, t), vt.view(kvh * b, t, d)).view(kvh, b * g * q, d)
     out = out.view(kvh, b, g, q, d).permute(1, 3, 0, 2, 4).reshape(b, q, h, d)
+    if packed:
+        out = out.reshape(b * q, h, d)[back][None]  # back to the packed sequence: (1, tokens, heads, head_dim)
     return out, None
 
 
