@@ -135,7 +135,7 @@ def _windowed_config(arch, vocab):
     "arch,kv", [("llama", 2), ("qwen2", 1), ("mistral", 1), ("gemma", 1), ("mistral-window", 1), ("gemma2", 1)]
 )
 def test_engine_matches_full_prompts(tok, arch, kv):
-    """Shared prefix + paged own K/V + left-padded prefill = each whole prompt alone: tokens and first logits."""
+    """Shared prefix + paged own K/V + packed prefill = each whole prompt alone: tokens and first logits."""
     if arch in ("mistral-window", "gemma2"):
         m = build_model_from_config(_windowed_config(arch, len(tok)), seed=1).eval()
     else:
@@ -155,8 +155,16 @@ def test_engine_matches_full_prompts(tok, arch, kv):
         )
 
     first = []
-    got, _, _ = run(hook=lambda lg: first.append(lg.clone()) or lg)
+    seen = []  # the token ids each forward feeds the model
+    emb = m.get_input_embeddings().register_forward_hook(lambda mod, args, out: seen.append(tuple(args[0].shape)))
+    try:
+        got, _, _ = run(hook=lambda lg: first.append(lg.clone()) or lg)
+    finally:
+        emb.remove()
     assert got == [r[0] for r in ref]
+    # The prefill packs the four prompts end to end: exactly their tokens, no padding, through the layers.
+    assert seen[0] == (1, p)  # the shared prefix, encoded once
+    assert seen[1] == (1, sum(len(f) - p for f in full))
     # Every row used its whole budget or stopped at EOS, which is never part of the output.
     for toks, (_, ended, _), b in zip(got, ref, budgets):
         assert (len(toks) == b and not ended) or (len(toks) < b and ended)
@@ -467,9 +475,12 @@ def test_bucketed_static_decode_steps_give_the_same_tokens(tok, monkeypatch):
             # A tight bound admits other groups once padded, so batch mates differ from eager decoding's, and
             # on a random model fp32 near-ties can flip (seen with LLaMA-2's tokenizer): compared above only.
             assert got == engine_tokens(model, prefix, *args, cuda_graphs=False, **opts)[0], opts
-        # Rows in their buckets; the table's width a power of two that never shrinks within a run.
+        # Rows in their buckets; the table's width a power of two that never shrinks within a run, and
+        # with nothing gathered (no transient bound) one width for the whole run: one graph per bucket.
         assert captured and all(r == eng.rows_bucket(r) and w & (w - 1) == 0 for r, w in captured)
         assert [w for _, w in captured] == sorted(w for _, w in captured)
+        if "transient_tokens" not in opts:
+            assert len({w for _, w in captured}) == 1, opts
         if not opts:
             assert any(padded)  # steps with padded rows happened
         if "transient_tokens" in opts:
