@@ -71,8 +71,8 @@ class EngineStats:
     pool_tokens: int = 0
     dropped: int = 0  # requests given up by the feed before they finished
     graph_steps: int = 0  # decode steps replayed from a CUDA graph
-    graphs: int = 0  # CUDA graphs captured (one per (rows, keys) bucket met)
-    capture_seconds: float = 0.0  # the steps that capture a graph (a bucket's first): eager warm-up and capture
+    graphs: int = 0  # CUDA graphs captured (one per rows bucket and table width met)
+    capture_seconds: float = 0.0  # steps that capture a graph (a bucket's first): warm-up (the run's first) + capture
 
 
 @dataclass(eq=False)

@@ -40,7 +40,7 @@ class RunStats:
     pool_tokens: int = 0
     graphs: int = 0  # CUDA graphs captured (decode buckets met)
     graph_steps: int = 0  # decode steps replayed from one
-    capture_seconds: float = 0.0  # the steps that capture a graph (a bucket's first): eager warm-up plus capture
+    capture_seconds: float = 0.0  # steps that capture a graph (a bucket's first): warm-up (a run's first) + capture
 
     @property
     def texts_per_s(self) -> float:
