@@ -620,6 +620,7 @@ class _DecodeGraphs:
             torch.cuda.current_stream(dev).wait_stream(side)
         try:
             if self.out is None:
+                assert logits is not None  # the run's first capture: its warm-up ran above
                 self.out = logits.new_empty((max(nb, rows_bucket(self.engine.max_rows)), logits.shape[-1]))
                 self.pool = torch.cuda.graph_pool_handle()
             graph = torch.cuda.CUDAGraph()

@@ -124,8 +124,8 @@ def shared_prefix_attention(
             except Exception as err:  # noqa: BLE001 -- a kernel that cannot compile here: the general path
                 paged_attention.switch_off(err)
         key, value = paged_attention.gathered(key[0], value[0], table, block)  # the general path below
-    packed = op is not None and op[0] == "prefill"
-    if packed:  # the engine's packed prompts (1, heads, tokens, head_dim): laid out (rows, heads, longest, head_dim)
+    back = None
+    if op is not None and op[0] == "prefill":  # the engine's packed prompts: laid out (rows, heads, longest, head_dim)
         _, _, gather, back, attention_mask = op
         n, s = gather.shape
         query, key, value = (
@@ -165,7 +165,7 @@ def shared_prefix_attention(
     vt = vt if vt.is_contiguous() else vt.contiguous()
     out += torch.bmm(probs[..., p:].reshape(kvh * b, g * q, t), vt.view(kvh * b, t, d)).view(kvh, b * g * q, d)
     out = out.view(kvh, b, g, q, d).permute(1, 3, 0, 2, 4).reshape(b, q, h, d)
-    if packed:
+    if back is not None:
         out = out.reshape(b * q, h, d)[back][None]  # back to the packed sequence: (1, tokens, heads, head_dim)
     return out, None
 
