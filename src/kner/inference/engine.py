@@ -350,10 +350,8 @@ class PagedEngine:
                 break
             b = max(bound, len(req.ids) + req.max_new)
             rows_after = len(st.active) + len(group) + 1
-            if st.graphs is None:
-                padded = rows_after * math.ceil((b + 1) / self.block) * self.block
-            else:
-                padded = rows_bucket(rows_after) * self._width(st, b + 1) * self.block
+            rows_padded = rows_after if st.graphs is None else rows_bucket(rows_after)
+            padded = rows_padded * self._width(st, b + 1) * self.block
             if self.transient_tokens is not None and padded > self.transient_tokens and rows_after > 1:
                 break
             st.waiting.popleft()
