@@ -634,8 +634,9 @@ class _DecodeGraphs:
                 "CUDA graphs off for this run (capture failed: %s); decoding eagerly",
                 str(err).splitlines()[0] if str(err) else type(err).__name__,
             )
-            # A capture records without running: this step has not happened unless the warm-up ran it.
-            return logits if logits is not None else self.engine._decode_logits(st, self.engine._upload(inputs))
+            # A capture records without running: this step has not happened unless the warm-up ran it
+            # (its inputs are already on the device, in ``static``, allocated outside the graph pool).
+            return logits if logits is not None else self.engine._decode_logits(st, static)
         self.graphs[(nb, width)] = (graph, static)
         st.stats.graphs += 1
         if logits is None:
